@@ -1,0 +1,261 @@
+"""Message schemas shared by every tunebus service.
+
+Every message is a pydantic v2 model, JSON on the wire. Each carries a schema version, a
+unique message id, the experiment id and the time it was made. A model's ``ROUTING_KEY``
+names what happened (events) or what is asked (commands); ``shared.topology`` decides which
+queues receive it.
+
+Ids are deterministic where a redelivery must be recognised: a metric's message id is derived
+from the trial and its sequence number, so a consumer that sees it twice can tell.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TERMINAL_TRIAL_STATUSES",
+    "ExperimentError",
+    "ExperimentStart",
+    "ExperimentStatus",
+    "ExperimentStatusChanged",
+    "ExperimentStop",
+    "Message",
+    "MetricKind",
+    "SuggestRequest",
+    "Ticket",
+    "TrialEnded",
+    "TrialHeartbeat",
+    "TrialKill",
+    "TrialMetric",
+    "TrialStatus",
+    "TrialStatusChanged",
+    "TrialStopRequested",
+    "TrialSubmit",
+    "TrialSuggested",
+    "message_types",
+]
+
+SCHEMA_VERSION = 1
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Fields every message carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ROUTING_KEY: ClassVar[str] = ""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Wire schema version.")
+    message_id: str = Field(default_factory=_new_id, min_length=1, description="Unique id; dedupe key.")
+    experiment_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                               description="The experiment this message belongs to.")
+    time: datetime = Field(default_factory=_now, description="When the message was made (UTC).")
+
+
+class TrialStatus(StrEnum):
+    """NNI's trial job statuses."""
+
+    WAITING = "WAITING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    USER_CANCELED = "USER_CANCELED"
+    SYS_CANCELED = "SYS_CANCELED"
+    EARLY_STOPPED = "EARLY_STOPPED"
+
+
+TERMINAL_TRIAL_STATUSES = frozenset(
+    {TrialStatus.SUCCEEDED, TrialStatus.FAILED, TrialStatus.USER_CANCELED,
+     TrialStatus.SYS_CANCELED, TrialStatus.EARLY_STOPPED}
+)
+
+
+class ExperimentStatus(StrEnum):
+    """NNI's experiment statuses (the subset a tunebus experiment passes through)."""
+
+    RUNNING = "RUNNING"
+    NO_MORE_TRIAL = "NO_MORE_TRIAL"
+    STOPPING = "STOPPING"
+    DONE = "DONE"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+
+class MetricKind(StrEnum):
+    """NNI's metric types: a per-epoch intermediate result or the trial's final result."""
+
+    PERIODICAL = "PERIODICAL"
+    FINAL = "FINAL"
+
+
+# ---------------------------------------------------------------- experiment lifecycle
+
+
+class ExperimentStart(Message):
+    """Start an experiment. Published by ``tunebus create`` or by any program."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.start"
+    config: dict[str, Any] = Field(
+        description="The experiment config in NNI's v2 schema (camelCase or snake_case), search space inline."
+    )
+    code_blob: str | None = Field(
+        default=None, description="Blob path of the uploaded trial code archive (tar.gz); none = no code."
+    )
+    seed: int | None = Field(default=None, description="Experiment seed; derived from the id when absent.")
+
+
+class ExperimentStop(Message):
+    """Stop an experiment: no new trials, running trials are cancelled (USER_CANCELED)."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.stop"
+    reason: str = Field(default="stopped by user", description="Why, for the record.")
+
+
+class ExperimentStatusChanged(Message):
+    """The dispatcher's announcement that an experiment changed status."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.status"
+    status: ExperimentStatus
+    reason: str | None = Field(default=None, description="Why (for ERROR and STOPPED especially).")
+
+
+class ExperimentError(Message):
+    """A service could not go on with the experiment (e.g. the tuner rejected its classArgs)."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.error"
+    service: str = Field(description="The service that failed.")
+    reason: str = Field(description="What went wrong, for the user.")
+
+
+# ---------------------------------------------------------------- search
+
+
+class SuggestRequest(Message):
+    """The dispatcher asks the tuner for parameters for these parameter (sequence) ids."""
+
+    ROUTING_KEY: ClassVar[str] = "suggest.request"
+    parameter_ids: list[int] = Field(min_length=1, description="NNI parameter ids = trial sequence ids.")
+
+
+class TrialSuggested(Message):
+    """The tuner's answer for one parameter id; ``parameters`` is None when the space is exhausted."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.suggested"
+    parameter_id: int = Field(ge=0)
+    parameters: dict[str, Any] | None = Field(description="Parameters in NNI's format; None = no more.")
+
+
+class TrialStopRequested(Message):
+    """An assessor asks for a trial to be stopped early."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.stop_request"
+    trial_id: str
+    reason: str = Field(description="Which assessor and why.")
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class TrialSubmit(Message):
+    """Command to the submitter pool: run this trial (one AML run or one local process)."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.submit"
+    trial_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    sequence_id: int = Field(ge=0, description="NNI_TRIAL_SEQ_ID, also the tuner's parameter id.")
+    attempt: int = Field(default=1, ge=1, description="1 for the first run; more after a lost run.")
+    parameters: dict[str, Any]
+
+
+class TrialKill(Message):
+    """Command: stop this trial's job; it ends with ``status``."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.kill"
+    trial_id: str
+    status: TrialStatus = Field(description="The status the trial ends with (EARLY_STOPPED, USER_CANCELED...).")
+    reason: str
+
+
+class TrialStatusChanged(Message):
+    """A backend's report on a trial's job (RUNNING, or how its process/run ended)."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.status"
+    trial_id: str
+    attempt: int = Field(default=1, ge=1)
+    status: TrialStatus
+    exit_code: int | None = None
+    error: str | None = Field(default=None, description="Failure reason; the stderr tail for a crash.")
+    job_url: str | None = Field(default=None, description="Where to see the job (AML portal URL).")
+    backend_status: str | None = Field(default=None, description="The backend's own status word.")
+
+
+class TrialHeartbeat(Message):
+    """A submitter replica still runs these trials (local processes)."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.heartbeat"
+    trial_ids: list[str]
+    replica: str
+
+
+# ---------------------------------------------------------------- results
+
+
+class TrialMetric(Message):
+    """One metric a trial reported, in order (``sequence`` counts from 0 per trial)."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.metric"
+    trial_id: str
+    parameter_id: int = Field(ge=0)
+    sequence: int = Field(ge=0)
+    kind: MetricKind
+    value: float = Field(description="The number the tuner optimises (a dict metric's 'default').")
+    raw: Any = Field(default=None, description="What the trial reported, as it reported it.")
+
+
+class TrialEnded(Message):
+    """Authoritative end of a trial, published once its last metric is in."""
+
+    ROUTING_KEY: ClassVar[str] = "trial.ended"
+    trial_id: str
+    parameter_id: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1)
+    status: TrialStatus
+    final_value: float | None = Field(default=None, description="The final result, if one was reported.")
+    last_intermediate: float | None = Field(default=None, description="The last intermediate result.")
+    metric_count: int = Field(default=0, ge=0)
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- delayed work
+
+
+class Ticket(Message):
+    """Delayed, re-published work ("check trial X again at due"). Routed by ``ticket.<purpose>``."""
+
+    ROUTING_KEY: ClassVar[str] = "ticket"
+    purpose: Literal["dispatcher.tick", "ingest.watch", "aml.watch"]
+    due: datetime = Field(description="Handle no earlier than this.")
+    trial_id: str | None = None
+    state: dict[str, Any] = Field(default_factory=dict, description="Progress carried between checks.")
+
+    @property
+    def routing_key(self) -> str:
+        return f"ticket.{self.purpose}"
+
+
+def message_types() -> dict[str, type[Message]]:
+    """Every concrete message class by its routing key (tickets under ``ticket.*``)."""
+    return {cls.ROUTING_KEY: cls for cls in Message.__subclasses__()}

@@ -1,0 +1,52 @@
+"""Running a service process: logging, signals, health file, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from shared.health import keep_touching
+from shared.settings import CommonSettings
+
+__all__ = ["run_service", "setup_logging"]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The Azure SDK logs every HTTP request at INFO.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+
+
+async def _serve(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+                 settings: CommonSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    shutdown = await start()
+    health = asyncio.create_task(keep_touching(settings.health_file)) if settings.health_file else None
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger(__name__).info("shutting down")
+        if health is not None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+        await shutdown()
+
+
+def run_service(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+                settings: CommonSettings) -> None:
+    """Run ``start()`` (which connects and starts consuming, returning its shutdown coroutine
+    function) until SIGTERM/SIGINT, touching the health file meanwhile."""
+    setup_logging(settings.log_level)
+    asyncio.run(_serve(start, settings))

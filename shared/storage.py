@@ -1,0 +1,190 @@
+"""Blob storage: the system of record. Layout of an experiment's folder and a small async store.
+
+```
+experiments/<exp>/experiment.json          config (NNI v2, wire form) and search space
+experiments/<exp>/code.tar.gz              the trial code snapshot
+experiments/<exp>/state.json               the dispatcher's state document (ETag-conditional writes)
+experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
+experiments/<exp>/trials/<trial>/metrics/<seq>.json  one metric, written by the trial itself
+experiments/<exp>/trials/<trial>/stdout.log, stderr.log
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+__all__ = [
+    "BlobStore",
+    "ConcurrentWriteError",
+    "Layout",
+    "parse_connection_string",
+]
+
+
+class ConcurrentWriteError(Exception):
+    """A conditional write lost: the blob changed (or exists) since it was read."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Blob paths of one experiment. Pure: no I/O."""
+
+    experiment_id: str
+
+    @property
+    def root(self) -> str:
+        return f"experiments/{self.experiment_id}"
+
+    @property
+    def experiment_doc(self) -> str:
+        return f"{self.root}/experiment.json"
+
+    @property
+    def code_archive(self) -> str:
+        return f"{self.root}/code.tar.gz"
+
+    @property
+    def state_doc(self) -> str:
+        return f"{self.root}/state.json"
+
+    def trial_root(self, trial_id: str) -> str:
+        return f"{self.root}/trials/{trial_id}"
+
+    def trial_doc(self, trial_id: str) -> str:
+        return f"{self.trial_root(trial_id)}/trial.json"
+
+    def metrics_prefix(self, trial_id: str) -> str:
+        return f"{self.trial_root(trial_id)}/metrics/"
+
+    def metric_blob(self, trial_id: str, sequence: int) -> str:
+        # Zero-padded so that a listing is already in report order.
+        return f"{self.metrics_prefix(trial_id)}{sequence:06d}.json"
+
+    def log_blob(self, trial_id: str, stream: str) -> str:
+        return f"{self.trial_root(trial_id)}/{stream}.log"
+
+
+def parse_connection_string(conn: str) -> dict[str, str]:
+    """Split an Azure Storage connection string into its fields."""
+    parts = (p.split("=", 1) for p in conn.split(";") if "=" in p)
+    return {k.strip(): v.strip() for k, v in parts}
+
+
+class BlobStore:
+    """Async access to one container. JSON documents carry their ETag for conditional writes."""
+
+    def __init__(self, connection_string: str, container: str) -> None:
+        self.connection_string = connection_string
+        self.container_name = container
+        self._service = BlobServiceClient.from_connection_string(connection_string)
+        self._container: ContainerClient = self._service.get_container_client(container)
+
+    async def ensure_container(self) -> None:
+        """Create the container if it does not exist."""
+        try:
+            await self._container.create_container()
+        except ResourceExistsError:
+            pass
+
+    async def close(self) -> None:
+        await self._container.close()
+        await self._service.close()
+
+    async def __aenter__(self) -> BlobStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ bytes
+
+    async def read_bytes(self, path: str) -> bytes | None:
+        """The blob's content, or None if it does not exist."""
+        try:
+            downloader = await self._container.download_blob(path)
+            return await downloader.readall()
+        except ResourceNotFoundError:
+            return None
+
+    async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
+        """Write (overwrite) a blob."""
+        from azure.storage.blob import ContentSettings
+
+        settings = ContentSettings(content_type=content_type) if content_type else None
+        await self._container.upload_blob(path, data, overwrite=True, content_settings=settings)
+
+    async def list(self, prefix: str) -> list[str]:
+        """Names of the blobs under ``prefix``, sorted."""
+        return sorted([b.name async for b in self._container.list_blobs(name_starts_with=prefix)])
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every blob under ``prefix``."""
+        for name in await self.list(prefix):
+            try:
+                await self._container.delete_blob(name)
+            except ResourceNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ JSON documents
+
+    async def read_json(self, path: str) -> tuple[Any, str] | None:
+        """``(document, etag)``, or None if the blob does not exist."""
+        try:
+            downloader = await self._container.download_blob(path)
+            data = await downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        return json.loads(data), str(downloader.properties.etag)
+
+    async def write_json(self, path: str, doc: Any, *, etag: str | None = None,
+                         create_only: bool = False) -> str:
+        """Write a JSON document; returns the new ETag.
+
+        ``etag`` makes the write conditional on the blob being unchanged since it was read;
+        ``create_only`` makes it conditional on the blob not existing. Losing either condition
+        raises :class:`ConcurrentWriteError`.
+        """
+        from azure.core import MatchConditions
+
+        kwargs: dict[str, Any] = {}
+        if create_only:
+            kwargs["overwrite"] = False
+        else:
+            kwargs["overwrite"] = True
+            if etag is not None:
+                kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        body = json.dumps(doc, separators=(",", ":"), default=str).encode()
+        try:
+            result = await self._container.upload_blob(path, body, **kwargs)
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise ConcurrentWriteError(path) from exc
+        return str(result["etag"])
+
+    # ------------------------------------------------------------------ SAS
+
+    def write_only_sas_url(self, lifetime: timedelta) -> str:
+        """A container URL whose SAS can create and write blobs only (no read, list or delete).
+
+        This is all a trial gets: it can add its metrics and logs, and nothing else.
+        """
+        fields = parse_connection_string(self.connection_string)
+        account = fields["AccountName"]
+        key = fields["AccountKey"]
+        start = datetime.now(UTC) - timedelta(minutes=5)  # clock skew between hosts
+        token = generate_container_sas(
+            account_name=account,
+            container_name=self.container_name,
+            account_key=key,
+            permission=ContainerSasPermissions(create=True, write=True),
+            start=start,
+            expiry=datetime.now(UTC) + lifetime,
+        )
+        return f"{self._container.url}?{token}"
