@@ -1,0 +1,100 @@
+# shellcheck shell=bash
+# The four tunebus services as background processes of the project's .venv.
+# Each instance gets its own health file, log, pid file and (submitters) work dir.
+
+SERVICE_PYTHON="${TUNEBUS_PYTHON:-$REPO_ROOT/.venv/bin/python}"
+SINGLE_SERVICES=(tuner dispatcher metric_ingestor)
+
+# service_instances N_SUBMITTERS: instance names, one per line (aml_submitter-1 .. -N).
+service_instances() {
+    local i
+    printf '%s\n' "${SINGLE_SERVICES[@]}"
+    for (( i = 1; i <= $1; i++ )); do printf 'aml_submitter-%s\n' "$i"; done
+}
+
+# started_service_instances: instances with a pid file (whatever --submitters was used).
+started_service_instances() {
+    local file name
+    for file in "$RUN_DIR"/*.pid; do
+        [[ -e "$file" ]] || continue
+        name="$(basename "$file" .pid)"
+        [[ "$name" == rabbitmq || "$name" == azurite ]] || printf '%s\n' "$name"
+    done
+}
+
+health_file() { printf '%s/%s.health' "$RUN_DIR" "$1"; }
+
+# health_age INSTANCE: seconds since the instance last touched its health file (fails if none).
+health_age() {
+    local file mtime
+    file="$(health_file "$1")"
+    [[ -f "$file" ]] || return 1
+    mtime="$(stat -c %Y "$file")"
+    printf '%s' $(( $(now_s) - mtime ))
+}
+
+service_healthy() {
+    local age
+    age="$(health_age "$1")" || return 1
+    (( age < HEALTH_MAX_AGE ))
+}
+
+service_start() {
+    local instance="$1" module="${1%%-*}"
+    is_running "$instance" && return 0
+    rm -f "$(health_file "$instance")"
+    mkdir -p "$STATE_DIR/work/$instance"
+    log "starting $instance (python -m services.$module)"
+    (
+        cd "$REPO_ROOT"
+        export TUNEBUS_AMQP_URL; TUNEBUS_AMQP_URL="$(amqp_url)"
+        export TUNEBUS_STORAGE_CONNECTION_STRING; TUNEBUS_STORAGE_CONNECTION_STRING="$(storage_connection_string)"
+        export TUNEBUS_STORAGE_CONTAINER="$STORAGE_CONTAINER"
+        export TUNEBUS_HEALTH_FILE; TUNEBUS_HEALTH_FILE="$(health_file "$instance")"
+        export TUNEBUS_WORK_DIR="$STATE_DIR/work/$instance"
+        export TUNEBUS_LOG_LEVEL="${TUNEBUS_LOG_LEVEL:-INFO}"
+        export PYTHONUNBUFFERED=1
+        start_background "$instance" "$SERVICE_PYTHON" -m "services.$module"
+    )
+}
+
+services_up() {
+    local submitters="$1" instance
+    local -a instances
+    [[ -x "$SERVICE_PYTHON" ]] || die "$SERVICE_PYTHON not found; run 'make venv' first"
+    mapfile -t instances < <(service_instances "$submitters")
+    for instance in "${instances[@]}"; do service_start "$instance"; done
+    services_wait_healthy "${instances[@]}"
+}
+
+# services_wait_healthy INSTANCE...: bounded wait until every instance reports healthy;
+# fails at once (with its log) when one exits.
+services_wait_healthy() {
+    local deadline=$(( $(now_s) + UP_TIMEOUT )) instance
+    local -a pending
+    while true; do
+        pending=()
+        for instance in "$@"; do
+            if ! is_running "$instance"; then
+                show_log_tail "$instance" 40
+                die "$instance exited during start-up (log: $LOG_DIR/$instance.log)"
+            fi
+            service_healthy "$instance" || pending+=("$instance")
+        done
+        (( ${#pending[@]} == 0 )) && return 0
+        if (( $(now_s) >= deadline )); then
+            for instance in "${pending[@]}"; do show_log_tail "$instance" 40; done
+            die "not healthy after ${UP_TIMEOUT}s: ${pending[*]} (no fresh $RUN_DIR/<name>.health)"
+        fi
+        sleep 0.5
+    done
+}
+
+services_down() {
+    local instance
+    while read -r instance; do
+        log "stopping $instance"
+        stop_background "$instance" 15 &
+    done < <(started_service_instances)
+    wait
+}
