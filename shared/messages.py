@@ -185,7 +185,7 @@ class TrialKill(Message):
 
     ROUTING_KEY: ClassVar[str] = "trial.kill"
     trial_id: str
-    status: TrialStatus = Field(description="The status the trial ends with (EARLY_STOPPED, USER_CANCELED...).")
+    status: TrialStatus = Field(description="How the trial ends (EARLY_STOPPED, USER_CANCELED...).")
     reason: str
 
 

@@ -1,0 +1,328 @@
+"""An experiment's lifecycle as pure functions: (state, event, now) -> messages to publish.
+
+Every function mutates the given :class:`ExperimentState` and returns the messages that follow
+from the change. The service persists the state (with those messages in its outbox) before
+publishing them. Each function is idempotent: applying the same event twice changes nothing
+the second time and returns no messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.messages import (
+    TERMINAL_TRIAL_STATUSES,
+    ExperimentStatus,
+    ExperimentStatusChanged,
+    Message,
+    SuggestRequest,
+    Ticket,
+    TrialEnded,
+    TrialHeartbeat,
+    TrialKill,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialStopRequested,
+    TrialSubmit,
+    TrialSuggested,
+)
+from shared.state import ExperimentState, TrialRecord, trial_id_for
+
+__all__ = [
+    "Plan",
+    "Policy",
+    "apply_ended",
+    "apply_error",
+    "apply_heartbeat",
+    "apply_status",
+    "apply_stop",
+    "apply_stop_request",
+    "apply_suggested",
+    "apply_tick",
+    "plan_from_config",
+    "start_experiment",
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the dispatcher needs from an experiment's config."""
+
+    concurrency: int
+    max_trials: int | None
+    max_duration: float | None
+    max_trial_duration: float | None
+    optimize_mode: str
+    uses_heartbeats: bool  # local processes carry a heartbeat; AML runs are watched by tickets
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Timings of the dispatcher's own checks (the deployment's, not the experiment's)."""
+
+    tick_seconds: float = 1.0
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 60.0  # a killed trial not confirmed ended by then is ended by the dispatcher
+    max_attempts: int = 3  # a trial whose job was lost is run again, up to this many times
+
+
+def plan_from_config(config: dict[str, Any]) -> Plan:
+    """Extract the plan from a validated wire-form config (camelCase, durations in seconds)."""
+    tuner = config.get("tuner") or {}
+    class_args = tuner.get("classArgs") or {}
+    service = config.get("trainingService") or {}
+    return Plan(
+        concurrency=int(config["trialConcurrency"]),
+        max_trials=config.get("maxTrialNumber"),
+        max_duration=config.get("maxExperimentDuration"),
+        max_trial_duration=config.get("maxTrialDuration"),
+        optimize_mode=str(class_args.get("optimize_mode", "maximize")),
+        uses_heartbeats=service.get("platform") == "local",
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _status_change(state: ExperimentState, status: ExperimentStatus, now: datetime,
+                   reason: str | None = None) -> list[Message]:
+    if state.status == status:
+        return []
+    state.status = status
+    state.reason = reason if reason is not None else state.reason
+    if state.finished:
+        state.ended_at = now
+        state.tick_id = None  # the tick chain stops
+    return [ExperimentStatusChanged(experiment_id=state.experiment_id, status=status, reason=reason)]
+
+
+def _next_tick(state: ExperimentState, policy: Policy, now: datetime) -> list[Message]:
+    ticket = Ticket(experiment_id=state.experiment_id, purpose="dispatcher.tick",
+                    due=now + timedelta(seconds=policy.tick_seconds))
+    state.tick_id = ticket.message_id
+    return [ticket]
+
+
+def _kill(state: ExperimentState, trial: TrialRecord, status: TrialStatus, reason: str,
+          now: datetime) -> list[Message]:
+    if trial.ended or trial.kill_status is not None:
+        return []
+    trial.kill_status = status
+    trial.kill_reason = reason
+    trial.last_heartbeat = now  # the kill grace period counts from here
+    return [TrialKill(experiment_id=state.experiment_id, trial_id=trial.trial_id, status=status,
+                      reason=reason)]
+
+
+def _begin_drain(state: ExperimentState, target: ExperimentStatus, kill_status: TrialStatus,
+                 reason: str, now: datetime) -> list[Message]:
+    """Stop launching, kill what runs, and end in ``target`` once nothing runs."""
+    if state.finished or state.status == ExperimentStatus.STOPPING:
+        return []
+    state.requested.clear()  # late suggestions are dropped
+    state.drain_to = target
+    out: list[Message] = []
+    for trial in state.running():
+        out += _kill(state, trial, kill_status, reason, now)
+    out += _status_change(state, ExperimentStatus.STOPPING, now, reason)
+    return out + _settle(state, now)
+
+
+def _settle(state: ExperimentState, now: datetime) -> list[Message]:
+    """Finish a draining experiment whose trials have all ended."""
+    if state.status != ExperimentStatus.STOPPING or state.running():
+        return []
+    return _status_change(state, state.drain_to or ExperimentStatus.STOPPED, now, state.reason)
+
+
+def _fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Message]:
+    """Ask for as many suggestions as free slots and the trial limit allow; finish when done."""
+    if state.status == ExperimentStatus.STOPPING:
+        return _settle(state, now)
+    if state.status == ExperimentStatus.NO_MORE_TRIAL:
+        if not state.running() and not state.requested:
+            return _status_change(state, ExperimentStatus.DONE, now)
+        return []
+    if state.status != ExperimentStatus.RUNNING:
+        return []
+    in_flight = len(state.running()) + len(state.requested)
+    want = plan.concurrency - in_flight
+    if plan.max_trials is not None:
+        want = min(want, plan.max_trials - len(state.trials) - len(state.requested))
+    if want > 0:
+        ids = list(range(state.next_parameter_id, state.next_parameter_id + want))
+        state.next_parameter_id += want
+        state.requested.extend(ids)
+        return [SuggestRequest(experiment_id=state.experiment_id, parameter_ids=ids)]
+    if in_flight == 0:
+        return _status_change(state, ExperimentStatus.DONE, now)
+    return []
+
+
+# ---------------------------------------------------------------- events
+
+
+def start_experiment(experiment_id: str, plan: Plan, policy: Policy, now: datetime,
+                     start_message_id: str) -> tuple[ExperimentState, list[Message]]:
+    """A new experiment's state and its first messages: status, suggestions, the first tick."""
+    state = ExperimentState(experiment_id=experiment_id, started_at=now,
+                            optimize_mode=plan.optimize_mode, seen_starts=[start_message_id])
+    out: list[Message] = [ExperimentStatusChanged(experiment_id=experiment_id,
+                                                  status=ExperimentStatus.RUNNING)]
+    out += _fill_slots(state, plan, now)
+    out += _next_tick(state, policy, now)
+    return state, out
+
+
+def apply_suggested(state: ExperimentState, plan: Plan, msg: TrialSuggested,
+                    now: datetime) -> list[Message]:
+    """A suggestion came back: submit it as a trial (or note that the space is exhausted)."""
+    if msg.parameter_id not in state.requested:
+        return []  # a duplicate, or asked for before a stop
+    state.requested.remove(msg.parameter_id)
+    if msg.parameters is None:
+        out: list[Message] = []
+        if state.status == ExperimentStatus.RUNNING:
+            state.requested.clear()
+            out += _status_change(state, ExperimentStatus.NO_MORE_TRIAL, now)
+        return out + _fill_slots(state, plan, now)
+    trial_id = trial_id_for(state.experiment_id, msg.parameter_id)
+    state.trials[trial_id] = TrialRecord(
+        trial_id=trial_id, sequence_id=msg.parameter_id, parameters=msg.parameters,
+        submitted_at=now, last_heartbeat=now,
+    )
+    return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial_id,
+                        sequence_id=msg.parameter_id, parameters=msg.parameters)]
+
+
+def apply_status(state: ExperimentState, msg: TrialStatusChanged, now: datetime) -> list[Message]:
+    """A backend's report: note when the job started and where to see it."""
+    trial = state.trials.get(msg.trial_id)
+    if trial is None or trial.ended or msg.attempt != trial.attempt:
+        return []
+    if msg.job_url:
+        trial.job_url = msg.job_url
+    if msg.status == TrialStatus.RUNNING and trial.status == TrialStatus.WAITING:
+        trial.status = TrialStatus.RUNNING
+        trial.started_at = msg.time
+    if msg.status in TERMINAL_TRIAL_STATUSES and msg.error:
+        trial.error = msg.error  # kept until trial.ended (from the ingestor) confirms the end
+    trial.last_heartbeat = now
+    return []
+
+
+def apply_ended(state: ExperimentState, plan: Plan, msg: TrialEnded, now: datetime) -> list[Message]:
+    """The authoritative end of a trial: free its slot, fill slots, maybe finish."""
+    trial = state.trials.get(msg.trial_id)
+    if trial is None or trial.ended or msg.attempt != trial.attempt:
+        return []
+    status = msg.status
+    if trial.kill_status is not None and status != TrialStatus.SUCCEEDED:
+        status = trial.kill_status  # killed on request: the request says how it ended
+    trial.status = status
+    trial.ended_at = msg.time
+    trial.started_at = trial.started_at or msg.time
+    trial.final_value = msg.final_value
+    trial.last_intermediate = msg.last_intermediate
+    trial.metric_count = msg.metric_count
+    if msg.error:
+        trial.error = msg.error
+    elif status == TrialStatus.SUCCEEDED:
+        trial.error = None
+    if trial.kill_status is not None and trial.kill_reason and status == trial.kill_status:
+        trial.error = trial.error or trial.kill_reason
+    return _fill_slots(state, plan, now)
+
+
+def apply_stop(state: ExperimentState, reason: str, now: datetime) -> list[Message]:
+    """The user stops the experiment: running trials are cancelled, it ends STOPPED."""
+    return _begin_drain(state, ExperimentStatus.STOPPED, TrialStatus.USER_CANCELED, reason, now)
+
+
+def apply_error(state: ExperimentState, reason: str, now: datetime) -> list[Message]:
+    """A service cannot go on with the experiment: cancel what runs, end in ERROR."""
+    return _begin_drain(state, ExperimentStatus.ERROR, TrialStatus.SYS_CANCELED, reason, now)
+
+
+def apply_stop_request(state: ExperimentState, msg: TrialStopRequested, now: datetime) -> list[Message]:
+    """An assessor asks to stop a trial early."""
+    trial = state.trials.get(msg.trial_id)
+    if trial is None:
+        return []
+    return _kill(state, trial, TrialStatus.EARLY_STOPPED, msg.reason, now)
+
+
+def apply_heartbeat(state: ExperimentState, msg: TrialHeartbeat, now: datetime) -> list[Message]:
+    """A submitter replica still runs these trials."""
+    for trial_id in msg.trial_ids:
+        trial = state.trials.get(trial_id)
+        if trial is not None and not trial.ended:
+            trial.last_heartbeat = now
+    return []
+
+
+def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
+               now: datetime) -> list[Message]:
+    """The periodic check: experiment and trial time limits, lost jobs, unconfirmed kills."""
+    if msg.message_id != state.tick_id or state.finished:
+        return []  # a stale or duplicate tick: only one chain lives
+    out: list[Message] = []
+    elapsed = (now - state.started_at).total_seconds()
+    if plan.max_duration is not None and elapsed >= plan.max_duration:
+        out += _begin_drain(state, ExperimentStatus.DONE, TrialStatus.SYS_CANCELED,
+                            "maxExperimentDuration reached", now)
+    for trial in state.running():
+        out += _check_trial(state, plan, policy, trial, now)
+    out += _fill_slots(state, plan, now)
+    if not state.finished:
+        out += _next_tick(state, policy, now)
+    return out
+
+
+def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: TrialRecord,
+                 now: datetime) -> list[Message]:
+    silent = (now - (trial.last_heartbeat or now)).total_seconds()
+    if trial.kill_status is not None:
+        if silent >= policy.kill_grace:
+            # The job's backend never confirmed the kill (its replica may be gone).
+            return _end_here(state, trial, trial.kill_status,
+                             f"{trial.kill_reason}; kill not confirmed by the backend", now)
+        return []
+    run_time = trial.duration_seconds(now)
+    if plan.max_trial_duration is not None and run_time is not None and run_time >= plan.max_trial_duration:
+        return _kill(state, trial, TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded", now)
+    if plan.uses_heartbeats and trial.status == TrialStatus.RUNNING and silent >= policy.heartbeat_timeout:
+        return _retry_lost(state, policy, trial, now)
+    return []
+
+
+def _end_here(state: ExperimentState, trial: TrialRecord, status: TrialStatus, error: str,
+              now: datetime) -> list[Message]:
+    """End a trial whose backend can no longer tell; announce it like the ingestor would."""
+    trial.status = status
+    trial.ended_at = now
+    trial.error = trial.error or error
+    return [TrialEnded(experiment_id=state.experiment_id, trial_id=trial.trial_id,
+                       parameter_id=trial.sequence_id, attempt=trial.attempt, status=status,
+                       last_intermediate=trial.last_intermediate, error=trial.error)]
+
+
+def _retry_lost(state: ExperimentState, policy: Policy, trial: TrialRecord, now: datetime) -> list[Message]:
+    """A job whose heartbeat stopped (its submitter died): run it again, or fail it."""
+    if trial.attempt >= policy.max_attempts:
+        return _end_here(state, trial, TrialStatus.FAILED,
+                         f"lost: no heartbeat for {policy.heartbeat_timeout:.0f} s "
+                         f"in {trial.attempt} attempts", now)
+    trial.attempt += 1
+    trial.status = TrialStatus.WAITING
+    trial.started_at = None
+    trial.last_heartbeat = now
+    trial.error = None
+    return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial.trial_id,
+                        sequence_id=trial.sequence_id, attempt=trial.attempt, parameters=trial.parameters)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

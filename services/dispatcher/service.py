@@ -1,0 +1,267 @@
+"""The dispatcher service: owns each experiment's lifecycle.
+
+Handlers are thin: load the experiment's state (cached, ETag-checked), apply the pure
+lifecycle function, write the state with the resulting messages in its outbox, publish them,
+ack. A crash after the write republishes the outbox when the experiment is next loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shared.bus import Bus, PermanentError, TransientError, parse_message
+from shared.messages import (
+    ExperimentError,
+    ExperimentStart,
+    ExperimentStatus,
+    ExperimentStatusChanged,
+    ExperimentStop,
+    Message,
+    Ticket,
+    TrialEnded,
+    TrialHeartbeat,
+    TrialStatusChanged,
+    TrialStopRequested,
+    TrialSuggested,
+)
+from shared.settings import CommonSettings
+from shared.state import ExperimentState, OutboxEntry
+from shared.storage import BlobStore, ConcurrentWriteError, Layout
+from shared.topology import DISPATCHER_QUEUE
+
+from . import lifecycle
+from .lifecycle import Plan, Policy
+
+__all__ = ["Dispatcher", "DispatcherSettings"]
+
+log = logging.getLogger("tunebus.dispatcher")
+
+
+class DispatcherSettings(CommonSettings):
+    """Dispatcher settings (``TUNEBUS_`` environment variables)."""
+
+    tick_seconds: float = 1.0
+    heartbeat_timeout: float = 30.0
+    kill_grace: float = 60.0
+    max_attempts: int = 3
+
+
+@dataclass
+class _Loaded:
+    state: ExperimentState
+    etag: str
+    plan: Plan
+    written: str  # the JSON last written, to skip writes that change nothing
+
+
+def _routing_key(msg: Message) -> str:
+    return msg.routing_key if isinstance(msg, Ticket) else msg.ROUTING_KEY
+
+
+def validate_start_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The start message's config validated and in wire form; PermanentError names the fields."""
+    from shared.config import parse_experiment_config
+
+    from shared.errors import ConfigError
+
+    try:
+        parsed = parse_experiment_config(config, Path("."))
+    except ConfigError as exc:
+        raise PermanentError(str(exc)) from exc
+    return parsed.to_wire()
+
+
+class Dispatcher:
+    """Applies events to experiments; one instance per process (one active consumer)."""
+
+    def __init__(self, bus: Bus, store: BlobStore, policy: Policy) -> None:
+        self.bus = bus
+        self.store = store
+        self.policy = policy
+        self._cache: dict[str, _Loaded] = {}
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
+        return {
+            ExperimentStart: self.on_start,
+            ExperimentStop: self.on_stop,
+            ExperimentError: self.on_error,
+            TrialSuggested: self.on_suggested,
+            TrialStatusChanged: self.on_status,
+            TrialEnded: self.on_ended,
+            TrialStopRequested: self.on_stop_request,
+            TrialHeartbeat: self.on_heartbeat,
+            Ticket: self.on_ticket,
+        }
+
+    # ------------------------------------------------------------------ state I/O
+
+    async def _load(self, experiment_id: str) -> _Loaded | None:
+        cached = self._cache.get(experiment_id)
+        if cached is not None:
+            return cached
+        layout = Layout(experiment_id)
+        found = await self.store.read_json(layout.state_doc)
+        if found is None:
+            return None
+        doc, etag = found
+        experiment = await self.store.read_json(layout.experiment_doc)
+        if experiment is None:
+            raise TransientError(f"{layout.experiment_doc} missing while state exists")
+        state = ExperimentState.model_validate(doc)
+        loaded = _Loaded(state, etag, lifecycle.plan_from_config(experiment[0]["config"]),
+                         state.model_dump_json())
+        self._cache[experiment_id] = loaded
+        if state.outbox:
+            # Decided before a crash, maybe never published: publish again (consumers dedupe).
+            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(state.outbox))
+            await self.bus.publish_many(
+                parse_message(e.routing_key, _json_bytes(e.body)) for e in state.outbox
+            )
+        return loaded
+
+    async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
+        state = loaded.state
+        state.outbox = [OutboxEntry(routing_key=_routing_key(m), body=m.model_dump(mode="json"))
+                        for m in out]
+        body = state.model_dump_json()
+        if body != loaded.written:
+            try:
+                loaded.etag = await self.store.write_json(
+                    Layout(state.experiment_id).state_doc, state.model_dump(mode="json"), etag=loaded.etag
+                )
+            except ConcurrentWriteError as exc:
+                # Someone else (a previous active dispatcher) wrote meanwhile: reload and retry.
+                self._cache.pop(state.experiment_id, None)
+                raise TransientError(f"state of {state.experiment_id} changed concurrently") from exc
+            loaded.written = body
+        if out:
+            await self.bus.publish_many(out)
+
+    async def _apply(self, experiment_id: str,
+                     change: Callable[[_Loaded, datetime], list[Message]], *,
+                     required: bool = True) -> None:
+        loaded = await self._load(experiment_id)
+        if loaded is None:
+            if required:
+                raise PermanentError(f"unknown experiment {experiment_id!r}")
+            return
+        try:
+            out = change(loaded, lifecycle.utcnow())
+        except Exception:
+            self._cache.pop(experiment_id, None)  # the cached state may be half-changed
+            raise
+        await self._commit(loaded, out)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def on_start(self, msg: ExperimentStart) -> None:
+        existing = await self._load(msg.experiment_id)
+        if existing is not None:
+            if msg.message_id not in existing.state.seen_starts:
+                log.warning("experiment %s already exists; start message %s ignored",
+                            msg.experiment_id, msg.message_id)
+            return
+        layout = Layout(msg.experiment_id)
+        try:
+            config = validate_start_config(msg.config)
+        except PermanentError as exc:
+            await self._record_rejected(msg, str(exc))
+            raise
+        doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
+               "seed": msg.seed, "created_at": msg.time.isoformat()}
+        await self.store.write_json(layout.experiment_doc, doc)
+        plan = lifecycle.plan_from_config(config)
+        state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
+                                                lifecycle.utcnow(), msg.message_id)
+        state.outbox = [OutboxEntry(routing_key=_routing_key(m), body=m.model_dump(mode="json"))
+                        for m in out]
+        try:
+            etag = await self.store.write_json(layout.state_doc, state.model_dump(mode="json"),
+                                               create_only=True)
+        except ConcurrentWriteError:
+            return  # another dispatcher created it first; its outbox carries the messages
+        self._cache[msg.experiment_id] = _Loaded(state, etag, plan, state.model_dump_json())
+        log.info("experiment %s started: concurrency %d, max trials %s", msg.experiment_id,
+                 plan.concurrency, plan.max_trials)
+        await self.bus.publish_many(out)
+
+    async def _record_rejected(self, msg: ExperimentStart, reason: str) -> None:
+        """Leave a readable ERROR state for a start that cannot run (it is dead-lettered too)."""
+        now = lifecycle.utcnow()
+        state = ExperimentState(experiment_id=msg.experiment_id, started_at=now, ended_at=now,
+                                status=ExperimentStatus.ERROR, reason=reason)
+        try:
+            await self.store.write_json(Layout(msg.experiment_id).state_doc, state.model_dump(mode="json"),
+                                        create_only=True)
+        except ConcurrentWriteError:
+            return
+        await self.bus.publish(ExperimentStatusChanged(experiment_id=msg.experiment_id,
+                                                       status=ExperimentStatus.ERROR, reason=reason))
+
+    async def on_stop(self, msg: ExperimentStop) -> None:
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_stop(s.state, msg.reason, now))
+
+    async def on_error(self, msg: ExperimentError) -> None:
+        reason = f"{msg.service}: {msg.reason}"
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_error(s.state, reason, now))
+
+    async def on_suggested(self, msg: TrialSuggested) -> None:
+        await self._apply(msg.experiment_id,
+                          lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
+
+    async def on_status(self, msg: TrialStatusChanged) -> None:
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now))
+
+    async def on_ended(self, msg: TrialEnded) -> None:
+        await self._apply(msg.experiment_id,
+                          lambda s, now: lifecycle.apply_ended(s.state, s.plan, msg, now))
+
+    async def on_stop_request(self, msg: TrialStopRequested) -> None:
+        await self._apply(msg.experiment_id,
+                          lambda s, now: lifecycle.apply_stop_request(s.state, msg, now))
+
+    async def on_heartbeat(self, msg: TrialHeartbeat) -> None:
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_heartbeat(s.state, msg, now),
+                          required=False)
+
+    async def on_ticket(self, msg: Ticket) -> None:
+        if msg.purpose != "dispatcher.tick":
+            raise PermanentError(f"dispatcher does not handle {msg.purpose} tickets")
+        if msg.due > lifecycle.utcnow():
+            await self.bus.publish_ticket(msg)  # not yet: park it again
+            return
+        await self._apply(
+            msg.experiment_id,
+            lambda s, now: lifecycle.apply_tick(s.state, s.plan, self.policy, msg, now),
+            required=False,
+        )
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(body).encode()
+
+
+async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
+    """Connect, declare, start consuming; returns the shutdown function."""
+    store = BlobStore(settings.storage_connection_string, settings.storage_container)
+    await store.ensure_container()
+    bus = Bus(settings.amqp_url, service="dispatcher")
+    await bus.connect()
+    policy = Policy(tick_seconds=settings.tick_seconds, heartbeat_timeout=settings.heartbeat_timeout,
+                    kill_grace=settings.kill_grace, max_attempts=settings.max_attempts)
+    dispatcher = Dispatcher(bus, store, policy)
+    await bus.consume(DISPATCHER_QUEUE, dispatcher.handlers(), prefetch=32)
+    log.info("dispatcher consuming %s", DISPATCHER_QUEUE.name)
+
+    async def shutdown() -> None:
+        await bus.close()
+        await store.close()
+
+    return shutdown

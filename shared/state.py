@@ -1,0 +1,115 @@
+"""The experiment state document: what the dispatcher knows, durable in blob storage.
+
+``experiments/<exp>/state.json`` is written by the dispatcher only, with ETag-conditional
+writes. It is the record the CLI reads and the one a restarted tuner or dispatcher rebuilds
+from. Messages the dispatcher must publish as a consequence of a change are stored in the
+same write (``outbox``) and published after it, so a crash between the two loses nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.messages import (
+    TERMINAL_TRIAL_STATUSES,
+    ExperimentStatus,
+    TrialStatus,
+)
+
+__all__ = ["ExperimentState", "OutboxEntry", "TrialRecord", "best_trial", "trial_id_for"]
+
+
+def trial_id_for(experiment_id: str, sequence_id: int) -> str:
+    """A short trial id, deterministic so that a redelivered suggestion maps to the same trial."""
+    digest = hashlib.sha1(f"{experiment_id}:{sequence_id}".encode()).digest()
+    return base64.b32encode(digest).decode()[:8].lower()
+
+
+class TrialRecord(BaseModel):
+    """One trial as the dispatcher knows it."""
+
+    trial_id: str
+    sequence_id: int = Field(description="NNI_TRIAL_SEQ_ID and the tuner's parameter id.")
+    parameters: dict[str, Any]
+    status: TrialStatus = TrialStatus.WAITING
+    attempt: int = 1
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    final_value: float | None = None
+    last_intermediate: float | None = None
+    metric_count: int = 0
+    error: str | None = None
+    job_url: str | None = None
+    kill_status: TrialStatus | None = Field(
+        default=None, description="Set when the dispatcher asked for the trial to be killed."
+    )
+    kill_reason: str | None = None
+    last_heartbeat: datetime | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_TRIAL_STATUSES
+
+    def duration_seconds(self, now: datetime | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or now or datetime.now(UTC)
+        return (end - self.started_at).total_seconds()
+
+
+class OutboxEntry(BaseModel):
+    """A message decided on in a state change and not yet known to be published."""
+
+    routing_key: str
+    body: dict[str, Any]
+
+
+class ExperimentState(BaseModel):
+    """The dispatcher's durable view of one experiment."""
+
+    experiment_id: str
+    status: ExperimentStatus = ExperimentStatus.RUNNING
+    reason: str | None = None
+    optimize_mode: str = "maximize"
+    started_at: datetime
+    ended_at: datetime | None = None
+    next_parameter_id: int = Field(default=0, description="The next parameter id to ask the tuner for.")
+    requested: list[int] = Field(default_factory=list, description="Parameter ids asked for, not answered.")
+    trials: dict[str, TrialRecord] = Field(default_factory=dict)
+    outbox: list[OutboxEntry] = Field(default_factory=list)
+    drain_to: ExperimentStatus | None = Field(
+        default=None, description="While STOPPING: the status to end in once no trial is running."
+    )
+    tick_id: str | None = Field(default=None, description="Message id of the one live tick ticket.")
+    seen_starts: list[str] = Field(default_factory=list, description="Start message ids applied.")
+
+    def trials_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials.values():
+            counts[trial.status.value] = counts.get(trial.status.value, 0) + 1
+        return counts
+
+    def running(self) -> list[TrialRecord]:
+        return [t for t in self.trials.values() if not t.ended]
+
+    def by_sequence(self) -> list[TrialRecord]:
+        return sorted(self.trials.values(), key=lambda t: t.sequence_id)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (ExperimentStatus.DONE, ExperimentStatus.STOPPED, ExperimentStatus.ERROR)
+
+
+def best_trial(state: ExperimentState) -> TrialRecord | None:
+    """The trial with the best final result for the experiment's optimize mode."""
+    scored = [t for t in state.trials.values() if t.final_value is not None]
+    if not scored:
+        return None
+    pick = max if state.optimize_mode == "maximize" else min
+    return pick(scored, key=lambda t: t.final_value if t.final_value is not None else 0.0)
