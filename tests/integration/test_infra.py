@@ -1,0 +1,168 @@
+"""The infrastructure the services rely on behaves as they assume: RabbitMQ takes quorum
+queues with delivery limits, Azurite stores blobs and enforces SAS permissions and expiry;
+and the deployment files (docker-compose, deploy/local) are well formed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aio_pika
+import pytest
+import yaml
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import (
+    BlobClient,
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+SERVICES = {"tuner", "dispatcher", "aml-submitter", "metric-ingestor"}
+
+
+# --- RabbitMQ ------------------------------------------------------------------------------
+
+
+async def test_broker_takes_quorum_queue_and_confirmed_persistent_message(infra, unique_id):
+    connection = await aio_pika.connect(infra.amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(
+            unique_id, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 5}
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"hello", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=queue.name,
+        )
+        message = await queue.get(timeout=5)
+        assert message.body == b"hello"
+        await message.ack()
+        await queue.delete(if_unused=False, if_empty=False)
+
+
+async def test_consistent_hash_exchange_is_available(infra, unique_id):
+    connection = await aio_pika.connect(infra.amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(unique_id, "x-consistent-hash", auto_delete=True)
+        await exchange.delete()
+
+
+async def test_amqp_vhost_is_private(amqp_vhost, unique_id):
+    connection = await aio_pika.connect(amqp_vhost, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(unique_id, auto_delete=True)
+        assert queue.name == unique_id
+
+
+# --- Azurite -------------------------------------------------------------------------------
+
+
+def _container_sas_url(infra, container: str, permission: ContainerSasPermissions, expiry: datetime) -> str:
+    service = BlobServiceClient.from_connection_string(infra.storage_connection_string)
+    sas = generate_container_sas(
+        account_name=service.account_name,
+        container_name=container,
+        account_key=service.credential.account_key,
+        permission=permission,
+        expiry=expiry,
+    )
+    return f"{service.url.rstrip('/')}/{container}?{sas}"
+
+
+def test_blob_round_trip(infra, fresh_container):
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        blob = service.get_blob_client(fresh_container, "experiments/e1/trials/t1/metrics/0.json")
+        blob.upload_blob(b'{"value": 0.5}', overwrite=True)
+        assert blob.download_blob().readall() == b'{"value": 0.5}'
+        assert [b.name for b in service.get_container_client(fresh_container).list_blobs()] == [blob.blob_name]
+
+
+def test_session_container_exists(infra):
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        assert service.get_container_client(infra.container).exists()
+
+
+def test_write_only_sas_can_write_but_not_read(infra, fresh_container):
+    expiry = datetime.now(UTC) + timedelta(minutes=10)
+    sas_url = _container_sas_url(infra, fresh_container, ContainerSasPermissions(create=True, write=True), expiry)
+    container = ContainerClient.from_container_url(sas_url)
+    blob = container.get_blob_client("metrics/0.json")
+    blob.upload_blob(b"{}")
+
+    with pytest.raises(HttpResponseError) as read_error:
+        blob.download_blob().readall()
+    assert read_error.value.status_code == 403
+    with pytest.raises(HttpResponseError) as list_error:
+        list(container.list_blobs())
+    assert list_error.value.status_code == 403
+
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        assert service.get_blob_client(fresh_container, "metrics/0.json").download_blob().readall() == b"{}"
+
+
+def test_expired_sas_cannot_write(infra, fresh_container):
+    expiry = datetime.now(UTC) - timedelta(minutes=1)
+    sas_url = _container_sas_url(infra, fresh_container, ContainerSasPermissions(create=True, write=True), expiry)
+    blob = BlobClient.from_blob_url(f"{sas_url.split('?')[0]}/late.json?{sas_url.split('?')[1]}")
+    with pytest.raises(HttpResponseError) as error:
+        blob.upload_blob(b"{}")
+    assert error.value.status_code == 403
+
+
+# --- deployment files ----------------------------------------------------------------------
+
+
+def _compose_validator() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+def test_compose_file_validates():
+    validator = _compose_validator()
+    if validator is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    result = subprocess.run(
+        [*validator, "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_structure():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    assert SERVICES | {"rabbitmq", "azurite"} <= set(services)
+    for name, service in services.items():
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+    submitter = services["aml-submitter"]
+    assert "container_name" not in submitter, "a fixed container name stops --scale"
+    assert "ports" not in submitter, "host ports stop --scale"
+    for name in SERVICES:
+        depends = services[name]["depends_on"]
+        assert {dep: spec["condition"] for dep, spec in depends.items()} == {
+            "rabbitmq": "service_healthy",
+            "azurite": "service_healthy",
+        }, name
+        assert services[name]["command"][-1] == f"services.{name.replace('-', '_')}"
+
+
+def test_deploy_local_env_follows_ports(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "TUNEBUS_LOCAL_DIR": str(tmp_path), "TUNEBUS_AMQP_PORT": "25999",
+           "TUNEBUS_BLOB_PORT": "15999"}
+    result = subprocess.run([str(REPO_ROOT / "deploy/local"), "env"], env=env, capture_output=True, text=True,
+                            check=True)
+    assert "export TUNEBUS_AMQP_URL='amqp://guest:guest@127.0.0.1:25999/'" in result.stdout
+    assert "BlobEndpoint=http://127.0.0.1:15999/devstoreaccount1;" in result.stdout
