@@ -61,15 +61,24 @@ class Layout:
     def trial_doc(self, trial_id: str) -> str:
         return f"{self.trial_root(trial_id)}/trial.json"
 
-    def metrics_prefix(self, trial_id: str) -> str:
-        return f"{self.trial_root(trial_id)}/metrics/"
+    def attempt_root(self, trial_id: str, attempt: int = 1) -> str:
+        # A run after a lost one writes apart, so the two never mix their metrics.
+        root = self.trial_root(trial_id)
+        return root if attempt == 1 else f"{root}/attempt-{attempt}"
 
-    def metric_blob(self, trial_id: str, sequence: int) -> str:
+    def metrics_prefix(self, trial_id: str, attempt: int = 1) -> str:
+        return f"{self.attempt_root(trial_id, attempt)}/metrics/"
+
+    def metric_blob(self, trial_id: str, sequence: int, attempt: int = 1) -> str:
         # Zero-padded so that a listing is already in report order.
-        return f"{self.metrics_prefix(trial_id)}{sequence:06d}.json"
+        return f"{self.metrics_prefix(trial_id, attempt)}{sequence:06d}.json"
 
-    def log_blob(self, trial_id: str, stream: str) -> str:
-        return f"{self.trial_root(trial_id)}/{stream}.log"
+    def log_blob(self, trial_id: str, stream: str, attempt: int = 1) -> str:
+        return f"{self.attempt_root(trial_id, attempt)}/{stream}.log"
+
+    def claim_blob(self, trial_id: str, attempt: int) -> str:
+        """Created (create-only) by the submitter that takes the job: at most one runs it."""
+        return f"{self.trial_root(trial_id)}/claims/{attempt}.json"
 
 
 def parse_connection_string(conn: str) -> dict[str, str]:

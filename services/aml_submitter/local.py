@@ -1,0 +1,193 @@
+"""The local backend: each trial is a process on this replica's machine.
+
+The process's exit is an event (``await proc.wait()``), not a poll. Trials get the venv's
+interpreter first on PATH (so ``python3 trial.py`` starts in milliseconds and sees the same
+packages as tunebus), the ``nni`` shim first on PYTHONPATH, and GPUs through
+``CUDA_VISIBLE_DEVICES``. A trial dies with its submitter (PR_SET_PDEATHSIG): a replica that
+is killed leaves no orphan writing metrics nobody collects; the dispatcher sees its
+heartbeats stop and runs the trial again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.messages import TrialStatus, TrialStatusChanged
+
+from .backend import JobRequest, PermanentSubmitError, Reporter
+from .gpus import GpuAllocator
+from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
+
+__all__ = ["LocalBackend", "stderr_tail"]
+
+log = logging.getLogger("tunebus.submitter.local")
+
+TAIL_LINES = 30
+TAIL_CHARS = 4000
+KILL_GRACE_SECONDS = 5.0
+
+LogUploader = Callable[[TrialIdentity, Path], Awaitable[None]]
+
+
+def stderr_tail(path: Path) -> str:
+    """The last lines of a trial's stderr, bounded, for the trial's error."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - TAIL_CHARS * 2))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-TAIL_LINES:])[-TAIL_CHARS:]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class _Running:
+    job: JobRequest
+    proc: asyncio.subprocess.Process
+    output_dir: Path
+    gpus: list[int] = field(default_factory=list)
+    kill_status: TrialStatus | None = None
+    kill_reason: str | None = None
+
+
+class LocalBackend:
+    """Runs trials as child processes; one instance per submitter replica."""
+
+    platform = "local"
+
+    def __init__(self, work_dir: Path, report: Reporter, upload_logs: LogUploader,
+                 gpus: GpuAllocator | None = None, interpreter_dir: Path | None = None) -> None:
+        self.work_dir = work_dir
+        self.report = report
+        self.upload_logs = upload_logs
+        self.gpus = gpus or GpuAllocator.detect()
+        self.interpreter_dir = interpreter_dir or Path(sys.executable).parent
+        self._running: dict[tuple[str, str], _Running] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def running(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for exp, trial in self._running:
+            out.setdefault(exp, []).append(trial)
+        return out
+
+    def _base_environment(self, job: JobRequest, gpus: list[int] | None) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith("TUNEBUS_")]:
+            del env[key]  # the service's own settings (storage keys among them) stay with it
+        env["PATH"] = f"{self.interpreter_dir}{os.pathsep}{env.get('PATH', '')}"
+        pythonpath = [str(TRIAL_RUNTIME_DIR)]
+        if job.code_dir is not None:
+            pythonpath.append(str(job.code_dir))
+        if env.get("PYTHONPATH"):
+            pythonpath.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+        env["PYTHONUNBUFFERED"] = "1"
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        return env
+
+    async def submit(self, job: JobRequest) -> None:
+        who = job.who
+        key = (who.experiment_id, who.trial_id)
+        if key in self._running:
+            return  # already running here (a duplicate submit)
+        output_dir = self.work_dir / who.experiment_id / "trials" / who.trial_id / f"attempt-{who.attempt}"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        gpu_count = int(job.config.get("trialGpuNumber") or 0)
+        try:
+            gpus = await self.gpus.acquire(gpu_count, job.config.get("trainingService") or {}) \
+                if gpu_count else None
+        except ValueError as exc:
+            raise PermanentSubmitError(str(exc)) from exc
+        env = self._base_environment(job, gpus)
+        env.update(trial_environment(who, job.parameters, metrics_url=job.metrics_url,
+                                     output_dir=str(output_dir), platform="local"))
+        command = job.config["trialCommand"]
+        cwd = job.code_dir or output_dir
+        try:
+            with (output_dir / "stdout.log").open("wb") as out, (output_dir / "stderr.log").open("wb") as err:
+                proc = await asyncio.create_subprocess_shell(
+                    command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )
+        except OSError as exc:
+            if gpus:
+                self.gpus.release(gpus)
+            raise PermanentSubmitError(f"cannot start trial command {command!r}: {exc}") from exc
+        running = _Running(job, proc, output_dir, gpus or [])
+        self._running[key] = running
+        log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
+                 proc.pid)
+        await self.report(TrialStatusChanged(experiment_id=who.experiment_id, trial_id=who.trial_id,
+                                             attempt=who.attempt, status=TrialStatus.RUNNING,
+                                             backend_status=f"pid {proc.pid}"))
+        task = asyncio.create_task(self._watch(key, running))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, key: tuple[str, str], running: _Running) -> None:
+        code = await running.proc.wait()
+        who = running.job.who
+        try:
+            if running.kill_status is not None:
+                status, error = running.kill_status, running.kill_reason
+            elif code == 0:
+                status, error = TrialStatus.SUCCEEDED, None
+            else:
+                status = TrialStatus.FAILED
+                tail = stderr_tail(running.output_dir / "stderr.log")
+                error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
+            await self.upload_logs(who, running.output_dir)
+            await self.report(TrialStatusChanged(
+                experiment_id=who.experiment_id, trial_id=who.trial_id, attempt=who.attempt,
+                status=status, exit_code=code, error=error, backend_status=f"exit {code}",
+            ))
+        except Exception:
+            log.exception("reporting the end of trial %s/%s failed", *key)
+        finally:
+            self._running.pop(key, None)
+            if running.gpus:
+                self.gpus.release(running.gpus)
+
+    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
+        running = self._running.get((experiment_id, trial_id))
+        if running is None:
+            return False
+        running.kill_status = status
+        running.kill_reason = reason
+        _signal_group(running.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running.proc.wait()), KILL_GRACE_SECONDS)
+            return True
+        _signal_group(running.proc.pid, signal.SIGKILL)
+        return True
+
+    async def close(self) -> None:
+        for running in list(self._running.values()):
+            _signal_group(running.proc.pid, signal.SIGTERM)
+        for task in list(self._watchers):
+            task.cancel()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+

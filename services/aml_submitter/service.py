@@ -1,0 +1,230 @@
+"""The submitter service: takes trial.submit work, runs each trial on its backend, reports.
+
+Any number of replicas share the ``tunebus.submit`` work queue. A delivery is acked once the
+job is started (never held for a trial's length). A create-only claim blob per trial attempt
+makes sure that a redelivered or duplicated submit does not start a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shared.bus import Bus, PermanentError, TransientError
+from shared.messages import (
+    Message,
+    TrialHeartbeat,
+    TrialKill,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialSubmit,
+)
+from shared.settings import CommonSettings
+from shared.storage import BlobStore, ConcurrentWriteError, Layout
+from shared.topology import SUBMIT_QUEUE, replica_control_queue
+
+from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
+from .local import LocalBackend
+from .trial_env import TrialIdentity, sas_lifetime
+
+__all__ = ["Submitter", "SubmitterSettings"]
+
+log = logging.getLogger("tunebus.submitter")
+
+CLAIM_STALE_SECONDS = 120.0
+
+
+class SubmitterSettings(CommonSettings):
+    """Submitter settings (``TUNEBUS_`` environment variables)."""
+
+    work_dir: str = "/tmp/tunebus-trials"
+    max_jobs: int = 64  # trial.submit deliveries handled at once by this replica
+    heartbeat_seconds: float = 5.0
+    aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
+
+
+@dataclass
+class _Experiment:
+    config: dict[str, Any]
+    code_dir: Path | None
+    metrics_url: str
+    metrics_url_made: datetime
+
+
+class Submitter:
+    """Routes jobs to backends; keeps per-experiment code and SAS URLs cached."""
+
+    def __init__(self, bus: Bus, store: BlobStore, work_dir: Path, replica: str) -> None:
+        self.bus = bus
+        self.store = store
+        self.work_dir = work_dir
+        self.replica = replica
+        self.backends: dict[str, Backend] = {}
+        self._experiments: dict[str, _Experiment] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    async def report(self, msg: TrialStatusChanged) -> None:
+        await self.bus.publish(msg)
+
+    async def upload_logs(self, who: TrialIdentity, output_dir: Path) -> None:
+        layout = Layout(who.experiment_id)
+        for stream in ("stdout", "stderr"):
+            path = output_dir / f"{stream}.log"
+            if path.exists() and path.stat().st_size:
+                await self.store.write_bytes(layout.log_blob(who.trial_id, stream, who.attempt),
+                                             path.read_bytes(), content_type="text/plain")
+
+    # ------------------------------------------------------------------ experiments
+
+    async def _experiment(self, experiment_id: str) -> _Experiment:
+        cached = self._experiments.get(experiment_id)
+        if cached is not None:
+            return cached
+        lock = self._loading.setdefault(experiment_id, asyncio.Lock())
+        async with lock:
+            if experiment_id in self._experiments:
+                return self._experiments[experiment_id]
+            layout = Layout(experiment_id)
+            found = await self.store.read_json(layout.experiment_doc)
+            if found is None:
+                raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
+            doc = found[0]
+            config = doc["config"]
+            code_dir = await self._unpack_code(experiment_id, doc.get("code_blob"))
+            url = self.store.write_only_sas_url(sas_lifetime(config))
+            loaded = _Experiment(config, code_dir, url, datetime.now(UTC))
+            self._experiments[experiment_id] = loaded
+            return loaded
+
+    async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
+        if not code_blob:
+            return None
+        from tunebus.code_archive import extract_code_archive
+
+        dest = self.work_dir / experiment_id / "code"
+        if dest.exists():
+            return dest
+        data = await self.store.read_bytes(code_blob)
+        if data is None:
+            raise PermanentError(f"code archive {code_blob} is missing")
+        partial = dest.with_name(f"code.{uuid.uuid4().hex}.partial")
+        await asyncio.to_thread(extract_code_archive, data, partial)
+        try:
+            partial.rename(dest)  # atomic: replicas on one machine never see half a tree
+        except OSError:
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)  # another replica got there first
+        return dest
+
+    # ------------------------------------------------------------------ claims
+
+    async def _claim(self, msg: TrialSubmit) -> bool:
+        """Take the job, unless another replica has it. False means: skip, it is handled."""
+        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
+        claim = {"replica": self.replica, "state": "starting", "time": datetime.now(UTC).isoformat()}
+        try:
+            await self.store.write_json(path, claim, create_only=True)
+            return True
+        except ConcurrentWriteError:
+            pass
+        found = await self.store.read_json(path)
+        if found is None:
+            raise TransientError(f"claim {path} vanished")
+        doc, etag = found
+        if doc.get("state") == "started":
+            return False  # a duplicate of a job that runs
+        age = (datetime.now(UTC) - datetime.fromisoformat(doc["time"])).total_seconds()
+        if age < CLAIM_STALE_SECONDS:
+            raise TransientError(f"trial {msg.trial_id} is being started by {doc.get('replica')}")
+        try:  # the claimant died while starting it: take over
+            await self.store.write_json(path, claim, etag=etag)
+        except ConcurrentWriteError:
+            return False
+        return True
+
+    async def _mark_started(self, msg: TrialSubmit) -> None:
+        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
+        await self.store.write_json(path, {"replica": self.replica, "state": "started",
+                                           "time": datetime.now(UTC).isoformat()})
+
+    # ------------------------------------------------------------------ handlers
+
+    async def on_submit(self, msg: TrialSubmit) -> None:
+        experiment = await self._experiment(msg.experiment_id)
+        platform = str((experiment.config.get("trainingService") or {}).get("platform", "local"))
+        backend = self.backends.get(platform)
+        if backend is None:
+            raise PermanentError(f"this submitter has no backend for platform {platform!r}")
+        if not await self._claim(msg):
+            log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
+                     msg.trial_id, msg.attempt)
+            return
+        who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)
+        job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir, experiment.metrics_url)
+        try:
+            await backend.submit(job)
+        except PermanentSubmitError as exc:
+            await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
+                                                 attempt=msg.attempt, status=TrialStatus.FAILED,
+                                                 error=f"submission failed: {exc}"))
+        except SubmitError as exc:
+            raise TransientError(str(exc)) from exc
+        await self._mark_started(msg)
+
+    async def on_kill(self, msg: TrialKill) -> None:
+        for backend in self.backends.values():
+            if await backend.kill(msg.experiment_id, msg.trial_id, msg.status, msg.reason):
+                log.info("killed trial %s/%s (%s)", msg.experiment_id, msg.trial_id, msg.reason)
+
+    async def heartbeat_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for backend in self.backends.values():
+                for experiment_id, trials in backend.running().items():
+                    with contextlib.suppress(Exception):
+                        await self.bus.publish(TrialHeartbeat(experiment_id=experiment_id,
+                                                              trial_ids=trials, replica=self.replica))
+
+
+def _replica_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
+    return {TrialSubmit: submitter.on_submit}
+
+
+async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
+    """Connect, declare, start the backends and consumers; returns the shutdown function."""
+    store = BlobStore(settings.storage_connection_string, settings.storage_container)
+    await store.ensure_container()
+    bus = Bus(settings.amqp_url, service="aml-submitter")
+    await bus.connect()
+    replica = _replica_name()
+    work_dir = Path(settings.work_dir)
+    submitter = Submitter(bus, store, work_dir, replica)
+    submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
+    await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
+    await bus.consume(SUBMIT_QUEUE, _handlers(submitter), concurrency=settings.max_jobs)
+    beats = asyncio.create_task(submitter.heartbeat_forever(settings.heartbeat_seconds))
+    log.info("submitter %s consuming %s (backends: %s)", replica, SUBMIT_QUEUE.name,
+             ", ".join(submitter.backends))
+
+    async def shutdown() -> None:
+        beats.cancel()
+        await bus.close()
+        for backend in submitter.backends.values():
+            await backend.close()
+        await store.close()
+
+    return shutdown

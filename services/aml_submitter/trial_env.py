@@ -1,0 +1,58 @@
+"""What a trial gets from its environment, whichever backend runs it.
+
+NNI's own variables (so NNI trial code and tools keep working) plus tunebus's: the
+parameters, and where to write metrics — a container URL with a write-only, expiring SAS.
+No account key ever reaches a trial.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from shared.storage import Layout
+
+__all__ = ["TRIAL_RUNTIME_DIR", "TrialIdentity", "sas_lifetime", "trial_environment"]
+
+# The folder holding the `nni` shim; it goes first on a trial's PYTHONPATH.
+TRIAL_RUNTIME_DIR = Path(__file__).resolve().parents[2] / "tunebus" / "trial_runtime"
+
+SAS_MARGIN = timedelta(hours=1)
+DEFAULT_TRIAL_LIMIT = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class TrialIdentity:
+    """Who a trial is."""
+
+    experiment_id: str
+    trial_id: str
+    sequence_id: int
+    attempt: int = 1
+
+
+def sas_lifetime(config: dict[str, Any]) -> timedelta:
+    """How long a trial's SAS lives: its time limit (or the experiment's) plus a margin."""
+    limit = config.get("maxTrialDuration") or config.get("maxExperimentDuration")
+    base = timedelta(seconds=float(limit)) if limit else DEFAULT_TRIAL_LIMIT
+    return base + SAS_MARGIN
+
+
+def trial_environment(who: TrialIdentity, parameters: dict[str, Any], *, metrics_url: str,
+                      output_dir: str, platform: str) -> dict[str, str]:
+    """The environment variables a trial runs with (added to the backend's base environment)."""
+    layout = Layout(who.experiment_id)
+    return {
+        "NNI_PLATFORM": platform,
+        "NNI_EXP_ID": who.experiment_id,
+        "NNI_TRIAL_JOB_ID": who.trial_id,
+        "NNI_TRIAL_SEQ_ID": str(who.sequence_id),
+        "NNI_OUTPUT_DIR": output_dir,
+        "TUNEBUS_TRIAL_ATTEMPT": str(who.attempt),
+        "TUNEBUS_PARAMETERS": json.dumps(parameters, separators=(",", ":")),
+        "TUNEBUS_METRICS_URL": metrics_url,
+        "TUNEBUS_METRICS_PREFIX": layout.metrics_prefix(who.trial_id, who.attempt),
+    }
