@@ -503,3 +503,18 @@ def test_unreadable_file_and_bad_yaml(tmp_path: Path) -> None:
     (tmp_path / "list.yml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_experiment_config(tmp_path / "list.yml")
+
+
+def test_seed_fixture_differs_from_the_seed_only_in_placeholders() -> None:
+    template = SEED_TEMPLATE.read_text().splitlines()
+    filled = SEED.read_text().splitlines()
+    assert len(template) == len(filled) == 31
+    for seed_line, filled_line in zip(template, filled, strict=True):
+        assert seed_line == filled_line or "${replace_to_your_" in seed_line
+
+
+def test_log_level_follows_debug_like_nni() -> None:
+    assert parse_experiment_config(local_config()).log_level == "info"
+    assert parse_experiment_config(local_config(debug=True)).log_level == "debug"
+    assert parse_experiment_config(local_config(debug=True, logLevel="WARNING")).log_level == "warning"
+    assert fields(local_config(logLevel="loud")) == ["logLevel"]
