@@ -194,6 +194,7 @@ class TrialStatusChanged(Message):
 
     ROUTING_KEY: ClassVar[str] = "trial.status"
     trial_id: str
+    parameter_id: int = Field(ge=0, description="The trial's sequence id (the tuner's parameter id).")
     attempt: int = Field(default=1, ge=1)
     status: TrialStatus
     exit_code: int | None = None

@@ -137,6 +137,7 @@ class LocalBackend:
         log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
                  proc.pid)
         await self.report(TrialStatusChanged(experiment_id=who.experiment_id, trial_id=who.trial_id,
+                                             parameter_id=who.sequence_id,
                                              attempt=who.attempt, status=TrialStatus.RUNNING,
                                              backend_status=f"pid {proc.pid}"))
         task = asyncio.create_task(self._watch(key, running))
@@ -157,8 +158,9 @@ class LocalBackend:
                 error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
             await self.upload_logs(who, running.output_dir)
             await self.report(TrialStatusChanged(
-                experiment_id=who.experiment_id, trial_id=who.trial_id, attempt=who.attempt,
-                status=status, exit_code=code, error=error, backend_status=f"exit {code}",
+                experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
+                attempt=who.attempt, status=status, exit_code=code, error=error,
+                backend_status=f"exit {code}",
             ))
         except Exception:
             log.exception("reporting the end of trial %s/%s failed", *key)

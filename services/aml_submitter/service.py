@@ -175,6 +175,7 @@ class Submitter:
             await backend.submit(job)
         except PermanentSubmitError as exc:
             await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
+                                                 parameter_id=msg.sequence_id,
                                                  attempt=msg.attempt, status=TrialStatus.FAILED,
                                                  error=f"submission failed: {exc}"))
         except SubmitError as exc:

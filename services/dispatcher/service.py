@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, PermanentError, TransientError, parse_message
@@ -66,11 +65,10 @@ def _routing_key(msg: Message) -> str:
 def validate_start_config(config: dict[str, Any]) -> dict[str, Any]:
     """The start message's config validated and in wire form; PermanentError names the fields."""
     from shared.config import parse_experiment_config
-
     from shared.errors import ConfigError
 
     try:
-        parsed = parse_experiment_config(config, Path("."))
+        parsed = parse_experiment_config(config)
     except ConfigError as exc:
         raise PermanentError(str(exc)) from exc
     return parsed.to_wire()
