@@ -44,6 +44,7 @@ rabbit_env() {
     export RABBITMQ_CONFIG_FILES="$RABBIT_DIR/conf.d"
     export RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
+    export ERL_CRASH_DUMP="$RABBIT_DIR/log/erl_crash.dump"
 }
 
 rabbit_prepare() {
@@ -80,7 +81,7 @@ rabbit_up() {
     require_free_port "$RABBIT_DIST_PORT" "Erlang distribution for RabbitMQ"
     rabbit_prepare
     log "starting RabbitMQ node $RABBIT_NODE on 127.0.0.1:$AMQP_PORT"
-    (rabbit_env; start_background rabbitmq "$(rabbit_bin rabbitmq-server)")
+    (rabbit_env; cd "$RABBIT_DIR"; start_background rabbitmq "$(rabbit_bin rabbitmq-server)")
     wait_for "$UP_TIMEOUT" rabbitmq amqp_ready
 }
 

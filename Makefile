@@ -1,0 +1,56 @@
+# Developer entry points. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# The pinned pyenv interpreter when present (`python3` on PATH is a slow pyenv shim here).
+BOOT_PYTHON := $(firstword $(wildcard /root/.pyenv/versions/3.11.7/bin/python) \
+                           $(shell command -v python3.11 2>/dev/null) $(shell command -v python3 2>/dev/null))
+# Re-installs only when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_CONFIG ?= examples/sklearn-digits/config.yml
+
+.PHONY: venv lint test demo up infra down status bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $(BOOT_PYTHON)"; $(BOOT_PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,examples]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# pytest starts RabbitMQ and Azurite itself when an integration test needs them (tests/conftest.py).
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The whole stack locally, then one experiment end to end; exits with the CLI's status.
+demo: venv
+	deploy/local up
+	eval "$$(deploy/local env)"; $(VENV)/bin/tunebus create --config $(DEMO_CONFIG) --wait
+
+up: venv
+	deploy/local up
+
+infra:
+	deploy/local up --infra-only
+
+down:
+	deploy/local down
+
+status:
+	deploy/local status
+
+bench: venv
+	@if [ -f benchmarks/__main__.py ]; then $(PY) -m benchmarks; \
+	else $(VENV)/bin/pytest -q benchmarks -p no:cacheprovider; fi
+
+clean: down
+	deploy/local down --purge
