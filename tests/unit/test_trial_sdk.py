@@ -1,0 +1,324 @@
+"""The trial side: the ``nni`` shim against a local HTTP server standing in for blob storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunebus.trial_runtime import RUNTIME_DIR
+from tunebus.trial_runtime.nni import MetricReportError, TrialRuntime, _blob
+from tunebus.trial_runtime.nni.utils import merge_parameter
+
+PREFIX = "experiments/exp1/trials/tr1/metrics/"
+SAS = "sv=2021-08-06&sp=cw&sig=c2VjcmV0%2Bsig%3D"
+
+
+@dataclass
+class Put:
+    """One PUT the fake blob service received."""
+
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def blob(self) -> str:
+        return self.path.removeprefix("/devstoreaccount1/tunebus/")
+
+    @property
+    def doc(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeBlobService:
+    """Records PUTs; answers with the queued statuses first, then 201."""
+
+    url: str
+    puts: list[Put] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    requests: int = 0
+
+    def stored(self) -> list[Put]:
+        """The PUTs answered with 201, i.e. the blobs that exist."""
+        return [p for p in self.puts if p.headers.get("x-test-status") == "201"]
+
+
+@pytest.fixture()
+def blob_service() -> Iterator[FakeBlobService]:
+    service = FakeBlobService(url="")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                service.requests += 1
+                status = service.statuses.pop(0) if service.statuses else 201
+            path, _, query = self.path.partition("?")
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            headers["x-test-status"] = str(status)
+            service.puts.append(Put(path, query, headers, body))
+            payload = b"" if status == 201 else b"<Error><Code>AuthenticationFailed</Code></Error>"
+            self.send_response(status)
+            if status == 403:
+                self.send_header("x-ms-error-code", "AuthenticationFailed")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    service.url = f"http://127.0.0.1:{server.server_port}/devstoreaccount1/tunebus?{SAS}"
+    yield service
+    server.shutdown()
+    server.server_close()
+
+
+def trial_env(url: str, **extra: str) -> dict[str, str]:
+    env = {
+        "NNI_PLATFORM": "local",
+        "NNI_EXP_ID": "exp1",
+        "NNI_TRIAL_JOB_ID": "tr1",
+        "NNI_TRIAL_SEQ_ID": "7",
+        "NNI_OUTPUT_DIR": "/tmp/out",
+        "TUNEBUS_PARAMETERS": json.dumps({"lr": 0.01, "act": "relu", "layers": {"_name": "deep", "n": 3}}),
+        "TUNEBUS_METRICS_URL": url,
+        "TUNEBUS_METRICS_PREFIX": PREFIX,
+    }
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- tunebus mode
+
+
+def test_identity_and_parameters(blob_service: FakeBlobService) -> None:
+    rt = TrialRuntime(trial_env(blob_service.url))
+    assert (rt.experiment_id, rt.trial_id, rt.sequence_id) == ("exp1", "tr1", 7)
+    assert rt.get_current_parameter() is None
+    params = rt.get_next_parameter()
+    assert params == {"lr": 0.01, "act": "relu", "layers": {"_name": "deep", "n": 3}}
+    assert rt.get_current_parameter("act") == "relu"
+    params["lr"] = 1.0  # the caller's copy; what the runtime holds stays as given
+    assert rt.get_current_parameter("lr") == 0.01
+
+
+def test_each_report_is_one_blob_in_order(blob_service: FakeBlobService) -> None:
+    rt = TrialRuntime(trial_env(blob_service.url))
+    rt.get_next_parameter()
+    rt.report(0.5, "PERIODICAL")
+    rt.report(3, "PERIODICAL")
+    rt.report({"default": 0.97, "loss": 0.1, "per_class": [0.9, 1.0]}, "FINAL")
+
+    assert [p.blob for p in blob_service.puts] == [f"{PREFIX}{n:06d}.json" for n in range(3)]
+    assert all(p.query == SAS for p in blob_service.puts), "the SAS query must be sent untouched"
+    docs = [p.doc for p in blob_service.puts]
+    assert [(d["sequence"], d["kind"], d["value"]) for d in docs] == [
+        (0, "PERIODICAL", 0.5),
+        (1, "PERIODICAL", 3),
+        (2, "FINAL", {"default": 0.97, "loss": 0.1, "per_class": [0.9, 1.0]}),
+    ]
+    assert set(docs[0]) == {"sequence", "kind", "value", "time"}
+    for doc in docs:
+        assert datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).utcoffset() is not None
+    for put in blob_service.puts:
+        assert put.headers["x-ms-blob-type"] == "BlockBlob"
+        assert put.headers["x-ms-version"] == "2021-08-06"
+        assert put.headers["content-type"] == "application/json"
+
+
+def test_numpy_scalars_are_plain_numbers_on_the_wire(blob_service: FakeBlobService) -> None:
+    np = pytest.importorskip("numpy")
+    rt = TrialRuntime(trial_env(blob_service.url))
+    rt.report(np.float32(0.25), "PERIODICAL")
+    rt.report(np.array(0.5), "PERIODICAL")
+    rt.report({"default": np.float64(0.75), "n": np.int64(4)}, "FINAL")
+    assert [p.doc["value"] for p in blob_service.puts] == [0.25, 0.5, {"default": 0.75, "n": 4}]
+
+
+@pytest.mark.parametrize(
+    ("metric", "error", "says"),
+    [
+        ("0.9", TypeError, "str"),
+        (None, TypeError, "NoneType"),
+        (True, TypeError, "bool"),
+        ([0.9], TypeError, "list"),
+        ({"accuracy": 0.9}, ValueError, "'default'"),
+        ({"default": "0.9"}, TypeError, "metric['default']"),
+        ({"default": None}, TypeError, "metric['default']"),
+        (float("nan"), ValueError, "finite"),
+        ({"default": float("inf")}, ValueError, "finite"),
+    ],
+)
+def test_bad_metric_is_rejected_before_anything_is_written(
+    blob_service: FakeBlobService, metric: Any, error: type[Exception], says: str
+) -> None:
+    rt = TrialRuntime(trial_env(blob_service.url))
+    with pytest.raises(error, match=says.replace("[", r"\[").replace("]", r"\]")):
+        rt.report(metric, "FINAL")
+    assert blob_service.puts == []
+    rt.report(0.9, "FINAL")  # the trial can still report, with the first sequence number
+    assert [p.blob for p in blob_service.puts] == [f"{PREFIX}000000.json"]
+
+
+def test_second_final_result_is_rejected(blob_service: FakeBlobService) -> None:
+    rt = TrialRuntime(trial_env(blob_service.url))
+    rt.report(0.9, "FINAL")
+    with pytest.raises(RuntimeError, match="already"):
+        rt.report(0.95, "FINAL")
+    assert [p.doc["kind"] for p in blob_service.puts] == ["FINAL"]
+
+
+def test_transient_errors_are_retried(blob_service: FakeBlobService) -> None:
+    blob_service.statuses = [503, 500]
+    rt = TrialRuntime(trial_env(blob_service.url))
+    rt.report(0.5, "PERIODICAL")
+    assert blob_service.requests == 3
+    assert [p.blob for p in blob_service.stored()] == [f"{PREFIX}000000.json"]
+
+
+def test_client_error_fails_loudly_naming_status_and_blob(blob_service: FakeBlobService) -> None:
+    blob_service.statuses = [403]
+    rt = TrialRuntime(trial_env(blob_service.url))
+    with pytest.raises(MetricReportError) as info:
+        rt.report(0.5, "PERIODICAL")
+    message = str(info.value)
+    assert "403" in message and "AuthenticationFailed" in message
+    assert f"{PREFIX}000000.json" in message
+    assert "sig=" not in message, "the SAS signature must not leak into errors"
+    assert blob_service.requests == 1, "a 4xx is not retried"
+    rt.report(0.6, "PERIODICAL")  # the failed report did not use up its sequence number
+    assert blob_service.stored()[0].blob == f"{PREFIX}000000.json"
+
+
+def test_unreachable_storage_gives_up_after_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_blob, "RETRY_DELAYS", (0.0, 0.0))
+    rt = TrialRuntime(trial_env("http://127.0.0.1:9/devstoreaccount1/tunebus?sig=x"))
+    with pytest.raises(MetricReportError, match="after 3 attempts"):
+        rt.report(0.5, "FINAL")
+
+
+def test_missing_variable_is_named(blob_service: FakeBlobService) -> None:
+    env = trial_env(blob_service.url)
+    del env["TUNEBUS_METRICS_PREFIX"]
+    with pytest.raises(RuntimeError, match="TUNEBUS_METRICS_PREFIX"):
+        TrialRuntime(env).report(0.5, "FINAL")
+    del env["TUNEBUS_PARAMETERS"]
+    with pytest.raises(RuntimeError, match="TUNEBUS_PARAMETERS"):
+        TrialRuntime(env).get_next_parameter()
+
+
+# ---------------------------------------------------------------- standalone mode
+
+
+def test_standalone_mode_behaves_like_nni_without_runtime(caplog: pytest.LogCaptureFixture) -> None:
+    rt = TrialRuntime({})
+    assert (rt.experiment_id, rt.trial_id, rt.sequence_id) == ("STANDALONE", "STANDALONE", 0)
+    with pytest.warns(RuntimeWarning, match="without runtime"):
+        assert rt.get_next_parameter() == {}
+    with caplog.at_level(logging.INFO, logger="nni"):
+        rt.report(0.5, "PERIODICAL")
+        rt.report({"default": 0.9}, "FINAL")
+        rt.report(0.95, "FINAL")  # NNI standalone does not police this; it only logs
+    assert [r.getMessage() for r in caplog.records if r.name == "nni"] == [
+        "Intermediate result: 0.5  (Index 0)",
+        "Final result: {'default': 0.9}",
+        "Final result: 0.95",
+    ]
+    with pytest.raises(ValueError, match="'default'"):
+        rt.report({"acc": 1.0}, "FINAL")
+
+
+def test_standalone_takes_parameters_from_env_for_debugging() -> None:
+    rt = TrialRuntime({"TUNEBUS_PARAMETERS": '{"C": 2.0}'})
+    assert rt.standalone
+    assert rt.get_next_parameter() == {"C": 2.0}
+
+
+# ---------------------------------------------------------------- as `import nni` in a real process
+
+
+FAKE_REAL_NNI = "raise ImportError('the real nni was imported instead of the tunebus shim')\n"
+
+TRIAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import nni
+    heavy = sorted(m for m in ("http.client", "typing", "logging", "email") if m in sys.modules)
+    params = nni.get_next_parameter()
+    for epoch in range(2):
+        nni.report_intermediate_result({"default": 0.5 + epoch / 10, "epoch": epoch})
+    nni.report_final_result(0.9)
+    from nni.utils import merge_parameter
+    import nni.trial
+    print(nni.__file__)
+    print(nni.get_experiment_id(), nni.get_trial_id(), nni.get_sequence_id(), params["lr"], heavy)
+    print(sorted(m for m in ("tunebus", "pydantic", "aio_pika", "azure") if m in sys.modules))
+    """
+)
+
+
+def test_import_nni_gets_the_shim_in_a_trial_process(blob_service: FakeBlobService, tmp_path: Path) -> None:
+    real_nni = tmp_path / "site" / "nni"
+    real_nni.mkdir(parents=True)
+    (real_nni / "__init__.py").write_text(FAKE_REAL_NNI)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNI_", "TUNEBUS_"))}
+    env.update(trial_env(blob_service.url))
+    env["PYTHONPATH"] = os.pathsep.join([RUNTIME_DIR, str(tmp_path / "site")])
+    result = subprocess.run(
+        [sys.executable, "-c", TRIAL_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    shim_file, ids, imported = result.stdout.splitlines()
+    assert Path(shim_file) == Path(RUNTIME_DIR) / "nni" / "__init__.py"
+    assert ids == "exp1 tr1 7 0.01 []", "import nni must not pull in typing, logging or HTTP"
+    assert imported == "[]", "the shim must be self-contained"
+    assert [(p.doc["sequence"], p.doc["kind"]) for p in blob_service.puts] == [
+        (0, "PERIODICAL"), (1, "PERIODICAL"), (2, "FINAL"),
+    ]
+
+
+def test_tunebus_trial_reexports_the_same_api() -> None:
+    import tunebus.trial as trial
+
+    for name in trial.__all__:
+        assert callable(getattr(trial, name)), name
+    assert trial.get_sequence_id() == int(os.environ.get("NNI_TRIAL_SEQ_ID", 0))
+
+
+# ---------------------------------------------------------------- nni.utils
+
+
+def test_merge_parameter_overrides_defaults_keeping_types() -> None:
+    import argparse
+
+    args = argparse.Namespace(lr=0.1, batch_size=32, act=None)
+    merge_parameter(args, {"lr": 1, "act": "relu"})
+    assert (args.lr, type(args.lr), args.act) == (1.0, float, "relu")
+    with pytest.raises(TypeError, match="batch_size"):
+        merge_parameter(args, {"batch_size": "64"})
+    with pytest.raises(ValueError, match="momentum"):
+        merge_parameter({"lr": 0.1}, {"momentum": 0.9})
+    assert merge_parameter({"lr": 0.1}, None) == {"lr": 0.1}
