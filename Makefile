@@ -27,9 +27,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 # pytest starts RabbitMQ and Azurite itself when an integration test needs them (tests/conftest.py).
+# Lint findings fail the target too, but only after pytest has run, so one CI run reports both.
 test: venv
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	lint_rc=0; $(VENV)/bin/ruff check . || lint_rc=$$?; \
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS); \
+	if [ $$lint_rc -ne 0 ]; then echo "ruff check failed (see above)" >&2; exit $$lint_rc; fi
 
 # The whole stack locally, then one experiment end to end; exits with the CLI's status.
 demo: venv
