@@ -1,0 +1,141 @@
+"""A whole tunebus stack per test: the four services as real processes on a private vhost and
+blob container of the session's RabbitMQ and Azurite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shared.health import is_healthy
+from tests.conftest import REPO_ROOT, Infra
+
+SERVICES = ("tuner", "dispatcher", "aml_submitter", "metric_ingestor")
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Stack:
+    """Running services; start, kill and restart them by name."""
+
+    env: dict[str, str]
+    run_dir: Path
+    procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+
+    def start(self, service: str, replicas: int = 1, **extra_env: str) -> None:
+        for _ in range(replicas):
+            index = len(self.procs.setdefault(service, []))
+            name = f"{service}-{index}"
+            health = self.run_dir / f"{name}.health"
+            env = {**self.env, "TUNEBUS_HEALTH_FILE": str(health), **extra_env}
+            log = (self.run_dir / f"{name}.log").open("ab")
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env, cwd=REPO_ROOT,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            self.procs[service].append(proc)
+            self._wait_healthy(name, health, proc)
+
+    def _wait_healthy(self, name: str, health: Path, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
+            if is_healthy(health):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not healthy after 60 s:\n{self.log(name)[-3000:]}")
+
+    def kill(self, service: str, index: int = 0, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[service][index]
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def log(self, name: str) -> str:
+        path = self.run_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in sorted(self.run_dir.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for procs in self.procs.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        for procs in self.procs.values():
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run the ``tunebus`` CLI against this stack."""
+        return subprocess.run([str(VENV_BIN / "tunebus"), *args], env=self.env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def create(self, config: Path, *extra: str, timeout: float = 180) -> dict[str, object]:
+        """``tunebus create --config CONFIG --wait --json``; the summary object it prints last."""
+        result = self.cli("create", "--config", str(config), "--wait", "--json", *extra, timeout=timeout)
+        lines = result.stdout.strip().splitlines()
+        if result.returncode not in (0, 1) or not lines:
+            raise AssertionError(f"create failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
+                                 f"{self.logs()}")
+        return dict(json.loads(lines[-1]))
+
+
+@pytest.fixture
+def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path) -> Iterator[Stack]:
+    """The four services, one replica each, isolated on their own vhost and container."""
+    env = infra.env(
+        TUNEBUS_AMQP_URL=amqp_vhost,
+        TUNEBUS_STORAGE_CONTAINER=fresh_container,
+        TUNEBUS_WORK_DIR=str(tmp_path / "work"),
+        TUNEBUS_LOG_LEVEL="INFO",
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stack = Stack(env, run_dir)
+    try:
+        for service in SERVICES:
+            stack.start(service)
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def write_experiment(tmp_path: Path, trial_code: str, **overrides: object) -> Path:
+    """An NNI config + trial in ``tmp_path/exp``: a 2-parameter space, the given trial script."""
+    import yaml
+
+    exp = tmp_path / "exp"
+    exp.mkdir(exist_ok=True)
+    (exp / "trial.py").write_text(trial_code)
+    (exp / "search_space.json").write_text(json.dumps({
+        "x": {"_type": "uniform", "_value": [0, 1]},
+        "y": {"_type": "choice", "_value": [1, 2, 3]},
+    }))
+    config: dict[str, object] = {
+        "experimentName": "e2e",
+        "searchSpaceFile": "search_space.json",
+        "trialCommand": "python3 trial.py",
+        "trialCodeDirectory": ".",
+        "trialConcurrency": 2,
+        "maxTrialNumber": 6,
+        "maxExperimentDuration": "5m",
+        "tuner": {"name": "TPE", "classArgs": {"optimize_mode": "maximize"}},
+        "trainingService": {"platform": "local"},
+    }
+    config.update(overrides)
+    path = exp / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,104 @@
+"""Any program can start an experiment by publishing ``experiment.start``: no CLI involved."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+
+from shared.bus import Bus
+from shared.messages import ExperimentStart
+from shared.state import ExperimentState
+from shared.storage import BlobStore, Layout
+from tests.e2e.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+TRIAL = (
+    "import nni; p = nni.get_next_parameter(); "
+    "nni.report_intermediate_result(p['x'] / 2); "
+    "nni.report_final_result({'default': p['x'], 'y': p['y']})"
+)
+
+
+def _config(**overrides: object) -> dict[str, object]:
+    config: dict[str, object] = {
+        "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]},
+                        "y": {"_type": "randint", "_value": [0, 3]}},
+        "trialCommand": f'python3 -c "{TRIAL}"',
+        "trialConcurrency": 2,
+        "maxTrialNumber": 4,
+        "tuner": {"name": "Random", "classArgs": {"seed": 3}},
+        "trainingService": {"platform": "local"},
+    }
+    config.update(overrides)
+    return config
+
+
+async def _publish(stack: Stack, msg: ExperimentStart) -> None:
+    bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
+    await bus.connect()
+    try:
+        await bus.publish(msg)
+    finally:
+        await bus.close()
+
+
+async def _wait_finished(stack: Stack, experiment_id: str, timeout: float = 90) -> ExperimentState:
+    async with BlobStore(stack.env["TUNEBUS_STORAGE_CONNECTION_STRING"],
+                         stack.env["TUNEBUS_STORAGE_CONTAINER"]) as store:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = await store.read_json(Layout(experiment_id).state_doc)
+            if found is not None:
+                state = ExperimentState.model_validate(found[0])
+                if state.finished:
+                    return state
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"experiment {experiment_id} did not finish:\n{stack.logs()}")
+
+
+async def test_published_start_runs_to_done(stack: Stack) -> None:
+    experiment_id = f"pub{uuid.uuid4().hex[:8]}"
+    await _publish(stack, ExperimentStart(experiment_id=experiment_id, config=_config()))
+    state = await _wait_finished(stack, experiment_id)
+
+    assert state.status == "DONE", state.reason
+    assert len(state.trials) == 4
+    assert {t.status for t in state.trials.values()} == {"SUCCEEDED"}
+    for trial in state.trials.values():
+        assert trial.final_value == pytest.approx(trial.parameters["x"])
+        assert trial.last_intermediate == pytest.approx(trial.parameters["x"] / 2)
+        assert trial.metric_count == 2
+        assert 0 <= trial.parameters["y"] < 3
+    assert sorted(t.sequence_id for t in state.trials.values()) == [0, 1, 2, 3]
+
+
+async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: Stack) -> None:
+    experiment_id = f"bad{uuid.uuid4().hex[:8]}"
+    bad = _config(trialConcurrency=0)
+    await _publish(stack, ExperimentStart(experiment_id=experiment_id, config=bad))
+    state = await _wait_finished(stack, experiment_id, timeout=30)
+    assert state.status == "ERROR"
+    assert "trialConcurrency" in (state.reason or "")
+
+    bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
+    await bus.connect()
+    try:
+        assert bus._connection is not None
+        channel = await bus._connection.channel()
+        queue = await channel.get_queue("tunebus.dead-letter")
+        message = await queue.get(timeout=5, fail=True)
+        assert message is not None
+        await message.ack()
+        assert "trialConcurrency" in str(message.headers["x-tunebus-reason"])
+        assert json.loads(message.body)["experiment_id"] == experiment_id
+    finally:
+        await bus.close()
+    # The dispatcher is still there: a valid experiment still runs.
+    good_id = f"pub{uuid.uuid4().hex[:8]}"
+    await _publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
+    assert (await _wait_finished(stack, good_id)).status == "DONE"

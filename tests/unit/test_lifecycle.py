@@ -1,0 +1,195 @@
+"""The dispatcher's lifecycle rules, event by event, without a broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.dispatcher import lifecycle
+from services.dispatcher.lifecycle import Plan, Policy
+from shared.messages import (
+    ExperimentStatus,
+    ExperimentStatusChanged,
+    SuggestRequest,
+    Ticket,
+    TrialEnded,
+    TrialHeartbeat,
+    TrialKill,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialStopRequested,
+    TrialSubmit,
+    TrialSuggested,
+)
+from shared.state import ExperimentState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+EXP = "exp1"
+
+
+def plan(**kw: object) -> Plan:
+    base = dict(concurrency=2, max_trials=3, max_duration=None, max_trial_duration=None,
+                optimize_mode="maximize", uses_heartbeats=True)
+    base.update(kw)
+    return Plan(**base)  # type: ignore[arg-type]
+
+
+POLICY = Policy(tick_seconds=1, heartbeat_timeout=30, kill_grace=60, max_attempts=2)
+
+
+def started(p: Plan) -> tuple[ExperimentState, list[object]]:
+    return lifecycle.start_experiment(EXP, p, POLICY, T0, "start-1")
+
+
+def of(msgs: list[object], cls: type) -> list:  # type: ignore[type-arg]
+    return [m for m in msgs if isinstance(m, cls)]
+
+
+def suggest(state: ExperimentState, p: Plan, pid: int, params: dict | None = None) -> list[object]:  # type: ignore[type-arg]
+    msg = TrialSuggested(experiment_id=EXP, parameter_id=pid, parameters=params if params is not None
+                         else {"x": pid})
+    return lifecycle.apply_suggested(state, p, msg, T0)
+
+
+def end(state: ExperimentState, p: Plan, trial_id: str, status: TrialStatus = TrialStatus.SUCCEEDED,
+        value: float | None = 1.0, attempt: int = 1) -> list[object]:
+    trial = state.trials[trial_id]
+    msg = TrialEnded(experiment_id=EXP, trial_id=trial_id, parameter_id=trial.sequence_id, attempt=attempt,
+                     status=status, final_value=value)
+    return lifecycle.apply_ended(state, p, msg, T0 + timedelta(seconds=5))
+
+
+def tick(state: ExperimentState, p: Plan, at: datetime) -> list[object]:
+    ticket = Ticket(message_id=state.tick_id or "none", experiment_id=EXP, purpose="dispatcher.tick", due=at)
+    return lifecycle.apply_tick(state, p, POLICY, ticket, at)
+
+
+def test_start_asks_for_one_suggestion_per_slot_and_schedules_a_tick() -> None:
+    state, out = started(plan())
+    assert of(out, SuggestRequest)[0].parameter_ids == [0, 1]
+    assert of(out, ExperimentStatusChanged)[0].status == ExperimentStatus.RUNNING
+    assert of(out, Ticket)[0].message_id == state.tick_id
+
+
+def test_suggestion_becomes_a_submitted_trial_once() -> None:
+    p = plan()
+    state, _ = started(p)
+    out = suggest(state, p, 0)
+    submit = of(out, TrialSubmit)[0]
+    assert submit.sequence_id == 0 and submit.parameters == {"x": 0}
+    assert suggest(state, p, 0) == []  # a redelivered suggestion changes nothing
+    assert len(state.trials) == 1
+
+
+def test_ended_trial_frees_its_slot_until_the_limit_then_done() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    suggest(state, p, 1)
+    first, second = state.by_sequence()
+    out = end(state, p, first.trial_id)
+    assert of(out, SuggestRequest)[0].parameter_ids == [2]
+    assert end(state, p, first.trial_id) == []  # duplicate end
+    suggest(state, p, 2)
+    assert end(state, p, second.trial_id) == []  # limit of 3 reached: nothing more to ask
+    third = state.by_sequence()[2]
+    out = end(state, p, third.trial_id)
+    assert of(out, ExperimentStatusChanged)[0].status == ExperimentStatus.DONE
+    assert state.status == ExperimentStatus.DONE
+    assert state.trials_by_status() == {"SUCCEEDED": 3}
+
+
+def test_exhausted_search_space_ends_done_after_running_trials() -> None:
+    p = plan(max_trials=None)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    out = lifecycle.apply_suggested(state, p, TrialSuggested(experiment_id=EXP, parameter_id=1,
+                                                             parameters=None), T0)
+    assert state.status == ExperimentStatus.NO_MORE_TRIAL
+    assert not of(out, SuggestRequest)
+    out = end(state, p, state.by_sequence()[0].trial_id)
+    assert state.status == ExperimentStatus.DONE
+
+
+def test_stop_kills_running_trials_and_ends_stopped_when_they_end() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    out = lifecycle.apply_stop(state, "user", T0)
+    kill = of(out, TrialKill)[0]
+    assert kill.status == TrialStatus.USER_CANCELED
+    assert state.status == ExperimentStatus.STOPPING
+    assert suggest(state, p, 1) == []  # the outstanding request is void
+    trial_id = state.by_sequence()[0].trial_id
+    out = end(state, p, trial_id, status=TrialStatus.FAILED, value=None)
+    assert state.trials[trial_id].status == TrialStatus.USER_CANCELED  # killed on request
+    assert state.status == ExperimentStatus.STOPPED
+
+
+def test_assessor_stop_request_ends_trial_early_stopped() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    out = lifecycle.apply_stop_request(state, TrialStopRequested(experiment_id=EXP, trial_id=trial_id,
+                                                                 reason="Medianstop"), T0)
+    assert of(out, TrialKill)[0].status == TrialStatus.EARLY_STOPPED
+    assert lifecycle.apply_stop_request(state, TrialStopRequested(experiment_id=EXP, trial_id=trial_id,
+                                                                  reason="again"), T0) == []
+    end(state, p, trial_id, status=TrialStatus.FAILED, value=None)
+    assert state.trials[trial_id].status == TrialStatus.EARLY_STOPPED
+
+
+def test_max_trial_duration_kills_the_trial() -> None:
+    p = plan(max_trial_duration=10)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
+                                                     status=TrialStatus.RUNNING, time=T0), T0)
+    assert not of(tick(state, p, T0 + timedelta(seconds=5)), TrialKill)
+    out = tick(state, p, T0 + timedelta(seconds=11))
+    assert of(out, TrialKill)[0].reason == "maxTrialDuration exceeded"
+
+
+def test_max_experiment_duration_drains_to_done() -> None:
+    p = plan(max_duration=60)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    out = tick(state, p, T0 + timedelta(seconds=61))
+    assert of(out, TrialKill) and state.status == ExperimentStatus.STOPPING
+    end(state, p, state.by_sequence()[0].trial_id, status=TrialStatus.FAILED, value=None)
+    assert state.status == ExperimentStatus.DONE
+
+
+def test_stale_ticks_are_ignored_so_only_one_chain_lives() -> None:
+    p = plan()
+    state, _ = started(p)
+    stale = Ticket(experiment_id=EXP, purpose="dispatcher.tick", due=T0)
+    assert lifecycle.apply_tick(state, p, POLICY, stale, T0) == []
+    out = tick(state, p, T0 + timedelta(seconds=1))
+    assert len(of(out, Ticket)) == 1
+
+
+def test_lost_trial_is_resubmitted_then_failed() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
+                                                     status=TrialStatus.RUNNING, time=T0), T0)
+    lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
+                              T0 + timedelta(seconds=20))
+    assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialSubmit)  # heartbeat 20 s ago
+    out = tick(state, p, T0 + timedelta(seconds=51))
+    resubmit = of(out, TrialSubmit)[0]
+    assert resubmit.attempt == 2 and resubmit.trial_id == trial_id
+    # a late end of the first attempt is ignored
+    assert end(state, p, trial_id, attempt=1) == [] and not state.trials[trial_id].ended
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
+                                                     attempt=2, status=TrialStatus.RUNNING,
+                                                     time=T0 + timedelta(seconds=52)),
+                           T0 + timedelta(seconds=52))
+    out = tick(state, p, T0 + timedelta(seconds=90))
+    assert state.trials[trial_id].status == TrialStatus.FAILED
+    assert of(out, TrialEnded)[0].status == TrialStatus.FAILED
+    assert "lost" in (state.trials[trial_id].error or "")
