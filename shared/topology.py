@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AML_WATCH_QUEUE",
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_QUEUE",
     "DELAY_BUCKETS",
@@ -23,7 +24,6 @@ __all__ = [
     "QUEUES",
     "SUBMIT_QUEUE",
     "TUNER_QUEUE",
-    "AML_WATCH_QUEUE",
     "ExchangeSpec",
     "QueueSpec",
     "delay_bucket_for",

@@ -3,6 +3,7 @@ blob container of the session's RabbitMQ and Azurite."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from shared.bus import Bus
 from shared.health import is_healthy
+from shared.messages import ExperimentStart
+from shared.state import ExperimentState
+from shared.storage import BlobStore, Layout
 from tests.conftest import REPO_ROOT, Infra
 
 SERVICES = ("tuner", "dispatcher", "aml_submitter", "metric_ingestor")
@@ -100,6 +105,9 @@ def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path) -
         TUNEBUS_STORAGE_CONTAINER=fresh_container,
         TUNEBUS_WORK_DIR=str(tmp_path / "work"),
         TUNEBUS_LOG_LEVEL="INFO",
+        # Short enough that a test sees a lost trial retried within seconds.
+        TUNEBUS_HEARTBEAT_SECONDS="1",
+        TUNEBUS_HEARTBEAT_TIMEOUT="6",
         PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     run_dir = tmp_path / "run"
@@ -139,3 +147,35 @@ def write_experiment(tmp_path: Path, trial_code: str, **overrides: object) -> Pa
     path = exp / "config.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+async def publish(stack: Stack, msg: ExperimentStart) -> None:
+    """Publish a message on the stack's broker as any program would."""
+    bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
+    await bus.connect()
+    try:
+        await bus.publish(msg)
+    finally:
+        await bus.close()
+
+
+async def read_state(stack: Stack, experiment_id: str) -> ExperimentState | None:
+    async with BlobStore(stack.env["TUNEBUS_STORAGE_CONNECTION_STRING"],
+                         stack.env["TUNEBUS_STORAGE_CONTAINER"]) as store:
+        found = await store.read_json(Layout(experiment_id).state_doc)
+    return None if found is None else ExperimentState.model_validate(found[0])
+
+
+async def wait_until(stack: Stack, experiment_id: str, done: object, timeout: float = 90) -> ExperimentState:
+    """Poll the experiment's state until ``done(state)`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = await read_state(stack, experiment_id)
+        if state is not None and done(state):  # type: ignore[operator]
+            return state
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"experiment {experiment_id}: condition not met in {timeout} s:\n{stack.logs()}")
+
+
+async def wait_finished(stack: Stack, experiment_id: str, timeout: float = 90) -> ExperimentState:
+    return await wait_until(stack, experiment_id, lambda s: s.finished, timeout)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 
+import aio_pika
 import pytest
 
-from shared.bus import Bus
 from shared.messages import ExperimentStart
-from shared.state import ExperimentState
-from shared.storage import BlobStore, Layout
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, publish, wait_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -38,33 +34,10 @@ def _config(**overrides: object) -> dict[str, object]:
     return config
 
 
-async def _publish(stack: Stack, msg: ExperimentStart) -> None:
-    bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
-    await bus.connect()
-    try:
-        await bus.publish(msg)
-    finally:
-        await bus.close()
-
-
-async def _wait_finished(stack: Stack, experiment_id: str, timeout: float = 90) -> ExperimentState:
-    async with BlobStore(stack.env["TUNEBUS_STORAGE_CONNECTION_STRING"],
-                         stack.env["TUNEBUS_STORAGE_CONTAINER"]) as store:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = await store.read_json(Layout(experiment_id).state_doc)
-            if found is not None:
-                state = ExperimentState.model_validate(found[0])
-                if state.finished:
-                    return state
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"experiment {experiment_id} did not finish:\n{stack.logs()}")
-
-
 async def test_published_start_runs_to_done(stack: Stack) -> None:
     experiment_id = f"pub{uuid.uuid4().hex[:8]}"
-    await _publish(stack, ExperimentStart(experiment_id=experiment_id, config=_config()))
-    state = await _wait_finished(stack, experiment_id)
+    await publish(stack, ExperimentStart(experiment_id=experiment_id, config=_config()))
+    state = await wait_finished(stack, experiment_id)
 
     assert state.status == "DONE", state.reason
     assert len(state.trials) == 4
@@ -80,25 +53,21 @@ async def test_published_start_runs_to_done(stack: Stack) -> None:
 async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: Stack) -> None:
     experiment_id = f"bad{uuid.uuid4().hex[:8]}"
     bad = _config(trialConcurrency=0)
-    await _publish(stack, ExperimentStart(experiment_id=experiment_id, config=bad))
-    state = await _wait_finished(stack, experiment_id, timeout=30)
+    await publish(stack, ExperimentStart(experiment_id=experiment_id, config=bad))
+    state = await wait_finished(stack, experiment_id, timeout=30)
     assert state.status == "ERROR"
     assert "trialConcurrency" in (state.reason or "")
 
-    bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
-    await bus.connect()
-    try:
-        assert bus._connection is not None
-        channel = await bus._connection.channel()
+    connection = await aio_pika.connect(stack.env["TUNEBUS_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
         queue = await channel.get_queue("tunebus.dead-letter")
         message = await queue.get(timeout=5, fail=True)
         assert message is not None
         await message.ack()
         assert "trialConcurrency" in str(message.headers["x-tunebus-reason"])
         assert json.loads(message.body)["experiment_id"] == experiment_id
-    finally:
-        await bus.close()
     # The dispatcher is still there: a valid experiment still runs.
     good_id = f"pub{uuid.uuid4().hex[:8]}"
-    await _publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
-    assert (await _wait_finished(stack, good_id)).status == "DONE"
+    await publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
+    assert (await wait_finished(stack, good_id)).status == "DONE"
