@@ -45,6 +45,9 @@ rabbit_env() {
     export RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
     export ERL_CRASH_DUMP="$RABBIT_DIR/log/erl_crash.dump"
+    # Erlang distribution and epmd (if this node starts it) on loopback only, like AMQP.
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export ERL_EPMD_ADDRESS=127.0.0.1
 }
 
 rabbit_prepare() {
