@@ -91,11 +91,13 @@ wait_for() {
     done
 }
 
+# show_log_tail NAME [LINES]: the end of NAME's log since its latest start, to stderr.
 show_log_tail() {
     local file="$LOG_DIR/$1.log"
     [[ -f "$file" ]] || return 0
     log "last lines of $file:"
-    tail -n "${2:-30}" "$file" | sed 's/^/    /' >&2
+    awk -v marker="==== $1 start" 'index($0, marker) == 1 { buf = "" } { buf = buf $0 "\n" }
+        END { printf "%s", buf }' "$file" | tail -n "${2:-30}" | sed 's/^/    /' >&2
 }
 
 # require_free_port PORT WHAT: refuse to start when someone else (a system rabbitmq-server,
