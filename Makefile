@@ -11,6 +11,7 @@ BOOT_PYTHON := $(firstword $(wildcard /root/.pyenv/versions/3.11.7/bin/python) \
 # Re-installs only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 DEMO_CONFIG ?= examples/sklearn-digits/config.yml
 
 .PHONY: venv lint test demo up infra down status bench clean
@@ -50,9 +51,10 @@ down:
 status:
 	deploy/local status
 
+# Every script in benchmarks/ against the local stack (each starts it if needed); BENCH_ARGS pass through.
 bench: venv
-	@if [ -f benchmarks/__main__.py ]; then $(PY) -m benchmarks; \
-	else $(VENV)/bin/pytest -q benchmarks -p no:cacheprovider; fi
+	deploy/local up
+	for script in benchmarks/*.py; do echo "=== $$script"; $(PY) "$$script" $(BENCH_ARGS); done
 
 clean: down
 	deploy/local down --purge
