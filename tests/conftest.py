@@ -39,6 +39,9 @@ DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 AZURITE_IMAGE = "mcr.microsoft.com/azure-storage/azurite:3.35.0"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_COMMAND = (
+    "azurite-blob --blobHost 0.0.0.0 --blobPort 10000 --skipApiVersionCheck --loose --disableTelemetry"
+)
 DEFAULT_CONTAINER = "tunebus"
 INFRA_FIXTURES = {"infra", "fresh_container", "amqp_vhost"}
 
@@ -176,11 +179,7 @@ def _docker_infra() -> Iterator[Infra]:
             str(REPO_ROOT / "deploy/rabbitmq/enabled_plugins.compose"), "/etc/rabbitmq/enabled_plugins", "ro"
         )
     )
-    azurite = (
-        DockerContainer(AZURITE_IMAGE)
-        .with_command("azurite-blob --blobHost 0.0.0.0 --blobPort 10000 --skipApiVersionCheck --loose")
-        .with_exposed_ports(10000)
-    )
+    azurite = DockerContainer(AZURITE_IMAGE).with_command(AZURITE_COMMAND).with_exposed_ports(10000)
     with rabbit, azurite:
         wait_for_logs(rabbit, "Server startup complete", timeout=180)
         wait_for_logs(azurite, "successfully listening", timeout=60)
