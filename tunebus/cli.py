@@ -1,0 +1,831 @@
+"""The ``tunebus`` command: create experiments, follow them, list, show, stop.
+
+``tunebus create --config FILE`` validates an NNI v2 experiment file, uploads the trial code
+and publishes ``experiment.start``; ``--wait`` follows the experiment to its end. The other
+commands read the dispatcher's state documents in blob storage. Settings come from
+``TUNEBUS_AMQP_URL``, ``TUNEBUS_STORAGE_CONNECTION_STRING`` and ``TUNEBUS_STORAGE_CONTAINER``.
+
+Exit codes: 0 success (with ``--wait``: the experiment ended DONE or STOPPED), 1 failure (the
+experiment ended in ERROR, or the broker or storage cannot be reached), 2 invalid input (a bad
+config, an unknown experiment id), 130 interrupted.
+
+Startup stays fast: pydantic, aio-pika and the Azure SDK are imported by the commands that
+need them, never for ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from shared.bus import Bus
+    from shared.settings import CommonSettings
+    from shared.state import ExperimentState, TrialRecord
+    from shared.storage import BlobStore
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "build_parser",
+    "experiment_summary",
+    "main",
+    "new_experiment_id",
+    "pending_summary",
+    "progress_line",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: The status shown for an experiment published but not yet started by the dispatcher (NNI's word).
+PENDING_STATUS = "INITIALIZED"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
+                 "EARLY_STOPPED")
+_ENDED = ("DONE", "STOPPED", "ERROR")
+_POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
+_CONNECT_TIMEOUT = 10.0
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with the exit code to return."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def new_experiment_id() -> str:
+    """A fresh experiment id: 8 random lowercase letters and digits, like NNI's."""
+    import secrets
+
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def _check_id(experiment_id: str) -> str:
+    if not _ID_PATTERN.match(experiment_id):
+        raise CliError(f"invalid experiment id {experiment_id!r}: use 1-64 letters, digits, '_' or '-'",
+                       EXIT_USAGE)
+    return experiment_id
+
+
+def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
+    rank = {status: i for i, status in enumerate(_STATUS_ORDER)}
+    return {k: counts[k] for k in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s)) if counts[k]}
+
+
+def experiment_summary(state: ExperimentState) -> dict[str, Any]:
+    """The one-object JSON summary of an experiment: id, status, trials by status, best trial."""
+    from shared.state import best_trial
+
+    best = best_trial(state)
+    return {
+        "id": state.experiment_id,
+        "status": state.status.value,
+        "trials": _ordered_counts(state.trials_by_status()),
+        "best": None if best is None else {
+            "trial_id": best.trial_id, "value": best.final_value, "parameters": best.parameters,
+        },
+    }
+
+
+def pending_summary(experiment_id: str) -> dict[str, Any]:
+    """The summary of an experiment the dispatcher has not started yet."""
+    return {"id": experiment_id, "status": PENDING_STATUS, "trials": {}, "best": None}
+
+
+def format_seconds(seconds: float) -> str:
+    """``12.3s``, ``4m05s``, ``2h07m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _format_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "none yet"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
+
+
+def progress_line(state: ExperimentState | None, elapsed: float | None) -> str:
+    """One line of progress: status, trials by status, best so far (and elapsed, when given)."""
+    tail = "" if elapsed is None else f"  [{format_seconds(elapsed)}]"
+    if state is None:
+        return f"{PENDING_STATUS}  waiting for the dispatcher to start the experiment{tail}"
+    summary = experiment_summary(state)
+    best = summary["best"]
+    best_text = "-" if best is None else f"{_format_value(best['value'])} ({best['trial_id']})"
+    return f"{summary['status']}  trials: {_format_counts(summary['trials'])}  best: {best_text}{tail}"
+
+
+def summary_text(state: ExperimentState, elapsed: float) -> str:
+    """The closing summary of ``create --wait`` in plain mode."""
+    from shared.state import best_trial
+
+    summary = experiment_summary(state)
+    total = sum(summary["trials"].values())
+    lines = [f"experiment {state.experiment_id} {summary['status']} after {format_seconds(elapsed)}"]
+    if state.reason:
+        lines.append(f"reason: {state.reason}")
+    lines.append(f"trials: {total}" + (f" ({_format_counts(summary['trials'])})" if total else ""))
+    best = best_trial(state)
+    if best is not None:
+        lines.append(f"best: trial {best.trial_id} (#{best.sequence_id}) {_format_value(best.final_value)} "
+                     f"{_compact(best.parameters)}")
+    else:
+        lines.append("best: no trial reported a final result")
+    lines.append(f"details: tunebus trial ls {state.experiment_id}")
+    return "\n".join(lines)
+
+
+def _masked_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def blob_endpoint(connection_string: str) -> str:
+    """The blob service URL a connection string points at (never its key)."""
+    from shared.storage import parse_connection_string
+
+    fields = parse_connection_string(connection_string)
+    if fields.get("UseDevelopmentStorage", "").lower() == "true":
+        return "http://127.0.0.1:10000/devstoreaccount1"
+    if "BlobEndpoint" in fields:
+        return fields["BlobEndpoint"].rstrip("/")
+    protocol = fields.get("DefaultEndpointsProtocol", "https")
+    suffix = fields.get("EndpointSuffix", "core.windows.net")
+    return f"{protocol}://{fields.get('AccountName', '?')}.blob.{suffix}"
+
+
+# ---------------------------------------------------------------- connections
+
+
+async def _probe(url: str, what: str) -> None:
+    """Fail fast, in one line, when nothing listens at ``url`` (the SDKs would retry for long)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    default_port = {"https": 443, "http": 80, "amqps": 5671}.get(parts.scheme, 5672)
+    host, port = parts.hostname or "localhost", parts.port or default_port
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise CliError(f"cannot reach {what} at {_masked_url(url)}: {reason}") from None
+    writer.close()
+
+
+class _Storage:
+    """The CLI's access to the system of record: the shared BlobStore plus prefix listings."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        from azure.storage.blob.aio import ContainerClient
+
+        from shared.storage import BlobStore
+
+        self.endpoint = blob_endpoint(settings.storage_connection_string)
+        self.store: BlobStore = BlobStore(settings.storage_connection_string, settings.storage_container)
+        self.container = ContainerClient.from_connection_string(
+            settings.storage_connection_string, settings.storage_container
+        )
+
+    async def open(self) -> _Storage:
+        await _probe(self.endpoint, "blob storage")
+        return self
+
+    async def close(self) -> None:
+        await self.container.close()
+        await self.store.close()
+
+    def failure(self, exc: Exception) -> CliError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CliError(f"blob storage at {self.endpoint}: {first}")
+
+    async def read_state(self, experiment_id: str) -> ExperimentState | None:
+        from shared.state import ExperimentState
+        from shared.storage import Layout
+
+        found = await self.store.read_json(Layout(experiment_id).state_doc)
+        return None if found is None else ExperimentState.model_validate(found[0])
+
+    async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
+        from shared.storage import Layout
+
+        found = await self.store.read_json(Layout(experiment_id).experiment_doc)
+        return found[0] if found is not None and isinstance(found[0], dict) else None
+
+    async def exists(self, experiment_id: str) -> bool:
+        """Whether anything was ever stored for the experiment (it may not be started yet)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            async for _ in self.container.list_blobs(name_starts_with=f"experiments/{experiment_id}/"):
+                return True
+        except ResourceNotFoundError:
+            return False
+        return False
+
+    async def experiment_ids(self) -> list[str]:
+        """Every experiment folder in the container (one level listing, not every blob)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ids: list[str] = []
+        try:
+            async for item in self.container.walk_blobs(name_starts_with="experiments/", delimiter="/"):
+                name = item.name.removeprefix("experiments/").rstrip("/")
+                if name and item.name.endswith("/"):
+                    ids.append(name)
+        except ResourceNotFoundError:
+            return []
+        return sorted(ids)
+
+
+async def _connect_bus(settings: CommonSettings) -> Bus:
+    import asyncio
+
+    from shared.bus import Bus
+
+    bus = Bus(settings.amqp_url, service="cli")
+    try:
+        await asyncio.wait_for(bus.connect(attempts=1), _CONNECT_TIMEOUT)
+    except Exception as exc:
+        raise CliError(f"cannot reach the broker at {_masked_url(settings.amqp_url)}: "
+                       f"{_exception_line(exc)}") from None
+    return bus
+
+
+def _exception_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _EventWatcher:
+    """An exclusive, auto-deleted, server-named queue of one experiment's status and trial-end events.
+
+    Events only say "something changed": the state document is what gets read and shown.
+    """
+
+    ROUTING_KEYS = ("experiment.status", "trial.ended")
+
+    def __init__(self, experiment_id: str) -> None:
+        import asyncio
+
+        self.experiment_id = experiment_id
+        self.changed = asyncio.Event()
+        self._connection: Any = None
+
+    async def start(self, url: str) -> None:
+        import asyncio
+
+        import aio_pika
+
+        from shared.topology import EVENTS_EXCHANGE
+
+        try:
+            self._connection = await asyncio.wait_for(
+                aio_pika.connect_robust(url, client_properties={"connection_name": "cli-watch"}),
+                _CONNECT_TIMEOUT,
+            )
+        except Exception as exc:
+            raise CliError(f"cannot reach the broker at {_masked_url(url)}: {_exception_line(exc)}") from None
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        for key in self.ROUTING_KEYS:
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(self._on_event, no_ack=True)
+
+    async def _on_event(self, delivery: Any) -> None:
+        try:
+            experiment_id = json.loads(delivery.body).get("experiment_id")
+        except (ValueError, AttributeError):
+            return
+        if experiment_id == self.experiment_id:
+            self.changed.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until an event for the experiment arrives, or ``timeout`` seconds."""
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+# ---------------------------------------------------------------- output
+
+
+@dataclass
+class _Output:
+    """Where things go: stdout for results, stderr for notes; ``--json`` keeps stdout to one object."""
+
+    json_mode: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def note(self, text: str) -> None:
+        """Information for people: stdout normally, stderr under --json."""
+        print(text, file=self.err if self.json_mode else self.out, flush=True)
+
+    def result(self, doc: Any) -> None:
+        print(json.dumps(doc, default=str), file=self.out, flush=True)
+
+
+class _Progress:
+    """Shows a run's progress: a live ``\\r`` line on a terminal, else a line per change."""
+
+    def __init__(self, output: _Output, started: float) -> None:
+        self.started = started
+        self.stream = output.err if output.json_mode else output.out
+        self.live = self.stream.isatty()
+        self.quiet = output.json_mode and not self.live
+        self._last = ""
+        self._dirty = False
+
+    def update(self, state: ExperimentState | None) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        if self.live:
+            self.stream.write("\r" + progress_line(state, elapsed) + "\x1b[K")
+            self.stream.flush()
+            self._dirty = True
+            return
+        line = progress_line(state, None)
+        if line != self._last:
+            print(f"[{format_seconds(elapsed):>7}] {line}", file=self.stream, flush=True)
+            self._last = line
+
+    def end_line(self) -> None:
+        if self._dirty:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._dirty = False
+
+
+# ---------------------------------------------------------------- create
+
+
+@dataclass
+class _CreateRun:
+    """What ``create`` has done so far, for an honest message when interrupted."""
+
+    experiment_id: str
+    published: bool = False
+    progress: _Progress | None = None
+
+
+def _print_config_error(config_path: str, exc: Exception, output: _Output) -> None:
+    problems = getattr(exc, "errors", None) or [("<root>", str(exc))]
+    for field_path, reason in problems:
+        print(f"error: {config_path}: {field_path}: {reason}", file=output.err)
+
+
+def cmd_create(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus create``: validate, upload the code, publish the start; optionally wait."""
+    import asyncio
+
+    from shared.config import load_experiment_config
+    from shared.errors import ConfigError
+
+    try:
+        config = load_experiment_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(args.config, exc, output)
+        return EXIT_USAGE
+    if args.dry_run:
+        print(json.dumps(config.normalized(), indent=2), file=output.out)
+        return EXIT_OK
+    experiment_id = _check_id(args.id) if args.id else new_experiment_id()
+    archive = _build_archive(Path(config.trial_code_directory))
+    from shared.settings import CommonSettings
+
+    run = _CreateRun(experiment_id)
+    try:
+        return asyncio.run(_create(CommonSettings(), config, archive, run, args, output))
+    except KeyboardInterrupt:
+        if run.progress is not None:
+            run.progress.end_line()
+        if run.published:
+            print(f"interrupted: experiment {experiment_id} keeps running; "
+                  f"stop it with: tunebus stop {experiment_id}", file=output.err)
+        else:
+            print(f"interrupted: experiment {experiment_id} may not have been created; "
+                  f"check with: tunebus experiment show {experiment_id}", file=output.err)
+        return EXIT_INTERRUPTED
+
+
+def _build_archive(code_dir: Path) -> bytes:
+    from tunebus.code_archive import CodeArchiveError, build_code_archive
+
+    try:
+        return build_code_archive(code_dir)
+    except (CodeArchiveError, OSError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _CreateRun,
+                  args: argparse.Namespace, output: _Output) -> int:
+    import asyncio
+
+    from shared.messages import ExperimentStart
+    from shared.storage import Layout
+
+    storage = _Storage(settings)
+    watcher = _EventWatcher(run.experiment_id) if args.wait else None
+    bus: Bus | None = None
+    try:
+        # Connect to everything first (in parallel): nothing is uploaded if the broker is down.
+        started = [storage.open(), _connect_bus(settings)]
+        if watcher is not None:
+            started.append(watcher.start(settings.amqp_url))
+        results = await asyncio.gather(*started, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            if all(isinstance(f, CliError) for f in failures):
+                raise CliError("\n".join(dict.fromkeys(str(f) for f in failures)))
+            raise failures[0]
+        bus = results[1]  # type: ignore[assignment]
+        layout = Layout(run.experiment_id)
+        try:
+            if args.id and await storage.exists(run.experiment_id):
+                raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
+                               EXIT_USAGE)
+            await storage.store.ensure_container()
+            await storage.store.write_bytes(layout.code_archive, archive, content_type="application/gzip")
+        except CliError:
+            raise
+        except Exception as exc:
+            raise storage.failure(exc) from None
+        assert bus is not None
+        await bus.publish(ExperimentStart(experiment_id=run.experiment_id, config=config.to_wire(),
+                                          code_blob=layout.code_archive))
+        run.published = True
+        output.note(f"experiment {run.experiment_id} created")
+        if watcher is None:
+            if output.json_mode:
+                output.result(pending_summary(run.experiment_id))
+            return EXIT_OK
+        return await _follow(storage, watcher, run, output)
+    finally:
+        await _close_quietly(watcher, bus, storage)
+
+
+async def _close_quietly(*things: Any) -> None:
+    import asyncio
+
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            await asyncio.wait_for(thing.close(), 5.0)
+        except (Exception, asyncio.CancelledError):  # closing must not hide the real outcome
+            pass
+
+
+async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, output: _Output) -> int:
+    """Show progress until the experiment ends; re-read state.json on each event (or each second)."""
+    started = time.monotonic()
+    progress = run.progress = _Progress(output, started)
+    while True:
+        watcher.changed.clear()  # before reading: an event during the read triggers another read
+        try:
+            state = await storage.read_state(run.experiment_id)
+        except Exception as exc:
+            raise storage.failure(exc) from None
+        progress.update(state)
+        if state is not None and state.status.value in _ENDED:
+            break
+        await watcher.wait(_POLL_SECONDS)
+    progress.end_line()
+    elapsed = time.monotonic() - started
+    if output.json_mode:
+        output.result(experiment_summary(state))
+    else:
+        print(summary_text(state, elapsed), file=output.out, flush=True)
+    return EXIT_FAILURE if state.status.value == "ERROR" else EXIT_OK
+
+
+# ---------------------------------------------------------------- reading commands
+
+
+def _run_with_storage(body: Any) -> Any:
+    """Run ``body(storage)`` with storage opened and closed, mapping SDK errors to one line."""
+    import asyncio
+
+    from shared.settings import CommonSettings
+
+    async def go() -> Any:
+        storage = _Storage(CommonSettings())
+        try:
+            await storage.open()
+            try:
+                return await body(storage)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+        finally:
+            await _close_quietly(storage)
+
+    return asyncio.run(go())
+
+
+async def _state_or_unknown(storage: _Storage, experiment_id: str) -> ExperimentState | None:
+    """The state; None if the experiment exists but has not started; CliError(2) if unknown."""
+    state = await storage.read_state(experiment_id)
+    if state is None and not await storage.exists(experiment_id):
+        raise CliError(f"no experiment {experiment_id} in container "
+                       f"{storage.store.container_name!r} at {storage.endpoint}", EXIT_USAGE)
+    return state
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _utc(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_experiment_list(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus experiment list``: every experiment with its status, trial counts and start time."""
+    import asyncio
+
+
+    async def body(storage: _Storage) -> list[tuple[str, ExperimentState | None]]:
+        ids = await storage.experiment_ids()
+        gate = asyncio.Semaphore(16)
+
+        async def one(experiment_id: str) -> tuple[str, ExperimentState | None]:
+            async with gate:
+                return experiment_id, await storage.read_state(experiment_id)
+
+        return list(await asyncio.gather(*(one(i) for i in ids)))
+
+    found = _run_with_storage(body)
+    found.sort(key=lambda item: (item[1] is None, item[1].started_at.timestamp() if item[1] else 0, item[0]))
+    if args.json:
+        output.result([experiment_summary(s) if s else pending_summary(i) for i, s in found])
+        return EXIT_OK
+    if not found:
+        print("no experiments", file=output.out)
+        return EXIT_OK
+    rows = [["ID", "STATUS", "TRIALS", "BEST", "STARTED"]]
+    for experiment_id, state in found:
+        if state is None:
+            rows.append([experiment_id, PENDING_STATUS, "-", "-", "-"])
+            continue
+        summary = experiment_summary(state)
+        best = summary["best"]
+        rows.append([experiment_id, summary["status"], _format_counts(summary["trials"]),
+                     _format_value(best["value"]) if best else "-", _utc(state.started_at)])
+    _table(rows, output.out)
+    return EXIT_OK
+
+
+def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus experiment show ID``: the summary, plus config highlights in plain mode."""
+    experiment_id = _check_id(args.id)
+
+    async def body(storage: _Storage) -> tuple[ExperimentState | None, dict[str, Any] | None]:
+        state = await _state_or_unknown(storage, experiment_id)
+        return state, await storage.read_experiment_doc(experiment_id)
+
+    state, doc = _run_with_storage(body)
+    if args.json:
+        output.result(experiment_summary(state) if state else pending_summary(experiment_id))
+        return EXIT_OK
+    print("\n".join(_show_lines(experiment_id, state, (doc or {}).get("config") or {})), file=output.out)
+    return EXIT_OK
+
+
+def _show_lines(experiment_id: str, state: ExperimentState | None, config: dict[str, Any]) -> list[str]:
+    from shared.state import best_trial
+
+    rows: list[tuple[str, str]] = [("experiment", experiment_id)]
+    if config.get("experimentName"):
+        rows.append(("name", str(config["experimentName"])))
+    if state is None:
+        rows.append(("status", f"{PENDING_STATUS} (not started by the dispatcher yet)"))
+    else:
+        summary = experiment_summary(state)
+        rows.append(("status", summary["status"]))
+        if state.reason:
+            rows.append(("reason", state.reason))
+        rows += [("started", _utc(state.started_at)), ("ended", _utc(state.ended_at))]
+        end = state.ended_at or _now()
+        rows.append(("elapsed", format_seconds((end - state.started_at).total_seconds())))
+        rows.append(("optimize", state.optimize_mode))
+    tuner = config.get("tuner") or {}
+    if tuner:
+        rows.append(("tuner", str(tuner.get("name") or tuner.get("className") or "-")))
+    if config.get("trialConcurrency"):
+        rows.append(("concurrency", str(config["trialConcurrency"])))
+    if config.get("maxTrialNumber"):
+        rows.append(("max trials", str(config["maxTrialNumber"])))
+    platform = (config.get("trainingService") or {}).get("platform")
+    if platform:
+        rows.append(("platform", str(platform)))
+    if state is not None:
+        counts = experiment_summary(state)["trials"]
+        total = sum(counts.values())
+        rows.append(("trials", f"{total}" + (f" ({_format_counts(counts)})" if counts else "")))
+        best = best_trial(state)
+        rows.append(("best", "-" if best is None else
+                     f"trial {best.trial_id} (#{best.sequence_id}) {_format_value(best.final_value)} "
+                     f"{_compact(best.parameters)}"))
+    width = max(len(k) for k, _ in rows)
+    return [f"{k.ljust(width)}  {v}" for k, v in rows]
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def trial_row(trial: TrialRecord) -> dict[str, Any]:
+    """One trial as ``trial ls --json`` shows it."""
+    return {
+        "trial_id": trial.trial_id,
+        "sequence_id": trial.sequence_id,
+        "status": trial.status.value,
+        "final_value": trial.final_value,
+        "duration_seconds": trial.duration_seconds(),
+        "parameters": trial.parameters,
+        "error": trial.error,
+        "job_url": trial.job_url,
+    }
+
+
+def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus trial ls ID``: a table of the experiment's trials in sequence order."""
+    experiment_id = _check_id(args.id)
+    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id))
+    trials = state.by_sequence() if state is not None else []
+    if args.json:
+        output.result([trial_row(t) for t in trials])
+        return EXIT_OK
+    if not trials:
+        print(f"experiment {experiment_id} has no trials yet", file=output.out)
+        return EXIT_OK
+    rows = [["TRIAL", "SEQ", "STATUS", "FINAL", "DURATION", "PARAMETERS"]]
+    notes: dict[int, list[str]] = {}
+    for index, trial in enumerate(trials, start=1):
+        duration = trial.duration_seconds()
+        rows.append([trial.trial_id, str(trial.sequence_id), trial.status.value,
+                     _format_value(trial.final_value), "-" if duration is None else format_seconds(duration),
+                     _compact(trial.parameters)])
+        notes[index] = ([f"    error: {trial.error}"] if trial.error else []) + (
+            [f"    job: {trial.job_url}"] if trial.job_url else [])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=output.out)
+        for note in notes.get(index, []):
+            print(note, file=output.out)
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus stop ID``: publish ``experiment.stop`` (running trials are cancelled)."""
+    import asyncio
+
+    experiment_id = _check_id(args.id)
+    from shared.settings import CommonSettings
+
+    settings = CommonSettings()
+
+    async def go() -> int:
+        from shared.messages import ExperimentStop
+
+        storage = _Storage(settings)
+        bus: Bus | None = None
+        try:
+            await storage.open()
+            try:
+                state = await _state_or_unknown(storage, experiment_id)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+            if state is not None and state.status.value in _ENDED:
+                print(f"experiment {experiment_id} already ended ({state.status.value}); nothing to stop",
+                      file=output.out)
+                return EXIT_OK
+            bus = await _connect_bus(settings)
+            await bus.publish(ExperimentStop(experiment_id=experiment_id))
+        finally:
+            await _close_quietly(bus, storage)
+        print(f"stop requested for experiment {experiment_id}; "
+              f"follow with: tunebus experiment show {experiment_id}", file=output.out)
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- parser and entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tunebus`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tunebus",
+        description="NNI-compatible hyperparameter tuning on Azure ML, over RabbitMQ.",
+        epilog="Settings: TUNEBUS_AMQP_URL, TUNEBUS_STORAGE_CONNECTION_STRING, TUNEBUS_STORAGE_CONTAINER.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log what the clients do (debugging)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    create = commands.add_parser("create", help="validate an NNI v2 config and start an experiment")
+    create.add_argument("--config", "-c", required=True, metavar="FILE", help="NNI v2 experiment file (YAML)")
+    create.add_argument("--wait", "-w", action="store_true", help="follow the experiment until it ends")
+    create.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    create.add_argument("--dry-run", action="store_true", help="validate and print the normalized config")
+    create.add_argument("--id", help="experiment id to use (default: 8 random characters)")
+    create.set_defaults(handler=cmd_create)
+
+    experiment = commands.add_parser("experiment", help="list or show experiments")
+    exp_commands = experiment.add_subparsers(dest="experiment_command", required=True, metavar="COMMAND")
+    listing = exp_commands.add_parser("list", aliases=["ls"], help="list experiments")
+    listing.add_argument("--json", action="store_true", help="print a JSON array of summaries")
+    listing.set_defaults(handler=cmd_experiment_list)
+    show = exp_commands.add_parser("show", help="show one experiment")
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    show.set_defaults(handler=cmd_experiment_show)
+
+    trial = commands.add_parser("trial", help="list an experiment's trials")
+    trial_commands = trial.add_subparsers(dest="trial_command", required=True, metavar="COMMAND")
+    trial_ls = trial_commands.add_parser("ls", aliases=["list"], help="list the trials of an experiment")
+    trial_ls.add_argument("id", metavar="ID")
+    trial_ls.add_argument("--json", action="store_true", help="print a JSON array of trials")
+    trial_ls.set_defaults(handler=cmd_trial_ls)
+
+    stop = commands.add_parser("stop", help="stop an experiment (running trials are cancelled)")
+    stop.add_argument("id", metavar="ID")
+    stop.set_defaults(handler=cmd_stop)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    # The AMQP and Azure clients log every retry and transport error; the CLI reports failures
+    # itself, in one line. --verbose shows everything.
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    for name in ("aio_pika", "aiormq", "azure", "shared.bus"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``tunebus`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    output = _Output(json_mode=bool(getattr(args, "json", False)))
+    try:
+        code: int = args.handler(args, output)
+        return code
+    except CliError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=output.err)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=output.err)
+        return EXIT_INTERRUPTED
