@@ -255,6 +255,8 @@ def from_value(spec: ParamSpec, value: Any) -> float:
                 return float(index)
         raise ValueError(f"{value!r} is not an option of '{spec.name}'")
     value = float(value)
+    if spec.log and spec.q is not None and value == 0:
+        return math.log(spec.q / 4)  # qlognormal rounds small values to 0; any x < log(q/2) gives that
     if spec.log:
         if value <= 0:
             raise ValueError(f"{value!r} is not positive, so not a value of '{spec.name}'")

@@ -1,0 +1,20 @@
+"""Errors raised by tuning algorithms."""
+
+from __future__ import annotations
+
+__all__ = ["NoMoreTrials", "TunerConfigError"]
+
+
+class TunerConfigError(ValueError):
+    """A tuner name or one of its classArgs is wrong; the message names the tuner and the argument."""
+
+    def __init__(self, tuner: str, reason: str, argument: str | None = None) -> None:
+        where = f"classArgs.{argument} " if argument else ""
+        super().__init__(f"tuner '{tuner}': {where}{reason}")
+        self.tuner = tuner
+        self.argument = argument
+        self.reason = reason
+
+
+class NoMoreTrials(Exception):
+    """Every point of a finite search space has been suggested (NNI's ``NoMoreTrialError``)."""
