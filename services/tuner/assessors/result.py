@@ -1,0 +1,36 @@
+"""NNI's assessment result and the reading of intermediate metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Any
+
+__all__ = ["AssessResult", "scalar_history"]
+
+
+class AssessResult(Enum):
+    """NNI's ``AssessResult``: Good keeps a trial running, Bad asks for it to be stopped."""
+
+    Good = True
+    Bad = False
+
+
+def scalar_history(history: Iterable[Any]) -> list[float]:
+    """Intermediate results as floats: numbers, or dicts with ``default`` (NNI's extract_scalar_history)."""
+    out = []
+    for value in history:
+        if isinstance(value, Mapping):
+            value = value.get("default")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"an intermediate result must be a number or a dict with 'default', got {value!r}"
+            )
+        out.append(float(value))
+    return out
+
+
+def finite(values: list[float]) -> bool:
+    """Whether every value is a finite number (a diverged curve cannot be fitted)."""
+    return all(math.isfinite(v) for v in values)
