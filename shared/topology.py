@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AML_KILL_QUEUE",
     "AML_WATCH_QUEUE",
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_QUEUE",
@@ -101,6 +102,9 @@ TUNER_QUEUE = QueueSpec(
 # Competing consumers: any submitter replica takes any job.
 SUBMIT_QUEUE = QueueSpec("tunebus.submit", bindings=("trial.submit",))
 AML_WATCH_QUEUE = QueueSpec("tunebus.aml-watch", bindings=("ticket.aml.watch",))
+# Kills of AML runs: any submitter replica can cancel any run (local processes are killed
+# through each replica's own control queue instead).
+AML_KILL_QUEUE = QueueSpec("tunebus.aml-kill", bindings=("trial.kill",))
 INGESTOR_QUEUE = QueueSpec("tunebus.ingestor", bindings=("trial.status", "ticket.ingest.watch"))
 DEAD_LETTERS = QueueSpec(
     DEAD_LETTER_QUEUE, bindings=("#",), exchange=DEAD_LETTER_EXCHANGE, quorum=False
@@ -128,7 +132,8 @@ def _delay_queue(seconds: float) -> QueueSpec:
 DELAY_QUEUES: tuple[QueueSpec, ...] = tuple(_delay_queue(s) for s in DELAY_BUCKETS)
 
 QUEUES: tuple[QueueSpec, ...] = (
-    DISPATCHER_QUEUE, TUNER_QUEUE, SUBMIT_QUEUE, AML_WATCH_QUEUE, INGESTOR_QUEUE, DEAD_LETTERS,
+    DISPATCHER_QUEUE, TUNER_QUEUE, SUBMIT_QUEUE, AML_WATCH_QUEUE, AML_KILL_QUEUE, INGESTOR_QUEUE,
+    DEAD_LETTERS,
     *DELAY_QUEUES,
 )
 

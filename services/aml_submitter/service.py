@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, PermanentError, TransientError
 from shared.messages import (
     Message,
+    Ticket,
     TrialHeartbeat,
     TrialKill,
     TrialStatus,
@@ -30,8 +32,10 @@ from shared.messages import (
 )
 from shared.settings import CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
-from shared.topology import SUBMIT_QUEUE, replica_control_queue
+from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
+from .aml.backend import AmlBackend, AmlOptions, azureml_api, standin_api
+from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime
@@ -50,6 +54,18 @@ class SubmitterSettings(CommonSettings):
     max_jobs: int = 64  # trial.submit deliveries handled at once by this replica
     heartbeat_seconds: float = 5.0
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
+    # azureml-core calls block and are serialized per workspace client: submissions at once per
+    # replica (scale replicas for more), and threads for status polls and cancels.
+    aml_submit_threads: int = 1
+    aml_poll_threads: int = 4
+    aml_poll_seconds: float = 15.0  # how often a run's status is checked
+    aml_auth_timeout: float = 20.0  # seconds each credential method may take
+    # The stand-in only (NOT Azure): its run registry (shared by the replicas on this machine)
+    # and how slow its submissions, queueing and preparation are, in seconds.
+    aml_standin_dir: str | None = None
+    aml_standin_submit_latency: float = 0.0
+    aml_standin_queue_delay: float = 0.0
+    aml_standin_prepare_delay: float = 0.0
 
 
 @dataclass
@@ -205,6 +221,29 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
+def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus) -> AmlBackend:
+    """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
+    options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
+                         poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
+    if settings.aml_standin:
+        standin = StandinSettings(
+            registry=Path(settings.aml_standin_dir or Path(settings.work_dir) / "aml-standin"),
+            submit_latency=settings.aml_standin_submit_latency,
+            queue_delay=settings.aml_standin_queue_delay,
+            prepare_delay=settings.aml_standin_prepare_delay,
+        )
+        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN, NOT on "
+                    "Azure ML (run registry %s). For tests only.", standin.registry)
+        api: Callable[[], Any] = partial(standin_api, standin)
+    else:
+        api = azureml_api
+    # Credentials are the standard Azure variables, read once here (see aml/auth.py).
+    azure_env = {k: v for k, v in os.environ.items()
+                 if k.startswith(("AZURE_", "AZUREML_", "MSI_", "IDENTITY_")) or k == "PATH"}
+    return AmlBackend(store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
+                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options)
+
+
 async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     """Connect, declare, start the backends and consumers; returns the shutdown function."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
@@ -215,7 +254,12 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     work_dir = Path(settings.work_dir)
     submitter = Submitter(bus, store, work_dir, replica)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
+    aml = _aml_backend(settings, submitter, store, bus)
+    submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
+    # AML runs are watched and cancelled by whichever replica takes the ticket or the kill.
+    await bus.consume(AML_WATCH_QUEUE, {Ticket: aml.on_watch}, concurrency=2 * settings.aml_poll_threads)
+    await bus.consume(AML_KILL_QUEUE, {TrialKill: aml.on_kill}, concurrency=settings.aml_poll_threads)
     await bus.consume(SUBMIT_QUEUE, _handlers(submitter), concurrency=settings.max_jobs)
     beats = asyncio.create_task(submitter.heartbeat_forever(settings.heartbeat_seconds))
     log.info("submitter %s consuming %s (backends: %s)", replica, SUBMIT_QUEUE.name,

@@ -1,0 +1,379 @@
+"""NOT AZURE. A local stand-in for Azure ML's workspace / experiment / run boundary, for tests.
+
+Selected only by the submitter's ``TUNEBUS_AML_STANDIN=1``; it logs a WARNING at start and at
+every submission saying that trials do not run on Azure ML. It replaces exactly the objects
+the AML backend talks to — ``Workspace``, ``ComputeTarget``, ``Experiment``, ``Run`` — with
+the same constructor and method names, and receives the real ``ScriptRunConfig`` the backend
+built. ``Experiment.submit`` copies the config's snapshot (``source_directory``) to a run
+folder and starts a *runner* process there which walks the run through AML's statuses::
+
+    NotStarted → Queued → Preparing → Starting → Running → Finalizing → Completed | Failed
+                                             (cancel) → CancelRequested → Canceled
+
+and runs the config's ``command`` with ``bash -c`` in the copy, with the config's runtime
+environment variables, on this machine (the machine's Python stands in for the image's).
+Delays: ``submit_latency`` (the blocking ``submit`` call, as azureml-core's takes about a
+second), ``queue_delay``, ``prepare_delay`` — the submitter's ``TUNEBUS_AML_STANDIN_*``.
+
+Runs outlive the replica that submitted them, as AML runs do: each run is a folder under a
+*registry* directory (``state.json`` with the runner's pid, the snapshot copy, logs), and any
+replica reads a run's status from there. The limitation, plainly: that registry is a local
+folder, so replicas must share this machine's filesystem (or the folder on a shared mount);
+replicas on other machines cannot see each other's stand-in runs. A run whose runner process
+died (the machine rebooted) reports ``NotResponding``, as AML does for a node it lost.
+
+This file imports only the standard library: the runner is started as
+``python standin.py run <run folder>``, without importing tunebus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PORTAL_SCHEME",
+    "ComputeTarget",
+    "Experiment",
+    "Run",
+    "RunAlreadyExists",
+    "RunNotFound",
+    "StandinError",
+    "StandinSettings",
+    "Workspace",
+]
+
+log = logging.getLogger("tunebus.submitter.aml.standin")
+
+#: Portal URLs of stand-in runs start with this: they are not Azure's.
+PORTAL_SCHEME = "standin://"
+_TERMINAL = ("Completed", "Failed", "Canceled")
+_TAIL_CHARS = 3000
+_POLL = 0.05
+
+
+class StandinError(Exception):
+    """An error of the stand-in's 'service', with the HTTP status AML would answer."""
+
+    status_code = 400
+
+
+class RunNotFound(StandinError):
+    """No run with that id in the registry (AML: 404)."""
+
+    status_code = 404
+
+
+class RunAlreadyExists(StandinError):
+    """A run with that id exists already (AML: 409 Conflict)."""
+
+    status_code = 409
+
+
+@dataclass(frozen=True)
+class StandinSettings:
+    """Where the run registry lives and how slow the stand-in 'service' is (seconds)."""
+
+    registry: Path
+    submit_latency: float = 0.0
+    queue_delay: float = 0.0
+    prepare_delay: float = 0.0
+
+
+# ---------------------------------------------------------------- files of one run
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)  # atomic: readers see the old or the new document
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by the replica that started it) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- the azureml-core look-alikes
+
+
+class Workspace:
+    """Stands in for ``azureml.core.Workspace``: names only, no service behind it."""
+
+    def __init__(self, subscription_id: str, resource_group: str, workspace_name: str,
+                 auth: Any = None, *, settings: StandinSettings) -> None:
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.name = workspace_name
+        self.settings = settings
+        settings.registry.mkdir(parents=True, exist_ok=True)
+
+
+class ComputeTarget:
+    """Stands in for ``azureml.core.compute.ComputeTarget``: every name exists (this machine)."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+
+
+class Experiment:
+    """Stands in for ``azureml.core.Experiment``: ``submit`` starts a local runner process."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+
+    def submit(self, config: Any, tags: dict[str, str] | None = None, run_id: str | None = None) -> Run:
+        """Take a ``ScriptRunConfig``: copy its snapshot, start its command; returns the Run.
+
+        Blocks for ``submit_latency`` first, as a real submission does.
+        """
+        settings = self.workspace.settings
+        log.warning("AML STAND-IN (not Azure ML): submitting run %s of experiment %s to this machine",
+                    run_id, self.name)
+        time.sleep(settings.submit_latency)
+        run_id = run_id or f"{self.name}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
+        folder = settings.registry / run_id
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            raise RunAlreadyExists(f"run {run_id} already exists") from None
+        shutil.copytree(config.source_directory, folder / "wd", symlinks=True)
+        run_config = config.run_config
+        spec = {
+            "run_id": run_id,
+            "experiment": self.name,
+            "workspace": self.workspace.name,
+            "target": str(run_config.target),
+            "image": run_config.environment.docker.base_image,
+            "command": config.command if isinstance(config.command, str) else " ".join(config.command),
+            "environment_variables": dict(run_config.environment_variables or {}),
+            "max_run_duration_seconds": run_config.max_run_duration_seconds,
+            "tags": dict(tags or {}),
+            "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay},
+        }
+        _write_json(folder / "spec.json", spec)
+        _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
+                                            "submitted": time.time()})
+        with (folder / "runner.log").open("ab") as out:
+            runner = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "run", str(folder)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # the run outlives the replica, as an AML run does
+            )
+        # The runner writes its pid into state.json once it runs; until then this tells it.
+        _write_json(folder / "starter.json", {"runner_pid": runner.pid})
+        return Run(self, run_id)
+
+
+class Run:
+    """Stands in for ``azureml.core.Run``: status, details, portal URL and cancel from the registry."""
+
+    def __init__(self, experiment: Experiment, run_id: str) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        self._folder = experiment.workspace.settings.registry / run_id
+
+    @staticmethod
+    def get(workspace: Workspace, run_id: str) -> Run:
+        """The run with that id (any replica's), or :class:`RunNotFound`."""
+        folder = workspace.settings.registry / run_id
+        if not (folder / "spec.json").exists():
+            raise RunNotFound(f"run {run_id} not found")
+        spec = _read_json(folder / "spec.json")
+        return Run(Experiment(workspace, spec["experiment"]), run_id)
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            return _read_json(self._folder / "state.json")
+        except FileNotFoundError:
+            raise RunNotFound(f"run {self.id} not found") from None
+
+    def _runner_pid(self, state: dict[str, Any]) -> int | None:
+        pid = state.get("runner_pid")
+        if pid is None and (self._folder / "starter.json").exists():
+            pid = _read_json(self._folder / "starter.json").get("runner_pid")
+        return int(pid) if pid else None
+
+    def get_status(self) -> str:
+        """One of AML's status words."""
+        state = self._state()
+        status = str(state["status"])
+        if status in _TERMINAL:
+            return status
+        if not _pid_alive(self._runner_pid(state)):
+            # Re-read: the runner may have written its last status and exited in between.
+            status = str(self._state()["status"])
+            if status in _TERMINAL:
+                return status
+            if status != "NotStarted" or time.time() - float(state.get("submitted", 0)) > 30:
+                return "NotResponding"
+        if (self._folder / "cancel").exists():
+            return "CancelRequested"
+        return status
+
+    def get_details(self) -> dict[str, Any]:
+        """AML's run details: id, status, target, times, tags and, for a failed run, ``error``."""
+        state = self._state()
+        spec = _read_json(self._folder / "spec.json")
+        details: dict[str, Any] = {
+            "runId": self.id,
+            "status": self.get_status(),
+            "target": spec["target"],
+            "startTimeUtc": state.get("started"),
+            "endTimeUtc": state.get("ended"),
+            "tags": spec["tags"],
+            "properties": {"tunebus.standin": "true"},
+            "logFiles": {"user_logs/std_log.txt": str(self._folder / "std_log.txt")},
+        }
+        if state.get("error"):
+            details["error"] = {"error": {"code": "UserError", "message": state["error"]}}
+        return details
+
+    def get_portal_url(self) -> str:
+        """A URL that says what it is: the stand-in's, not Azure's portal."""
+        ws = self.experiment.workspace
+        return f"{PORTAL_SCHEME}not-azure/{ws.name}/{self.experiment.name}/runs/{self.id}"
+
+    def cancel(self) -> None:
+        """Ask the run to stop: CancelRequested, then Canceled once its command is gone."""
+        state = self._state()
+        if state["status"] in _TERMINAL:
+            return
+        (self._folder / "cancel").write_text(str(time.time()))
+        pid = self._runner_pid(state)
+        if pid and _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- the runner process
+
+
+@dataclass
+class _RunnerState:
+    status: str
+    runner_pid: int
+    submitted: float
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+
+
+class _Runner:
+    """Walks one run through AML's statuses; runs in its own process (``standin.py run DIR``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.spec = _read_json(folder / "spec.json")
+        first = _read_json(folder / "state.json")
+        self.state = _RunnerState("NotStarted", os.getpid(), float(first.get("submitted") or time.time()))
+        self.child: subprocess.Popen[bytes] | None = None
+        self.canceled = False
+
+    def set(self, status: str, **fields: Any) -> None:
+        self.state.status = status
+        for key, value in fields.items():
+            setattr(self.state, key, value)
+        _write_json(self.folder / "state.json", asdict(self.state))
+
+    def on_term(self, signum: int, frame: Any) -> None:
+        self.canceled = True
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.child.pid, signal.SIGTERM)
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.canceled and time.monotonic() < deadline:
+            time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+
+    def environment(self) -> dict[str, str]:
+        # As on AML, the trial sees none of the service's settings or Azure credentials.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBUS_", "AZURE_"))}
+        env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("PYTHONPATH", None)
+        env.update(self.spec["environment_variables"])
+        env["PYTHONUNBUFFERED"] = "1"
+        env["AZUREML_RUN_ID"] = self.spec["run_id"]
+        return env
+
+    def run_command(self) -> int:
+        wd = self.folder / "wd"
+        with (self.folder / "std_log.txt").open("wb") as out:
+            self.child = subprocess.Popen(["bash", "-c", self.spec["command"]], cwd=wd,
+                                          env=self.environment(), stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+            limit = self.spec.get("max_run_duration_seconds")
+            try:
+                return self.child.wait(timeout=float(limit) if limit else None)
+            except subprocess.TimeoutExpired:
+                self.canceled = True
+                self.on_term(signal.SIGTERM, None)
+                return self.child.wait()
+
+    def tail(self) -> str:
+        try:
+            data = (self.folder / "std_log.txt").read_bytes()[-_TAIL_CHARS:]
+        except OSError:
+            return ""
+        return data.decode(errors="replace")
+
+    def main(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_term)
+        delays = self.spec.get("delays") or {}
+        self.set("Queued")
+        self.wait(float(delays.get("queue") or 0))
+        if not self.canceled:
+            self.set("Preparing")
+            self.wait(float(delays.get("prepare") or 0))
+        if not self.canceled:
+            self.set("Starting")
+        code: int | None = None
+        if not self.canceled:
+            self.set("Running", started=time.time())
+            code = self.run_command()
+        if self.canceled:
+            self.set("Canceled", ended=time.time(), exit_code=code)
+            return
+        self.set("Finalizing", exit_code=code)
+        if code == 0:
+            self.set("Completed", ended=time.time())
+        else:
+            error = f"command exited with code {code}; end of its log:\n{self.tail()}"
+            self.set("Failed", ended=time.time(), error=error)
+
+
+if __name__ == "__main__":  # pragma: no cover - the runner process
+    if len(sys.argv) != 3 or sys.argv[1] != "run":
+        sys.exit("usage: standin.py run RUN_FOLDER")
+    _Runner(Path(sys.argv[2])).main()

@@ -1,0 +1,114 @@
+"""Azure ML run statuses and what they mean for a tunebus trial.
+
+AML reports a run as one of these words (``azureml.core.RunStatus`` and the REST API):
+
+==================  ==================  =====================================================
+AML status          tunebus trial       why
+==================  ==================  =====================================================
+NotStarted          WAITING             accepted, not yet scheduled
+Queued              WAITING             waiting for a node of the compute cluster
+Preparing           WAITING             building / pulling the image, downloading the snapshot
+Provisioning        WAITING             the cluster is scaling up a node for it
+Starting            WAITING             the node is starting the container
+Running             RUNNING             the trial command runs
+Finalizing          RUNNING             the command ended; AML uploads outputs. Not an end yet:
+                                        the outcome (Completed or Failed) is still to come
+CancelRequested     RUNNING             cancel accepted; the command may still run and write
+                                        metrics until AML reports Canceled
+Completed           SUCCEEDED           the command exited 0
+Failed              FAILED              the command (or the environment) failed
+Canceled            USER_CANCELED       cancelled (tunebus reports the status the kill asked for)
+NotResponding       RUNNING (for now)   see below
+==================  ==================  =====================================================
+
+NotResponding: AML has stopped hearing from the run's node, and it may recover (a transient
+network problem) or not (the node is gone). tunebus keeps treating the run as running and
+keeps watching; only when the run has been NotResponding for longer than
+``NOT_RESPONDING_LIMIT`` does the watcher give up: it cancels the run and fails the trial with
+that reason. Failing at the first NotResponding would throw away trials that recover;
+never giving up would hold a slot for ever.
+
+A status word tunebus does not know is treated as not final (the run is watched on) and logged.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from shared.messages import TrialStatus
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "NOT_RESPONDING_LIMIT",
+    "TERMINAL_STATUSES",
+    "WAITING_STATUSES",
+    "AmlRunStatus",
+    "is_terminal",
+    "trial_status_for",
+]
+
+
+class AmlRunStatus(StrEnum):
+    """Every status an Azure ML run reports."""
+
+    NOT_STARTED = "NotStarted"
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    PROVISIONING = "Provisioning"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    FINALIZING = "Finalizing"
+    CANCEL_REQUESTED = "CancelRequested"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+    NOT_RESPONDING = "NotResponding"
+
+
+#: Seconds a run may stay NotResponding before the trial is failed (and the run cancelled).
+NOT_RESPONDING_LIMIT = 30 * 60.0
+
+WAITING_STATUSES = frozenset({
+    AmlRunStatus.NOT_STARTED, AmlRunStatus.QUEUED, AmlRunStatus.PREPARING,
+    AmlRunStatus.PROVISIONING, AmlRunStatus.STARTING,
+})
+ACTIVE_STATUSES = frozenset({
+    AmlRunStatus.RUNNING, AmlRunStatus.FINALIZING, AmlRunStatus.CANCEL_REQUESTED,
+    AmlRunStatus.NOT_RESPONDING,
+})
+TERMINAL_STATUSES = frozenset({AmlRunStatus.COMPLETED, AmlRunStatus.FAILED, AmlRunStatus.CANCELED})
+
+_TERMINAL_TRIAL_STATUS = {
+    AmlRunStatus.COMPLETED: TrialStatus.SUCCEEDED,
+    AmlRunStatus.FAILED: TrialStatus.FAILED,
+    AmlRunStatus.CANCELED: TrialStatus.USER_CANCELED,
+}
+
+
+def _known(status: str) -> AmlRunStatus | None:
+    try:
+        return AmlRunStatus(status)
+    except ValueError:
+        return None
+
+
+def is_terminal(status: str) -> bool:
+    """Whether AML will not change this run's status again."""
+    return _known(status) in TERMINAL_STATUSES
+
+
+def trial_status_for(status: str, *, canceled_as: TrialStatus = TrialStatus.USER_CANCELED) -> TrialStatus:
+    """The trial status an AML run status means (see the module docstring for the table).
+
+    ``canceled_as`` is what a Canceled run ends as: the status its kill asked for
+    (EARLY_STOPPED, SYS_CANCELED...), USER_CANCELED when nobody in tunebus asked.
+    An unknown status word maps to WAITING (not final).
+    """
+    known = _known(status)
+    if known is None or known in WAITING_STATUSES:
+        return TrialStatus.WAITING
+    if known in ACTIVE_STATUSES:
+        return TrialStatus.RUNNING
+    if known == AmlRunStatus.CANCELED:
+        return canceled_as
+    return _TERMINAL_TRIAL_STATUS[known]
