@@ -188,7 +188,7 @@ def _within(timeout: float, make: Callable[[Mapping[str, str]], Any], env: Mappi
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"no token within {timeout:.0f} s")
+        raise TimeoutError(f"no token within {timeout:g} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["auth"]

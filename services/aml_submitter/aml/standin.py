@@ -229,16 +229,17 @@ class Run:
         status = str(state["status"])
         if status in _TERMINAL:
             return status
+        cancel_requested = (self._folder / "cancel").exists()
         if not _pid_alive(self._runner_pid(state)):
             # Re-read: the runner may have written its last status and exited in between.
             status = str(self._state()["status"])
             if status in _TERMINAL:
                 return status
+            if cancel_requested:
+                return "Canceled"  # nothing runs any more
             if status != "NotStarted" or time.time() - float(state.get("submitted", 0)) > 30:
                 return "NotResponding"
-        if (self._folder / "cancel").exists():
-            return "CancelRequested"
-        return status
+        return "CancelRequested" if cancel_requested else status
 
     def get_details(self) -> dict[str, Any]:
         """AML's run details: id, status, target, times, tags and, for a failed run, ``error``."""
@@ -269,10 +270,12 @@ class Run:
         if state["status"] in _TERMINAL:
             return
         (self._folder / "cancel").write_text(str(time.time()))
-        pid = self._runner_pid(state)
-        if pid and _pid_alive(pid):
+        # The runner watches for that file; a signal makes it quicker, once the runner has
+        # said (by writing its pid) that it is ready for one.
+        pid = state.get("runner_pid")
+        if pid and _pid_alive(int(pid)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(int(pid), signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- the runner process
@@ -297,8 +300,11 @@ class _Runner:
         self.spec = _read_json(folder / "spec.json")
         first = _read_json(folder / "state.json")
         self.state = _RunnerState("NotStarted", os.getpid(), float(first.get("submitted") or time.time()))
-        self.child: subprocess.Popen[bytes] | None = None
-        self.canceled = False
+        self.signaled = False
+
+    @property
+    def canceled(self) -> bool:
+        return self.signaled or (self.folder / "cancel").exists()
 
     def set(self, status: str, **fields: Any) -> None:
         self.state.status = status
@@ -307,10 +313,7 @@ class _Runner:
         _write_json(self.folder / "state.json", asdict(self.state))
 
     def on_term(self, signum: int, frame: Any) -> None:
-        self.canceled = True
-        if self.child is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.child.pid, signal.SIGTERM)
+        self.signaled = True
 
     def wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -329,17 +332,21 @@ class _Runner:
 
     def run_command(self) -> int:
         wd = self.folder / "wd"
+        limit = self.spec.get("max_run_duration_seconds")
+        deadline = time.monotonic() + float(limit) if limit else None
         with (self.folder / "std_log.txt").open("wb") as out:
-            self.child = subprocess.Popen(["bash", "-c", self.spec["command"]], cwd=wd,
-                                          env=self.environment(), stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-            limit = self.spec.get("max_run_duration_seconds")
-            try:
-                return self.child.wait(timeout=float(limit) if limit else None)
-            except subprocess.TimeoutExpired:
-                self.canceled = True
-                self.on_term(signal.SIGTERM, None)
-                return self.child.wait()
+            child = subprocess.Popen(["bash", "-c", self.spec["command"]], cwd=wd, env=self.environment(),
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+            while (code := child.poll()) is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    self.signaled = True  # AML cancels a run past max_run_duration_seconds
+                if self.canceled:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child.pid, signal.SIGTERM)
+                    return child.wait()
+                time.sleep(_POLL)
+            return code
 
     def tail(self) -> str:
         try:
@@ -351,7 +358,7 @@ class _Runner:
     def main(self) -> None:
         signal.signal(signal.SIGTERM, self.on_term)
         delays = self.spec.get("delays") or {}
-        self.set("Queued")
+        self.set("Queued")  # with this process's pid: from now on a cancel may signal it
         self.wait(float(delays.get("queue") or 0))
         if not self.canceled:
             self.set("Preparing")

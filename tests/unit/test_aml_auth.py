@@ -1,0 +1,89 @@
+"""The AML credential chain: never prompts, bounded in time, says what to do when nothing works."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from services.aml_submitter.aml.auth import AuthMethod, NoCredentialError, resolve_auth
+from services.aml_submitter.backend import PermanentSubmitError
+
+pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_nothing_configured_names_all_three_and_how_to_fix(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Any) -> None:
+    # No service principal variables, a managed-identity endpoint that refuses (loopback, closed
+    # port: nothing leaves this machine), and no az CLI on PATH.
+    monkeypatch.setenv("MSI_ENDPOINT", f"http://127.0.0.1:{_closed_port()}/msi/token")
+    for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "IDENTITY_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"PATH": str(tmp_path)}  # an empty folder: no `az`
+    started = time.monotonic()
+    with pytest.raises(NoCredentialError) as caught:
+        resolve_auth(env, timeout=15)
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert isinstance(caught.value, PermanentSubmitError)
+    assert "service principal" in message
+    assert "AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET are not set" in message
+    assert "managed identity" in message and "MSI" in message
+    assert "Azure CLI" in message and "az CLI is not on PATH" in message
+    assert "az login" in message and "AZURE_CLIENT_SECRET" in message  # how to fix
+    assert [a.method.split(" ")[0] for a in caught.value.attempts] == ["service", "managed", "Azure"]
+
+
+def test_a_partial_service_principal_names_what_is_missing() -> None:
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c"}
+    fail = AuthMethod("other", lambda e: (_ for _ in ()).throw(RuntimeError("no")))
+    from services.aml_submitter.aml.auth import default_methods
+
+    with pytest.raises(NoCredentialError, match="AZURE_CLIENT_SECRET not set"):
+        resolve_auth(env, methods=[default_methods()[0], fail])
+
+
+def test_the_first_method_that_works_wins_and_later_ones_are_not_tried() -> None:
+    tried: list[str] = []
+
+    def method(name: str, ok: bool) -> AuthMethod:
+        def make(env: Mapping[str, str]) -> Any:
+            tried.append(name)
+            if not ok:
+                raise RuntimeError(f"{name} failed")
+            return f"auth-{name}"
+        return AuthMethod(name, make)
+
+    auth, name = resolve_auth({}, methods=[method("a", False), method("b", True), method("c", True)])
+    assert (auth, name) == ("auth-b", "b")
+    assert tried == ["a", "b"]
+
+
+def test_a_hanging_method_is_abandoned_after_the_timeout() -> None:
+    def hangs(env: Mapping[str, str]) -> Any:
+        time.sleep(30)
+
+    started = time.monotonic()
+    with pytest.raises(NoCredentialError, match=r"slow: no token within 0\.5 s"):
+        resolve_auth({}, timeout=0.5, methods=[AuthMethod("slow", hangs)])
+    assert time.monotonic() - started < 5
+
+
+def test_secrets_are_not_in_the_message() -> None:
+    def leaky(env: Mapping[str, str]) -> Any:
+        raise RuntimeError("AADSTS7000215: Invalid client secret provided.")
+
+    env = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s3cr3t-value"}
+    with pytest.raises(NoCredentialError) as caught:
+        resolve_auth(env, methods=[AuthMethod("sp", leaky)])
+    assert "s3cr3t-value" not in str(caught.value)
+    assert "Invalid client secret" in str(caught.value)
