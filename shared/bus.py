@@ -231,16 +231,20 @@ class Bus:
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=max(prefetch, concurrency))
         queue = await self._declare_queue(channel, spec)
+        # aio-pika runs each delivery's callback as its own task, in delivery order; the
+        # semaphore's FIFO waiters keep that order, and with concurrency 1 make it strict.
         gate = asyncio.Semaphore(concurrency)
 
         async def on_message(delivery: AbstractIncomingMessage) -> None:
-            if concurrency == 1:
-                await self._handle(spec, handlers, delivery)
-                return
-            await gate.acquire()
-            task = asyncio.create_task(self._handle(spec, handlers, delivery))
-            self._in_flight.add(task)
-            task.add_done_callback(lambda t: (self._in_flight.discard(t), gate.release()))
+            async with gate:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._in_flight.add(task)
+                try:
+                    await self._handle(spec, handlers, delivery)
+                finally:
+                    if task is not None:
+                        self._in_flight.discard(task)
 
         tag = await queue.consume(on_message)
         self._consumers.append((queue, tag))

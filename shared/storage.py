@@ -172,7 +172,7 @@ class BlobStore:
                 kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
         body = json.dumps(doc, separators=(",", ":"), default=str).encode()
         try:
-            result = await self._container.upload_blob(path, body, **kwargs)
+            result = await self._container.get_blob_client(path).upload_blob(body, **kwargs)
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise ConcurrentWriteError(path) from exc
         return str(result["etag"])
