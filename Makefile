@@ -21,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(BOOT_PYTHON)"; $(BOOT_PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,examples]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,examples,aml]' torch==2.13.0
 	touch $@
 
 lint: venv
