@@ -1,13 +1,21 @@
-"""Tree-structured Parzen Estimator, multivariate, with a constant liar for parallel trials.
+"""Tree-structured Parzen Estimator: multivariate, with a local constant liar for parallel trials.
 
-One suggestion, after a quasi-random (scrambled Sobol) start:
+One suggestion, after a quasi-random (scrambled Sobol) start of ``n_startup_jobs`` trials:
 
-1. Sort finished trials by loss; pending trials join them with a lie (by default the worst loss
-   seen) so parallel suggestions are pushed away from each other.
-2. The best ``n_below`` form the "good" density l(x), the rest the "bad" density g(x); both are
-   multivariate Parzen estimators (:mod:`.parzen`) whose bandwidth shrinks as data accumulate.
-3. Draw ``n_ei_candidates`` points from l(x) and keep the one maximising l(x) / g(x), which is
-   proportional to expected improvement under TPE's model (Bergstra et al., 2011).
+1. Sort finished trials by loss. The best ``ceil(gamma * n)`` (at most 25) form the "good" density
+   l(x), the rest the "bad" density g(x). Both are multivariate Parzen estimators
+   (:mod:`.parzen`); older bad trials fade (hyperopt's linear forgetting).
+2. Kernel widths shrink as ``bandwidth * n ** -shrink_power`` with n the number of finished trials:
+   faster than Scott's rule, so the search tightens around good regions within ~100 trials.
+3. Draw ``n_ei_candidates`` points from l(x) and keep the unseen one maximising l(x) / g(x),
+   which is proportional to expected improvement under TPE's model (Bergstra et al., 2011).
+
+Parallel trials (pending: suggested, no result yet) use a *local* constant liar: each pending point
+is counted as a bad result (the "worst" lie), but with a kernel half as wide as the others. That
+keeps parallel suggestions apart without making the whole good region look bad, which is what
+slows a classic liar down with 8 or more trials in flight. ``constant_liar_type`` "mean" or "best"
+selects the classic liar with that value; ``None`` ignores pending trials (duplicates are still
+prevented).
 """
 
 from __future__ import annotations
@@ -24,35 +32,31 @@ from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
 from .parzen import ParzenEstimator
 
-__all__ = ["TpeSettings", "TpeTuner"]
+__all__ = ["LIAR_TYPES", "TpeSettings", "TpeTuner"]
 
 LIAR_TYPES = ("worst", "mean", "best")
 
 
 @dataclass(frozen=True)
 class TpeSettings:
-    """TPE's own arguments (NNI's ``tpe_args`` keys; defaults tuned on the benchmarks)."""
+    """TPE's own arguments. The first six are NNI's ``tpe_args`` keys; defaults were tuned on
+    benchmarks/tuner_quality.py with seeds the reported numbers do not use (see README_tuners.md)."""
 
     constant_liar_type: str | None = "worst"
     n_startup_jobs: int = 10
     n_ei_candidates: int = 64
     linear_forgetting: int = 25
     prior_weight: float = 1.0
-    gamma: float = 0.1
-    max_below: int = 25
-    bandwidth: float = 0.2
+    gamma: float = 0.1  # the good group's share of finished trials (optuna's rule; NNI's is gamma * sqrt(n))
+    max_below: int = 25  # at most this many trials in the good group
+    bandwidth: float = 0.5  # kernel width, as a fraction of a parameter's range, at n = 1
+    shrink_power: float = 0.6
     min_bandwidth: float = 0.005
-    rank_weights: float = 0.0
-    split_on_finished: bool = False
-    local_fraction: float = 0.0
-    min_finished: int = 2
-    adaptive: float = 0.0
-    max_bandwidth: float = 1.0
-    shrink_power: float = 0.0
-    local_scale: float = 0.5
+    liar_width: float = 0.5  # width of a pending trial's kernel relative to the others (local liar)
+    max_history: int = 1000  # bad trials beyond this many (the oldest) are left out of g(x)
 
 
-class _Growing:
+class _Rows:
     """A float matrix that grows by rows with amortised O(1) appends."""
 
     def __init__(self, columns: int) -> None:
@@ -80,21 +84,19 @@ class TpeTuner(BaseTuner):
     ):
         super().__init__(seed=seed, minimize=minimize)
         self.settings = settings or TpeSettings()
-        self.encoding: Encoding | None = None
+        self.encoding = Encoding([])
 
     # ------------------------------------------------------------ bookkeeping
 
     def _on_search_space(self) -> None:
         self.encoding = Encoding(self.specs)
-        self._points = _Growing(self.encoding.dim)
-        self._losses = _Growing(1)
+        self._points = _Rows(self.encoding.dim)
+        self._losses = _Rows(1)
         self._startup_used = 0
-        startup = max(self.settings.n_startup_jobs, 1)
-        sobol = qmc.Sobol(self.encoding.dim, scramble=True, seed=self.seed)
-        self._startup = sobol.random(2 ** math.ceil(math.log2(startup)))
+        count = 2 ** math.ceil(math.log2(max(self.settings.n_startup_jobs, 1)))
+        self._startup = qmc.Sobol(self.encoding.dim, scramble=True, seed=self.seed).random(count)
 
     def _on_observation(self, observation: Observation) -> None:
-        assert self.encoding is not None
         self._points.append(self.encoding.encode(observation.internal))
         self._losses.append(np.array([observation.loss]))
 
@@ -102,17 +104,15 @@ class TpeTuner(BaseTuner):
 
     def _suggest(self, parameter_id: Any, rng: np.random.Generator) -> Internal:
         finished = self._points.size
-        started = finished + len(self.pending)
-        if started < self.settings.n_startup_jobs or finished < self.settings.min_finished:
+        if finished + len(self.pending) < self.settings.n_startup_jobs or finished < 2:
             return self._startup_point(rng)
         return self._model_point(rng)
 
     def _startup_point(self, rng: np.random.Generator) -> Internal:
-        """The next scrambled-Sobol point: spreads the first trials better than random draws."""
-        assert self.encoding is not None
+        """The next scrambled-Sobol point: the first trials cover the space better than random draws."""
         if self._startup_used >= len(self._startup):
             return self._sample_prior(rng)
-        u = self._startup[self._startup_used].copy()
+        u = self._startup[self._startup_used]
         self._startup_used += 1
         point = np.empty((1, self.encoding.dim))
         for i, column in enumerate(self.encoding.columns):
@@ -122,72 +122,67 @@ class TpeTuner(BaseTuner):
                 point[0, i] = ndtri(min(max(u[i], 1e-9), 1 - 1e-9))
             else:
                 point[0, i] = u[i]
-        point = self.encoding.snap(self.encoding.mask_inactive(point))
-        return self.encoding.decode(point[0])
+        return self.encoding.decode(self.encoding.snap(self.encoding.mask_inactive(point))[0])
 
     def _model_point(self, rng: np.random.Generator) -> Internal:
-        assert self.encoding is not None
-        points, losses = self._with_liars()
+        points, losses, liars = self._training_data()
         below, above = self._split(losses)
-        good = self._estimator(points[below], self._rank_weights(losses[below]))
-        bad = self._estimator(points[above], self._forgetting_weights(above))
+        good = self._estimator(points[below], np.ones(len(below)))
+        bad = self._estimator(points[above], self._forgetting_weights(len(above)))
         candidates = good.sample(self.settings.n_ei_candidates, rng)
-        n_local = int(self.settings.local_fraction * len(candidates))
-        if n_local:
-            best = points[below][np.argmin(losses[below])]
-            local = self._estimator(best[None, :], np.ones(1), scale=self.settings.local_scale, prior=0.0)
-            candidates = np.vstack([candidates, local.sample(n_local, rng)])
-        scores = good.log_pdf(candidates) - bad.log_pdf(candidates)
+        scores = good.log_pdf(candidates) - self._bad_log_pdf(bad, len(above), liars, candidates)
         for index in np.argsort(-scores, kind="stable"):
             internal = self.encoding.decode(candidates[index])
             if not self._is_seen(internal):
                 return internal
-        return self._sample_prior(rng)  # every candidate repeats a trial: let deduplication decide
+        return self._sample_prior(rng)  # every candidate repeats a trial: deduplication takes over
 
-    def _with_liars(self) -> tuple[np.ndarray, np.ndarray]:
-        """Finished points and losses, plus pending points with the liar's loss."""
-        assert self.encoding is not None
+    def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Points and losses the densities learn from, and the pending points left for a local liar."""
         points, losses = self._points.rows, self._losses.rows[:, 0]
+        pending = np.array([self.encoding.encode(p) for p in self.pending.values()]).reshape(
+            -1, self.encoding.dim
+        )
         liar = self.settings.constant_liar_type
-        if not self.pending or liar is None:
-            return points, losses
-        lie = {"worst": losses.max(), "mean": losses.mean(), "best": losses.min()}[liar]
-        pending = np.array([self.encoding.encode(p) for p in self.pending.values()])
-        return np.vstack([points, pending]), np.append(losses, np.full(len(pending), lie))
+        if liar in ("mean", "best") and len(pending):  # the classic liar: pending trials join the data
+            lie = losses.mean() if liar == "mean" else losses.min()
+            points = np.vstack([points, pending])
+            losses = np.append(losses, np.full(len(pending), lie))
+        return points, losses, pending if liar == "worst" else pending[:0]
 
     def _split(self, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices of the good (below) and bad (above) groups; ties keep the earlier trial good."""
+        """Indices of the good (below) and bad (above) trials in trial order; ties favour the earlier."""
         s = self.settings
-        n = self._points.size if s.split_on_finished else len(losses)
-        n_below = min(max(math.ceil(s.gamma * n), 1), s.max_below)
+        n_below = min(max(math.ceil(s.gamma * len(losses)), 1), s.max_below)
         order = np.argsort(losses, kind="stable")
-        return np.sort(order[:n_below]), np.sort(order[n_below:])
+        above = np.sort(order[n_below:])[-s.max_history :]  # the oldest bad trials weigh ~0 anyway
+        return np.sort(order[:n_below]), above
 
-    def _rank_weights(self, losses: np.ndarray) -> np.ndarray:
-        ranks = np.argsort(np.argsort(losses, kind="stable"), kind="stable")
-        return np.exp(-self.settings.rank_weights * ranks / max(len(losses), 1))
-
-    def _forgetting_weights(self, indices: np.ndarray) -> np.ndarray:
-        """Hyperopt's linear forgetting: older bad trials fade once there are many of them."""
-        n, keep = len(indices), self.settings.linear_forgetting
+    def _forgetting_weights(self, n: int) -> np.ndarray:
+        """Hyperopt's linear forgetting: weights ramp up from the oldest bad trial to the newest ones."""
+        keep = self.settings.linear_forgetting
         if n <= keep:
             return np.ones(n)
         return np.concatenate([np.linspace(1.0 / n, 1.0, n - keep), np.ones(keep)])
 
+    def _bad_log_pdf(
+        self, bad: ParzenEstimator, n_bad: int, liars: np.ndarray, points: np.ndarray
+    ) -> np.ndarray:
+        """log g(x), with each pending point added as a narrow bad kernel (the local liar)."""
+        log_g = bad.log_pdf(points)
+        if not len(liars):
+            return log_g
+        near = self._estimator(liars, np.ones(len(liars)), scale=self.settings.liar_width, prior_weight=0.0)
+        share = len(liars) / (n_bad + len(liars) + self.settings.prior_weight)
+        return np.logaddexp(log_g + math.log1p(-share), near.log_pdf(points) + math.log(share))
+
     def _estimator(
-        self, centers: np.ndarray, weights: np.ndarray, scale: float = 1.0, prior: float | None = None
+        self, centers: np.ndarray, weights: np.ndarray, scale: float = 1.0, prior_weight: float | None = None
     ) -> ParzenEstimator:
-        assert self.encoding is not None
         s = self.settings
-        power = s.shrink_power or 1.0 / (self.encoding.dim + 4)
-        factor = max(len(centers) if not s.shrink_power else self._points.size, 1) ** (-power)
-        width = np.full(self.encoding.dim, scale * s.bandwidth * factor)
-        if s.adaptive and len(centers) > 1:
-            with np.errstate(invalid="ignore"):
-                spread = np.nanstd(centers, axis=0)
-            width = np.where(np.isnan(spread), width, scale * s.adaptive * spread * factor)
-        steps = np.array([c.step for c in self.encoding.columns])
-        bandwidth = np.clip(width, np.maximum(steps, s.min_bandwidth), s.max_bandwidth)
-        return ParzenEstimator(
-            self.encoding, centers, weights, bandwidth, s.prior_weight if prior is None else prior
-        )
+        width = scale * s.bandwidth * max(self._points.size, 1) ** -s.shrink_power
+        # Integer and quantised columns never get narrower than their step: finer is meaningless.
+        floor = np.maximum([c.step for c in self.encoding.columns], s.min_bandwidth)
+        bandwidth = np.clip(np.full(self.encoding.dim, width), floor, 1.0)
+        weight = s.prior_weight if prior_weight is None else prior_weight
+        return ParzenEstimator(self.encoding, centers, weights, bandwidth, weight)
