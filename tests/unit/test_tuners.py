@@ -1,0 +1,366 @@
+"""Tuning algorithms: one contract every built-in tuner meets, then what is specific to each."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.tuner.algorithms import NoMoreTrials, TunerConfigError, create_tuner
+
+BUILTINS = ["TPE", "Random", "Anneal", "GridSearch", "Evolution"]
+
+MIXED_SPACE: dict[str, Any] = {
+    "activation": {"_type": "choice", "_value": ["relu", "tanh", 3]},
+    "layers": {"_type": "randint", "_value": [1, 5]},
+    "dropout": {"_type": "uniform", "_value": [0.0, 0.5]},
+    "batch": {"_type": "quniform", "_value": [16, 128, 16]},
+    "lr": {"_type": "loguniform", "_value": [1e-5, 1e-1]},
+    "width": {"_type": "qloguniform", "_value": [8, 512, 8]},
+    "shift": {"_type": "normal", "_value": [0.0, 1.0]},
+    "offset": {"_type": "qnormal", "_value": [10.0, 3.0, 2.0]},
+    "scale": {"_type": "lognormal", "_value": [0.0, 0.5]},
+    "count": {"_type": "qlognormal", "_value": [2.0, 1.0, 1.0]},
+    "optimizer": {
+        "_type": "choice",
+        "_value": [
+            {"_name": "sgd", "momentum": {"_type": "uniform", "_value": [0.0, 1.0]}},
+            {"_name": "adam", "beta": {"_type": "loguniform", "_value": [0.5, 0.999]}},
+            {"_name": "plain"},
+        ],
+    },
+}
+
+SMALL_SPACE: dict[str, Any] = {  # 3 x 2 x 2 = 12 points
+    "kind": {"_type": "choice", "_value": ["a", "b", "c"]},
+    "n": {"_type": "randint", "_value": [0, 2]},
+    "q": {"_type": "quniform", "_value": [0, 1, 1]},
+}
+
+
+def make(name: str, space: dict[str, Any] | None = None, seed: int = 7, **args: Any) -> Any:
+    class_args: dict[str, Any] = {} if name == "GridSearch" else {"seed": seed}
+    if name in ("TPE", "Anneal", "Evolution"):
+        class_args["optimize_mode"] = "minimize"
+    if name == "Evolution":
+        class_args["population_size"] = 8
+    class_args.update(args)
+    return create_tuner(name, class_args, space if space is not None else MIXED_SPACE)
+
+
+def objective(params: dict[str, Any]) -> float:
+    """Any deterministic number of the parameters will do for contract tests."""
+    return (params["dropout"] - 0.2) ** 2 + abs(math.log10(params["lr"]) + 3) + 0.1 * params["layers"]
+
+
+def key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def assert_in_mixed_space(p: dict[str, Any]) -> None:
+    assert p["activation"] in ("relu", "tanh", 3)
+    assert type(p["layers"]) is int and 1 <= p["layers"] <= 4
+    assert 0.0 <= p["dropout"] <= 0.5
+    assert 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0
+    assert 1e-5 <= p["lr"] <= 1e-1
+    assert 8 <= p["width"] <= 512 and p["width"] % 8 == 0
+    assert isinstance(p["shift"], float)
+    assert p["offset"] % 2 == 0
+    assert p["scale"] > 0
+    assert p["count"] >= 0 and p["count"] == round(p["count"])
+    optimizer = p["optimizer"]
+    expected = {"sgd": {"_name", "momentum"}, "adam": {"_name", "beta"}, "plain": {"_name"}}[
+        optimizer["_name"]
+    ]
+    assert set(optimizer) == expected
+    if "momentum" in optimizer:
+        assert 0 <= optimizer["momentum"] <= 1
+    if "beta" in optimizer:
+        assert 0.5 <= optimizer["beta"] <= 0.999
+
+
+def drive(tuner: Any, trials: int, batch: int = 1) -> list[dict[str, Any]]:
+    """NNI's loop: keep ``batch`` trials in flight, report the oldest first."""
+    suggested, pending, next_id = [], [], 0
+    while next_id < trials or pending:
+        while next_id < trials and len(pending) < batch:
+            params = tuner.generate_parameters(next_id)
+            suggested.append(params)
+            pending.append((next_id, params))
+            next_id += 1
+        parameter_id, params = pending.pop(0)
+        tuner.receive_trial_result(parameter_id, params, objective(params))
+        tuner.trial_end(parameter_id, True)
+    return suggested
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+class TestTunerContract:
+    """What the service relies on, for every built-in tuner."""
+
+    def test_suggestions_lie_in_the_space_in_nni_format(self, name: str) -> None:
+        for params in drive(make(name), 40, batch=4):
+            assert_in_mixed_space(params)
+
+    def test_same_seed_and_calls_give_the_same_suggestions(self, name: str) -> None:
+        assert drive(make(name, seed=3), 30, batch=3) == drive(make(name, seed=3), 30, batch=3)
+
+    def test_pending_trials_never_get_identical_parameters_until_exhausted(self, name: str) -> None:
+        tuner = make(name, SMALL_SPACE)
+        suggested = [tuner.generate_parameters(i) for i in range(12)]  # none reports: all pending
+        assert len({key(p) for p in suggested}) == 12
+        with pytest.raises(NoMoreTrials):
+            tuner.generate_parameters(12)
+
+    def test_generate_multiple_stops_at_exhaustion(self, name: str) -> None:
+        tuner = make(name, SMALL_SPACE)
+        assert len(tuner.generate_multiple_parameters(list(range(20)))) == 12
+
+    def test_results_do_not_repeat_after_learning(self, name: str) -> None:
+        tuner = make(name, SMALL_SPACE)
+        seen = set()
+        for i in range(12):
+            params = tuner.generate_parameters(i)
+            assert key(params) not in seen
+            seen.add(key(params))
+            tuner.receive_trial_result(i, params, {"default": float(i % 5), "loss": 1.0})
+        with pytest.raises(NoMoreTrials):
+            tuner.generate_parameters(12)
+
+    def test_imported_trials_count_as_tried(self, name: str) -> None:
+        tuner = make(name, SMALL_SPACE)
+        every = [{"kind": k, "n": n, "q": q} for k in "abc" for n in (0, 1) for q in (0.0, 1.0)]
+        records = [{"parameter": p, "value": float(i)} for i, p in enumerate(every[:11])]
+        records.append({"parameter": {"kind": "zzz", "n": 0, "q": 0.0}, "value": 1.0})  # not in the space
+        tuner.import_data(records)
+        assert tuner.generate_parameters(0) == every[11]
+        with pytest.raises(NoMoreTrials):
+            tuner.generate_parameters(1)
+
+    def test_trial_end_without_result_drops_the_pending_trial(self, name: str) -> None:
+        tuner = make(name)
+        params = [tuner.generate_parameters(i) for i in range(3)]
+        tuner.trial_end(1, False)
+        assert 1 not in tuner.pending and set(tuner.pending) == {0, 2}
+        tuner.receive_trial_result(0, params[0], 1.0)
+        tuner.trial_end(0, True)
+        assert set(tuner.pending) == {2}
+
+    def test_repeated_result_counts_once(self, name: str) -> None:
+        tuner = make(name)
+        params = tuner.generate_parameters(0)
+        tuner.receive_trial_result(0, params, 1.0)
+        tuner.receive_trial_result(0, params, 1.0)
+        assert len(tuner.history) == 1
+
+    def test_update_search_space_first(self, name: str) -> None:
+        tuner = create_tuner(name, {} if name != "Evolution" else {"optimize_mode": "maximize"}, None)
+        with pytest.raises(RuntimeError, match="update_search_space"):
+            tuner.generate_parameters(0)
+
+
+# ---------------------------------------------------------------- configuration errors
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        (
+            "TPE",
+            {"optimize_mode": "max"},
+            "tuner 'TPE': classArgs.optimize_mode must be 'maximize' or 'minimize', got 'max'",
+        ),
+        ("TPE", {"seed": "1"}, "tuner 'TPE': classArgs.seed must be an integer"),
+        (
+            "TPE",
+            {"tpe_args": {"n_ei_candidates": 0}},
+            "tuner 'TPE': classArgs.tpe_args.n_ei_candidates must be >= 1",
+        ),
+        (
+            "TPE",
+            {"tpe_args": {"constant_liar_type": "max"}},
+            "classArgs.tpe_args.constant_liar_type must be one of",
+        ),
+        ("TPE", {"tpe_args": {"gama": 0.2}}, "classArgs.tpe_args.gama is not a known argument"),
+        (
+            "TPE",
+            {"optimise_mode": "minimize"},
+            "tuner 'TPE': classArgs.optimise_mode is not a known argument",
+        ),
+        ("Evolution", {"population_size": 1}, "tuner 'Evolution': classArgs.population_size must be >= 2"),
+        ("Random", {"seed": -1}, "tuner 'Random': classArgs.seed must be >= 0"),
+        ("Hyperband", {}, "tuner 'Hyperband': unknown tuner"),
+    ],
+)
+def test_bad_configuration_names_tuner_and_argument(name: str, args: dict[str, Any], message: str) -> None:
+    with pytest.raises(TunerConfigError) as caught:
+        create_tuner(name, args, MIXED_SPACE)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_nni_tpe_args_are_accepted() -> None:
+    args = {
+        "optimize_mode": "maximize",
+        "seed": 1,
+        "tpe_args": {
+            "constant_liar_type": "mean",
+            "n_startup_jobs": 5,
+            "n_ei_candidates": 32,
+            "linear_forgetting": 20,
+            "prior_weight": 0.5,
+            "gamma": 0.2,
+        },
+    }
+    assert_in_mixed_space(create_tuner("TPE", args, MIXED_SPACE).generate_parameters(0))
+
+
+# ---------------------------------------------------------------- algorithm-specific behaviour
+
+
+def test_grid_search_enumerates_a_finite_space_in_order_then_ends() -> None:
+    tuner = create_tuner(
+        "GridSearch",
+        None,
+        {"a": {"_type": "choice", "_value": [1, 2]}, "b": {"_type": "randint", "_value": [0, 3]}},
+    )
+    got = tuner.generate_multiple_parameters(list(range(10)))
+    assert got == [{"a": a, "b": b} for a in (1, 2) for b in (0, 1, 2)]
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(10)
+
+
+def test_grid_search_refines_continuous_ranges_progressively() -> None:
+    tuner = create_tuner("GridSearch", None, {"x": {"_type": "uniform", "_value": [0, 8]}})
+    assert [tuner.generate_parameters(i)["x"] for i in range(7)] == [4.0, 2.0, 6.0, 1.0, 3.0, 5.0, 7.0]
+
+
+def test_grid_search_on_quantised_range_is_finite() -> None:
+    tuner = create_tuner("GridSearch", None, {"x": {"_type": "quniform", "_value": [0, 10, 5]}})
+    values = [p["x"] for p in tuner.generate_multiple_parameters(list(range(20)))]
+    assert sorted(values) == [0.0, 5.0, 10.0]
+
+
+def test_tpe_pending_suggestions_spread_out() -> None:
+    space = {f"x{i}": {"_type": "uniform", "_value": [0, 1]} for i in range(3)}
+    tuner = create_tuner("TPE", {"seed": 0, "optimize_mode": "minimize"}, space)
+    for i in range(30):
+        p = tuner.generate_parameters(i)
+        tuner.receive_trial_result(i, p, sum((v - 0.5) ** 2 for v in p.values()))
+    batch = np.array([list(tuner.generate_parameters(100 + i).values()) for i in range(8)])
+    distances = np.linalg.norm(batch[:, None] - batch[None], axis=-1)[np.triu_indices(8, 1)]
+    assert distances.min() > 0.005
+
+
+def test_tpe_maximize_and_minimize_go_opposite_ways() -> None:
+    space = {"x": {"_type": "uniform", "_value": [0, 1]}}
+    late = {}
+    for mode in ("maximize", "minimize"):
+        tuner = create_tuner("TPE", {"seed": 0, "optimize_mode": mode}, space)
+        xs = []
+        for i in range(40):
+            p = tuner.generate_parameters(i)
+            tuner.receive_trial_result(i, p, p["x"])
+            xs.append(p["x"])
+        late[mode] = float(np.mean(xs[-10:]))
+    assert late["maximize"] > 0.8 and late["minimize"] < 0.2
+
+
+def branin(p: dict[str, float]) -> float:
+    x, y = p["x"], p["y"]
+    return (
+        (y - 5.1 / (4 * math.pi**2) * x * x + 5 / math.pi * x - 6) ** 2
+        + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x)
+        + 10
+    )
+
+
+def test_tpe_beats_random_search() -> None:
+    space = {"x": {"_type": "uniform", "_value": [-5, 10]}, "y": {"_type": "uniform", "_value": [0, 15]}}
+
+    def best(name: str, seed: int) -> float:
+        tuner = create_tuner(name, {"seed": seed}, space)
+        values = []
+        for i in range(40):
+            p = tuner.generate_parameters(i)
+            values.append(branin(p))
+            tuner.receive_trial_result(i, p, values[-1])
+        return min(values) - 0.397887
+
+    seeds = range(4)
+    tpe, random = np.mean([best("TPE", s) for s in seeds]), np.mean([best("Random", s) for s in seeds])
+    assert tpe < 0.5 * random
+
+
+def test_evolution_mutates_good_members_after_the_initial_population() -> None:
+    space = {"x": {"_type": "uniform", "_value": [0, 1]}, "y": {"_type": "uniform", "_value": [0, 1]}}
+    tuner = create_tuner("Evolution", {"optimize_mode": "maximize", "population_size": 10, "seed": 0}, space)
+    values = []
+    for i in range(120):
+        p = tuner.generate_parameters(i)
+        values.append(-((p["x"] - 0.7) ** 2) - (p["y"] - 0.2) ** 2)
+        tuner.receive_trial_result(i, p, values[-1])
+    assert np.mean(values[-20:]) > np.mean(values[:10])
+
+
+# ---------------------------------------------------------------- custom tuners
+
+
+CUSTOM_TUNER = '''
+import itertools
+
+class NoMoreTrialError(Exception):
+    pass
+
+class CountingTuner:
+    """Suggests x = start, start + 1, ... up to a limit, like a minimal NNI custom tuner."""
+
+    def __init__(self, start, limit=3):
+        self.counter = itertools.count(start)
+        self.limit = limit
+        self.results = []
+
+    def update_search_space(self, search_space):
+        self.space = search_space
+
+    def generate_parameters(self, parameter_id, **kwargs):
+        x = next(self.counter)
+        if x >= self.limit:
+            raise NoMoreTrialError("done")
+        return {"x": x}
+
+    def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
+        self.results.append((parameter_id, value))
+'''
+
+
+def test_custom_tuner_loads_from_its_code_directory(tmp_path: Path) -> None:
+    package = tmp_path / "my_tuners"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "counting.py").write_text(textwrap.dedent(CUSTOM_TUNER))
+    space = {"x": {"_type": "randint", "_value": [0, 10]}}
+    tuner = create_tuner(
+        None, {"start": 1}, space, class_name="my_tuners.counting.CountingTuner", code_directory=str(tmp_path)
+    )
+    assert tuner.generate_parameters(0) == {"x": 1}
+    tuner.receive_trial_result(0, {"x": 1}, 0.5)
+    tuner.trial_end(0, True)
+    tuner.import_data([])
+    assert tuner.generate_multiple_parameters([1, 2, 3]) == [{"x": 2}]
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(4)
+    assert tuner.tuner.results == [(0, 0.5)] and tuner.tuner.space == space
+
+
+def test_custom_tuner_errors_name_the_class(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("class NotATuner:\n    pass\n")
+    with pytest.raises(TunerConfigError, match=r"broken\.NotATuner.*must implement"):
+        create_tuner(None, {}, None, class_name="broken.NotATuner", code_directory=str(tmp_path))
+    with pytest.raises(TunerConfigError, match="cannot load"):
+        create_tuner(None, {}, None, class_name="missing_module.Tuner", code_directory=str(tmp_path))
