@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import log_ndtr, logsumexp, ndtr, ndtri
+from scipy.special import log_ndtr, ndtr, ndtri
 
 from .encoding import Encoding
 
@@ -60,11 +60,14 @@ class ParzenEstimator:
         norm = -np.log(w) - _LOG_SQRT_2PI - np.where(truncated, _log_mass(c, w), 0.0)
         # The prior of a bounded column is U(0, 1): a zero quadratic term and a zero constant.
         uniform = prior & truncated
+        precision = np.where(uniform, 0.0, 1.0 / (w * w))
+        # log k(x) = norm - precision * (x - c)^2 / 2, expanded so that summing over columns of
+        # all points and components becomes matrix products (BLAS) instead of a 3-d temporary.
         return {
             "columns": columns,
-            "centers": c,
-            "inv_width": np.where(uniform, 0.0, 1.0 / w),
-            "norm": np.where(uniform, 0.0, norm),
+            "quadratic": -0.5 * precision.T,
+            "linear": (precision * c).T,
+            "constant": (np.where(uniform, 0.0, norm) - 0.5 * precision * c * c).T,
         }
 
     def _categorical_table(self, column: int, prior_weight: float) -> np.ndarray:
@@ -101,17 +104,18 @@ class ParzenEstimator:
         per_component = np.broadcast_to(self.log_weights, (len(points), len(self.log_weights))).copy()
         kernels = self._numeric
         if len(kernels["columns"]):
-            x = points[:, kernels["columns"]]  # (points, columns)
-            active = ~np.isnan(x)
-            z = (np.nan_to_num(x)[:, None, :] - kernels["centers"][None]) * kernels["inv_width"][None]
-            log_k = kernels["norm"][None] - 0.5 * z * z  # (points, components, columns)
-            per_component += np.einsum("pkc,pc->pk", log_k, active.astype(float))
+            x = points[:, kernels["columns"]]  # (points, columns); inactive columns count as absent
+            active = (~np.isnan(x)).astype(float)
+            x = np.nan_to_num(x)
+            per_component += (
+                (x * x) @ kernels["quadratic"] + x @ kernels["linear"] + active @ kernels["constant"]
+            )
         for i, table in self._tables.items():
             x = points[:, i]
             active = ~np.isnan(x)
             if active.any():
                 per_component[active] += table[:, x[active].astype(int)].T
-        return logsumexp(per_component, axis=1)
+        return _logsumexp_rows(per_component)
 
 
 def _truncated_normal(rng: np.random.Generator, centers: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -126,6 +130,21 @@ def _truncated_normal(rng: np.random.Generator, centers: np.ndarray, widths: np.
 
 
 def _log_mass(c: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """log P(0 <= N(c, w) <= 1), computed stably in the tails."""
-    log_b, log_a = log_ndtr((1.0 - c) / w), log_ndtr(-c / w)
-    return log_b + np.log1p(-np.exp(np.minimum(log_a - log_b, -1e-12)))
+    """log P(0 <= N(c, w) <= 1), computed stably in the tails.
+
+    Only kernels within 8 widths of an edge lose measurable mass (< 1e-15 otherwise), so the
+    costly normal CDF is evaluated for those alone: most kernels sit well inside [0, 1].
+    """
+    out = np.zeros(np.shape(c))
+    near = np.minimum(c, 1.0 - c) < 8.0 * w
+    cn, wn = c[near], w[near]
+    log_b, log_a = log_ndtr((1.0 - cn) / wn), log_ndtr(-cn / wn)
+    out[near] = log_b + np.log1p(-np.exp(np.minimum(log_a - log_b, -1e-12)))
+    return out
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """log(sum(exp(a), axis=1)) without scipy's per-call overhead (this runs on every suggestion)."""
+    top = a.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.log(np.exp(a - top).sum(axis=1)) + top[:, 0]
