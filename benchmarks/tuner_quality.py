@@ -134,7 +134,8 @@ def make_tuner(name: str, space: dict[str, Any], seed: int, bench: ModuleType | 
 
 def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> float:
     """Run ``trials`` trials with ``batch`` in flight (oldest reported first); the best value seen."""
-    best, next_id, pending = math.inf, 0, []
+    best, next_id = math.inf, 0
+    pending: list[tuple[int, dict[str, Any]]] = []
     while next_id < trials or pending:
         while next_id < trials and len(pending) < batch:
             pending.append((next_id, tuner.generate_parameters(next_id)))

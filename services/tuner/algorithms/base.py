@@ -75,7 +75,7 @@ class BaseTuner:
 
     def __init__(self, *, seed: int | None = None, minimize: bool = True) -> None:
         if seed is None:  # still reproducible: the chosen seed is visible as ``self.seed``
-            seed = int(np.random.SeedSequence().entropy % (2**31))
+            seed = int(np.random.default_rng().integers(2**31))
         self.seed = int(seed)
         self.minimize = minimize
         self.specs: list[ParamSpec] = []

@@ -91,10 +91,10 @@ class ParzenEstimator:
         for i in self.encoding.normal:
             prior = np.isnan(centers[:, i])
             out[:, i] = rng.normal(np.where(prior, 0.0, centers[:, i]), np.where(prior, 1.0, widths[:, i]))
-        for i, table in self._tables.items():
+        for c, table in self._tables.items():
             cumulative = np.cumsum(np.exp(table[which]), axis=1)
             draws = rng.random(count)[:, None] * cumulative[:, -1:]
-            out[:, i] = np.minimum((draws > cumulative).sum(axis=1), table.shape[1] - 1)
+            out[:, c] = np.minimum((draws > cumulative).sum(axis=1), table.shape[1] - 1)
         return self.encoding.snap(self.encoding.mask_inactive(out))
 
     # ------------------------------------------------------------ density
