@@ -142,6 +142,12 @@ class TestTunerContract:
         with pytest.raises(NoMoreTrials):
             tuner.generate_parameters(1)
 
+    def test_imported_trials_without_value_are_not_repeated(self, name: str) -> None:
+        tuner = make(name, SMALL_SPACE)
+        every = [{"kind": k, "n": n, "q": q} for k in "abc" for n in (0, 1) for q in (0.0, 1.0)]
+        assert tuner.import_data([{"parameter": p, "value": None} for p in every[1:]]) == 0
+        assert tuner.generate_parameters(0) == every[0]
+
     def test_trial_end_without_result_drops_the_pending_trial(self, name: str) -> None:
         tuner = make(name)
         params = [tuner.generate_parameters(i) for i in range(3)]

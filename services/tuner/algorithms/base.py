@@ -143,7 +143,11 @@ class BaseTuner:
         self.pending.pop(parameter_id, None)
 
     def import_data(self, data: Iterable[Mapping[str, Any]]) -> int:
-        """Learn from earlier trials (``{"parameter": ..., "value": ...}``); returns how many were used."""
+        """Learn from earlier trials (``{"parameter": ..., "value": ...}``); returns how many were learned.
+
+        A record without a usable value (a trial still running, or one that failed) is not learned
+        from, but its parameters count as tried, so they are never suggested again.
+        """
         used = 0
         for record in data:
             parameters = record.get("parameter")
