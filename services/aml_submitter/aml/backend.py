@@ -142,6 +142,9 @@ class AmlBackend:
     """Runs trials as Azure ML runs (or on the stand-in); one instance per submitter replica."""
 
     platform = "aml"
+    #: Submitting twice is harmless (the run id is fixed): a "starting" claim of a replica that
+    #: died is taken over at once instead of after the local backend's wait.
+    claim_stale_seconds = 0.0
 
     def __init__(self, *, store: BlobStore, report: Reporter, publish_ticket: TicketPublisher,
                  work_dir: Path, api: Callable[[], SimpleNamespace], env: Mapping[str, str],
