@@ -44,7 +44,7 @@ __all__ = ["Submitter", "SubmitterSettings"]
 
 log = logging.getLogger("tunebus.submitter")
 
-CLAIM_STALE_SECONDS = 120.0
+CLAIM_STALE_SECONDS = 10.0  # seconds a claim may stay 'starting' before it is taken over
 
 
 class SubmitterSettings(CommonSettings):
@@ -144,8 +144,13 @@ class Submitter:
 
     # ------------------------------------------------------------------ claims
 
-    async def _claim(self, msg: TrialSubmit) -> bool:
-        """Take the job, unless another replica has it. False means: skip, it is handled."""
+    async def _claim(self, msg: TrialSubmit, stale_after: float = CLAIM_STALE_SECONDS) -> bool:
+        """Take the job, unless another replica has it. False means: skip, it is handled.
+
+        A live replica marks its claim "started" within moments and only then acks; so a claim
+        still "starting" after a grace period belongs to a replica that died mid-start (its
+        delivery is why we see the message again), and is taken over.
+        """
         path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
         claim = {"replica": self.replica, "state": "starting", "time": datetime.now(UTC).isoformat()}
         try:
@@ -153,19 +158,23 @@ class Submitter:
             return True
         except ConcurrentWriteError:
             pass
-        found = await self.store.read_json(path)
-        if found is None:
-            raise TransientError(f"claim {path} vanished")
-        doc, etag = found
-        if doc.get("state") == "started":
-            return False  # a duplicate of a job that runs
-        age = (datetime.now(UTC) - datetime.fromisoformat(doc["time"])).total_seconds()
-        if age < CLAIM_STALE_SECONDS:
-            raise TransientError(f"trial {msg.trial_id} is being started by {doc.get('replica')}")
-        try:  # the claimant died while starting it: take over
+        while True:
+            found = await self.store.read_json(path)
+            if found is None:
+                raise TransientError(f"claim {path} vanished")
+            doc, etag = found
+            if doc.get("state") == "started":
+                return False  # a duplicate of a job that runs
+            age = (datetime.now(UTC) - datetime.fromisoformat(doc["time"])).total_seconds()
+            if age >= stale_after:
+                break
+            await asyncio.sleep(min(1.0, stale_after - age))
+        try:
             await self.store.write_json(path, claim, etag=etag)
         except ConcurrentWriteError:
-            return False
+            return False  # another replica took it over first
+        log.warning("trial %s/%s attempt %d: taking over from %s, which did not finish starting it",
+                    msg.experiment_id, msg.trial_id, msg.attempt, doc.get("replica"))
         return True
 
     async def _mark_started(self, msg: TrialSubmit) -> None:
@@ -181,7 +190,10 @@ class Submitter:
         backend = self.backends.get(platform)
         if backend is None:
             raise PermanentError(f"this submitter has no backend for platform {platform!r}")
-        if not await self._claim(msg):
+        # AML submissions are idempotent (a fixed run id per attempt): a claim left "starting" by
+        # a replica that died is taken over at once, before the delivery limit dead-letters it.
+        stale_after = getattr(backend, "claim_stale_seconds", CLAIM_STALE_SECONDS)
+        if not await self._claim(msg, stale_after):
             log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
                      msg.trial_id, msg.attempt)
             return
