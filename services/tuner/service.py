@@ -137,19 +137,20 @@ class TunerService:
     @staticmethod
     def _replay(session: _Session, state: ExperimentState) -> None:
         """Rebuild a session's history from the dispatcher's record."""
-        records = []
+        records: list[dict[str, Any]] = []
         for trial in state.by_sequence():
             session.parameters[trial.sequence_id] = trial.parameters
-            if not trial.ended:
-                continue
-            session.finished.add(trial.trial_id)
-            value = _learned_value(trial.status, trial.final_value, trial.last_intermediate)
-            if value is not None:
-                records.append({"parameter": trial.parameters, "value": value})
+            value = None
+            if trial.ended:
+                session.finished.add(trial.trial_id)
+                value = _learned_value(trial.status, trial.final_value, trial.last_intermediate)
+            # A record without a value (running, failed) is not learned from, but its
+            # parameters are never suggested again.
+            records.append({"parameter": trial.parameters, "value": value})
         if records:
             session.tuner.import_data(records)
-        log.info("experiment %s: rebuilt %d trials (%d results) from storage", state.experiment_id,
-                 len(session.parameters), len(records))
+        log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
+                 len(records), sum(r["value"] is not None for r in records))
 
     # ------------------------------------------------------------------ handlers
 
