@@ -267,6 +267,7 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     submitter = Submitter(bus, store, work_dir, replica)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
     aml = _aml_backend(settings, submitter, store, bus)
+    aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
     # AML runs are watched and cancelled by whichever replica takes the ticket or the kill.

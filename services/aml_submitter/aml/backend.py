@@ -213,31 +213,42 @@ class AmlBackend:
         with self._lock:
             return self._compute.setdefault(key, compute)
 
-    def _submit_blocking(self, job: JobRequest, target: AmlTarget) -> tuple[str, str]:
-        """Submit the run (or find it, if this attempt was submitted before); (run id, portal URL)."""
-        workspace = self._workspace(target)
-        compute = self._compute_target(target, workspace)
+    def _prepare_blocking(self, job: JobRequest, target: AmlTarget) -> tuple[Path, Any]:
+        """Build the snapshot folder and the ScriptRunConfig: local work, no service call."""
         who = job.who
-        run_id = run_id_for(who)
         snapshot = self.work_dir / who.experiment_id / "aml-snapshots" / f"{who.trial_id}-{who.attempt}"
         shutil.rmtree(snapshot, ignore_errors=True)
+        build_snapshot(job, snapshot)
+        return snapshot, build_script_run_config(job, target, snapshot, None)
+
+    def _submit_blocking(self, job: JobRequest, target: AmlTarget, config: Any) -> tuple[str, str]:
+        """Submit the run (or find it, if this attempt was submitted before); (run id, portal URL)."""
+        workspace = self._workspace(target)
+        self._compute_target(target, workspace)  # fails (permanently) when the cluster does not exist
+        who = job.who
+        run_id = run_id_for(who)
+        experiment = self.api.Experiment(workspace, aml_experiment_name(who.experiment_id))
+        if self.api.standin:
+            log.warning("AML STAND-IN, NOT AZURE ML: trial %s/%s runs on this machine",
+                        who.experiment_id, who.trial_id)
         try:
-            build_snapshot(job, snapshot)
-            config = build_script_run_config(job, target, snapshot, compute)
-            experiment = self.api.Experiment(workspace, aml_experiment_name(who.experiment_id))
-            if self.api.standin:
-                log.warning("AML STAND-IN, NOT AZURE ML: trial %s/%s runs on this machine",
-                            who.experiment_id, who.trial_id)
+            run = experiment.submit(config, tags=run_tags(job), run_id=run_id)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            log.info("run %s exists already (submitted before): watching it", run_id)
+            run = self.api.Run.get(workspace, run_id)
+        return str(run.id), str(run.get_portal_url())
+
+    def warm_up(self) -> None:
+        """Import azureml-core in the submission thread now, not at the first trial (about 1 s)."""
+        def load() -> None:
             try:
-                run = experiment.submit(config, tags=run_tags(job), run_id=run_id)
-            except Exception as exc:
-                if not is_conflict(exc):
-                    raise
-                log.info("run %s exists already (submitted before): watching it", run_id)
-                run = self.api.Run.get(workspace, run_id)
-            return str(run.id), str(run.get_portal_url())
-        finally:
-            shutil.rmtree(snapshot, ignore_errors=True)  # AML has uploaded it by now
+                import_azureml()
+            except PermanentSubmitError as exc:
+                log.warning("%s", exc)
+
+        self._submit_pool.submit(load)
 
     def _run(self, coords: Mapping[str, str], run_id: str) -> Any:
         target = AmlTarget(coords["subscription_id"], coords["resource_group"], coords["workspace_name"],
@@ -322,10 +333,25 @@ class AmlBackend:
         ))
 
     async def _submit_with_retries(self, job: JobRequest, target: AmlTarget) -> tuple[str, str]:
+        # Only the calls to Azure ML take the (serialized) submission thread; the snapshot and the
+        # run config are built beside it.
+        try:
+            snapshot, config = await asyncio.to_thread(self._prepare_blocking, job, target)
+        except PermanentSubmitError:
+            raise
+        except Exception as exc:
+            raise PermanentSubmitError(f"cannot build the AML job: {type(exc).__name__}: {exc}") from exc
+        try:
+            return await self._submit_retrying(job, target, config)
+        finally:
+            # AML has uploaded the snapshot (the stand-in copied it) by now.
+            await asyncio.to_thread(shutil.rmtree, snapshot, True)
+
+    async def _submit_retrying(self, job: JobRequest, target: AmlTarget, config: Any) -> tuple[str, str]:
         policy = self.options.retry
         for attempt in range(1, policy.attempts + 1):
             try:
-                return await self._in(self._submit_pool, self._submit_blocking, job, target)
+                return await self._in(self._submit_pool, self._submit_blocking, job, target, config)
             except PermanentSubmitError:
                 raise
             except Exception as exc:
