@@ -381,7 +381,11 @@ class _Progress:
             return
         elapsed = time.monotonic() - self.started
         if self.live:
-            self.stream.write("\r" + progress_line(state, elapsed) + "\x1b[K")
+            import shutil
+
+            # Cut to the terminal's width: a wrapped line cannot be redrawn with \r.
+            width = max(shutil.get_terminal_size().columns - 1, 20)
+            self.stream.write("\r" + progress_line(state, elapsed)[:width] + "\x1b[K")
             self.stream.flush()
             self._dirty = True
             return
