@@ -99,9 +99,11 @@ class BlobWriter:
         hint = ""
         if status == 403:
             hint = "; the SAS in TUNEBUS_METRICS_URL may have expired or lack write permission"
-        message = detail.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
+        # Azure names the problem in x-ms-error-code; the body repeats it as XML. Other servers
+        # (proxies) may only explain themselves in the body.
+        body_text = "" if code else " ".join(detail.decode("utf-8", "replace").split())[:300]
         raise _report_error(
-            f"metric blob {blob_name} was refused: {what}{hint}" + (f": {message}" if message else "")
+            f"metric blob {blob_name} was refused: {what}{hint}" + (f": {body_text}" if body_text else "")
         )
 
 
