@@ -12,8 +12,9 @@ folder and starts a *runner* process there which walks the run through AML's sta
 
 and runs the config's ``command`` with ``bash -c`` in the copy, with the config's runtime
 environment variables, on this machine (the machine's Python stands in for the image's).
-Delays: ``submit_latency`` (the blocking ``submit`` call, as azureml-core's takes about a
-second), ``queue_delay``, ``prepare_delay`` — the submitter's ``TUNEBUS_AML_STANDIN_*``.
+Delays: ``submit_latency`` (how long the blocking ``submit`` call takes in all, as
+azureml-core's takes about a second), ``queue_delay``, ``prepare_delay`` — the submitter's
+``TUNEBUS_AML_STANDIN_*`` settings.
 
 Runs outlive the replica that submitted them, as AML runs do: each run is a folder under a
 *registry* directory (``state.json`` with the runner's pid, the snapshot copy, logs), and any
@@ -154,12 +155,13 @@ class Experiment:
     def submit(self, config: Any, tags: dict[str, str] | None = None, run_id: str | None = None) -> Run:
         """Take a ``ScriptRunConfig``: copy its snapshot, start its command; returns the Run.
 
-        Blocks for ``submit_latency`` first, as a real submission does.
+        The call takes ``submit_latency`` seconds in all (its own work included), as a real
+        submission's round trips and snapshot upload do.
         """
+        started = time.monotonic()
         settings = self.workspace.settings
         log.warning("AML STAND-IN (not Azure ML): submitting run %s of experiment %s to this machine",
                     run_id, self.name)
-        time.sleep(settings.submit_latency)
         run_id = run_id or f"{self.name}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
         folder = settings.registry / run_id
         try:
@@ -191,6 +193,7 @@ class Experiment:
             )
         # The runner writes its pid into state.json once it runs; until then this tells it.
         _write_json(folder / "starter.json", {"runner_pid": runner.pid})
+        time.sleep(max(0.0, settings.submit_latency - (time.monotonic() - started)))
         return Run(self, run_id)
 
 
