@@ -27,6 +27,7 @@ from shared.messages import (
     TrialStatusChanged,
 )
 from shared.settings import CommonSettings
+from shared.state import ExperimentState
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import INGESTOR_QUEUE
 
@@ -35,6 +36,10 @@ from .metrics import InvalidMetric, ParsedMetric, parse_metric_blob, sequence_of
 __all__ = ["Ingestor", "IngestorSettings"]
 
 log = logging.getLogger("tunebus.ingestor")
+
+# Every so many checks a watch also reads the experiment's state, so that the watch of an
+# attempt whose end will never be reported (its job was lost and run again) stops.
+STATE_CHECK_EVERY = 10
 
 
 class IngestorSettings(CommonSettings):
@@ -106,8 +111,11 @@ class Ingestor:
             await self.bus.publish_ticket(msg)
             return
         attempt = int(msg.state.get("attempt", 1))
+        checks = int(msg.state.get("checks", 0)) + 1
         if await self._ended(msg.experiment_id, msg.trial_id, attempt):
             return  # the end was handled; this watch is over
+        if checks % STATE_CHECK_EVERY == 0 and not await self._still_current(msg, attempt):
+            return  # the attempt was superseded (lost, retried) or the experiment is over
         published = int(msg.state.get("published", -1))
         metrics, _ = await self._read_metrics(msg.experiment_id, msg.trial_id, attempt, published)
         intermediate = [m for m in metrics if m.kind == MetricKind.PERIODICAL]
@@ -121,8 +129,17 @@ class Ingestor:
         await self.bus.publish_ticket(Ticket(
             experiment_id=msg.experiment_id, purpose="ingest.watch", trial_id=msg.trial_id,
             due=datetime.now(UTC) + timedelta(seconds=self.poll_seconds),
-            state={**msg.state, "published": published},
+            state={**msg.state, "published": published, "checks": checks},
         ))
+
+    async def _still_current(self, msg: Ticket, attempt: int) -> bool:
+        """Whether the experiment's record still expects metrics from this trial attempt."""
+        found = await self.store.read_json(Layout(msg.experiment_id).state_doc)
+        if found is None:
+            return False
+        state = ExperimentState.model_validate(found[0])
+        trial = state.trials.get(msg.trial_id or "")
+        return not state.finished and trial is not None and trial.attempt == attempt and not trial.ended
 
     async def _finish(self, msg: TrialStatusChanged) -> None:
         metrics, problems = await self._read_metrics(msg.experiment_id, msg.trial_id, msg.attempt)
