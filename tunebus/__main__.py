@@ -1,5 +1,5 @@
 """``python -m tunebus``: the ``tunebus`` command."""
 
-from tunebus.cli import main
+from tunebus.cli import entry
 
-raise SystemExit(main())
+entry()

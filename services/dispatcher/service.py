@@ -142,7 +142,14 @@ class Dispatcher:
 
     async def _apply(self, experiment_id: str,
                      change: Callable[[_Loaded, datetime], list[Message]], *,
-                     required: bool = True) -> None:
+                     required: bool = True, deferrable: bool = False) -> None:
+        """Apply one event to an experiment; persist, then publish what follows from it.
+
+        A ``deferrable`` change that decides nothing (no messages) is kept in memory and
+        written with the next write (at the latest the next tick, about a second later):
+        it is a progress note (RUNNING, a heartbeat) whose loss in a crash the next report
+        repairs, and not writing it keeps the state writes off the trials' critical path.
+        """
         loaded = await self._load(experiment_id)
         if loaded is None:
             if required:
@@ -153,6 +160,8 @@ class Dispatcher:
         except Exception:
             self._cache.pop(experiment_id, None)  # the cached state may be half-changed
             raise
+        if deferrable and not out:
+            return
         await self._commit(loaded, out)
 
     # ------------------------------------------------------------------ handlers
@@ -213,7 +222,8 @@ class Dispatcher:
                           lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
-        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now))
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now),
+                          deferrable=True)
 
     async def on_ended(self, msg: TrialEnded) -> None:
         await self._apply(msg.experiment_id,
@@ -225,7 +235,7 @@ class Dispatcher:
 
     async def on_heartbeat(self, msg: TrialHeartbeat) -> None:
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_heartbeat(s.state, msg, now),
-                          required=False)
+                          required=False, deferrable=True)
 
     async def on_ticket(self, msg: Ticket) -> None:
         if msg.purpose != "dispatcher.tick":
