@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -291,7 +290,6 @@ def test_failure_reason(details: dict[str, Any], expected: str | None) -> None:
 
 def test_retry_delays_grow_and_are_capped() -> None:
     policy = RetryPolicy(attempts=8, base=1.0, cap=10.0)
-    delays: list[Callable[[], float]] = [lambda n=n: policy.delay(n) for n in range(1, 8)]
-    values = [d() for d in delays]
+    values = [policy.delay(n) for n in range(1, 8)]
     assert 0.8 <= values[0] <= 1.2 and 1.6 <= values[1] <= 2.4
     assert max(values) <= 12.0
