@@ -33,6 +33,7 @@ from shared.messages import Message, Ticket, message_types
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
     DELAY_EXCHANGE,
+    DELAY_HEADER,
     EVENTS_EXCHANGE,
     EXCHANGES,
     QUEUES,
@@ -180,7 +181,7 @@ class Bus:
         assert self._delay is not None, "Bus.connect() was not called"
         bucket = delay_queue_name(delay_bucket_for(left))
         await self._delay.publish(
-            self._amqp_message(ticket, {"x-delay-bucket": bucket}), routing_key=ticket.routing_key,
+            self._amqp_message(ticket, {DELAY_HEADER: bucket}), routing_key=ticket.routing_key,
         )
 
     async def dead_letter(self, routing_key: str, body: bytes, reason: str, queue: str) -> None:

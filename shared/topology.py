@@ -19,6 +19,7 @@ __all__ = [
     "DEAD_LETTER_QUEUE",
     "DELAY_BUCKETS",
     "DELAY_EXCHANGE",
+    "DELAY_HEADER",
     "DISPATCHER_QUEUE",
     "EVENTS_EXCHANGE",
     "INGESTOR_QUEUE",
@@ -41,6 +42,10 @@ DEAD_LETTER_QUEUE = "tunebus.dead-letter"
 DELAY_BUCKETS: tuple[float, ...] = (0.2, 1.0, 5.0, 30.0)
 
 DELIVERY_LIMIT = 5
+
+# The header that picks a delay queue. Not "x-" prefixed: a headers exchange ignores x- headers
+# when matching, so a binding on one would match every message (one copy per delay queue).
+DELAY_HEADER = "tunebus-delay-bucket"
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def _delay_queue(seconds: float) -> QueueSpec:
         quorum=False,
         # No x-dead-letter-routing-key: an expired message keeps its own routing key.
         arguments={"x-message-ttl": round(seconds * 1000), "x-dead-letter-exchange": EVENTS_EXCHANGE},
-        binding_arguments={"x-match": "all", "x-delay-bucket": name},
+        binding_arguments={"x-match": "all", DELAY_HEADER: name},
     )
 
 
