@@ -51,6 +51,9 @@ class TrialRecord(BaseModel):
     )
     kill_reason: str | None = None
     last_heartbeat: datetime | None = None
+    job_ended: bool = Field(
+        default=False, description="The backend reported the job's end; trial.ended is on its way."
+    )
 
     @property
     def ended(self) -> bool:

@@ -207,8 +207,11 @@ def apply_status(state: ExperimentState, msg: TrialStatusChanged, now: datetime)
     if msg.status == TrialStatus.RUNNING and trial.status == TrialStatus.WAITING:
         trial.status = TrialStatus.RUNNING
         trial.started_at = msg.time
-    if msg.status in TERMINAL_TRIAL_STATUSES and msg.error:
-        trial.error = msg.error  # kept until trial.ended (from the ingestor) confirms the end
+    if msg.status in TERMINAL_TRIAL_STATUSES:
+        # No more heartbeats will come: the ingestor's trial.ended follows.
+        trial.job_ended = True
+        if msg.error:
+            trial.error = msg.error  # kept until trial.ended (from the ingestor) confirms the end
     trial.last_heartbeat = now
     return []
 
@@ -293,7 +296,8 @@ def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: Tria
     run_time = trial.duration_seconds(now)
     if plan.max_trial_duration is not None and run_time is not None and run_time >= plan.max_trial_duration:
         return _kill(state, trial, TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded", now)
-    if plan.uses_heartbeats and trial.status == TrialStatus.RUNNING and silent >= policy.heartbeat_timeout:
+    if (plan.uses_heartbeats and trial.status == TrialStatus.RUNNING and not trial.job_ended
+            and silent >= policy.heartbeat_timeout):
         return _retry_lost(state, policy, trial, now)
     return []
 
@@ -316,6 +320,7 @@ def _retry_lost(state: ExperimentState, policy: Policy, trial: TrialRecord, now:
                          f"lost: no heartbeat for {policy.heartbeat_timeout:.0f} s "
                          f"in {trial.attempt} attempts", now)
     trial.attempt += 1
+    trial.job_ended = False
     trial.status = TrialStatus.WAITING
     trial.started_at = None
     trial.last_heartbeat = now

@@ -24,6 +24,7 @@ from shared.messages import (
     Ticket,
     TrialEnded,
     TrialHeartbeat,
+    TrialStatus,
     TrialStatusChanged,
     TrialStopRequested,
     TrialSuggested,
@@ -222,8 +223,9 @@ class Dispatcher:
                           lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
+        # RUNNING is a progress note; a job's end must survive a crash (it stops the lost-job check).
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now),
-                          deferrable=True)
+                          deferrable=msg.status == TrialStatus.RUNNING)
 
     async def on_ended(self, msg: TrialEnded) -> None:
         await self._apply(msg.experiment_id,

@@ -193,3 +193,17 @@ def test_lost_trial_is_resubmitted_then_failed() -> None:
     assert state.trials[trial_id].status == TrialStatus.FAILED
     assert of(out, TrialEnded)[0].status == TrialStatus.FAILED
     assert "lost" in (state.trials[trial_id].error or "")
+
+
+def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
+                                                     status=TrialStatus.RUNNING, time=T0), T0)
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
+                                                     status=TrialStatus.SUCCEEDED), T0 + timedelta(seconds=1))
+    # The ingestor is slow: no heartbeat (the process is gone) and no trial.ended yet.
+    out = tick(state, p, T0 + timedelta(seconds=60))
+    assert not of(out, TrialSubmit) and not state.trials[trial_id].ended
