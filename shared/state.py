@@ -21,7 +21,7 @@ from shared.messages import (
     TrialStatus,
 )
 
-__all__ = ["ExperimentState", "OutboxEntry", "TrialRecord", "best_trial", "trial_id_for"]
+__all__ = ["ExperimentState", "OutboxEntry", "ReadySuggestion", "TrialRecord", "best_trial", "trial_id_for"]
 
 
 def trial_id_for(experiment_id: str, sequence_id: int) -> str:
@@ -66,6 +66,13 @@ class TrialRecord(BaseModel):
         return (end - self.started_at).total_seconds()
 
 
+class ReadySuggestion(BaseModel):
+    """A suggestion that came back while every slot was busy; submitted when one frees."""
+
+    parameter_id: int
+    parameters: dict[str, Any]
+
+
 class OutboxEntry(BaseModel):
     """A message decided on in a state change and not yet known to be published."""
 
@@ -84,6 +91,9 @@ class ExperimentState(BaseModel):
     ended_at: datetime | None = None
     next_parameter_id: int = Field(default=0, description="The next parameter id to ask the tuner for.")
     requested: list[int] = Field(default_factory=list, description="Parameter ids asked for, not answered.")
+    ready: list[ReadySuggestion] = Field(
+        default_factory=list, description="Suggestions waiting for a free slot (asked for ahead of time)."
+    )
     trials: dict[str, TrialRecord] = Field(default_factory=dict)
     outbox: list[OutboxEntry] = Field(default_factory=list)
     drain_to: ExperimentStatus | None = Field(

@@ -28,7 +28,7 @@ from shared.messages import (
     TrialSubmit,
     TrialSuggested,
 )
-from shared.state import ExperimentState, TrialRecord, trial_id_for
+from shared.state import ExperimentState, ReadySuggestion, TrialRecord, trial_id_for
 
 __all__ = [
     "Plan",
@@ -56,6 +56,9 @@ class Plan:
     max_trial_duration: float | None
     optimize_mode: str
     uses_heartbeats: bool  # local processes carry a heartbeat; AML runs are watched by tickets
+    # Suggestions asked for beyond the free slots, so that a slot that frees is filled at once
+    # instead of after a round trip to the tuner (the tuner counts them as pending).
+    lookahead: int = 1
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Policy:
     max_attempts: int = 3  # a trial whose job was lost is run again, up to this many times
 
 
-def plan_from_config(config: dict[str, Any]) -> Plan:
+def plan_from_config(config: dict[str, Any], lookahead: int = 1) -> Plan:
     """Extract the plan from a validated wire-form config (camelCase, durations in seconds)."""
     tuner = config.get("tuner") or {}
     class_args = tuner.get("classArgs") or {}
@@ -80,6 +83,7 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
         max_trial_duration=config.get("maxTrialDuration"),
         optimize_mode=str(class_args.get("optimize_mode", "maximize")),
         uses_heartbeats=service.get("platform") == "local",
+        lookahead=lookahead,
     )
 
 
@@ -122,6 +126,7 @@ def _begin_drain(state: ExperimentState, target: ExperimentStatus, kill_status: 
     if state.finished or state.status == ExperimentStatus.STOPPING:
         return []
     state.requested.clear()  # late suggestions are dropped
+    state.ready.clear()
     state.drain_to = target
     out: list[Message] = []
     for trial in state.running():
@@ -137,28 +142,41 @@ def _settle(state: ExperimentState, now: datetime) -> list[Message]:
     return _status_change(state, state.drain_to or ExperimentStatus.STOPPED, now, state.reason)
 
 
+def _submit(state: ExperimentState, parameter_id: int, parameters: dict[str, Any],
+            now: datetime) -> TrialSubmit:
+    trial_id = trial_id_for(state.experiment_id, parameter_id)
+    state.trials[trial_id] = TrialRecord(
+        trial_id=trial_id, sequence_id=parameter_id, parameters=parameters,
+        submitted_at=now, last_heartbeat=now,
+    )
+    return TrialSubmit(experiment_id=state.experiment_id, trial_id=trial_id,
+                       sequence_id=parameter_id, parameters=parameters)
+
+
 def _fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Message]:
-    """Ask for as many suggestions as free slots and the trial limit allow; finish when done."""
+    """Submit ready suggestions into free slots, ask for more, finish when all is done."""
     if state.status == ExperimentStatus.STOPPING:
         return _settle(state, now)
-    if state.status == ExperimentStatus.NO_MORE_TRIAL:
-        if not state.running() and not state.requested:
-            return _status_change(state, ExperimentStatus.DONE, now)
+    if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):
         return []
-    if state.status != ExperimentStatus.RUNNING:
-        return []
-    in_flight = len(state.running()) + len(state.requested)
-    want = plan.concurrency - in_flight
-    if plan.max_trials is not None:
-        want = min(want, plan.max_trials - len(state.trials) - len(state.requested))
-    if want > 0:
-        ids = list(range(state.next_parameter_id, state.next_parameter_id + want))
-        state.next_parameter_id += want
-        state.requested.extend(ids)
-        return [SuggestRequest(experiment_id=state.experiment_id, parameter_ids=ids)]
-    if in_flight == 0:
-        return _status_change(state, ExperimentStatus.DONE, now)
-    return []
+    out: list[Message] = []
+    while state.ready and len(state.running()) < plan.concurrency:
+        ready = state.ready.pop(0)
+        out.append(_submit(state, ready.parameter_id, ready.parameters, now))
+    running = len(state.running())
+    queued = len(state.requested) + len(state.ready)
+    if state.status == ExperimentStatus.RUNNING:
+        want = plan.concurrency + plan.lookahead - running - queued
+        if plan.max_trials is not None:
+            want = min(want, plan.max_trials - len(state.trials) - queued)
+        if want > 0:
+            ids = list(range(state.next_parameter_id, state.next_parameter_id + want))
+            state.next_parameter_id += want
+            state.requested.extend(ids)
+            return [*out, SuggestRequest(experiment_id=state.experiment_id, parameter_ids=ids)]
+    if running == 0 and queued == 0:
+        out += _status_change(state, ExperimentStatus.DONE, now)
+    return out
 
 
 # ---------------------------------------------------------------- events
@@ -188,13 +206,8 @@ def apply_suggested(state: ExperimentState, plan: Plan, msg: TrialSuggested,
             state.requested.clear()
             out += _status_change(state, ExperimentStatus.NO_MORE_TRIAL, now)
         return out + _fill_slots(state, plan, now)
-    trial_id = trial_id_for(state.experiment_id, msg.parameter_id)
-    state.trials[trial_id] = TrialRecord(
-        trial_id=trial_id, sequence_id=msg.parameter_id, parameters=msg.parameters,
-        submitted_at=now, last_heartbeat=now,
-    )
-    return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial_id,
-                        sequence_id=msg.parameter_id, parameters=msg.parameters)]
+    state.ready.append(ReadySuggestion(parameter_id=msg.parameter_id, parameters=msg.parameters))
+    return _fill_slots(state, plan, now)
 
 
 def apply_status(state: ExperimentState, msg: TrialStatusChanged, now: datetime) -> list[Message]:

@@ -49,6 +49,7 @@ class DispatcherSettings(CommonSettings):
     heartbeat_timeout: float = 30.0
     kill_grace: float = 60.0
     max_attempts: int = 3
+    suggestion_lookahead: int = 1  # suggestions asked for beyond the free slots
 
 
 @dataclass
@@ -78,10 +79,11 @@ def validate_start_config(config: dict[str, Any]) -> dict[str, Any]:
 class Dispatcher:
     """Applies events to experiments; one instance per process (one active consumer)."""
 
-    def __init__(self, bus: Bus, store: BlobStore, policy: Policy) -> None:
+    def __init__(self, bus: Bus, store: BlobStore, policy: Policy, lookahead: int = 1) -> None:
         self.bus = bus
         self.store = store
         self.policy = policy
+        self.lookahead = lookahead
         self._cache: dict[str, _Loaded] = {}
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
@@ -112,7 +114,7 @@ class Dispatcher:
         if experiment is None:
             raise TransientError(f"{layout.experiment_doc} missing while state exists")
         state = ExperimentState.model_validate(doc)
-        loaded = _Loaded(state, etag, lifecycle.plan_from_config(experiment[0]["config"]),
+        loaded = _Loaded(state, etag, lifecycle.plan_from_config(experiment[0]["config"], self.lookahead),
                          state.model_dump_json())
         self._cache[experiment_id] = loaded
         if state.outbox:
@@ -183,7 +185,7 @@ class Dispatcher:
         doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
                "seed": msg.seed, "created_at": msg.time.isoformat()}
         await self.store.write_json(layout.experiment_doc, doc)
-        plan = lifecycle.plan_from_config(config)
+        plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
                                                 lifecycle.utcnow(), msg.message_id)
         state.outbox = [OutboxEntry(routing_key=_routing_key(m), body=m.model_dump(mode="json"))
@@ -266,7 +268,7 @@ async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
     await bus.connect()
     policy = Policy(tick_seconds=settings.tick_seconds, heartbeat_timeout=settings.heartbeat_timeout,
                     kill_grace=settings.kill_grace, max_attempts=settings.max_attempts)
-    dispatcher = Dispatcher(bus, store, policy)
+    dispatcher = Dispatcher(bus, store, policy, settings.suggestion_lookahead)
     await bus.consume(DISPATCHER_QUEUE, dispatcher.handlers(), prefetch=32)
     log.info("dispatcher consuming %s", DISPATCHER_QUEUE.name)
 

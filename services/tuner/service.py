@@ -147,6 +147,9 @@ class TunerService:
             # A record without a value (running, failed) is not learned from, but its
             # parameters are never suggested again.
             records.append({"parameter": trial.parameters, "value": value})
+        for ready in state.ready:  # suggested, waiting for a slot: the same answer if asked again
+            session.parameters[ready.parameter_id] = ready.parameters
+            records.append({"parameter": ready.parameters, "value": None})
         if records:
             session.tuner.import_data(records)
         log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,

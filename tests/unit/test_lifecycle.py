@@ -28,7 +28,7 @@ EXP = "exp1"
 
 def plan(**kw: object) -> Plan:
     base = dict(concurrency=2, max_trials=3, max_duration=None, max_trial_duration=None,
-                optimize_mode="maximize", uses_heartbeats=True)
+                optimize_mode="maximize", uses_heartbeats=True, lookahead=0)
     base.update(kw)
     return Plan(**base)  # type: ignore[arg-type]
 
@@ -207,3 +207,34 @@ def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested
     # The ingestor is slow: no heartbeat (the process is gone) and no trial.ended yet.
     out = tick(state, p, T0 + timedelta(seconds=60))
     assert not of(out, TrialSubmit) and not state.trials[trial_id].ended
+
+
+def test_lookahead_keeps_a_suggestion_ready_and_fills_a_freed_slot_at_once() -> None:
+    p = plan(lookahead=1, max_trials=4)
+    state, out = started(p)
+    assert of(out, SuggestRequest)[0].parameter_ids == [0, 1, 2]
+    assert of(suggest(state, p, 0), TrialSubmit)
+    assert of(suggest(state, p, 1), TrialSubmit)
+    assert suggest(state, p, 2) == []  # both slots busy: it waits, ready
+    assert [r.parameter_id for r in state.ready] == [2]
+    first = state.by_sequence()[0]
+    out = end(state, p, first.trial_id)
+    assert of(out, TrialSubmit)[0].sequence_id == 2  # no round trip to the tuner
+    assert of(out, SuggestRequest)[0].parameter_ids == [3]  # the last one the limit allows
+    suggest(state, p, 3)
+    while state.running():
+        end(state, p, state.running()[0].trial_id)
+    assert len(state.trials) == 4 and state.status == ExperimentStatus.DONE
+
+
+def test_stop_discards_ready_suggestions() -> None:
+    p = plan(lookahead=1)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    suggest(state, p, 1)
+    suggest(state, p, 2)
+    lifecycle.apply_stop(state, "user", T0)
+    assert state.ready == []
+    for trial in list(state.trials.values()):
+        end(state, p, trial.trial_id, status=TrialStatus.FAILED, value=None)
+    assert state.status == ExperimentStatus.STOPPED and len(state.trials) == 2
