@@ -275,6 +275,7 @@ TRIAL_SCRIPT = textwrap.dedent(
     print(nni.__file__)
     print(nni.get_experiment_id(), nni.get_trial_id(), nni.get_sequence_id(), params["lr"], heavy)
     print(sorted(m for m in ("tunebus", "pydantic", "aio_pika", "azure") if m in sys.modules))
+    print(sorted(m for m in ("http.client", "ssl", "email") if m in sys.modules))
     """
 )
 
@@ -291,10 +292,11 @@ def test_import_nni_gets_the_shim_in_a_trial_process(blob_service: FakeBlobServi
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    shim_file, ids, imported = result.stdout.splitlines()
+    shim_file, ids, imported, http_stack = result.stdout.splitlines()
     assert Path(shim_file) == Path(RUNTIME_DIR) / "nni" / "__init__.py"
     assert ids == "exp1 tr1 7 0.01 []", "import nni must not pull in typing, logging or HTTP"
     assert imported == "[]", "the shim must be self-contained"
+    assert http_stack == "[]", "reports over plain http must not import http.client, ssl or email"
     assert [(p.doc["sequence"], p.doc["kind"]) for p in blob_service.puts] == [
         (0, "PERIODICAL"), (1, "PERIODICAL"), (2, "FINAL"),
     ]

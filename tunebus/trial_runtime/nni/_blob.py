@@ -1,15 +1,22 @@
-"""Writing one block blob with a PUT through a SAS container URL: http.client, nothing more.
+"""Writing one block blob with a PUT through a SAS container URL.
 
-Imported on a trial's first report only. Transient failures (connection errors, 5xx, 408,
-429) are retried a few times with a short back-off; anything else fails at once, naming the
-blob and the status, never the SAS signature.
+Imported on a trial's first report only. Over https (Azure) this is http.client; over plain
+http (Azurite, on the submitter's machine) it is a socket and a dozen lines of HTTP/1.1,
+because http.client imports ssl and the email package (~16 ms), which would be most of a
+short trial's start-up. Transient failures (connection errors, 5xx, 408, 429) are retried a
+few times with a short back-off; anything else fails at once, naming the blob and the
+status, never the SAS signature.
 """
 
 from __future__ import annotations
 
-import http.client
 import time
 from urllib.parse import quote
+
+# typing is not imported at run time (annotations are strings): it would cost more than this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["RETRY_DELAYS", "BlobWriter"]
 
@@ -23,6 +30,7 @@ _HEADERS = {
 }
 _TRANSIENT_STATUS = frozenset({408, 429})
 _TIMEOUT = 30.0
+_MAX_RESPONSE = 64 * 1024
 
 
 class _Transient(Exception):
@@ -44,14 +52,13 @@ class BlobWriter:
         self._host = host
         self._container_path = "/" + path.strip("/")
         self._retry_delays = RETRY_DELAYS if retry_delays is None else retry_delays
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Any = None  # an http.client.HTTPSConnection, kept alive between reports
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> Any:
         if self._conn is None:
-            if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, timeout=_TIMEOUT)
-            else:
-                self._conn = http.client.HTTPConnection(self._host, timeout=_TIMEOUT)
+            import http.client
+
+            self._conn = http.client.HTTPSConnection(self._host, timeout=_TIMEOUT)
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -78,22 +85,18 @@ class BlobWriter:
         )
 
     def _put_once(self, target: str, blob_name: str, body: bytes) -> None:
+        headers = {**_HEADERS, "Content-Length": str(len(body))}
         try:
-            conn = self._connection()
-            conn.request("PUT", target, body=body, headers={**_HEADERS, "Content-Length": str(len(body))})
-            response = conn.getresponse()
-            detail = response.read(2048)
-        except (OSError, http.client.HTTPException) as exc:
+            if self._https:
+                status, reason, code, detail = self._put_https(target, headers, body)
+            else:
+                status, reason, code, detail = _put_plain_http(self._host, target, headers, body)
+        except (OSError, ValueError) as exc:  # http.client's errors are ValueErrors or OSErrors
             self._drop_connection()
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        status = response.status
         if 200 <= status < 300:
-            if response.will_close:
-                self._drop_connection()
             return
-        self._drop_connection()
-        code = response.getheader("x-ms-error-code") or ""
-        what = f"HTTP {status} {response.reason}" + (f" ({code})" if code else "")
+        what = f"HTTP {status} {reason}" + (f" ({code})" if code else "")
         if status >= 500 or status in _TRANSIENT_STATUS:
             raise _Transient(what)
         hint = ""
@@ -105,6 +108,67 @@ class BlobWriter:
         raise _report_error(
             f"metric blob {blob_name} was refused: {what}{hint}" + (f": {body_text}" if body_text else "")
         )
+
+    def _put_https(self, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str, bytes]:
+        import http.client
+
+        try:
+            conn = self._connection()
+            conn.request("PUT", target, body=body, headers=headers)
+            response = conn.getresponse()
+            detail = response.read(2048)
+        except http.client.HTTPException as exc:
+            raise ValueError(str(exc)) from None
+        if response.will_close or not 200 <= response.status < 300:
+            self._drop_connection()
+        return response.status, response.reason, response.getheader("x-ms-error-code") or "", detail
+
+
+def _put_plain_http(host: str, target: str, headers: dict[str, str],
+                    body: bytes) -> tuple[int, str, str, bytes]:
+    """One PUT over a fresh connection (``Connection: close``); (status, reason, error code, body)."""
+    import _socket
+
+    name, port = _split_host(host)
+    family, kind, proto, _, address = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)[0]
+    sock = _socket.socket(family, kind, proto)
+    sock.settimeout(_TIMEOUT)
+    try:
+        sock.connect(address)
+        head = f"PUT {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+        head += "".join(f"{key}: {value}\r\n" for key, value in headers.items()) + "\r\n"
+        sock.sendall(head.encode("latin-1") + body)
+        response = b""
+        while len(response) < _MAX_RESPONSE:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    finally:
+        sock.close()
+    return _parse_response(response)
+
+
+def _split_host(host: str) -> tuple[str, int]:
+    if host.startswith("["):  # [::1]:10000
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest.lstrip(":") or 80)
+    name, _, port = host.partition(":")
+    return name, int(port or 80)
+
+
+def _parse_response(response: bytes) -> tuple[int, str, str, bytes]:
+    head, sep, detail = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
+    code = ""
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "x-ms-error-code":
+            code = value.strip()
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", code, detail[:2048]
 
 
 def _report_error(message: str) -> Exception:
