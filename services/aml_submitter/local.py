@@ -15,12 +15,14 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from shared.messages import TrialStatus, TrialStatusChanged
 
@@ -55,6 +57,23 @@ def stderr_tail(path: Path) -> str:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# util-linux's setpriv sets the parent-death signal and execs the shell. It spares the
+# submitter a preexec_fn, which forces a full fork of this (100+ MB) process per trial
+# (~9 ms and ~4 ms of CPU) instead of a vfork (<1 ms).
+_SETPRIV = shutil.which("setpriv")
+
+
+async def _spawn(command: str, cwd: Path, env: dict[str, str], out: IO[bytes],
+                 err: IO[bytes]) -> asyncio.subprocess.Process:
+    """Start ``command`` under /bin/sh in a session of its own, to die with this process."""
+    common: dict[str, Any] = dict(cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                  start_new_session=True)
+    if _SETPRIV is not None:
+        return await asyncio.create_subprocess_exec(
+            _SETPRIV, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", command, **common)
+    return await asyncio.create_subprocess_shell(command, preexec_fn=_die_with_parent, **common)
 
 
 @dataclass
@@ -124,10 +143,7 @@ class LocalBackend:
         cwd = job.code_dir or output_dir
         try:
             with (output_dir / "stdout.log").open("wb") as out, (output_dir / "stderr.log").open("wb") as err:
-                proc = await asyncio.create_subprocess_shell(
-                    command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True, preexec_fn=_die_with_parent,
-                )
+                proc = await _spawn(command, cwd, env, out, err)
         except OSError as exc:
             if gpus:
                 self.gpus.release(gpus)

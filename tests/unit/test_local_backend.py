@@ -1,0 +1,132 @@
+"""The local backend: real processes, exit as an event, kill, stderr tail, dying with the parent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from services.aml_submitter.backend import JobRequest
+from services.aml_submitter.gpus import GpuAllocator
+from services.aml_submitter.local import LocalBackend
+from services.aml_submitter.trial_env import TrialIdentity
+from shared.messages import TrialStatus, TrialStatusChanged
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _job(command: str, code_dir: Path, trial: str = "t1") -> JobRequest:
+    return JobRequest(
+        who=TrialIdentity("exp1", trial, 3), parameters={"x": 0.5},
+        config={"trialCommand": command, "trainingService": {"platform": "local"}},
+        code_dir=code_dir, metrics_url="http://127.0.0.1:9/acct/container?sig=x",
+    )
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.reports: list[TrialStatusChanged] = []
+        self.uploads: list[Path] = []
+        self.ended = asyncio.Event()
+
+    async def report(self, msg: TrialStatusChanged) -> None:
+        self.reports.append(msg)
+        if msg.status != TrialStatus.RUNNING:
+            self.ended.set()
+
+    async def upload(self, who: TrialIdentity, output_dir: Path) -> None:
+        self.uploads.append(output_dir)
+
+
+def _backend(tmp_path: Path, rec: _Recorder) -> LocalBackend:
+    return LocalBackend(tmp_path / "work", rec.report, rec.upload, gpus=GpuAllocator([]))
+
+
+async def test_a_trial_runs_with_its_environment_and_its_exit_is_reported(tmp_path: Path) -> None:
+    rec = _Recorder()
+    backend = _backend(tmp_path, rec)
+    script = ("import os, sys; "
+              "print(os.environ['NNI_TRIAL_JOB_ID'], os.environ['NNI_TRIAL_SEQ_ID'], "
+              "os.environ['TUNEBUS_PARAMETERS'], 'TUNEBUS_STORAGE_CONNECTION_STRING' in os.environ, "
+              "sys.executable)")
+    await backend.submit(_job(f'python3 -c "{script}"', tmp_path))
+    await asyncio.wait_for(rec.ended.wait(), 30)
+    assert [r.status for r in rec.reports] == [TrialStatus.RUNNING, TrialStatus.SUCCEEDED]
+    assert rec.reports[-1].exit_code == 0 and rec.reports[-1].parameter_id == 3
+    out = (rec.uploads[0] / "stdout.log").read_text().split()
+    assert out[:4] == ["t1", "3", '{"x":0.5}', "False"]  # no service secret reaches a trial
+    assert Path(out[4]).parent == Path(sys.executable).parent  # the venv's interpreter, not a shim
+    assert backend.running() == {}
+
+
+async def test_a_crashing_trial_is_failed_with_the_tail_of_its_stderr(tmp_path: Path) -> None:
+    rec = _Recorder()
+    backend = _backend(tmp_path, rec)
+    crash = "import sys; print('boom: bad lr', file=sys.stderr); sys.exit(3)"
+    await backend.submit(_job(f'python3 -c "{crash}"', tmp_path))
+    await asyncio.wait_for(rec.ended.wait(), 30)
+    end = rec.reports[-1]
+    assert end.status == TrialStatus.FAILED and end.exit_code == 3
+    assert "exit code 3" in (end.error or "") and "boom: bad lr" in (end.error or "")
+
+
+async def test_kill_ends_the_trial_with_the_requested_status(tmp_path: Path) -> None:
+    rec = _Recorder()
+    backend = _backend(tmp_path, rec)
+    await backend.submit(_job("sleep 30", tmp_path))
+    assert backend.running() == {"exp1": ["t1"]}
+    started = time.monotonic()
+    assert await backend.kill("exp1", "t1", TrialStatus.EARLY_STOPPED, "Medianstop")
+    await asyncio.wait_for(rec.ended.wait(), 30)
+    assert time.monotonic() - started < 10
+    assert rec.reports[-1].status == TrialStatus.EARLY_STOPPED
+    assert not await backend.kill("exp1", "nope", TrialStatus.USER_CANCELED, "x")
+
+
+PARENT = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from services.aml_submitter.backend import JobRequest
+    from services.aml_submitter.gpus import GpuAllocator
+    from services.aml_submitter.local import LocalBackend
+    from services.aml_submitter.trial_env import TrialIdentity
+
+    async def nothing(*args):
+        pass
+
+    async def main():
+        backend = LocalBackend(Path(sys.argv[1]), nothing, nothing, gpus=GpuAllocator([]))
+        job = JobRequest(TrialIdentity("e", "t", 0), {}, {"trialCommand": "sleep 60"}, None, "http://x/a/c")
+        await backend.submit(job)
+        for trials in backend._running.values():
+            print(trials.proc.pid, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux's")
+def test_a_trial_dies_with_its_submitter(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    shell_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(shell_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(shell_pid, signal.SIGKILL)
+    raise AssertionError("the trial outlived its submitter")
