@@ -34,6 +34,7 @@ import random
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ AUTH_FAILURE_TTL = 60.0
 WATCH_PERMANENT_LIMIT = 5
 #: Longest wait between two checks of a run whose checks keep failing.
 WATCH_MAX_BACKOFF = 300.0
+#: Run objects a replica keeps between checks (the runs it watches most recently).
+RUN_CACHE_SIZE = 4096
 _ERROR_CHARS = 4000
 
 
@@ -162,6 +165,7 @@ class AmlBackend:
         self._lock = threading.Lock()
         self._workspaces: dict[tuple[str, str, str], Any] = {}
         self._compute: dict[tuple[str, str, str, str], Any] = {}
+        self._runs: OrderedDict[str, Any] = OrderedDict()
         self._auth: Any = None
         self._auth_failure: tuple[float, PermanentSubmitError] | None = None
 
@@ -251,14 +255,28 @@ class AmlBackend:
         self._submit_pool.submit(load)
 
     def _run(self, coords: Mapping[str, str], run_id: str) -> Any:
+        """The run object, loaded once per replica (``Run.get`` costs two service calls)."""
+        with self._lock:
+            if run_id in self._runs:
+                self._runs.move_to_end(run_id)
+                return self._runs[run_id]
         target = AmlTarget(coords["subscription_id"], coords["resource_group"], coords["workspace_name"],
                            coords.get("compute_target", ""), coords.get("docker_image", ""))
-        return self.api.Run.get(self._workspace(target), run_id)
+        run = self.api.Run.get(self._workspace(target), run_id)
+        with self._lock:
+            self._runs[run_id] = run
+            while len(self._runs) > RUN_CACHE_SIZE:
+                self._runs.popitem(last=False)
+        return run
 
     def _poll_blocking(self, coords: Mapping[str, str], run_id: str) -> tuple[str, dict[str, Any] | None]:
         run = self._run(coords, run_id)
         status = str(run.get_status())
-        return status, (dict(run.get_details()) if is_terminal(status) else None)
+        if not is_terminal(status):
+            return status, None
+        with self._lock:
+            self._runs.pop(run_id, None)  # no more checks of this run
+        return status, dict(run.get_details())
 
     def _cancel_blocking(self, coords: Mapping[str, str], run_id: str) -> str:
         run = self._run(coords, run_id)
