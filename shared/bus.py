@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable[None]]
 
 REASON_HEADER = "x-tunebus-reason"
+PUBLISH_CONFIRM_TIMEOUT = 10.0
+PUBLISH_ATTEMPTS = 3
 
 
 class PermanentError(Exception):
@@ -162,10 +164,22 @@ class Bus:
     # ------------------------------------------------------------------ publishing
 
     async def publish(self, msg: Message, *, headers: dict[str, Any] | None = None) -> None:
-        """Publish a message on the events exchange; returns once the broker confirmed it."""
+        """Publish a message on the events exchange; returns once the broker confirmed it.
+
+        A confirm that does not come (the connection broke and is being re-established) is
+        waited for a bounded time, then the message is sent again: consumers dedupe by id.
+        """
         assert self._events is not None, "Bus.connect() was not called"
-        await self._events.publish(self._amqp_message(msg, headers), routing_key=_routing_key(msg),
-                                   mandatory=True)
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self._events.publish(self._amqp_message(msg, headers), routing_key=_routing_key(msg),
+                                           mandatory=True, timeout=PUBLISH_CONFIRM_TIMEOUT)
+                return
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise TransientError(f"publishing {_routing_key(msg)} failed: {exc!r}") from exc
+                log.warning("publishing %s failed (attempt %d): %r; again", _routing_key(msg), attempt, exc)
+                await asyncio.sleep(0.5 * attempt)
 
     async def publish_many(self, msgs: Iterable[Message]) -> None:
         """Publish several messages in order, each confirmed before the next (order matters)."""

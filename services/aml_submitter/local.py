@@ -37,6 +37,7 @@ log = logging.getLogger("tunebus.submitter.local")
 TAIL_LINES = 30
 TAIL_CHARS = 4000
 KILL_GRACE_SECONDS = 5.0
+LOG_UPLOAD_TIMEOUT = 60.0
 
 LogUploader = Callable[[TrialIdentity, Path], Awaitable[None]]
 
@@ -49,7 +50,7 @@ def stderr_tail(path: Path) -> str:
             size = f.tell()
             f.seek(max(0, size - TAIL_CHARS * 2))
             text = f.read().decode(errors="replace")
-    except FileNotFoundError:
+    except OSError:
         return ""
     return "\n".join(text.splitlines()[-TAIL_LINES:])[-TAIL_CHARS:]
 
@@ -163,27 +164,39 @@ class LocalBackend:
     async def _watch(self, key: tuple[str, str], running: _Running) -> None:
         code = await running.proc.wait()
         who = running.job.who
+        # This replica no longer runs the trial: its heartbeat stops, its GPUs are free.
+        self._running.pop(key, None)
+        if running.gpus:
+            self.gpus.release(running.gpus)
+        if running.kill_status is not None:
+            status, error = running.kill_status, running.kill_reason
+        elif code == 0:
+            status, error = TrialStatus.SUCCEEDED, None
+        else:
+            status = TrialStatus.FAILED
+            tail = stderr_tail(running.output_dir / "stderr.log")
+            error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
+        await self._report_end(TrialStatusChanged(
+            experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
+            attempt=who.attempt, status=status, exit_code=code, error=error, backend_status=f"exit {code}",
+        ))
         try:
-            if running.kill_status is not None:
-                status, error = running.kill_status, running.kill_reason
-            elif code == 0:
-                status, error = TrialStatus.SUCCEEDED, None
-            else:
-                status = TrialStatus.FAILED
-                tail = stderr_tail(running.output_dir / "stderr.log")
-                error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
-            await self.upload_logs(who, running.output_dir)
-            await self.report(TrialStatusChanged(
-                experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
-                attempt=who.attempt, status=status, exit_code=code, error=error,
-                backend_status=f"exit {code}",
-            ))
-        except Exception:
-            log.exception("reporting the end of trial %s/%s failed", *key)
-        finally:
-            self._running.pop(key, None)
-            if running.gpus:
-                self.gpus.release(running.gpus)
+            await asyncio.wait_for(self.upload_logs(who, running.output_dir), LOG_UPLOAD_TIMEOUT)
+        except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
+            log.warning("uploading the logs of trial %s/%s failed: %r", *key, exc)
+
+    async def _report_end(self, ended: TrialStatusChanged) -> None:
+        """The end of a trial must get out: retry the report (same message id) with back-off."""
+        for attempt, delay in enumerate((0.5, 1, 2, 4, 8, 15, 30, 60), start=1):
+            try:
+                await self.report(ended)
+                return
+            except Exception as exc:
+                log.warning("reporting the end of trial %s/%s failed (attempt %d): %r",
+                            ended.experiment_id, ended.trial_id, attempt, exc)
+                await asyncio.sleep(delay)
+        log.error("gave up reporting the end of trial %s/%s; the dispatcher will find it lost",
+                  ended.experiment_id, ended.trial_id)
 
     async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
         running = self._running.get((experiment_id, trial_id))

@@ -274,7 +274,8 @@ def apply_heartbeat(state: ExperimentState, msg: TrialHeartbeat, now: datetime) 
     """A submitter replica still runs these trials."""
     for trial_id in msg.trial_ids:
         trial = state.trials.get(trial_id)
-        if trial is not None and not trial.ended:
+        # A trial asked to die keeps its kill grace period: heartbeats do not extend it.
+        if trial is not None and not trial.ended and trial.kill_status is None:
             trial.last_heartbeat = now
     return []
 

@@ -238,3 +238,18 @@ def test_stop_discards_ready_suggestions() -> None:
     for trial in list(state.trials.values()):
         end(state, p, trial.trial_id, status=TrialStatus.FAILED, value=None)
     assert state.status == ExperimentStatus.STOPPED and len(state.trials) == 2
+
+
+def test_heartbeats_do_not_extend_the_grace_of_a_trial_asked_to_die() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    lifecycle.apply_stop_request(state, TrialStopRequested(experiment_id=EXP, trial_id=trial_id,
+                                                           reason="Medianstop"), T0)
+    for second in range(0, 70, 5):  # the replica keeps reporting the (stuck) trial alive
+        lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
+                                  T0 + timedelta(seconds=second))
+    out = tick(state, p, T0 + timedelta(seconds=61))
+    assert state.trials[trial_id].status == TrialStatus.EARLY_STOPPED
+    assert of(out, TrialEnded)[0].status == TrialStatus.EARLY_STOPPED
