@@ -41,6 +41,8 @@ __all__ = ["TunerService", "TunerSettings"]
 
 log = logging.getLogger("tunebus.tuner")
 
+FINISHED_REMEMBERED = 10_000
+
 
 class TunerSettings(CommonSettings):
     """Tuner settings (``TUNEBUS_`` environment variables)."""
@@ -85,6 +87,8 @@ class TunerService:
         self.store = store
         self._sessions: dict[str, _Session] = {}
         self._failed: set[str] = set()
+        # Experiments seen to finish: late messages for them must not rebuild a session.
+        self._finished: dict[str, None] = {}
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {
@@ -98,7 +102,7 @@ class TunerService:
 
     async def _session(self, experiment_id: str) -> _Session | None:
         session = self._sessions.get(experiment_id)
-        if session is not None or experiment_id in self._failed:
+        if session is not None or experiment_id in self._failed or experiment_id in self._finished:
             return session
         layout = Layout(experiment_id)
         found = await self.store.read_json(layout.experiment_doc)
@@ -226,6 +230,9 @@ class TunerService:
         if msg.status in ("DONE", "STOPPED", "ERROR"):
             self._sessions.pop(msg.experiment_id, None)  # free the memory
             self._failed.discard(msg.experiment_id)
+            self._finished[msg.experiment_id] = None
+            while len(self._finished) > FINISHED_REMEMBERED:
+                del self._finished[next(iter(self._finished))]
 
 
 async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
