@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import ContainerSasPermissions, ContentSettings, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 __all__ = [
@@ -27,6 +27,9 @@ __all__ = [
     "Layout",
     "parse_connection_string",
 ]
+
+
+_JSON = ContentSettings(content_type="application/json")
 
 
 class ConcurrentWriteError(Exception):
@@ -125,8 +128,6 @@ class BlobStore:
 
     async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
         """Write (overwrite) a blob."""
-        from azure.storage.blob import ContentSettings
-
         settings = ContentSettings(content_type=content_type) if content_type else None
         await self._container.upload_blob(path, data, overwrite=True, content_settings=settings)
 
@@ -161,16 +162,21 @@ class BlobStore:
         ``create_only`` makes it conditional on the blob not existing. Losing either condition
         raises :class:`ConcurrentWriteError`.
         """
+        body = json.dumps(doc, separators=(",", ":"), default=str).encode()
+        return await self.write_document(path, body, etag=etag, create_only=create_only)
+
+    async def write_document(self, path: str, body: bytes, *, etag: str | None = None,
+                             create_only: bool = False) -> str:
+        """:meth:`write_json` for a document already serialised; returns the new ETag."""
         from azure.core import MatchConditions
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"content_settings": _JSON}
         if create_only:
             kwargs["overwrite"] = False
         else:
             kwargs["overwrite"] = True
             if etag is not None:
                 kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
-        body = json.dumps(doc, separators=(",", ":"), default=str).encode()
         try:
             result = await self._container.get_blob_client(path).upload_blob(body, **kwargs)
         except (ResourceExistsError, ResourceModifiedError) as exc:

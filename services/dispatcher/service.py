@@ -24,7 +24,6 @@ from shared.messages import (
     Ticket,
     TrialEnded,
     TrialHeartbeat,
-    TrialStatus,
     TrialStatusChanged,
     TrialStopRequested,
     TrialSuggested,
@@ -132,8 +131,8 @@ class Dispatcher:
         body = state.model_dump_json()
         if body != loaded.written:
             try:
-                loaded.etag = await self.store.write_json(
-                    Layout(state.experiment_id).state_doc, state.model_dump(mode="json"), etag=loaded.etag
+                loaded.etag = await self.store.write_document(
+                    Layout(state.experiment_id).state_doc, body.encode(), etag=loaded.etag
                 )
             except ConcurrentWriteError as exc:
                 # Someone else (a previous active dispatcher) wrote meanwhile: reload and retry.
@@ -225,9 +224,10 @@ class Dispatcher:
                           lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
-        # RUNNING is a progress note; a job's end must survive a crash (it stops the lost-job check).
+        # Progress notes: the job's end only holds off the lost-job check until trial.ended,
+        # which is already queued behind it.
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now),
-                          deferrable=msg.status == TrialStatus.RUNNING)
+                          deferrable=True)
 
     async def on_ended(self, msg: TrialEnded) -> None:
         await self._apply(msg.experiment_id,
