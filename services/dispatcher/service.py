@@ -21,6 +21,7 @@ from shared.messages import (
     ExperimentStatusChanged,
     ExperimentStop,
     Message,
+    SuggestRequest,
     Ticket,
     TrialEnded,
     TrialHeartbeat,
@@ -122,6 +123,11 @@ class Dispatcher:
             await self.bus.publish_many(
                 parse_message(e.routing_key, _json_bytes(e.body)) for e in state.outbox
             )
+        if state.requested and not state.finished:
+            # Answers that arrived but were only held in memory (deferred) died with the last
+            # process: ask again. The tuner answers a parameter id it knows with the same values.
+            await self.bus.publish(SuggestRequest(experiment_id=experiment_id,
+                                                  parameter_ids=list(state.requested)))
         return loaded
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
@@ -220,8 +226,11 @@ class Dispatcher:
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_error(s.state, reason, now))
 
     async def on_suggested(self, msg: TrialSuggested) -> None:
+        # A suggestion that only waits for a slot is held in memory until the next write; if
+        # this process dies first, _load asks for it again.
         await self._apply(msg.experiment_id,
-                          lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
+                          lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now),
+                          deferrable=True)
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
         # Progress notes: the job's end only holds off the lost-job check until trial.ended,
