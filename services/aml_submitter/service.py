@@ -51,7 +51,9 @@ class SubmitterSettings(CommonSettings):
     """Submitter settings (``TUNEBUS_`` environment variables)."""
 
     work_dir: str = "/tmp/tunebus-trials"
-    max_jobs: int = 64  # trial.submit deliveries handled at once by this replica
+    # trial.submit deliveries this replica takes at once. Small, so that replicas share the work:
+    # AML submissions are serialized per replica (aml_submit_threads); local spawns take ms.
+    max_jobs: int = 8
     heartbeat_seconds: float = 5.0
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
     # azureml-core calls block and are serialized per workspace client: submissions at once per
