@@ -9,8 +9,9 @@ Exit codes: 0 success (with ``--wait``: the experiment ended DONE or STOPPED), 1
 experiment ended in ERROR, or the broker or storage cannot be reached), 2 invalid input (a bad
 config, an unknown experiment id), 130 interrupted.
 
-Startup stays fast: pydantic, aio-pika and the Azure SDK are imported by the commands that
-need them, never for ``--help``.
+Startup stays fast: pydantic and aio-pika are imported by the commands that need them, never
+for ``--help``; blob storage is reached through :mod:`shared.blob_rest` (the standard library
+alone), so no command imports the Azure SDK.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from shared.blob_rest import BlobRestClient
     from shared.bus import Bus
     from shared.settings import CommonSettings
     from shared.state import ExperimentState, TrialRecord
-    from shared.storage import BlobStore
 
 __all__ = [
     "EXIT_FAILURE",
@@ -61,6 +62,7 @@ _STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "
 _ENDED = ("DONE", "STOPPED", "ERROR")
 _POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
 _CONNECT_TIMEOUT = 10.0
+_STORAGE_TIMEOUT = 60.0  # seconds without progress on one blob request (uploads are up to 100 MB)
 
 
 class CliError(Exception):
@@ -174,7 +176,7 @@ def _masked_url(url: str) -> str:
 
 def blob_endpoint(connection_string: str) -> str:
     """The blob service URL a connection string points at (never its key)."""
-    from shared.storage import parse_connection_string
+    from shared.blob_rest import parse_connection_string
 
     fields = parse_connection_string(connection_string)
     if fields.get("UseDevelopmentStorage", "").lower() == "true":
@@ -205,69 +207,92 @@ async def _probe(url: str, what: str) -> None:
     writer.close()
 
 
+def experiment_blob(experiment_id: str, leaf: str = "") -> str:
+    """``experiments/<id>/<leaf>``: the paths of :class:`shared.storage.Layout`, spelled out here
+    because importing that module imports the Azure SDK (a unit test keeps the two in step)."""
+    return f"experiments/{experiment_id}/{leaf}"
+
+
 class _Storage:
-    """The CLI's access to the system of record: the shared BlobStore plus prefix listings."""
+    """The CLI's access to the system of record: the stdlib REST client, off the event loop."""
 
     def __init__(self, settings: CommonSettings) -> None:
-        from azure.storage.blob.aio import ContainerClient
-
-        from shared.storage import BlobStore
+        from shared.blob_rest import BlobRestClient
 
         self.endpoint = blob_endpoint(settings.storage_connection_string)
-        self.store: BlobStore = BlobStore(settings.storage_connection_string, settings.storage_container)
-        self.container = ContainerClient.from_connection_string(
-            settings.storage_connection_string, settings.storage_container
-        )
+        self.container_name = settings.storage_container
+        try:
+            self.client: BlobRestClient = BlobRestClient.from_connection_string(
+                settings.storage_connection_string, settings.storage_container, timeout=_STORAGE_TIMEOUT
+            )
+        except ValueError as exc:
+            raise CliError(f"TUNEBUS_STORAGE_CONNECTION_STRING: {exc}") from None
 
     async def open(self) -> _Storage:
         await _probe(self.endpoint, "blob storage")
         return self
 
     async def close(self) -> None:
-        await self.container.close()
-        await self.store.close()
+        self.client.close()
 
     def failure(self, exc: Exception) -> CliError:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CliError(f"blob storage at {self.endpoint}: {first}")
 
     async def read_state(self, experiment_id: str) -> ExperimentState | None:
-        from shared.state import ExperimentState
-        from shared.storage import Layout
+        import asyncio
 
-        found = await self.store.read_json(Layout(experiment_id).state_doc)
-        return None if found is None else ExperimentState.model_validate(found[0])
+        from shared.state import ExperimentState
+
+        found = await asyncio.to_thread(self.client.get_json, experiment_blob(experiment_id, "state.json"))
+        return None if found is None else ExperimentState.model_validate(found)
 
     async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
-        from shared.storage import Layout
+        import asyncio
 
-        found = await self.store.read_json(Layout(experiment_id).experiment_doc)
-        return found[0] if found is not None and isinstance(found[0], dict) else None
+        doc = experiment_blob(experiment_id, "experiment.json")
+        found = await asyncio.to_thread(self.client.get_json, doc)
+        return found if isinstance(found, dict) else None
+
+    async def upload(self, name: str, data: bytes, content_type: str) -> None:
+        """Write a blob, creating the container first if the write finds none."""
+        import asyncio
+
+        from shared.blob_rest import BlobRestError
+
+        try:
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type)
+        except BlobRestError as exc:
+            if exc.code != "ContainerNotFound":
+                raise
+            # Only a fresh deployment lacks it: one round trip saved on every other create.
+            await asyncio.to_thread(self.client.ensure_container)
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type)
 
     async def exists(self, experiment_id: str) -> bool:
         """Whether anything was ever stored for the experiment (it may not be started yet)."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            async for _ in self.container.list_blobs(name_starts_with=f"experiments/{experiment_id}/"):
-                return True
-        except ResourceNotFoundError:
-            return False
-        return False
+        names = await self._list(experiment_blob(experiment_id), limit=1)
+        return bool(names)
 
     async def experiment_ids(self) -> list[str]:
         """Every experiment folder in the container (one level listing, not every blob)."""
-        from azure.core.exceptions import ResourceNotFoundError
+        names = await self._list("experiments/", delimiter="/")
+        ids = (n.removeprefix("experiments/").rstrip("/") for n in names if n.endswith("/"))
+        return sorted(i for i in ids if i)
 
-        ids: list[str] = []
+    async def _list(self, prefix: str, delimiter: str | None = None, limit: int | None = None) -> list[str]:
+        """Names under ``prefix``; none when the container does not exist yet."""
+        import asyncio
+
+        from shared.blob_rest import BlobRestError
+
         try:
-            async for item in self.container.walk_blobs(name_starts_with="experiments/", delimiter="/"):
-                name = item.name.removeprefix("experiments/").rstrip("/")
-                if name and item.name.endswith("/"):
-                    ids.append(name)
-        except ResourceNotFoundError:
-            return []
-        return sorted(ids)
+            return await asyncio.to_thread(self.client.list_names, prefix, delimiter,
+                                           page_size=limit, limit=limit)
+        except BlobRestError as exc:
+            if exc.status == 404:
+                return []
+            raise
 
 
 async def _connect_bus(settings: CommonSettings) -> Bus:
@@ -468,7 +493,6 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
     import asyncio
 
     from shared.messages import ExperimentStart
-    from shared.storage import Layout
 
     storage = _Storage(settings)
     watcher = _EventWatcher(run.experiment_id) if args.wait else None
@@ -485,20 +509,19 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
                 raise CliError("\n".join(dict.fromkeys(str(f) for f in failures)))
             raise failures[0]
         bus = results[1]  # type: ignore[assignment]
-        layout = Layout(run.experiment_id)
+        code_blob = experiment_blob(run.experiment_id, "code.tar.gz")
         try:
             if args.id and await storage.exists(run.experiment_id):
                 raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
                                EXIT_USAGE)
-            await storage.store.ensure_container()
-            await storage.store.write_bytes(layout.code_archive, archive, content_type="application/gzip")
+            await storage.upload(code_blob, archive, "application/gzip")
         except CliError:
             raise
         except Exception as exc:
             raise storage.failure(exc) from None
         assert bus is not None
         await bus.publish(ExperimentStart(experiment_id=run.experiment_id, config=config.to_wire(),
-                                          code_blob=layout.code_archive))
+                                          code_blob=code_blob))
         run.published = True
         output.note(f"experiment {run.experiment_id} created")
         if watcher is None:
@@ -575,7 +598,7 @@ async def _state_or_unknown(storage: _Storage, experiment_id: str) -> Experiment
     state = await storage.read_state(experiment_id)
     if state is None and not await storage.exists(experiment_id):
         raise CliError(f"no experiment {experiment_id} in container "
-                       f"{storage.store.container_name!r} at {storage.endpoint}", EXIT_USAGE)
+                       f"{storage.container_name!r} at {storage.endpoint}", EXIT_USAGE)
     return state
 
 

@@ -192,6 +192,31 @@ def test_help_imports_no_heavy_dependencies() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_create_never_imports_the_azure_sdk(unreachable: dict[str, str]) -> None:
+    # Storage is reached through shared.blob_rest (stdlib only): importing the SDK costs ~0.25 s.
+    # The full path (upload, publish) is checked against Azurite in tests/integration/test_blob_rest.py.
+    code = textwrap.dedent(f"""
+        import sys
+        from tunebus import cli
+        code = cli.main(["create", "-c", {str(EXAMPLE_CONFIG)!r}, "--wait"])
+        roots = {{name.split(".")[0] for name in sys.modules}}
+        print(code, sorted(roots & {{"azure", "aiohttp"}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=_env(unreachable))
+    assert result.stdout.strip().splitlines()[-1] == "1 []", result.stderr
+
+
+def test_experiment_blob_paths_agree_with_the_storage_layout() -> None:
+    from shared.storage import Layout
+
+    layout = Layout("abc123")
+    assert cli.experiment_blob("abc123") == layout.root + "/"
+    assert cli.experiment_blob("abc123", "state.json") == layout.state_doc
+    assert cli.experiment_blob("abc123", "experiment.json") == layout.experiment_doc
+    assert cli.experiment_blob("abc123", "code.tar.gz") == layout.code_archive
+
+
 # ---------------------------------------------------------------- summaries (pure)
 
 

@@ -1,0 +1,419 @@
+"""A small synchronous Azure Blob REST client with Shared Key auth, on the standard library alone.
+
+Why it exists: importing ``azure.storage.blob`` (with aiohttp and azure.core) costs the CLI
+about a quarter of a second before it can publish anything, and the CLI needs only a handful
+of blob operations. Services keep using :class:`shared.storage.BlobStore` (the SDK).
+
+What it does: create a container if missing, put a blob (single shot, at most 256 MiB), get a
+blob (404 gives None), list names under a prefix (paged, with an optional delimiter), tell
+whether a blob exists. Requests are signed with the account key as the Blob service's
+"Authorize with Shared Key" documentation describes; path-style URLs (Azurite's
+``http://127.0.0.1:10000/devstoreaccount1/...``) sign their whole path, so the account name
+appears twice in the canonicalized resource, as both Azure and Azurite expect.
+
+Import cost is kept near zero (a few milliseconds): ``http.client`` (which pulls in ``ssl``
+and the ``email`` package), ``hmac`` and ``hashlib`` (OpenSSL) are imported by the first request,
+``xml.etree`` by the first listing or error reply, ``json`` by :meth:`BlobRestClient.get_json`.
+
+    client = BlobRestClient.from_connection_string(conn, "tunebus")
+    client.put_blob("experiments/x/code.tar.gz", data, content_type="application/gzip")
+    state = client.get_json("experiments/x/state.json")   # None if it does not exist
+    client.close()
+"""
+
+from __future__ import annotations
+
+import _thread  # threading's Lock without threading's import cost
+import binascii
+import time
+from urllib.parse import quote, unquote, urlsplit
+
+# Not ``typing.TYPE_CHECKING``: importing typing alone would cost a third of this module's budget.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from http.client import HTTPConnection, HTTPResponse
+    from typing import Any
+
+__all__ = [
+    "API_VERSION",
+    "MAX_PUT_BLOB_BYTES",
+    "BlobRestClient",
+    "BlobRestError",
+    "StorageAccount",
+    "canonicalized_resource",
+    "parse_connection_string",
+    "string_to_sign",
+]
+
+#: The Blob service REST version every request asks for (``x-ms-version``).
+API_VERSION = "2021-08-06"
+#: The largest blob :meth:`BlobRestClient.put_blob` sends in one request.
+MAX_PUT_BLOB_BYTES = 256 * 1024 * 1024
+
+# Azurite's and the legacy emulator's documented development account (public, not a secret).
+_DEV_ACCOUNT = "devstoreaccount1"
+_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_DEV_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
+
+# The standard headers of the string to sign, in their documented order.
+_SIGNED_HEADERS = ("content-encoding", "content-language", "content-length", "content-md5", "content-type",
+                   "date", "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_ATTEMPTS = 3
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class BlobRestError(Exception):
+    """The Blob service refused or failed a request.
+
+    ``str()`` names the operation, the blob (or container), the HTTP status and Azure's error
+    code; it never contains the account key or the signature.
+    """
+
+    def __init__(self, operation: str, target: str, status: int, code: str | None, message: str,
+                 blob: str | None = None) -> None:
+        self.operation = operation
+        """The REST operation, e.g. ``Put Blob``."""
+        self.target = target
+        """What it was applied to, as the message says it: ``'a/b.json' in container 'tunebus'``."""
+        self.blob = blob
+        """The blob's name; None for container operations and listings."""
+        self.status = status
+        """The HTTP status code."""
+        self.code = code
+        """Azure's error code (``x-ms-error-code``), e.g. ``AuthenticationFailed``; None if absent."""
+        self.message = message
+        """The first line of the service's message."""
+        super().__init__(f"{operation} {target}: HTTP {status} {code or '-'}: {message}")
+
+
+# ---------------------------------------------------------------- connection strings
+
+
+def parse_connection_string(conn: str) -> dict[str, str]:
+    """Split an Azure Storage connection string into its fields."""
+    parts = (p.split("=", 1) for p in conn.split(";") if "=" in p)
+    return {k.strip(): v.strip() for k, v in parts}
+
+
+class StorageAccount:
+    """A storage account's blob endpoint and Shared Key credentials."""
+
+    __slots__ = ("endpoint", "key", "name")
+
+    def __init__(self, name: str, endpoint: str, key: bytes) -> None:
+        self.name = name
+        """The account name, as signed into every request."""
+        self.endpoint = endpoint.rstrip("/")
+        """The blob service URL without a trailing slash, e.g. ``https://acc.blob.core.windows.net``."""
+        self.key = key
+        """The decoded account key."""
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        return f"StorageAccount(name={self.name!r}, endpoint={self.endpoint!r})"
+
+    @classmethod
+    def from_connection_string(cls, conn: str) -> StorageAccount:
+        """The account of a connection string: ``BlobEndpoint`` if given, else built from
+        ``DefaultEndpointsProtocol``, ``AccountName`` and ``EndpointSuffix``;
+        ``UseDevelopmentStorage=true`` means Azurite's development account on port 10000."""
+        fields = parse_connection_string(conn)
+        if fields.get("UseDevelopmentStorage", "").lower() == "true":
+            fields = {"AccountName": _DEV_ACCOUNT, "AccountKey": _DEV_KEY, "BlobEndpoint": _DEV_ENDPOINT}
+        missing = [f for f in ("AccountName", "AccountKey") if not fields.get(f)]
+        if missing:
+            raise ValueError(f"the storage connection string has no {' or '.join(missing)} "
+                             "(Shared Key authorization needs both)")
+        name = fields["AccountName"]
+        try:
+            key = binascii.a2b_base64(fields["AccountKey"], strict_mode=True)
+        except binascii.Error:
+            raise ValueError("the storage connection string's AccountKey is not valid base64") from None
+        if fields.get("BlobEndpoint"):
+            endpoint = fields["BlobEndpoint"].rstrip("/")
+        else:
+            protocol = fields.get("DefaultEndpointsProtocol", "https")
+            endpoint = f"{protocol}://{name}.blob.{fields.get('EndpointSuffix', 'core.windows.net')}"
+        return cls(name=name, endpoint=endpoint, key=key)
+
+
+# ---------------------------------------------------------------- signing (pure)
+
+
+def canonicalized_resource(account: str, path: str, query: Mapping[str, str]) -> str:
+    """``/<account><encoded URL path>`` then ``\\nname:value`` per query parameter.
+
+    Names are lower-cased and sorted; values are the decoded ones. For path-style URLs the
+    path already starts with ``/<account>``, which is why the account appears twice there.
+    """
+    lines = [f"/{account}{path or '/'}"]
+    lines += [f"{name}:{query[key]}" for name, key in sorted((k.lower(), k) for k in query)]
+    return "\n".join(lines)
+
+
+def string_to_sign(method: str, headers: Mapping[str, str], resource: str) -> str:
+    """The Blob service's Shared Key string to sign; ``headers`` has lower-case names.
+
+    ``Content-Length`` of zero signs as empty (versions 2015-02-21 and later); the ``x-ms-``
+    headers follow sorted, each as ``name:value`` with its whitespace folded.
+    """
+    standard = [headers.get(name, "") for name in _SIGNED_HEADERS]
+    if standard[2] == "0":
+        standard[2] = ""
+    ms_headers = sorted((k, " ".join(v.split())) for k, v in headers.items() if k.startswith("x-ms-"))
+    canonical_headers = "".join(f"{k}:{v}\n" for k, v in ms_headers)
+    return "\n".join([method.upper(), *standard]) + "\n" + canonical_headers + resource
+
+
+def _sign(key: bytes, text: str) -> str:
+    """Base64 of the HMAC-SHA256 of ``text`` under ``key``."""
+    import hmac
+
+    digest = hmac.digest(key, text.encode("utf-8"), "sha256")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+
+def _http_date(seconds: float) -> str:
+    """RFC 1123 date in English whatever the locale (``time.strftime`` would follow it)."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
+# ---------------------------------------------------------------- the client
+
+
+class _Reply:
+    """A whole HTTP reply: status, headers (lower-case names) and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+
+class BlobRestClient:
+    """Blob operations on one container over keep-alive HTTP; synchronous and thread-safe.
+
+    One connection is kept open and reused; threads that call at the same time each get one
+    of their own (kept for reuse afterwards). A connection that fails is dropped and the
+    request is sent once more on a new one; 500, 502, 503 and 504 are retried too, with a
+    short back-off. Every operation here is idempotent, so a repeat is safe.
+    """
+
+    def __init__(self, account: StorageAccount, container: str, *, timeout: float = 30.0) -> None:
+        parts = urlsplit(account.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"unsupported blob endpoint {account.endpoint!r}: want http(s)://host[:port][/path]")
+        self.account = account
+        self.container = container
+        self.timeout = timeout
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._base_path = parts.path.rstrip("/")
+        self._idle: list[HTTPConnection] = []
+        self._lock = _thread.allocate_lock()
+
+    @classmethod
+    def from_connection_string(cls, conn: str, container: str, *, timeout: float = 30.0) -> BlobRestClient:
+        """A client for ``container`` in the account a connection string names."""
+        return cls(StorageAccount.from_connection_string(conn), container, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"BlobRestClient(endpoint={self.account.endpoint!r}, container={self.container!r})"
+
+    def __enter__(self) -> BlobRestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the kept connections (a later request opens a new one)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # ------------------------------------------------------------ operations
+
+    def ensure_container(self) -> None:
+        """Create the container unless it exists already."""
+        reply = self._request("PUT", "", {"restype": "container"})
+        if reply.status == 409 and reply.headers.get("x-ms-error-code") == "ContainerAlreadyExists":
+            return
+        self._check(reply, "Create Container", repr(self.container))
+
+    def put_blob(self, name: str, data: bytes | bytearray | memoryview,
+                 content_type: str | None = None) -> None:
+        """Write (overwrite) a block blob in one request; at most :data:`MAX_PUT_BLOB_BYTES`."""
+        body = bytes(data)
+        if len(body) > MAX_PUT_BLOB_BYTES:
+            raise ValueError(f"blob {name!r} is {len(body)} bytes; put_blob sends at most "
+                             f"{MAX_PUT_BLOB_BYTES} bytes (256 MiB) in one request")
+        headers = {"x-ms-blob-type": "BlockBlob"}
+        if content_type:
+            headers["content-type"] = content_type
+        reply = self._request("PUT", name, {}, headers, body)
+        self._check(reply, "Put Blob", name=name)
+
+    def get_blob(self, name: str) -> bytes | None:
+        """The blob's content, or None if it (or its container) does not exist."""
+        reply = self._request("GET", name)
+        if reply.status == 404:
+            return None
+        self._check(reply, "Get Blob", name=name)
+        return reply.body
+
+    def get_json(self, name: str) -> Any | None:
+        """The blob parsed as JSON, or None if it does not exist."""
+        import json
+
+        data = self.get_blob(name)
+        return None if data is None else json.loads(data)
+
+    def exists(self, name: str) -> bool:
+        """Whether the blob exists (False as well when the container does not)."""
+        reply = self._request("HEAD", name)
+        if reply.status == 404:
+            return False
+        self._check(reply, "Get Blob Properties", name=name)
+        return True
+
+    def list_names(self, prefix: str = "", delimiter: str | None = None, *,
+                   page_size: int | None = None, limit: int | None = None) -> list[str]:
+        """Names under ``prefix``, sorted, following every page of the listing.
+
+        With a ``delimiter`` the listing is one level deep, like a directory: the blobs at that
+        level and the virtual folders below it, whose names end with the delimiter. ``page_size``
+        sets ``maxresults`` (the service's default page is 5000); ``limit`` stops early once
+        that many names are known. A missing container raises :class:`BlobRestError` (404).
+        """
+        names: list[str] = []
+        marker = ""
+        while True:
+            query = {"restype": "container", "comp": "list"}
+            query.update((k, v) for k, v in (("prefix", prefix), ("delimiter", delimiter or ""),
+                                              ("marker", marker)) if v)
+            if page_size is not None:
+                query["maxresults"] = str(page_size)
+            reply = self._request("GET", "", query)
+            self._check(reply, "List Blobs", f"in container {self.container!r} under prefix {prefix!r}")
+            page, marker = _parse_listing(reply.body)
+            names += page
+            if not marker or (limit is not None and len(names) >= limit):
+                # Sorted here: Azurite lists a page's virtual folders before its blobs.
+                return sorted(names)[:limit]
+
+    # ------------------------------------------------------------ transport
+
+    def _path(self, name: str) -> str:
+        # Encoded as the SDK does; the same encoded path is sent and signed.
+        container = quote(self.container, safe="")
+        return f"{self._base_path}/{container}" + (f"/{quote(name, safe='/~')}" if name else "")
+
+    def _request(self, method: str, name: str, query: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None, body: bytes = b"") -> _Reply:
+        """Send one signed request, retrying dropped connections and 5xx; the whole reply."""
+        query = query or {}
+        path = self._path(name)
+        url = path + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items()) if query else "")
+        resource = canonicalized_resource(self.account.name, path, query)
+        for attempt in range(1, _ATTEMPTS + 1):
+            signed = self._signed_headers(method, headers or {}, body, resource)
+            try:
+                reply = self._exchange(method, url, signed, body)
+            except OSError as exc:  # refused, reset, dropped keep-alive (http.client's errors too)
+                if attempt == _ATTEMPTS or isinstance(exc, TimeoutError):  # a timeout has waited enough
+                    raise
+            else:
+                if reply.status not in _RETRY_STATUSES or attempt == _ATTEMPTS:
+                    return reply
+            time.sleep(0.05 * 4 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    def _signed_headers(self, method: str, headers: Mapping[str, str], body: bytes,
+                        resource: str) -> dict[str, str]:
+        signed = {"x-ms-date": _http_date(time.time()), "x-ms-version": API_VERSION,
+                  "user-agent": "tunebus-blob-rest", **headers}
+        if method in ("PUT", "POST") or body:
+            signed["content-length"] = str(len(body))
+        signature = _sign(self.account.key, string_to_sign(method, signed, resource))
+        signed["authorization"] = f"SharedKey {self.account.name}:{signature}"
+        return signed
+
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes) -> _Reply:
+        import http.client
+
+        conn = self._checkout()
+        try:
+            conn.request(method, url, body=body or None, headers=headers)
+            response: HTTPResponse = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionError(f"blob service at {self.account.endpoint}: {exc!r}") from exc
+        reply = _Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        with self._lock:
+            self._idle.append(conn)
+        return reply
+
+    def _checkout(self) -> HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        import http.client
+
+        if self._https:
+            import ssl
+
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def _check(self, reply: _Reply, operation: str, target: str = "", *, name: str | None = None) -> None:
+        """Raise :class:`BlobRestError` unless the reply is a success (2xx)."""
+        if 200 <= reply.status < 300:
+            return
+        if name is not None:
+            target = f"{name!r} in container {self.container!r}"
+        code = reply.headers.get("x-ms-error-code")
+        message = _error_message(reply.body) or "no message"
+        raise BlobRestError(operation, target, reply.status, code, message, blob=name)
+
+
+# ---------------------------------------------------------------- XML replies
+
+
+def _parse_listing(body: bytes) -> tuple[list[str], str]:
+    """Blob and prefix names of one List Blobs page, and its NextMarker ('' on the last page)."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.fromstring(body)
+    names = []
+    for item in root.iterfind("Blobs/*"):
+        if item.tag in ("Blob", "BlobPrefix"):
+            element = item.find("Name")
+            if element is not None and element.text is not None:
+                # Names with characters XML cannot carry come percent-encoded.
+                encoded = element.get("Encoded", "").lower() == "true"
+                names.append(unquote(element.text) if encoded else element.text)
+    return names, (root.findtext("NextMarker") or "").strip()
+
+
+def _error_message(body: bytes) -> str:
+    """The first line of an error reply's ``<Message>``, or '' when there is none."""
+    if not body.lstrip().startswith(b"<"):
+        return ""
+    from xml.etree import ElementTree
+
+    try:
+        text = ElementTree.fromstring(body).findtext("Message") or ""
+    except ElementTree.ParseError:
+        return ""
+    return text.strip().splitlines()[0] if text.strip() else ""
