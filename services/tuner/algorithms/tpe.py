@@ -105,15 +105,23 @@ class TpeTuner(BaseTuner):
     def _suggest(self, parameter_id: Any, rng: np.random.Generator) -> Internal:
         finished = self._points.size
         if finished + len(self.pending) < self.settings.n_startup_jobs or finished < 2:
-            return self._startup_point(rng)
+            return self._startup_point(parameter_id, rng)
         return self._model_point(rng)
 
-    def _startup_point(self, rng: np.random.Generator) -> Internal:
-        """The next scrambled-Sobol point: the first trials cover the space better than random draws."""
-        if self._startup_used >= len(self._startup):
+    def _startup_point(self, parameter_id: Any, rng: np.random.Generator) -> Internal:
+        """A scrambled-Sobol point: the first trials cover the space better than random draws.
+
+        Integer parameter ids pick their own point, so a tuner rebuilt after a restart hands
+        out the same start-up points as one that never stopped; other ids take the next one.
+        """
+        if isinstance(parameter_id, int) and parameter_id >= 0:
+            index = parameter_id
+        else:
+            index = self._startup_used
+            self._startup_used += 1
+        if index >= len(self._startup):
             return self._sample_prior(rng)
-        u = self._startup[self._startup_used]
-        self._startup_used += 1
+        u = self._startup[index]
         point = np.empty((1, self.encoding.dim))
         for i, column in enumerate(self.encoding.columns):
             if column.kind == "categorical":
