@@ -231,6 +231,27 @@ class BlobRestClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def connect(self, timeout: float | None = None) -> None:
+        """Open a keep-alive connection now (TCP, and TLS for https) instead of at the first request.
+
+        Lets a caller learn early, within ``timeout`` seconds (default: the client's), whether
+        the endpoint answers, and take the connection's set-up off a later critical path.
+        Raises :class:`OSError` (``TimeoutError``, ``ConnectionRefusedError``...) if it does not.
+        """
+        conn = self._checkout()
+        if conn.sock is None:
+            conn.timeout = self.timeout if timeout is None else timeout
+            try:
+                conn.connect()
+            except OSError:
+                conn.close()
+                raise
+            conn.timeout = self.timeout
+            assert conn.sock is not None
+            conn.sock.settimeout(self.timeout)
+        with self._lock:
+            self._idle.append(conn)
+
     def close(self) -> None:
         """Close the kept connections (a later request opens a new one)."""
         with self._lock:

@@ -191,22 +191,6 @@ def blob_endpoint(connection_string: str) -> str:
 # ---------------------------------------------------------------- connections
 
 
-async def _probe(url: str, what: str) -> None:
-    """Fail fast, in one line, when nothing listens at ``url`` (the SDKs would retry for long)."""
-    import asyncio
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    default_port = {"https": 443, "http": 80, "amqps": 5671}.get(parts.scheme, 5672)
-    host, port = parts.hostname or "localhost", parts.port or default_port
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise CliError(f"cannot reach {what} at {_masked_url(url)}: {reason}") from None
-    writer.close()
-
-
 def experiment_blob(experiment_id: str, leaf: str = "") -> str:
     """``experiments/<id>/<leaf>``: the paths of :class:`shared.storage.Layout`, spelled out here
     because importing that module imports the Azure SDK (a unit test keeps the two in step)."""
@@ -229,7 +213,15 @@ class _Storage:
             raise CliError(f"TUNEBUS_STORAGE_CONNECTION_STRING: {exc}") from None
 
     async def open(self) -> _Storage:
-        await _probe(self.endpoint, "blob storage")
+        """Connect now: fail fast, in one line, when nothing answers (rather than at the upload),
+        and set the connection up while the broker's is, off the path to publishing."""
+        import asyncio
+
+        try:
+            await asyncio.to_thread(self.client.connect, _CONNECT_TIMEOUT)
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise CliError(f"cannot reach blob storage at {self.endpoint}: {reason}") from None
         return self
 
     async def close(self) -> None:

@@ -154,8 +154,9 @@ async def test_blobs_written_through_rest_read_back_with_the_sdk(infra: Infra, f
 
 
 def test_a_dropped_keep_alive_connection_is_replaced(client: BlobRestClient) -> None:
+    client.connect()
     client.put_blob("k", b"1")
-    assert len(client._idle) == 1
+    assert len(client._idle) == 1  # the connection opened ahead was the one used
     sock = client._idle[0].sock
     assert sock is not None
     sock.shutdown(socket.SHUT_RDWR)  # as when the server closes an idle connection

@@ -112,3 +112,15 @@ def test_import_is_light() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_connect_fails_fast_when_nothing_listens() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        client = BlobRestClient(StorageAccount("acc", f"http://127.0.0.1:{port}/acc", b"k"), "c")
+        with pytest.raises(ConnectionRefusedError):
+            client.connect(timeout=5)
+        assert client._idle == []
