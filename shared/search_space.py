@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only types the samplers' rng; validation (the CLI's) must not load it
+    import numpy as np
 
 __all__ = [
     "PARAMETER_TYPES",
