@@ -269,8 +269,12 @@ class BlobRestClient:
         self._check(reply, "Create Container", repr(self.container))
 
     def put_blob(self, name: str, data: bytes | bytearray | memoryview,
-                 content_type: str | None = None) -> None:
-        """Write (overwrite) a block blob in one request; at most :data:`MAX_PUT_BLOB_BYTES`."""
+                 content_type: str | None = None, *, create_only: bool = False) -> None:
+        """Write (overwrite) a block blob in one request; at most :data:`MAX_PUT_BLOB_BYTES`.
+
+        ``create_only`` writes only if no such blob exists: otherwise :class:`BlobRestError`
+        with status 409 and code ``BlobAlreadyExists``.
+        """
         body = bytes(data)
         if len(body) > MAX_PUT_BLOB_BYTES:
             raise ValueError(f"blob {name!r} is {len(body)} bytes; put_blob sends at most "
@@ -278,6 +282,8 @@ class BlobRestClient:
         headers = {"x-ms-blob-type": "BlockBlob"}
         if content_type:
             headers["content-type"] = content_type
+        if create_only:
+            headers["if-none-match"] = "*"
         reply = self._request("PUT", name, {}, headers, body)
         self._check(reply, "Put Blob", name=name)
 

@@ -57,6 +57,14 @@ def test_put_get_exists_round_trip(client: BlobRestClient) -> None:
     assert client.get_json("experiments/x/state.json") == {}
 
 
+def test_create_only_put_does_not_overwrite(client: BlobRestClient) -> None:
+    client.put_blob("experiments/x/secrets.json", b'{"a": 1}', create_only=True)
+    with pytest.raises(BlobRestError) as caught:
+        client.put_blob("experiments/x/secrets.json", b'{"a": 2}', create_only=True)
+    assert (caught.value.status, caught.value.code) == (409, "BlobAlreadyExists")
+    assert client.get_json("experiments/x/secrets.json") == {"a": 1}
+
+
 def test_missing_blob_is_none_and_does_not_exist(client: BlobRestClient) -> None:
     assert client.get_blob("nothing/here.json") is None
     assert client.get_json("nothing/here.json") is None
