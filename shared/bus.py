@@ -5,6 +5,9 @@ and validates each delivery into its message class (by routing key), calls the h
 acks only after the handler returned — that is, after its effects are durable. A delivery
 that does not parse, or whose handler raises :class:`PermanentError`, is copied to the
 dead-letter exchange with the reason in its headers and acked; the service keeps running.
+That copy has every secret in its JSON body masked (:func:`shared.config.redact_secrets`: a
+start message may carry a storage account key); one that RabbitMQ dead-letters itself (the
+delivery limit) keeps its body as it was, so publishers should not put keys in messages.
 Any other exception is treated as transient: the delivery is requeued after a back-off, and
 the quorum queue's delivery limit dead-letters it if it never succeeds.
 """
@@ -29,6 +32,7 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
+from shared.config import redact_secrets
 from shared.messages import Message, Ticket, message_types
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
@@ -85,6 +89,16 @@ def parse_message(routing_key: str, body: bytes) -> Message:
 
 def _routing_key(msg: Message) -> str:
     return msg.routing_key if isinstance(msg, Ticket) else msg.ROUTING_KEY
+
+
+def _without_secrets(body: bytes) -> bytes:
+    """A JSON body with every secret masked; the body as is when it has none (or is not JSON)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return body
+    clean = redact_secrets(doc)
+    return body if clean == doc else json.dumps(clean).encode()
 
 
 class Bus:
@@ -199,11 +213,11 @@ class Bus:
         )
 
     async def dead_letter(self, routing_key: str, body: bytes, reason: str, queue: str) -> None:
-        """Copy a delivery to the dead-letter exchange with why and where it failed."""
+        """Copy a delivery to the dead-letter exchange with why and where it failed, secrets masked."""
         assert self._dlx is not None, "Bus.connect() was not called"
         await self._dlx.publish(
             aio_pika.Message(
-                body,
+                _without_secrets(body),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 content_type="application/json",
                 headers={REASON_HEADER: reason[:4000], "x-tunebus-queue": queue,

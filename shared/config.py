@@ -17,8 +17,11 @@ Two ways out:
 
 * :meth:`ExperimentConfig.normalized`: the canonical camelCase form for people and logs;
   durations in seconds, absolute paths, search space inline, secrets masked as ``"***"``.
-* :meth:`ExperimentConfig.to_wire`: the same form *with secrets in clear*, for services that
-  need them (e.g. a storage account key). It round-trips through ``parse_experiment_config``.
+* :meth:`ExperimentConfig.to_wire`: the same form *without secrets* (the keys are left out),
+  for messages and ``experiment.json``. It round-trips through ``parse_experiment_config``.
+* :meth:`ExperimentConfig.secrets`: the secrets alone (:class:`ExperimentSecrets`), which the
+  CLI stores in ``experiments/<id>/secrets.json`` (readable only with the deployment's storage
+  credentials) and services read back from there. No secret travels in a message.
 
 Every problem is reported at once in a :class:`~shared.errors.ConfigError` as
 ``(field_path, reason)`` pairs, with the field path in the user's own spelling.
@@ -50,7 +53,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    SerializationInfo,
     Strict,
     ValidationError,
     ValidationInfo,
@@ -74,11 +76,13 @@ __all__ = [
     "AzureBlobConfig",
     "ConfigError",
     "ExperimentConfig",
+    "ExperimentSecrets",
     "LocalConfig",
     "TunerConfig",
     "load_experiment_config",
     "parse_duration",
     "parse_experiment_config",
+    "redact_secrets",
 ]
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
@@ -290,12 +294,8 @@ class AzureBlobConfig(_Section):
         return _resolve_path(value, info)
 
     @field_serializer("storage_account_key")
-    def _mask_key(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
-        if value is None:
-            return None
-        if (info.context or {}).get("reveal_secrets"):
-            return value.get_secret_value()
-        return SECRET_MASK
+    def _mask_key(self, value: SecretStr | None) -> str | None:
+        return None if value is None else SECRET_MASK
 
 
 class ExperimentConfig(_Section):
@@ -376,15 +376,54 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_wire(self) -> dict[str, Any]:
-        """The form services exchange: :meth:`normalized` with secrets in clear.
+        """The form services exchange (messages, ``experiment.json``): no secret in it.
 
-        It needs no file to be read again: ``parse_experiment_config(config.to_wire())`` gives
-        back the same config. It carries the storage account key, if any: keep it off logs.
+        :meth:`normalized`, with every secret left out rather than masked (a mask would read
+        as a key); :meth:`secrets` has them. It needs no file to be read again:
+        ``parse_experiment_config(config.to_wire())`` gives back the config without its secrets.
         ``trialCodeDirectory`` is only information there (the code travels as an archive).
         """
         return self.model_dump(
-            mode="json", by_alias=True, exclude_none=True, context={"reveal_secrets": True}
+            mode="json", by_alias=True, exclude_none=True, exclude={"shared_storage": {"storage_account_key"}}
         )
+
+    def secrets(self) -> ExperimentSecrets:
+        """The config's secrets, apart from it: what ``experiments/<id>/secrets.json`` holds."""
+        key = None if self.shared_storage is None else self.shared_storage.storage_account_key
+        if key is not None and key.get_secret_value() == SECRET_MASK:
+            key = None  # normalized() output fed back in: the mask is no key
+        return ExperimentSecrets(shared_storage_account_key=key)
+
+
+class ExperimentSecrets(BaseModel):
+    """An experiment's secrets, kept out of its config, messages and logs.
+
+    Stored as ``experiments/<id>/secrets.json`` in the deployment's container (see
+    :meth:`shared.storage.Layout.secrets_doc`): whoever can read it holds the deployment's
+    storage credentials already. ``repr`` and ``str`` show ``**********``, never a key.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    shared_storage_account_key: SecretStr | None = Field(
+        default=None, alias="sharedStorageAccountKey",
+        description="Account key of the AzureBlob sharedStorage; signs the trials' SAS URLs.",
+    )
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is no secret at all (then no secrets document is written)."""
+        return self.shared_storage_account_key is None
+
+    def to_document(self) -> dict[str, Any]:
+        """The secrets document, keys in clear: write it to storage, never to a log or message."""
+        key = self.shared_storage_account_key
+        return {} if key is None else {"sharedStorageAccountKey": key.get_secret_value()}
+
+    @classmethod
+    def from_document(cls, doc: Any) -> ExperimentSecrets:
+        """Read a secrets document (:meth:`to_document`'s form); anything else gives no secret."""
+        return cls.model_validate(doc) if isinstance(doc, Mapping) else cls()
 
 
 # ---------------------------------------------------------------- reading the user's document
@@ -405,6 +444,19 @@ _SECRET_KEYS = {"storageaccountkey"}
 def _fold(key: str) -> str:
     """NNI's key matching: case and underscores do not matter."""
     return key.lower().replace("_", "")
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` (JSON-like) with every secret's value, at any depth and in any spelling, masked.
+
+    For copies of raw documents that may hold a secret (a dead-lettered start message).
+    """
+    if isinstance(value, Mapping):
+        return {key: SECRET_MASK if isinstance(key, str) and _fold(key) in _SECRET_KEYS and item is not None
+                else redact_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(item) for item in value]
+    return value
 
 
 def _join(path: str, key: str | int) -> str:

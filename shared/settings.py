@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["AZURITE_CONNECTION_STRING", "CommonSettings"]
+__all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "CommonSettings"]
 
 # Azurite's documented development account (public, not a secret).
 AZURITE_CONNECTION_STRING = (
@@ -12,6 +12,9 @@ AZURITE_CONNECTION_STRING = (
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
     "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
 )
+
+#: Where an experiment's ``sharedStorage`` account is reached: Azure's public cloud.
+DEFAULT_SHARED_STORAGE_ENDPOINT = "https://{account}.blob.core.windows.net"
 
 
 class CommonSettings(BaseSettings):
@@ -24,3 +27,6 @@ class CommonSettings(BaseSettings):
     storage_container: str = "tunebus"
     health_file: str | None = None
     log_level: str = "INFO"
+    # The blob endpoint of a sharedStorage account, ``{account}`` standing for its name:
+    # e.g. http://127.0.0.1:10000/{account} for Azurite, or a sovereign cloud's endpoint.
+    shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT

@@ -1,13 +1,17 @@
 """Blob storage: the system of record. Layout of an experiment's folder and a small async store.
 
 ```
-experiments/<exp>/experiment.json          config (NNI v2, wire form) and search space
+experiments/<exp>/experiment.json          config (NNI v2, wire form: no secret) and search space
+experiments/<exp>/secrets.json             the config's secrets (sharedStorage account key), if any
 experiments/<exp>/code.tar.gz              the trial code snapshot
 experiments/<exp>/state.json               the dispatcher's state document (ETag-conditional writes)
 experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
 experiments/<exp>/trials/<trial>/metrics/<seq>.json  one metric, written by the trial itself
 experiments/<exp>/trials/<trial>/stdout.log, stderr.log
 ```
+
+With an AzureBlob ``sharedStorage`` the trial's ``metrics/`` folder is in that account and
+container instead, at the same path (see :mod:`shared.results`); everything else stays here.
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ from azure.storage.blob import ContainerSasPermissions, ContentSettings, generat
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 __all__ = [
+    "SAS_CLOCK_SKEW",
     "BlobStore",
     "ConcurrentWriteError",
     "Layout",
+    "account_connection_string",
     "parse_connection_string",
+    "write_only_sas_token",
 ]
+
+#: Start a SAS this long before now: the clocks of the signer and Azure Storage differ.
+SAS_CLOCK_SKEW = timedelta(minutes=5)
 
 
 _JSON = ContentSettings(content_type="application/json")
@@ -49,6 +59,11 @@ class Layout:
     @property
     def experiment_doc(self) -> str:
         return f"{self.root}/experiment.json"
+
+    @property
+    def secrets_doc(self) -> str:
+        """The config's secrets (:class:`shared.config.ExperimentSecrets`): never in a message."""
+        return f"{self.root}/secrets.json"
 
     @property
     def code_archive(self) -> str:
@@ -88,6 +103,31 @@ def parse_connection_string(conn: str) -> dict[str, str]:
     """Split an Azure Storage connection string into its fields."""
     parts = (p.split("=", 1) for p in conn.split(";") if "=" in p)
     return {k.strip(): v.strip() for k, v in parts}
+
+
+def account_connection_string(account: str, key: str, endpoint: str) -> str:
+    """A connection string for ``account`` at its blob ``endpoint`` (URL), signed with ``key``."""
+    protocol = endpoint.split("://", 1)[0] if "://" in endpoint else "https"
+    return (f"DefaultEndpointsProtocol={protocol};AccountName={account};AccountKey={key};"
+            f"BlobEndpoint={endpoint.rstrip('/')};")
+
+
+def write_only_sas_token(account: str, container: str, key: str, lifetime: timedelta, *,
+                         now: datetime | None = None) -> str:
+    """A container SAS token that may create and write blobs only (no read, list or delete).
+
+    It starts :data:`SAS_CLOCK_SKEW` before ``now`` and expires ``lifetime`` after it. The key
+    signs it and stays with the caller: only the token goes to a trial.
+    """
+    now = now or datetime.now(UTC)
+    return generate_container_sas(
+        account_name=account,
+        container_name=container,
+        account_key=key,
+        permission=ContainerSasPermissions(create=True, write=True),
+        start=now - SAS_CLOCK_SKEW,
+        expiry=now + lifetime,
+    )
 
 
 class BlobStore:
@@ -191,15 +231,6 @@ class BlobStore:
         This is all a trial gets: it can add its metrics and logs, and nothing else.
         """
         fields = parse_connection_string(self.connection_string)
-        account = fields["AccountName"]
-        key = fields["AccountKey"]
-        start = datetime.now(UTC) - timedelta(minutes=5)  # clock skew between hosts
-        token = generate_container_sas(
-            account_name=account,
-            container_name=self.container_name,
-            account_key=key,
-            permission=ContainerSasPermissions(create=True, write=True),
-            start=start,
-            expiry=datetime.now(UTC) + lifetime,
-        )
+        account, key = fields["AccountName"], fields["AccountKey"]
+        token = write_only_sas_token(account, self.container_name, key, lifetime)
         return f"{self._container.url}?{token}"

@@ -246,20 +246,23 @@ class _Storage:
         found = await asyncio.to_thread(self.client.get_json, doc)
         return found if isinstance(found, dict) else None
 
-    async def upload(self, name: str, data: bytes, content_type: str) -> None:
-        """Write a blob, creating the container first if the write finds none."""
+    async def upload(self, name: str, data: bytes, content_type: str, *, create_only: bool = False) -> None:
+        """Write a blob, creating the container first if the write finds none.
+
+        ``create_only``: fail (BlobRestError, BlobAlreadyExists) rather than overwrite.
+        """
         import asyncio
 
         from shared.blob_rest import BlobRestError
 
         try:
-            await asyncio.to_thread(self.client.put_blob, name, data, content_type)
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type, create_only=create_only)
         except BlobRestError as exc:
             if exc.code != "ContainerNotFound":
                 raise
             # Only a fresh deployment lacks it: one round trip saved on every other create.
             await asyncio.to_thread(self.client.ensure_container)
-            await asyncio.to_thread(self.client.put_blob, name, data, content_type)
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type, create_only=create_only)
 
     async def exists(self, experiment_id: str) -> bool:
         """Whether anything was ever stored for the experiment (it may not be started yet)."""
@@ -507,9 +510,19 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
                 raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
                                EXIT_USAGE)
             await storage.upload(code_blob, archive, "application/gzip")
+            secrets = config.secrets()
+            if not secrets.empty:
+                # The key never goes in the message: services read it from here (create-only,
+                # so that no create replaces a running experiment's key).
+                await storage.upload(experiment_blob(run.experiment_id, "secrets.json"),
+                                     json.dumps(secrets.to_document()).encode(), "application/json",
+                                     create_only=True)
         except CliError:
             raise
         except Exception as exc:
+            if getattr(exc, "code", None) == "BlobAlreadyExists":
+                raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
+                               EXIT_USAGE) from None
             raise storage.failure(exc) from None
         assert bus is not None
         await bus.publish(ExperimentStart(experiment_id=run.experiment_id, config=config.to_wire(),

@@ -30,7 +30,8 @@ from shared.messages import (
     TrialStatusChanged,
     TrialSubmit,
 )
-from shared.settings import CommonSettings
+from shared.results import SharedStorageError, results_account, shared_storage_metrics_url
+from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
@@ -81,11 +82,13 @@ class _Experiment:
 class Submitter:
     """Routes jobs to backends; keeps per-experiment code and SAS URLs cached."""
 
-    def __init__(self, bus: Bus, store: BlobStore, work_dir: Path, replica: str) -> None:
+    def __init__(self, bus: Bus, store: BlobStore, work_dir: Path, replica: str, *,
+                 shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT) -> None:
         self.bus = bus
         self.store = store
         self.work_dir = work_dir
         self.replica = replica
+        self.shared_storage_endpoint = shared_storage_endpoint  # template, {account} for the name
         self.backends: dict[str, Backend] = {}
         self._experiments: dict[str, _Experiment] = {}
         self._loading: dict[str, asyncio.Lock] = {}
@@ -118,10 +121,24 @@ class Submitter:
             doc = found[0]
             config = doc["config"]
             code_dir = await self._unpack_code(experiment_id, doc.get("code_blob"))
-            url = self.store.write_only_sas_url(sas_lifetime(config))
+            url = await self._metrics_url(experiment_id, config)
             loaded = _Experiment(config, code_dir, url, datetime.now(UTC))
             self._experiments[experiment_id] = loaded
             return loaded
+
+    async def _metrics_url(self, experiment_id: str, config: dict[str, Any]) -> str:
+        """The trials' write-only SAS container URL: the sharedStorage's, else the deployment's.
+
+        Raises :class:`SharedStorageError` when the sharedStorage has no key to sign with.
+        """
+        lifetime = sas_lifetime(config)
+        account = await results_account(self.store, experiment_id, config,
+                                        endpoint_template=self.shared_storage_endpoint)
+        if account is None:
+            return self.store.write_only_sas_url(lifetime)
+        log.info("experiment %s: trials write metrics to sharedStorage %s", experiment_id,
+                 account.container_url)
+        return shared_storage_metrics_url(account, lifetime)
 
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
@@ -187,7 +204,11 @@ class Submitter:
     # ------------------------------------------------------------------ handlers
 
     async def on_submit(self, msg: TrialSubmit) -> None:
-        experiment = await self._experiment(msg.experiment_id)
+        try:
+            experiment = await self._experiment(msg.experiment_id)
+        except SharedStorageError as exc:  # no trial of it can report metrics: fail, say why
+            await self._report_failed(msg, f"sharedStorage: {exc}")
+            return
         platform = str((experiment.config.get("trainingService") or {}).get("platform", "local"))
         backend = self.backends.get(platform)
         if backend is None:
@@ -204,13 +225,15 @@ class Submitter:
         try:
             await backend.submit(job)
         except PermanentSubmitError as exc:
-            await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
-                                                 parameter_id=msg.sequence_id,
-                                                 attempt=msg.attempt, status=TrialStatus.FAILED,
-                                                 error=f"submission failed: {exc}"))
+            await self._report_failed(msg, f"submission failed: {exc}")
         except SubmitError as exc:
             raise TransientError(str(exc)) from exc
         await self._mark_started(msg)
+
+    async def _report_failed(self, msg: TrialSubmit, error: str) -> None:
+        await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
+                                             parameter_id=msg.sequence_id, attempt=msg.attempt,
+                                             status=TrialStatus.FAILED, error=error))
 
     async def on_kill(self, msg: TrialKill) -> None:
         for backend in self.backends.values():
@@ -266,7 +289,8 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     await bus.connect()
     replica = _replica_name()
     work_dir = Path(settings.work_dir)
-    submitter = Submitter(bus, store, work_dir, replica)
+    submitter = Submitter(bus, store, work_dir, replica,
+                          shared_storage_endpoint=settings.shared_storage_endpoint)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
     aml = _aml_backend(settings, submitter, store, bus)
     aml.warm_up()

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from shared.bus import Bus, PermanentError, TransientError, parse_message
+from shared.config import ExperimentConfig, parse_experiment_config
+from shared.errors import ConfigError
 from shared.messages import (
     ExperimentError,
     ExperimentStart,
@@ -29,6 +31,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.results import read_secrets
 from shared.settings import CommonSettings
 from shared.state import ExperimentState, OutboxEntry
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -64,16 +67,12 @@ def _routing_key(msg: Message) -> str:
     return msg.routing_key if isinstance(msg, Ticket) else msg.ROUTING_KEY
 
 
-def validate_start_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The start message's config validated and in wire form; PermanentError names the fields."""
-    from shared.config import parse_experiment_config
-    from shared.errors import ConfigError
-
+def validate_start_config(config: dict[str, Any]) -> ExperimentConfig:
+    """The start message's config validated (secrets included); PermanentError names the fields."""
     try:
-        parsed = parse_experiment_config(config)
+        return parse_experiment_config(config)
     except ConfigError as exc:
         raise PermanentError(str(exc)) from exc
-    return parsed.to_wire()
 
 
 class Dispatcher:
@@ -183,10 +182,12 @@ class Dispatcher:
             return
         layout = Layout(msg.experiment_id)
         try:
-            config = validate_start_config(msg.config)
+            parsed = validate_start_config(msg.config)
+            await self._keep_secrets(msg.experiment_id, parsed)
         except PermanentError as exc:
             await self._record_rejected(msg, str(exc))
             raise
+        config = parsed.to_wire()  # no secret: experiment.json is read by every service
         doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
                "seed": msg.seed, "created_at": msg.time.isoformat()}
         await self.store.write_json(layout.experiment_doc, doc)
@@ -204,6 +205,32 @@ class Dispatcher:
         log.info("experiment %s started: concurrency %d, max trials %s", msg.experiment_id,
                  plan.concurrency, plan.max_trials)
         await self.bus.publish_many(out)
+
+    async def _keep_secrets(self, experiment_id: str, config: ExperimentConfig) -> None:
+        """Move secrets published in the start message to ``secrets.json``; check one is there.
+
+        ``tunebus create`` writes ``secrets.json`` itself and publishes no secret. A program
+        may publish the key in the message's config (discouraged: it then sits in the queue
+        until handled); it is stored apart here and left out of ``experiment.json``. An AzureBlob
+        sharedStorage needs its key (to sign the trials' SAS): a start without one is rejected.
+        """
+        secrets = config.secrets()
+        path = Layout(experiment_id).secrets_doc
+        if not secrets.empty:
+            log.warning("experiment %s: the start message carries a storage account key; it is kept in "
+                        "%s, not in experiment.json (publishing keys is discouraged)", experiment_id, path)
+            try:
+                await self.store.write_json(path, secrets.to_document(), create_only=True)
+            except ConcurrentWriteError:
+                pass  # written before (by the CLI, or before a redelivery): the first one stands
+            return
+        if config.shared_storage is None:
+            return
+        stored = await read_secrets(self.store, experiment_id)
+        if stored.shared_storage_account_key is None:
+            raise PermanentError(
+                "sharedStorage.storageAccountKey: required (the trials' write-only SAS URLs of the "
+                "sharedStorage container are signed with it); give it in the experiment file")
 
     async def _record_rejected(self, msg: ExperimentStart, reason: str) -> None:
         """Leave a readable ERROR state for a start that cannot run (it is dead-lettered too)."""

@@ -5,6 +5,10 @@ queue, so any replica can take it and a crash loses nothing) and publishes new i
 results. When the backend reports the job's end, the ingestor reads every metric the attempt
 wrote, publishes those not yet published, and then the authoritative ``trial.ended``.
 Message ids are derived from (trial, attempt, sequence), so consumers recognise repeats.
+
+Metrics are read where the trials wrote them: the experiment's AzureBlob ``sharedStorage``
+container if it has one, else the deployment's (:mod:`.results`). The ``ended.json`` markers
+and everything else the ingestor reads or writes stay in the deployment's container.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from shared.bus import Bus, PermanentError
 from shared.messages import (
@@ -32,6 +38,7 @@ from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import INGESTOR_QUEUE
 
 from .metrics import InvalidMetric, ParsedMetric, parse_metric_blob, sequence_of
+from .results import ResultsStores
 
 __all__ = ["Ingestor", "IngestorSettings"]
 
@@ -52,10 +59,12 @@ class IngestorSettings(CommonSettings):
 class Ingestor:
     """Stateless: everything it needs is in the message, the ticket or blob storage."""
 
-    def __init__(self, bus: Bus, store: BlobStore, poll_seconds: float) -> None:
+    def __init__(self, bus: Bus, store: BlobStore, poll_seconds: float,
+                 results: ResultsStores | None = None) -> None:
         self.bus = bus
-        self.store = store
+        self.store = store  # the deployment's: markers, state
         self.poll_seconds = poll_seconds
+        self.results = results or ResultsStores(store)  # where each experiment's metrics are
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {TrialStatusChanged: self.on_status, Ticket: self.on_ticket}
@@ -64,17 +73,22 @@ class Ingestor:
                             after: int = -1) -> tuple[list[ParsedMetric], list[str]]:
         """Valid metrics with sequence > ``after``, in order, and the problems found."""
         layout = Layout(experiment_id)
-        names = await self.store.list(layout.metrics_prefix(trial_id, attempt))
-        metrics: list[ParsedMetric] = []
         problems: list[str] = []
-        wanted = []
-        for name in names:
+        async with self.results.use(experiment_id) as store:
             try:
-                if sequence_of(name) > after:
-                    wanted.append(name)
-            except InvalidMetric as exc:
-                problems.append(str(exc))
-        bodies = await asyncio.gather(*(self.store.read_bytes(n) for n in wanted))
+                names = await store.list(layout.metrics_prefix(trial_id, attempt))
+            except ResourceNotFoundError:  # a sharedStorage container nobody created
+                names = []
+                problems.append(f"metrics container {store.container_name!r} does not exist")
+            wanted = []
+            for name in names:
+                try:
+                    if sequence_of(name) > after:
+                        wanted.append(name)
+                except InvalidMetric as exc:
+                    problems.append(str(exc))
+            bodies = await asyncio.gather(*(store.read_bytes(n) for n in wanted))
+        metrics: list[ParsedMetric] = []
         for name, body in zip(wanted, bodies, strict=True):
             try:
                 metrics.append(parse_metric_blob(name, body or b""))
@@ -173,12 +187,14 @@ async def start(settings: IngestorSettings) -> Callable[[], Awaitable[None]]:
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="metric-ingestor")
     await bus.connect()
-    ingestor = Ingestor(bus, store, settings.metric_poll_seconds)
+    results = ResultsStores(store, endpoint_template=settings.shared_storage_endpoint)
+    ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results)
     await bus.consume(INGESTOR_QUEUE, ingestor.handlers(), concurrency=settings.max_concurrent)
     log.info("metric ingestor consuming %s", INGESTOR_QUEUE.name)
 
     async def shutdown() -> None:
         await bus.close()
+        await results.close()
         await store.close()
 
     return shutdown

@@ -10,7 +10,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContainerClient
 
-from services.aml_submitter.aml.sas import SharedStorageError, shared_storage_metrics_url
+from shared.config import ExperimentSecrets
+from shared.results import SharedStorageError, shared_storage_account, shared_storage_metrics_url
 from shared.storage import BlobStore, parse_connection_string
 from tests.conftest import Infra
 
@@ -24,12 +25,15 @@ def _deployment_sas(infra: Infra, container: str, lifetime: timedelta) -> str:
 
 def _shared_storage_sas(infra: Infra, container: str, lifetime: timedelta) -> str:
     fields = parse_connection_string(infra.storage_connection_string)
-    config = {"sharedStorage": {
+    config = {"sharedStorage": {  # wire form: the key is in the secrets, not in the config
         "storageType": "AzureBlob", "storageAccountName": fields["AccountName"], "containerName": container,
-        "storageAccountKey": fields["AccountKey"], "localMountPoint": "/mnt/x", "remoteMountPoint": "/x",
-        "localMounted": "usermount",
+        "localMountPoint": "/mnt/x", "remoteMountPoint": "/x", "localMounted": "usermount",
     }}
-    return shared_storage_metrics_url(config, lifetime, endpoint=fields["BlobEndpoint"])
+    secrets = ExperimentSecrets.from_document({"sharedStorageAccountKey": fields["AccountKey"]})
+    template = fields["BlobEndpoint"].replace(fields["AccountName"], "{account}")
+    account = shared_storage_account(config, secrets, endpoint_template=template)
+    assert account is not None
+    return shared_storage_metrics_url(account, lifetime)
 
 
 @pytest.fixture(params=["deployment", "sharedStorage"])
@@ -73,14 +77,16 @@ def test_a_trials_sas_cannot_write_after_it_expires(make_sas: object) -> None:
 def test_shared_storage_without_a_key_gives_no_url() -> None:
     config = {"sharedStorage": {"storageType": "AzureBlob", "storageAccountName": "a", "containerName": "c"}}
     with pytest.raises(SharedStorageError, match="storageAccountKey"):
-        shared_storage_metrics_url(config, timedelta(hours=1))
-    with pytest.raises(SharedStorageError, match="AzureBlob"):
-        shared_storage_metrics_url({}, timedelta(hours=1))
+        shared_storage_account(config, ExperimentSecrets())
+    assert shared_storage_account({}, ExperimentSecrets()) is None  # the deployment's storage
 
 
 def test_shared_storage_url_points_at_the_public_account_endpoint() -> None:
     config = {"sharedStorage": {"storageType": "AzureBlob", "storageAccountName": "tunebusdata",
-                                "containerName": "experiments", "storageAccountKey": "c2VjcmV0LWtleQ=="}}
-    url = shared_storage_metrics_url(config, timedelta(hours=2))
+                                "containerName": "experiments"}}
+    secrets = ExperimentSecrets.from_document({"sharedStorageAccountKey": "c2VjcmV0LWtleQ=="})
+    account = shared_storage_account(config, secrets)
+    assert account is not None
+    url = shared_storage_metrics_url(account, timedelta(hours=2))
     assert url.startswith("https://tunebusdata.blob.core.windows.net/experiments?")
     assert "sp=cw" in url and "c2VjcmV0LWtleQ" not in url

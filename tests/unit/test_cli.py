@@ -215,6 +215,7 @@ def test_experiment_blob_paths_agree_with_the_storage_layout() -> None:
     assert cli.experiment_blob("abc123", "state.json") == layout.state_doc
     assert cli.experiment_blob("abc123", "experiment.json") == layout.experiment_doc
     assert cli.experiment_blob("abc123", "code.tar.gz") == layout.code_archive
+    assert cli.experiment_blob("abc123", "secrets.json") == layout.secrets_doc
 
 
 # ---------------------------------------------------------------- summaries (pure)
