@@ -1,0 +1,188 @@
+"""An experiment with an AzureBlob ``sharedStorage``, against Azurite: the submitter gives a local
+trial a write-only SAS of *that* container, the trial writes its metrics there, and the ingestor
+reads them from there (and not from the deployment's container, which keeps the end marker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from services.aml_submitter.local import LocalBackend
+from services.aml_submitter.service import Submitter
+from services.metric_ingestor.results import ResultsStores
+from services.metric_ingestor.service import Ingestor
+from shared.messages import (
+    TERMINAL_TRIAL_STATUSES,
+    Message,
+    Ticket,
+    TrialEnded,
+    TrialMetric,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialSubmit,
+)
+from shared.storage import BlobStore, Layout, parse_connection_string
+from tests.conftest import Infra
+from tunebus.code_archive import build_code_archive
+
+pytestmark = pytest.mark.integration
+
+TRIAL = """import nni
+params = nni.get_next_parameter()
+nni.report_intermediate_result(params["x"] / 2)
+nni.report_final_result(params["x"])
+"""
+
+
+@dataclass
+class FakeBus:
+    """Records what the services publish."""
+
+    published: list[Message] = field(default_factory=list)
+
+    async def publish(self, msg: Message) -> None:
+        self.published.append(msg)
+
+    async def publish_many(self, msgs: Any) -> None:
+        self.published.extend(msgs)
+
+    async def publish_ticket(self, ticket: Ticket) -> None:
+        self.published.append(ticket)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The sharedStorage of the test: Azurite's account, a container of its own."""
+
+    account: str
+    key: str
+    container: str
+    endpoint_template: str
+
+
+@pytest.fixture
+def shared(infra: Infra) -> Iterator[Shared]:
+    fields = parse_connection_string(infra.storage_connection_string)
+    name = f"shared-{uuid.uuid4().hex[:16]}"
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        service.create_container(name)
+        yield Shared(fields["AccountName"], fields["AccountKey"], name,
+                     fields["BlobEndpoint"].replace(fields["AccountName"], "{account}"))
+        service.delete_container(name)
+
+
+@pytest.fixture
+async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
+        yield blob_store
+
+
+async def _experiment(store: BlobStore, tmp_path: Path, experiment_id: str, shared: Shared) -> None:
+    """experiment.json (wire form: no key) and secrets.json, as the CLI and dispatcher write them."""
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    (code / "trial.py").write_text(TRIAL)
+    layout = Layout(experiment_id)
+    config = {
+        "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
+        "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600,
+        "tuner": {"name": "Random"}, "trainingService": {"platform": "local"},
+        "sharedStorage": {"storageType": "AzureBlob", "storageAccountName": shared.account,
+                          "containerName": shared.container, "localMountPoint": "/mnt/x",
+                          "remoteMountPoint": "/x", "localMounted": "usermount"},
+    }
+    await store.write_bytes(layout.code_archive, build_code_archive(code))
+    await store.write_json(layout.experiment_doc, {"config": config, "code_blob": layout.code_archive})
+    await store.write_json(layout.secrets_doc, {"sharedStorageAccountKey": shared.key}, create_only=True)
+
+
+async def _trial_end(bus: FakeBus, timeout: float = 30) -> TrialStatusChanged:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for msg in bus.published:
+            if isinstance(msg, TrialStatusChanged) and msg.status in TERMINAL_TRIAL_STATUSES:
+                return msg
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no end: {bus.published}")
+
+
+def _forbidden(call: Any) -> None:
+    with pytest.raises(HttpResponseError) as caught:
+        call()
+    assert caught.value.status_code == 403, caught.value
+
+
+async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_there(
+        store: BlobStore, shared: Shared, tmp_path: Path) -> None:
+    experiment_id = "exp-shared"
+    layout = Layout(experiment_id)
+    await _experiment(store, tmp_path, experiment_id, shared)
+    bus = FakeBus()
+    submitter = Submitter(bus, store, tmp_path / "work", "replica-a",  # type: ignore[arg-type]
+                          shared_storage_endpoint=shared.endpoint_template)
+    local = LocalBackend(tmp_path / "work", submitter.report, submitter.upload_logs)
+    submitter.backends["local"] = local
+    try:
+        await submitter.on_submit(TrialSubmit(experiment_id=experiment_id, trial_id="trial1", sequence_id=0,
+                                              parameters={"x": 0.5}))
+        end = await _trial_end(bus)
+    finally:
+        await local.close()
+    assert end.status == TrialStatus.SUCCEEDED, end.error
+
+    # The trial's URL is the shared container's, write-only, and carries no key.
+    url = (await submitter._experiment(experiment_id)).metrics_url
+    assert url.split("?")[0].endswith(f"/{shared.container}") and shared.key not in url
+    trial_view = ContainerClient.from_container_url(url)
+    _forbidden(lambda: list(trial_view.list_blobs()))
+    metric = layout.metric_blob("trial1", 0)
+    _forbidden(lambda: trial_view.download_blob(metric).readall())
+
+    # The metrics are in the shared container, not in the deployment's.
+    async with BlobStore(store.connection_string, shared.container) as shared_store:
+        assert [Path(n).name for n in await shared_store.list(layout.metrics_prefix("trial1"))] == [
+            "000000.json", "000001.json"]
+    assert await store.list(layout.metrics_prefix("trial1")) == []
+
+    # The ingestor reads them from there; its end marker stays in the deployment's container.
+    ingestor_bus = FakeBus()
+    results = ResultsStores(store, endpoint_template=shared.endpoint_template)
+    ingestor = Ingestor(ingestor_bus, store, 0.1, results)  # type: ignore[arg-type]
+    try:
+        await ingestor.on_status(end)
+    finally:
+        await results.close()
+    metrics = [m for m in ingestor_bus.published if isinstance(m, TrialMetric)]
+    [ended] = [m for m in ingestor_bus.published if isinstance(m, TrialEnded)]
+    assert [m.value for m in metrics] == [0.25, 0.5]
+    assert (ended.status, ended.final_value, ended.metric_count, ended.error) == (
+        TrialStatus.SUCCEEDED, 0.5, 2, None)
+    assert await store.read_json(layout.attempt_root("trial1") + "/ended.json") is not None
+    published = json.dumps([m.model_dump(mode="json") for m in [*bus.published, *ingestor_bus.published]])
+    assert shared.key not in published
+
+
+async def test_a_missing_shared_container_is_reported_on_the_trial(store: BlobStore, shared: Shared,
+                                                                  tmp_path: Path) -> None:
+    gone = Shared(shared.account, shared.key, f"missing-{uuid.uuid4().hex[:8]}", shared.endpoint_template)
+    await _experiment(store, tmp_path, "exp-missing", gone)
+    bus = FakeBus()
+    results = ResultsStores(store, endpoint_template=shared.endpoint_template)
+    try:
+        await Ingestor(bus, store, 0.1, results).on_status(  # type: ignore[arg-type]
+            TrialStatusChanged(experiment_id="exp-missing", trial_id="t", parameter_id=0,
+                               status=TrialStatus.FAILED, error="write failed"))
+    finally:
+        await results.close()
+    [ended] = [m for m in bus.published if isinstance(m, TrialEnded)]
+    assert ended.error is not None and f"{gone.container!r} does not exist" in ended.error
