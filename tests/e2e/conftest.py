@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,8 @@ from shared.bus import Bus
 from shared.health import is_healthy
 from shared.messages import ExperimentStart
 from shared.state import ExperimentState
-from shared.storage import BlobStore, Layout
-from tests.conftest import REPO_ROOT, Infra
+from shared.storage import BlobStore, Layout, parse_connection_string
+from tests.conftest import REPO_ROOT, Infra, _create_container
 
 SERVICES = ("tuner", "dispatcher", "aml_submitter", "metric_ingestor")
 VENV_BIN = Path(sys.executable).parent
@@ -97,12 +98,47 @@ class Stack:
         return dict(json.loads(lines[-1]))
 
 
+def shared_storage_endpoint(infra: Infra) -> str:
+    """``TUNEBUS_SHARED_STORAGE_ENDPOINT`` for the test Azurite: its URL, ``{account}`` for the name."""
+    fields = parse_connection_string(infra.storage_connection_string)
+    return fields["BlobEndpoint"].rstrip("/").replace(f"/{fields['AccountName']}", "/{account}")
+
+
+@dataclass(frozen=True)
+class SharedStorage:
+    """An AzureBlob ``sharedStorage`` for an experiment: Azurite's account, a container of its own."""
+
+    account: str
+    key: str
+    container: str
+
+    def config(self) -> dict[str, str]:
+        """The experiment file's ``sharedStorage`` section."""
+        return {"storageType": "AzureBlob", "storageAccountName": self.account,
+                "containerName": self.container, "storageAccountKey": self.key,
+                "localMountPoint": "/mnt/shared", "remoteMountPoint": "/shared", "localMounted": "usermount"}
+
+
+@pytest.fixture
+def shared_storage(infra: Infra) -> Iterator[SharedStorage]:
+    """A second blob container (not the deployment's) for an experiment's sharedStorage."""
+    from azure.storage.blob import BlobServiceClient
+
+    fields = parse_connection_string(infra.storage_connection_string)
+    name = f"shared-{uuid.uuid4().hex[:16]}"
+    _create_container(infra.storage_connection_string, name)
+    yield SharedStorage(fields["AccountName"], fields["AccountKey"], name)
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        service.delete_container(name)
+
+
 @pytest.fixture
 def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path) -> Iterator[Stack]:
     """The four services, one replica each, isolated on their own vhost and container."""
     env = infra.env(
         TUNEBUS_AMQP_URL=amqp_vhost,
         TUNEBUS_STORAGE_CONTAINER=fresh_container,
+        TUNEBUS_SHARED_STORAGE_ENDPOINT=shared_storage_endpoint(infra),  # sharedStorage on Azurite
         TUNEBUS_WORK_DIR=str(tmp_path / "work"),
         TUNEBUS_LOG_LEVEL="INFO",
         # Short enough that a test sees a lost trial retried within seconds.

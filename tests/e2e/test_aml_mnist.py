@@ -25,7 +25,7 @@ from shared.bus import Bus
 from shared.messages import ExperimentStop, TrialStatus
 from shared.topology import DELAY_QUEUES
 from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import Stack, read_state, wait_finished
+from tests.e2e.conftest import SharedStorage, Stack, read_state, wait_finished
 
 # RabbitMQ's headers exchange ignores x- headers when it matches (x-match all): a delay queue
 # bound on an x- header matches every message, so each ticket lands in every delay queue and
@@ -56,9 +56,6 @@ FILLED = {
     "${replace_to_your_resourceGroup}": "tunebus-rg",
     "${replace_to_your_workspaceName}": "tunebus-ws",
     "${replace_to_your_computeTarget}": "cpu-cluster",
-    "${replace_to_your_storage_account_name}": "tunebusdata",
-    "${replace_to_your_container_name}": "experiments",
-    "${replace_to_your_storage_account_key}": "c2VjcmV0LWFjY291bnQta2V5",
 }
 
 
@@ -68,9 +65,13 @@ def _use_standin_submitters(stack: Stack, replicas: int) -> None:
     stack.start("aml_submitter", replicas=replicas, **STANDIN_ENV)
 
 
-def _filled_config(folder: Path, **overrides: Any) -> Path:
+def _filled_config(folder: Path, shared: SharedStorage, **overrides: Any) -> Path:
+    """The seed-form config filled in; its sharedStorage (where metrics go) a test Azurite container."""
     text = (folder / "config_aml.yml").read_text()
-    for placeholder, value in FILLED.items():
+    storage = {"${replace_to_your_storage_account_name}": shared.account,
+               "${replace_to_your_container_name}": shared.container,
+               "${replace_to_your_storage_account_key}": shared.key}
+    for placeholder, value in {**FILLED, **storage}.items():
         text = text.replace(placeholder, value)
     config = yaml.safe_load(text)
     config.update(overrides)
@@ -81,11 +82,12 @@ def _filled_config(folder: Path, **overrides: Any) -> Path:
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torch is not installed (make venv installs torch==2.13.0, the CPU build)")
-async def test_mnist_example_on_the_aml_standin_ends_done(stack: Stack, tmp_path: Path) -> None:
+async def test_mnist_example_on_the_aml_standin_ends_done(stack: Stack, shared_storage: SharedStorage,
+                                                         tmp_path: Path) -> None:
     _use_standin_submitters(stack, replicas=1)
     example = tmp_path / "mnist-pytorch"
     shutil.copytree(EXAMPLE, example)
-    config = _filled_config(example, maxTrialNumber=3, trialConcurrency=2)
+    config = _filled_config(example, shared_storage, maxTrialNumber=3, trialConcurrency=2)
 
     summary = await asyncio.to_thread(stack.create, config, timeout=240)
 
@@ -111,14 +113,16 @@ nni.report_final_result(p["x"])
 """
 
 
-async def test_killing_a_submitter_replica_mid_experiment_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+async def test_killing_a_submitter_replica_mid_experiment_loses_nothing(
+        stack: Stack, shared_storage: SharedStorage, tmp_path: Path) -> None:
     _use_standin_submitters(stack, replicas=3)
     folder = tmp_path / "exp"
     folder.mkdir()
     (folder / "trial.py").write_text(TRIAL)
     (folder / "search_space.json").write_text('{"x": {"_type": "uniform", "_value": [0, 1]}}')
     (folder / "config_aml.yml").write_text((EXAMPLE / "config_aml.yml").read_text())
-    config = _filled_config(folder, maxTrialNumber=10, trialConcurrency=4, trialCommand="python3 trial.py",
+    config = _filled_config(folder, shared_storage, maxTrialNumber=10, trialConcurrency=4,
+                            trialCommand="python3 trial.py",
                             experimentName=f"kill-{uuid.uuid4().hex[:6]}", tuner={"name": "Random"})
 
     create = asyncio.create_task(asyncio.to_thread(stack.create, config, timeout=240))
@@ -158,14 +162,15 @@ async def _only_experiment(stack: Stack) -> str | None:
     return next(iter(ids)) if len(ids) == 1 else None
 
 
-async def test_stopping_an_experiment_cancels_its_aml_runs(stack: Stack, tmp_path: Path) -> None:
+async def test_stopping_an_experiment_cancels_its_aml_runs(stack: Stack, shared_storage: SharedStorage,
+                                                          tmp_path: Path) -> None:
     _use_standin_submitters(stack, replicas=2)
     folder = tmp_path / "exp"
     folder.mkdir()
     (folder / "search_space.json").write_text('{"x": {"_type": "uniform", "_value": [0, 1]}}')
     (folder / "config_aml.yml").write_text((EXAMPLE / "config_aml.yml").read_text())
-    config = _filled_config(folder, maxTrialNumber=4, trialConcurrency=2, trialCommand="sleep 120",
-                            tuner={"name": "Random"})
+    config = _filled_config(folder, shared_storage, maxTrialNumber=4, trialConcurrency=2,
+                            trialCommand="sleep 120", tuner={"name": "Random"})
 
     create = asyncio.create_task(asyncio.to_thread(stack.create, config, timeout=120))
     experiment_id = await _running_experiment(stack, create)
