@@ -280,7 +280,8 @@ class AzureBlobConfig(_Section):
     storage_account_name: NonBlankStr = Field(description="Storage account.")
     container_name: NonBlankStr = Field(description="Blob container.")
     storage_account_key: SecretStr | None = Field(
-        default=None, description="Account key; none when another credential is used. Masked in normalized()."
+        default=None,
+        description="Account key: signs the trials' SAS. Masked in normalized(), left out of to_wire().",
     )
     local_mount_point: Path = Field(description="Where the container is mounted on this machine.")
     remote_mount_point: NonBlankStr = Field(description="Where trials see the container.")

@@ -110,7 +110,9 @@ class ExperimentStart(Message):
 
     ROUTING_KEY: ClassVar[str] = "experiment.start"
     config: dict[str, Any] = Field(
-        description="The experiment config in NNI's v2 schema (camelCase or snake_case), search space inline."
+        description="The experiment config in NNI's v2 schema (camelCase or snake_case), search space "
+                    "inline. Best without secrets (ExperimentConfig.to_wire()): a sharedStorage key goes to "
+                    "experiments/<id>/secrets.json; one given here is moved there by the dispatcher."
     )
     code_blob: str | None = Field(
         default=None, description="Blob path of the uploaded trial code archive (tar.gz); none = no code."
