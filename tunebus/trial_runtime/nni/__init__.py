@@ -103,10 +103,11 @@ def check_metric(metric: Any) -> Any:
 
 
 def _utc_now_iso() -> str:
-    from datetime import datetime, timezone
+    import time
 
-    # timezone.utc, not datetime.UTC: trial images may run a Python older than 3.11.
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")  # noqa: UP017
+    # time, not datetime: one module less to import in every trial (~1 ms).
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 class TrialRuntime:

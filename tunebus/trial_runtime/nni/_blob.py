@@ -11,7 +11,6 @@ status, never the SAS signature.
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 
 # typing is not imported at run time (annotations are strings): it would cost more than this module.
 TYPE_CHECKING = False
@@ -68,7 +67,7 @@ class BlobWriter:
 
     def put(self, blob_name: str, body: bytes) -> None:
         """Write ``body`` as block blob ``blob_name`` (overwriting); raises on failure."""
-        target = f"{self._container_path}/{quote(blob_name, safe='/')}"
+        target = f"{self._container_path}/{_quote_path(blob_name)}"
         if self._query:
             target += "?" + self._query
         last = ""
@@ -147,6 +146,15 @@ def _put_plain_http(host: str, target: str, headers: dict[str, str],
     finally:
         sock.close()
     return _parse_response(response)
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/")
+
+
+def _quote_path(name: str) -> str:
+    """Percent-encode a blob name for a URL path (urllib.parse.quote with safe='/', which costs
+    ~2 ms to import in a process that lives for tens of milliseconds)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in name.encode("utf-8"))
 
 
 def _split_host(host: str) -> tuple[str, int]:
