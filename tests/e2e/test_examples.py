@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,17 @@ def test_sklearn_digits_example_finds_an_accurate_svm(stack: Stack) -> None:
     trials = json.loads(listing.stdout)
     assert len(trials) == 20
     assert sorted(t["sequence_id"] for t in trials) == list(range(20))
+
+
+def test_mnist_pytorch_example_runs_unchanged_on_local_processes(stack: Stack, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch (installed by `make venv`) is needed by the trial")
+    example = tmp_path / "mnist-pytorch"
+    shutil.copytree(REPO_ROOT / "examples" / "mnist-pytorch", example)
+    config = example / "config_local.yml"
+    # Fewer trials than the example's 10, to keep the suite short; the trial code is untouched.
+    config.write_text(config.read_text().replace("maxTrialNumber: 10", "maxTrialNumber: 2"))
+    summary = stack.create(config, timeout=280)
+    assert summary["status"] == "DONE", stack.logs()
+    assert summary["trials"] == {"SUCCEEDED": 2}
+    best = summary["best"]
+    assert isinstance(best, dict) and 0.5 < best["value"] <= 1.0
