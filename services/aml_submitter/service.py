@@ -30,7 +30,12 @@ from shared.messages import (
     TrialStatusChanged,
     TrialSubmit,
 )
-from shared.results import SharedStorageError, results_account, shared_storage_metrics_url
+from shared.results import (
+    SharedStorageAccount,
+    SharedStorageError,
+    results_account,
+    shared_storage_metrics_url,
+)
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
@@ -75,8 +80,7 @@ class SubmitterSettings(CommonSettings):
 class _Experiment:
     config: dict[str, Any]
     code_dir: Path | None
-    metrics_url: str
-    metrics_url_made: datetime
+    shared_storage: SharedStorageAccount | None  # where trials write metrics; None: the deployment's
 
 
 class Submitter:
@@ -121,24 +125,23 @@ class Submitter:
             doc = found[0]
             config = doc["config"]
             code_dir = await self._unpack_code(experiment_id, doc.get("code_blob"))
-            url = await self._metrics_url(experiment_id, config)
-            loaded = _Experiment(config, code_dir, url, datetime.now(UTC))
+            # Raises SharedStorageError when the sharedStorage has no key to sign with.
+            account = await results_account(self.store, experiment_id, config,
+                                            endpoint_template=self.shared_storage_endpoint)
+            if account is not None:
+                log.info("experiment %s: trials write metrics to sharedStorage %s", experiment_id,
+                         account.container_url)
+            loaded = _Experiment(config, code_dir, account)
             self._experiments[experiment_id] = loaded
             return loaded
 
-    async def _metrics_url(self, experiment_id: str, config: dict[str, Any]) -> str:
-        """The trials' write-only SAS container URL: the sharedStorage's, else the deployment's.
-
-        Raises :class:`SharedStorageError` when the sharedStorage has no key to sign with.
-        """
-        lifetime = sas_lifetime(config)
-        account = await results_account(self.store, experiment_id, config,
-                                        endpoint_template=self.shared_storage_endpoint)
-        if account is None:
+    def _metrics_url(self, experiment: _Experiment) -> str:
+        """A trial's write-only SAS container URL, made now (signing is local and cheap), so
+        that it lives for this trial's time limit plus a margin however long the experiment runs."""
+        lifetime = sas_lifetime(experiment.config)
+        if experiment.shared_storage is None:
             return self.store.write_only_sas_url(lifetime)
-        log.info("experiment %s: trials write metrics to sharedStorage %s", experiment_id,
-                 account.container_url)
-        return shared_storage_metrics_url(account, lifetime)
+        return shared_storage_metrics_url(experiment.shared_storage, lifetime)
 
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
@@ -221,7 +224,8 @@ class Submitter:
                      msg.trial_id, msg.attempt)
             return
         who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)
-        job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir, experiment.metrics_url)
+        job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir,
+                         self._metrics_url(experiment))
         try:
             await backend.submit(job)
         except PermanentSubmitError as exc:

@@ -1,0 +1,27 @@
+"""Each trial gets a SAS made when it is submitted, living for its own time limit plus a margin."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from services.aml_submitter.service import Submitter, _Experiment
+from shared.settings import AZURITE_CONNECTION_STRING
+from shared.storage import BlobStore
+
+
+def _expiry(url: str) -> datetime:
+    expiry = parse_qs(urlsplit(url).query)["se"][0]
+    return datetime.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def test_a_trial_submitted_late_in_a_long_experiment_gets_a_sas_that_outlives_it(tmp_path: Path) -> None:
+    store = BlobStore(AZURITE_CONNECTION_STRING, "tunebus")  # no I/O: signing is local
+    submitter = Submitter(bus=None, store=store, work_dir=tmp_path, replica="r1")  # type: ignore[arg-type]
+    experiment = _Experiment(config={"maxTrialDuration": 600}, code_dir=None, shared_storage=None)
+    url = submitter._metrics_url(experiment)
+    expected = datetime.now(UTC) + timedelta(seconds=600) + timedelta(hours=1)
+    assert abs((_expiry(url) - expected).total_seconds()) < 60
+    query = parse_qs(urlsplit(url).query)
+    assert query["sp"] == ["cw"]  # create and write only
