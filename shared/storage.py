@@ -17,13 +17,14 @@ container instead, at the same path (see :mod:`shared.results`); everything else
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerSasPermissions, ContentSettings, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from shared.layout import Layout
 
 __all__ = [
     "SAS_CLOCK_SKEW",
@@ -44,59 +45,6 @@ _JSON = ContentSettings(content_type="application/json")
 
 class ConcurrentWriteError(Exception):
     """A conditional write lost: the blob changed (or exists) since it was read."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Blob paths of one experiment. Pure: no I/O."""
-
-    experiment_id: str
-
-    @property
-    def root(self) -> str:
-        return f"experiments/{self.experiment_id}"
-
-    @property
-    def experiment_doc(self) -> str:
-        return f"{self.root}/experiment.json"
-
-    @property
-    def secrets_doc(self) -> str:
-        """The config's secrets (:class:`shared.config.ExperimentSecrets`): never in a message."""
-        return f"{self.root}/secrets.json"
-
-    @property
-    def code_archive(self) -> str:
-        return f"{self.root}/code.tar.gz"
-
-    @property
-    def state_doc(self) -> str:
-        return f"{self.root}/state.json"
-
-    def trial_root(self, trial_id: str) -> str:
-        return f"{self.root}/trials/{trial_id}"
-
-    def trial_doc(self, trial_id: str) -> str:
-        return f"{self.trial_root(trial_id)}/trial.json"
-
-    def attempt_root(self, trial_id: str, attempt: int = 1) -> str:
-        # A run after a lost one writes apart, so the two never mix their metrics.
-        root = self.trial_root(trial_id)
-        return root if attempt == 1 else f"{root}/attempt-{attempt}"
-
-    def metrics_prefix(self, trial_id: str, attempt: int = 1) -> str:
-        return f"{self.attempt_root(trial_id, attempt)}/metrics/"
-
-    def metric_blob(self, trial_id: str, sequence: int, attempt: int = 1) -> str:
-        # Zero-padded so that a listing is already in report order.
-        return f"{self.metrics_prefix(trial_id, attempt)}{sequence:06d}.json"
-
-    def log_blob(self, trial_id: str, stream: str, attempt: int = 1) -> str:
-        return f"{self.attempt_root(trial_id, attempt)}/{stream}.log"
-
-    def claim_blob(self, trial_id: str, attempt: int) -> str:
-        """Created (create-only) by the submitter that takes the job: at most one runs it."""
-        return f"{self.trial_root(trial_id)}/claims/{attempt}.json"
 
 
 def parse_connection_string(conn: str) -> dict[str, str]:

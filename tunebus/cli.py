@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.layout import Layout
+
 if TYPE_CHECKING:
     from shared.blob_rest import BlobRestClient
     from shared.bus import Bus
@@ -191,12 +193,6 @@ def blob_endpoint(connection_string: str) -> str:
 # ---------------------------------------------------------------- connections
 
 
-def experiment_blob(experiment_id: str, leaf: str = "") -> str:
-    """``experiments/<id>/<leaf>``: the paths of :class:`shared.storage.Layout`, spelled out here
-    because importing that module imports the Azure SDK (a unit test keeps the two in step)."""
-    return f"experiments/{experiment_id}/{leaf}"
-
-
 class _Storage:
     """The CLI's access to the system of record: the stdlib REST client, off the event loop."""
 
@@ -236,13 +232,13 @@ class _Storage:
 
         from shared.state import ExperimentState
 
-        found = await asyncio.to_thread(self.client.get_json, experiment_blob(experiment_id, "state.json"))
+        found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).state_doc)
         return None if found is None else ExperimentState.model_validate(found)
 
     async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
         import asyncio
 
-        doc = experiment_blob(experiment_id, "experiment.json")
+        doc = Layout(experiment_id).experiment_doc
         found = await asyncio.to_thread(self.client.get_json, doc)
         return found if isinstance(found, dict) else None
 
@@ -266,7 +262,7 @@ class _Storage:
 
     async def exists(self, experiment_id: str) -> bool:
         """Whether anything was ever stored for the experiment (it may not be started yet)."""
-        names = await self._list(experiment_blob(experiment_id), limit=1)
+        names = await self._list(Layout(experiment_id).root + "/", limit=1)
         return bool(names)
 
     async def experiment_ids(self) -> list[str]:
@@ -504,7 +500,7 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
                 raise CliError("\n".join(dict.fromkeys(str(f) for f in failures)))
             raise failures[0]
         bus = results[1]  # type: ignore[assignment]
-        code_blob = experiment_blob(run.experiment_id, "code.tar.gz")
+        code_blob = Layout(run.experiment_id).code_archive
         try:
             if args.id and await storage.exists(run.experiment_id):
                 raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
@@ -514,7 +510,7 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
             if not secrets.empty:
                 # The key never goes in the message: services read it from here (create-only,
                 # so that no create replaces a running experiment's key).
-                await storage.upload(experiment_blob(run.experiment_id, "secrets.json"),
+                await storage.upload(Layout(run.experiment_id).secrets_doc,
                                      json.dumps(secrets.to_document()).encode(), "application/json",
                                      create_only=True)
         except CliError:

@@ -207,17 +207,6 @@ def test_create_never_imports_the_azure_sdk(unreachable: dict[str, str]) -> None
     assert result.stdout.strip().splitlines()[-1] == "1 []", result.stderr
 
 
-def test_experiment_blob_paths_agree_with_the_storage_layout() -> None:
-    from shared.storage import Layout
-
-    layout = Layout("abc123")
-    assert cli.experiment_blob("abc123") == layout.root + "/"
-    assert cli.experiment_blob("abc123", "state.json") == layout.state_doc
-    assert cli.experiment_blob("abc123", "experiment.json") == layout.experiment_doc
-    assert cli.experiment_blob("abc123", "code.tar.gz") == layout.code_archive
-    assert cli.experiment_blob("abc123", "secrets.json") == layout.secrets_doc
-
-
 # ---------------------------------------------------------------- summaries (pure)
 
 

@@ -1,0 +1,64 @@
+"""Where everything of an experiment lives in blob storage. Pure: no I/O, no SDK.
+
+Kept apart from :mod:`shared.storage` so that the CLI (which talks to storage through the
+stdlib client in :mod:`shared.blob_rest`) can use the same paths without importing Azure's SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Blob paths of one experiment. Pure: no I/O."""
+
+    experiment_id: str
+
+    @property
+    def root(self) -> str:
+        return f"experiments/{self.experiment_id}"
+
+    @property
+    def experiment_doc(self) -> str:
+        return f"{self.root}/experiment.json"
+
+    @property
+    def secrets_doc(self) -> str:
+        """The config's secrets (:class:`shared.config.ExperimentSecrets`): never in a message."""
+        return f"{self.root}/secrets.json"
+
+    @property
+    def code_archive(self) -> str:
+        return f"{self.root}/code.tar.gz"
+
+    @property
+    def state_doc(self) -> str:
+        return f"{self.root}/state.json"
+
+    def trial_root(self, trial_id: str) -> str:
+        return f"{self.root}/trials/{trial_id}"
+
+    def trial_doc(self, trial_id: str) -> str:
+        return f"{self.trial_root(trial_id)}/trial.json"
+
+    def attempt_root(self, trial_id: str, attempt: int = 1) -> str:
+        # A run after a lost one writes apart, so the two never mix their metrics.
+        root = self.trial_root(trial_id)
+        return root if attempt == 1 else f"{root}/attempt-{attempt}"
+
+    def metrics_prefix(self, trial_id: str, attempt: int = 1) -> str:
+        return f"{self.attempt_root(trial_id, attempt)}/metrics/"
+
+    def metric_blob(self, trial_id: str, sequence: int, attempt: int = 1) -> str:
+        # Zero-padded so that a listing is already in report order.
+        return f"{self.metrics_prefix(trial_id, attempt)}{sequence:06d}.json"
+
+    def log_blob(self, trial_id: str, stream: str, attempt: int = 1) -> str:
+        return f"{self.attempt_root(trial_id, attempt)}/{stream}.log"
+
+    def claim_blob(self, trial_id: str, attempt: int) -> str:
+        """Created (create-only) by the submitter that takes the job: at most one runs it."""
+        return f"{self.trial_root(trial_id)}/claims/{attempt}.json"
