@@ -71,7 +71,8 @@ def run_once(config: Path, env: dict[str, str]) -> tuple[float, dict[str, object
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -87,7 +88,8 @@ def main() -> None:
             if summary["status"] != "DONE" or succeeded != args.trials:
                 raise SystemExit(f"run {run} did not end DONE with {args.trials} trials: {summary}")
             times.append(elapsed)
-            print(f"run {run}: {elapsed:.2f} s ({summary['status']}, {succeeded} trials SUCCEEDED)", flush=True)
+            print(f"run {run}: {elapsed:.2f} s ({summary['status']}, {succeeded} trials SUCCEEDED)",
+                  flush=True)
     print(f"median of {args.runs}: {statistics.median(times):.2f} s for {args.trials} trials at "
           f"concurrency {args.concurrency} (tuner {args.tuner})")
 
