@@ -297,7 +297,8 @@ class Bus:
                 await delivery.nack(requeue=True)
             raise
         except Exception as exc:
-            count = int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
+            raw_count = (delivery.headers or {}).get("x-delivery-count", 0)
+            count = raw_count if isinstance(raw_count, int) else 0
             log.warning("handler for %s failed (attempt %d), will retry: %r", key, count + 1, exc,
                         exc_info=not isinstance(exc, TransientError))
             await asyncio.sleep(min(0.2 * 2 ** count, 5.0))

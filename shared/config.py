@@ -393,7 +393,7 @@ class ExperimentConfig(_Section):
         key = None if self.shared_storage is None else self.shared_storage.storage_account_key
         if key is not None and key.get_secret_value() == SECRET_MASK:
             key = None  # normalized() output fed back in: the mask is no key
-        return ExperimentSecrets(shared_storage_account_key=key)
+        return ExperimentSecrets(sharedStorageAccountKey=key)
 
 
 class ExperimentSecrets(BaseModel):

@@ -59,7 +59,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     ROUTING_KEY: ClassVar[str] = ""
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Wire schema version.")
+    schema_version: Literal[1] = Field(default=1, description="Wire schema version (SCHEMA_VERSION).")
     message_id: str = Field(default_factory=_new_id, min_length=1, description="Unique id; dedupe key.")
     experiment_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                description="The experiment this message belongs to.")

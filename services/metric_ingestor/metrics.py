@@ -57,7 +57,7 @@ def parse_metric_blob(blob_name: str, data: bytes) -> ParsedMetric:
     if doc.get("sequence") != sequence:
         raise InvalidMetric(f"{blob_name}: body says sequence {doc.get('sequence')!r}")
     try:
-        kind = MetricKind(doc.get("kind"))
+        kind = MetricKind(str(doc.get("kind")))
     except ValueError as exc:
         kind_given = doc.get("kind")
         raise InvalidMetric(f"{blob_name}: kind must be PERIODICAL or FINAL, got {kind_given!r}") from exc
