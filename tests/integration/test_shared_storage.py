@@ -141,7 +141,7 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
     assert end.status == TrialStatus.SUCCEEDED, end.error
 
     # The trial's URL is the shared container's, write-only, and carries no key.
-    url = (await submitter._experiment(experiment_id)).metrics_url
+    url = submitter._metrics_url(await submitter._experiment(experiment_id))
     assert url.split("?")[0].endswith(f"/{shared.container}") and shared.key not in url
     trial_view = ContainerClient.from_container_url(url)
     _forbidden(lambda: list(trial_view.list_blobs()))
