@@ -63,6 +63,7 @@ _STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "
                  "EARLY_STOPPED")
 _ENDED = ("DONE", "STOPPED", "ERROR")
 _POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
+_REFRESH_SECONDS = 0.25  # ...and at most this often, unless the experiment's status changed
 _CONNECT_TIMEOUT = 10.0
 _STORAGE_TIMEOUT = 60.0  # seconds without progress on one blob request (uploads are up to 100 MB)
 
@@ -317,7 +318,8 @@ class _EventWatcher:
         import asyncio
 
         self.experiment_id = experiment_id
-        self.changed = asyncio.Event()
+        self.changed = asyncio.Event()  # any event of the experiment
+        self.status_changed = asyncio.Event()  # its experiment.status: read at once
         self._connection: Any = None
 
     async def start(self, url: str) -> None:
@@ -348,13 +350,25 @@ class _EventWatcher:
             return
         if experiment_id == self.experiment_id:
             self.changed.set()
+            if delivery.routing_key == "experiment.status":
+                self.status_changed.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until an event for the experiment arrives, or ``timeout`` seconds."""
+    def clear(self) -> None:
+        self.changed.clear()
+        self.status_changed.clear()
+
+    async def wait(self, timeout: float, last_read: float) -> None:
+        """Until an event for the experiment arrives, or ``timeout`` seconds; then, unless the
+        experiment's status changed, until ``_REFRESH_SECONDS`` after ``last_read``: trial ends
+        only move the progress line, and re-reading the state document for each of them costs
+        the storage a request per trial."""
         import asyncio
 
         try:
             await asyncio.wait_for(self.changed.wait(), timeout)
+            left = _REFRESH_SECONDS - (time.monotonic() - last_read)
+            if left > 0 and not self.status_changed.is_set():
+                await asyncio.wait_for(self.status_changed.wait(), left)
         except TimeoutError:
             pass
 
@@ -551,7 +565,8 @@ async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, ou
     started = time.monotonic()
     progress = run.progress = _Progress(output, started)
     while True:
-        watcher.changed.clear()  # before reading: an event during the read triggers another read
+        watcher.clear()  # before reading: an event during the read triggers another read
+        last_read = time.monotonic()
         try:
             state = await storage.read_state(run.experiment_id)
         except Exception as exc:
@@ -559,7 +574,7 @@ async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, ou
         progress.update(state)
         if state is not None and state.status.value in _ENDED:
             break
-        await watcher.wait(_POLL_SECONDS)
+        await watcher.wait(_POLL_SECONDS, last_read)
     progress.end_line()
     elapsed = time.monotonic() - started
     if output.json_mode:
