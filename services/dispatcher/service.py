@@ -123,8 +123,8 @@ class Dispatcher:
                 parse_message(e.routing_key, _json_bytes(e.body)) for e in state.outbox
             )
         if state.requested and not state.finished:
-            # Answers that arrived but were only held in memory (deferred) died with the last
-            # process: ask again. The tuner answers a parameter id it knows with the same values.
+            # Answers may have been consumed by the last process and lost with it before they
+            # were recorded: ask again. The tuner answers an id it knows with the same values.
             await self.bus.publish(SuggestRequest(experiment_id=experiment_id,
                                                   parameter_ids=list(state.requested)))
         return loaded
@@ -253,11 +253,10 @@ class Dispatcher:
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_error(s.state, reason, now))
 
     async def on_suggested(self, msg: TrialSuggested) -> None:
-        # A suggestion that only waits for a slot is held in memory until the next write; if
-        # this process dies first, _load asks for it again.
+        # Written at once even when it only waits for a slot: a tuner rebuilt after a crash
+        # learns from the state which parameters it has already handed out.
         await self._apply(msg.experiment_id,
-                          lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now),
-                          deferrable=True)
+                          lambda s, now: lifecycle.apply_suggested(s.state, s.plan, msg, now))
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
         # Progress notes: the job's end only holds off the lost-job check until trial.ended,
