@@ -28,6 +28,7 @@ log = logging.getLogger("tunebus.ingestor")
 @dataclass
 class _Entry:
     store: BlobStore | None  # None: the deployment's store (never closed here)
+    live_metrics: bool  # an assessor reads intermediate results while trials run
     users: int = 0
     evicted: bool = False
 
@@ -59,6 +60,11 @@ class ResultsStores:
             if entry.evicted and entry.users == 0 and entry.store is not None:
                 await entry.store.close()
 
+    async def live_metrics(self, experiment_id: str) -> bool:
+        """Whether intermediate results must be published while the trial runs (an assessor
+        judges them); otherwise they are published with the trial's end, and nobody polls."""
+        return (await self._entry(experiment_id)).live_metrics
+
     async def close(self) -> None:
         """Close every store opened here (handlers have stopped)."""
         entries = list(self._entries.values())
@@ -73,7 +79,7 @@ class ResultsStores:
             async with self._loading.setdefault(experiment_id, asyncio.Lock()):
                 entry = self._entries.get(experiment_id)
                 if entry is None:
-                    entry = _Entry(await self._open(experiment_id))
+                    entry = await self._open(experiment_id)
                     self._entries[experiment_id] = entry
             self._loading.pop(experiment_id, None)
             for store in self._evict():
@@ -81,20 +87,22 @@ class ResultsStores:
         self._entries.move_to_end(experiment_id)
         return entry
 
-    async def _open(self, experiment_id: str) -> BlobStore | None:
+    async def _open(self, experiment_id: str) -> _Entry:
         layout = Layout(experiment_id)
         found = await self.deployment.read_json(layout.experiment_doc)
         if found is None:
             raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
+        config = found[0].get("config") or {}
+        live = bool(config.get("assessor"))
         try:
-            account = await results_account(self.deployment, experiment_id, found[0].get("config") or {},
+            account = await results_account(self.deployment, experiment_id, config,
                                             endpoint_template=self.endpoint_template)
         except SharedStorageError as exc:
             raise PermanentError(f"sharedStorage of {experiment_id}: {exc}") from exc
         if account is None:
-            return None
+            return _Entry(None, live)
         log.info("experiment %s: reading metrics from sharedStorage %s", experiment_id, account.container_url)
-        return account.open_store()
+        return _Entry(account.open_store(), live)
 
     def _evict(self) -> list[BlobStore]:
         """Forget the least recently used beyond capacity; the stores no handler uses, to close."""

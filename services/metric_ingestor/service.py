@@ -1,9 +1,11 @@
 """The metric ingestor: turns what trials wrote to blob storage into ordered events.
 
-While a trial runs, an ``ingest.watch`` ticket comes back every few seconds (through a delay
-queue, so any replica can take it and a crash loses nothing) and publishes new intermediate
-results. When the backend reports the job's end, the ingestor reads every metric the attempt
-wrote, publishes those not yet published, and then the authoritative ``trial.ended``.
+When the experiment has an assessor (the one consumer that judges intermediate results while
+a trial runs), an ``ingest.watch`` ticket comes back every few seconds while the trial runs
+(through a delay queue, so any replica can take it and a crash loses nothing) and publishes new
+intermediate results; an ``ended.json`` marker stops it. Without an assessor nobody polls.
+When the backend reports the job's end, the ingestor reads every metric the attempt wrote,
+publishes them in order, and then the authoritative ``trial.ended``.
 Message ids are derived from (trial, attempt, sequence), so consumers recognise repeats.
 
 Metrics are read where the trials wrote them: the experiment's AzureBlob ``sharedStorage``
@@ -110,6 +112,8 @@ class Ingestor:
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
         if msg.status == TrialStatus.RUNNING:
+            if not await self.results.live_metrics(msg.experiment_id):
+                return  # nobody judges intermediate results live: they go out with the end
             await self.bus.publish_ticket(Ticket(
                 experiment_id=msg.experiment_id, purpose="ingest.watch", trial_id=msg.trial_id,
                 due=datetime.now(UTC) + timedelta(seconds=self.poll_seconds),
@@ -174,6 +178,8 @@ class Ingestor:
               for m in metrics),
             ended,
         ])
+        if not await self.results.live_metrics(msg.experiment_id):
+            return  # no watch ticket runs for it: nothing to stop
         marker = Layout(msg.experiment_id).attempt_root(msg.trial_id, msg.attempt) + "/ended.json"
         try:
             await self.store.write_json(marker, ended.model_dump(mode="json"), create_only=True)

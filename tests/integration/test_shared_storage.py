@@ -154,7 +154,7 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
             "000000.json", "000001.json"]
     assert await store.list(layout.metrics_prefix("trial1")) == []
 
-    # The ingestor reads them from there; its end marker stays in the deployment's container.
+    # The ingestor reads them from there (no assessor: no watch, so no end marker either).
     ingestor_bus = FakeBus()
     results = ResultsStores(store, endpoint_template=shared.endpoint_template)
     ingestor = Ingestor(ingestor_bus, store, 0.1, results)  # type: ignore[arg-type]
@@ -167,7 +167,7 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
     assert [m.value for m in metrics] == [0.25, 0.5]
     assert (ended.status, ended.final_value, ended.metric_count, ended.error) == (
         TrialStatus.SUCCEEDED, 0.5, 2, None)
-    assert await store.read_json(layout.attempt_root("trial1") + "/ended.json") is not None
+    assert await store.read_json(layout.attempt_root("trial1") + "/ended.json") is None
     published = json.dumps([m.model_dump(mode="json") for m in [*bus.published, *ingestor_bus.published]])
     assert shared.key not in published
 
