@@ -156,6 +156,10 @@ class TunerService:
             records.append({"parameter": ready.parameters, "value": None})
         if records:
             session.tuner.import_data(records)
+        # Ids asked for whose answers are not on record may have been answered by the process
+        # that died: answer them again first, in order, so that a deterministic tuner (grid
+        # search) hands out the same points for them and not again for later ids.
+        TunerService._suggest(session, sorted(state.requested))
         log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
                  len(records), sum(r["value"] is not None for r in records))
 
