@@ -105,8 +105,9 @@ class Submitter:
         for stream in ("stdout", "stderr"):
             path = output_dir / f"{stream}.log"
             if path.exists() and path.stat().st_size:
+                data = await asyncio.to_thread(path.read_bytes)  # a trial's log can be large
                 await self.store.write_bytes(layout.log_blob(who.trial_id, stream, who.attempt),
-                                             path.read_bytes(), content_type="text/plain")
+                                             data, content_type="text/plain")
 
     # ------------------------------------------------------------------ experiments
 

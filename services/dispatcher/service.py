@@ -7,6 +7,7 @@ ack. A crash after the write republishes the outbox when the experiment is next 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ class Dispatcher:
             # Decided before a crash, maybe never published: publish again (consumers dedupe).
             log.info("experiment %s: republishing %d outbox messages", experiment_id, len(state.outbox))
             await self.bus.publish_many(
-                parse_message(e.routing_key, _json_bytes(e.body)) for e in state.outbox
+                parse_message(e.routing_key, json.dumps(e.body).encode()) for e in state.outbox
             )
         if state.requested and not state.finished:
             # Answers may have been consumed by the last process and lost with it before they
@@ -287,12 +288,6 @@ class Dispatcher:
             lambda s, now: lifecycle.apply_tick(s.state, s.plan, self.policy, msg, now),
             required=False,
         )
-
-
-def _json_bytes(body: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(body).encode()
 
 
 async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:

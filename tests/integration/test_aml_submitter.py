@@ -7,7 +7,6 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,9 +18,10 @@ from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, azureml_api, standin_api
 from services.aml_submitter.service import Submitter
 from shared.bus import TransientError
-from shared.messages import Message, Ticket, TrialStatus, TrialStatusChanged, TrialSubmit
+from shared.messages import TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.storage import BlobStore, Layout
 from tests.conftest import Infra
+from tests.integration.fakes import RecordingBus
 from tunebus.code_archive import build_code_archive
 
 pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
@@ -32,23 +32,6 @@ params = nni.get_next_parameter()
 nni.report_intermediate_result(params["x"] / 2)
 nni.report_final_result(params["x"])
 """
-
-
-@dataclass
-class FakeBus:
-    """Records what the submitter publishes."""
-
-    published: list[Message] = field(default_factory=list)
-    tickets: list[Ticket] = field(default_factory=list)
-
-    async def publish(self, msg: Message) -> None:
-        self.published.append(msg)
-
-    async def publish_ticket(self, ticket: Ticket) -> None:
-        self.tickets.append(ticket)
-
-    def statuses(self) -> list[TrialStatusChanged]:
-        return [m for m in self.published if isinstance(m, TrialStatusChanged)]
 
 
 class ComputeTargetException(Exception):
@@ -87,8 +70,8 @@ async def _experiment(store: BlobStore, tmp_path: Path, experiment_id: str) -> N
 
 
 def _submitter(store: BlobStore, tmp_path: Path, api: Any, env: dict[str, str] | None = None,
-               ) -> tuple[Submitter, FakeBus]:
-    bus = FakeBus()
+               ) -> tuple[Submitter, RecordingBus]:
+    bus = RecordingBus()
     submitter = Submitter(bus, store, tmp_path / "work", "replica-a")  # type: ignore[arg-type]
     submitter.backends["aml"] = AmlBackend(
         store=store, report=submitter.report, publish_ticket=bus.publish_ticket, work_dir=tmp_path / "work",
@@ -114,7 +97,7 @@ def _submit(experiment_id: str) -> TrialSubmit:
     return TrialSubmit(experiment_id=experiment_id, trial_id="trial1", sequence_id=0, parameters={"x": 0.25})
 
 
-async def _drive(submitter: Submitter, bus: FakeBus, timeout: float = 30) -> TrialStatusChanged:
+async def _drive(submitter: Submitter, bus: RecordingBus, timeout: float = 30) -> TrialStatusChanged:
     deadline = time.monotonic() + timeout
     aml = submitter.backends["aml"]
     while time.monotonic() < deadline:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from services.metric_ingestor.service import Ingestor
-from shared.messages import Message, Ticket, TrialEnded, TrialStatus, TrialStatusChanged
+from shared.messages import TrialEnded, TrialStatus, TrialStatusChanged
 from shared.storage import BlobStore, Layout
 from tests.conftest import Infra
+from tests.integration.fakes import RecordingBus
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class RecordingBus:
-    published: list[Message] = field(default_factory=list)
-    tickets: list[Ticket] = field(default_factory=list)
-
-    async def publish(self, msg: Message) -> None:
-        self.published.append(msg)
-
-    async def publish_many(self, msgs: object) -> None:
-        self.published.extend(msgs)  # type: ignore[arg-type]
-
-    async def publish_ticket(self, ticket: Ticket) -> None:
-        self.tickets.append(ticket)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from services.metric_ingestor.results import ResultsStores
 from services.metric_ingestor.service import Ingestor
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
-    Message,
-    Ticket,
     TrialEnded,
     TrialMetric,
     TrialStatus,
@@ -33,6 +31,7 @@ from shared.messages import (
 )
 from shared.storage import BlobStore, Layout, parse_connection_string
 from tests.conftest import Infra
+from tests.integration.fakes import RecordingBus
 from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
@@ -42,22 +41,6 @@ params = nni.get_next_parameter()
 nni.report_intermediate_result(params["x"] / 2)
 nni.report_final_result(params["x"])
 """
-
-
-@dataclass
-class FakeBus:
-    """Records what the services publish."""
-
-    published: list[Message] = field(default_factory=list)
-
-    async def publish(self, msg: Message) -> None:
-        self.published.append(msg)
-
-    async def publish_many(self, msgs: Any) -> None:
-        self.published.extend(msgs)
-
-    async def publish_ticket(self, ticket: Ticket) -> None:
-        self.published.append(ticket)
 
 
 @dataclass(frozen=True)
@@ -106,7 +89,7 @@ async def _experiment(store: BlobStore, tmp_path: Path, experiment_id: str, shar
     await store.write_json(layout.secrets_doc, {"sharedStorageAccountKey": shared.key}, create_only=True)
 
 
-async def _trial_end(bus: FakeBus, timeout: float = 30) -> TrialStatusChanged:
+async def _trial_end(bus: RecordingBus, timeout: float = 30) -> TrialStatusChanged:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for msg in bus.published:
@@ -127,7 +110,7 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
     experiment_id = "exp-shared"
     layout = Layout(experiment_id)
     await _experiment(store, tmp_path, experiment_id, shared)
-    bus = FakeBus()
+    bus = RecordingBus()
     submitter = Submitter(bus, store, tmp_path / "work", "replica-a",  # type: ignore[arg-type]
                           shared_storage_endpoint=shared.endpoint_template)
     local = LocalBackend(tmp_path / "work", submitter.report, submitter.upload_logs)
@@ -155,7 +138,7 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
     assert await store.list(layout.metrics_prefix("trial1")) == []
 
     # The ingestor reads them from there (no assessor: no watch, so no end marker either).
-    ingestor_bus = FakeBus()
+    ingestor_bus = RecordingBus()
     results = ResultsStores(store, endpoint_template=shared.endpoint_template)
     ingestor = Ingestor(ingestor_bus, store, 0.1, results)  # type: ignore[arg-type]
     try:
@@ -176,7 +159,7 @@ async def test_a_missing_shared_container_is_reported_on_the_trial(store: BlobSt
                                                                   tmp_path: Path) -> None:
     gone = Shared(shared.account, shared.key, f"missing-{uuid.uuid4().hex[:8]}", shared.endpoint_template)
     await _experiment(store, tmp_path, "exp-missing", gone)
-    bus = FakeBus()
+    bus = RecordingBus()
     results = ResultsStores(store, endpoint_template=shared.endpoint_template)
     try:
         await Ingestor(bus, store, 0.1, results).on_status(  # type: ignore[arg-type]
