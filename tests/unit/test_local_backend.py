@@ -119,6 +119,12 @@ def test_a_trial_dies_with_its_submitter(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     shell_pid = int(parent.stdout.readline())
+    # setpriv sets the parent-death signal, then execs the shell: kill the parent only after that
+    # (a parent killed in between leaves an orphan; that window is a few milliseconds at start).
+    deadline = time.monotonic() + 10
+    while "setpriv" in Path(f"/proc/{shell_pid}/cmdline").read_bytes().split(b"\0")[0].decode():
+        assert time.monotonic() < deadline, "the trial never started"
+        time.sleep(0.01)
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait(timeout=10)
     deadline = time.monotonic() + 10
