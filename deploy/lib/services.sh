@@ -63,6 +63,10 @@ services_up() {
     local -a instances
     [[ -x "$SERVICE_PYTHON" ]] || die "$SERVICE_PYTHON not found; run 'make venv' first"
     mapfile -t instances < <(service_instances "$submitters")
+    # Bytecode for the services, the CLI and the trials' nni shim: nothing else writes it when
+    # PYTHONDONTWRITEBYTECODE is set or the install is editable. Up-to-date files are skipped.
+    "$SERVICE_PYTHON" -m compileall -q "$REPO_ROOT/shared" "$REPO_ROOT/services" "$REPO_ROOT/tunebus" \
+        >/dev/null || log "could not write bytecode under $REPO_ROOT (start-ups compile in memory)"
     for instance in "${instances[@]}"; do service_start "$instance"; done
     services_wait_healthy "${instances[@]}"
 }

@@ -136,3 +136,19 @@ def test_a_trial_dies_with_its_submitter(tmp_path: Path) -> None:
         time.sleep(0.05)
     os.killpg(shell_pid, signal.SIGKILL)
     raise AssertionError("the trial outlived its submitter")
+
+
+def test_the_trial_runtime_is_compiled_so_trials_do_not_compile_it(tmp_path: Path) -> None:
+    import importlib.util
+    import shutil
+
+    from services.aml_submitter.local import compile_trial_runtime
+    from services.aml_submitter.trial_env import TRIAL_RUNTIME_DIR
+
+    copy = tmp_path / "trial_runtime"
+    shutil.copytree(TRIAL_RUNTIME_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shim = copy / "nni" / "__init__.py"
+    cached = Path(importlib.util.cache_from_source(str(shim)))
+    assert not cached.exists()
+    assert compile_trial_runtime(copy)
+    assert cached.exists() and cached.stat().st_mtime >= shim.stat().st_mtime

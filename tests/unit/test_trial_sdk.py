@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tunebus.trial_runtime import RUNTIME_DIR
-from tunebus.trial_runtime.nni import MetricReportError, TrialRuntime, _blob
+from tunebus.trial_runtime.nni import MetricReportError, TrialRuntime, _blob, _metric_document, _parse_json
 from tunebus.trial_runtime.nni.utils import merge_parameter
 
 PREFIX = "experiments/exp1/trials/tr1/metrics/"
@@ -300,6 +300,66 @@ def test_import_nni_gets_the_shim_in_a_trial_process(blob_service: FakeBlobServi
     assert [(p.doc["sequence"], p.doc["kind"]) for p in blob_service.puts] == [
         (0, "PERIODICAL"), (1, "PERIODICAL"), (2, "FINAL"),
     ]
+
+
+NOOP_TRIAL = textwrap.dedent(
+    """
+    import sys
+    import nni
+    params = nni.get_next_parameter()
+    nni.report_final_result(params["lr"] * 10)
+    print(sorted(m for m in ("json", "re", "enum", "numbers", "encodings.idna") if m in sys.modules))
+    """
+)
+
+
+def test_a_no_op_trial_imports_no_json_regex_or_idna(blob_service: FakeBlobService, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNI_", "TUNEBUS_"))}
+    env.update(trial_env(blob_service.url))
+    env["PYTHONPATH"] = RUNTIME_DIR
+    result = subprocess.run([sys.executable, "-c", NOOP_TRIAL], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", "a number metric and the parameters need no json/re/idna"
+    [put] = blob_service.puts
+    assert put.doc["kind"] == "FINAL"
+    assert put.doc["value"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("text", [
+    '{"lr":0.01,"act":"relu","layers":[64,32],"opt":{"_name":"adam","beta":0.9}}',
+    '  {"a": -1.5e-3, "b": 12345678901234567890, "c": true, "d": null, "e": false}\n',
+    '{"s":"caf\\u00e9 \\"q\\" \\n", "u":"日本"}',
+    '{"n": NaN, "i": Infinity, "m": -Infinity}',
+    '{}',
+    '[1, 2]',
+])
+def test_parameter_json_is_parsed_like_json_loads(text: str) -> None:
+    ours, theirs = _parse_json(text), json.loads(text)
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+    assert type(ours) is type(theirs)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1', '{"a": 1} x', "", "[1,]", '{"a": 01}', "{'a': 1}"])
+def test_bad_parameter_json_raises_like_json_loads(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _parse_json(text)
+
+
+def test_bad_parameter_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = TrialRuntime({"TUNEBUS_PARAMETERS": '{"lr": 0.1', "TUNEBUS_METRICS_URL": "http://h/a/c"})
+    with pytest.raises(ValueError, match="TUNEBUS_PARAMETERS is not valid JSON"):
+        rt.get_next_parameter()
+
+
+@pytest.mark.parametrize(
+    "value", [0, -3, 12345678901234567890, 0.1, -0.0, 1e16, 1.5e-7, 2.0 ** 70, {"default": 0.5, "x": [1, 2]}],
+)
+def test_metric_documents_are_the_json_of_their_fields(value: Any) -> None:
+    body = _metric_document(4, "FINAL", value, "2026-11-26T08:00:00.000001Z")
+    doc = json.loads(body)
+    assert doc == {"sequence": 4, "kind": "FINAL", "value": value, "time": "2026-11-26T08:00:00.000001Z"}
+    assert type(doc["value"]) is type(value)
 
 
 def test_tunebus_trial_reexports_the_same_api() -> None:
