@@ -2,7 +2,8 @@
 
 Why it exists: importing ``azure.storage.blob`` (with aiohttp and azure.core) costs the CLI
 about a quarter of a second before it can publish anything, and the CLI needs only a handful
-of blob operations. Services keep using :class:`shared.storage.BlobStore` (the SDK).
+of blob operations. The signing, paths and XML replies here are shared with the services'
+async :class:`shared.storage.BlobStore`.
 
 What it does: create a container if missing, put a blob (single shot, at most 256 MiB), get a
 blob (404 gives None), list names under a prefix (paged, with an optional delimiter), tell
@@ -41,8 +42,12 @@ __all__ = [
     "BlobRestClient",
     "BlobRestError",
     "StorageAccount",
+    "blob_url_path",
     "canonicalized_resource",
+    "error_message",
     "parse_connection_string",
+    "parse_listing",
+    "sign_request",
     "string_to_sign",
 ]
 
@@ -173,6 +178,25 @@ def _sign(key: bytes, text: str) -> str:
 
     digest = hmac.digest(key, text.encode("utf-8"), "sha256")
     return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+
+def sign_request(account: StorageAccount, method: str, headers: Mapping[str, str], body_length: int,
+                 resource: str) -> dict[str, str]:
+    """``headers`` (lower-case names) plus the date, version, length and Shared Key authorization."""
+    signed = {"x-ms-date": _http_date(time.time()), "x-ms-version": API_VERSION,
+              "user-agent": "tunebus-blob-rest", **headers}
+    if method in ("PUT", "POST") or body_length:
+        signed["content-length"] = str(body_length)
+    signature = _sign(account.key, string_to_sign(method, signed, resource))
+    signed["authorization"] = f"SharedKey {account.name}:{signature}"
+    return signed
+
+
+def blob_url_path(base_path: str, container: str, name: str) -> str:
+    """The encoded URL path of a blob (or of the container when ``name`` is empty), as the SDK
+    encodes it; the same string is sent and signed. ``base_path`` is the endpoint's own path
+    ('' for Azure, ``/devstoreaccount1`` for Azurite)."""
+    return f"{base_path}/{quote(container, safe='')}" + (f"/{quote(name, safe='/~')}" if name else "")
 
 
 def _http_date(seconds: float) -> str:
@@ -329,7 +353,7 @@ class BlobRestClient:
                 query["maxresults"] = str(page_size)
             reply = self._request("GET", "", query)
             self._check(reply, "List Blobs", f"in container {self.container!r} under prefix {prefix!r}")
-            page, marker = _parse_listing(reply.body)
+            page, marker = parse_listing(reply.body)
             names += page
             if not marker or (limit is not None and len(names) >= limit):
                 # Sorted here: Azurite lists a page's virtual folders before its blobs.
@@ -338,9 +362,7 @@ class BlobRestClient:
     # ------------------------------------------------------------ transport
 
     def _path(self, name: str) -> str:
-        # Encoded as the SDK does; the same encoded path is sent and signed.
-        container = quote(self.container, safe="")
-        return f"{self._base_path}/{container}" + (f"/{quote(name, safe='/~')}" if name else "")
+        return blob_url_path(self._base_path, self.container, name)
 
     def _request(self, method: str, name: str, query: Mapping[str, str] | None = None,
                  headers: Mapping[str, str] | None = None, body: bytes = b"") -> _Reply:
@@ -350,7 +372,7 @@ class BlobRestClient:
         url = path + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items()) if query else "")
         resource = canonicalized_resource(self.account.name, path, query)
         for attempt in range(1, _ATTEMPTS + 1):
-            signed = self._signed_headers(method, headers or {}, body, resource)
+            signed = sign_request(self.account, method, headers or {}, len(body), resource)
             try:
                 reply = self._exchange(method, url, signed, body)
             except OSError as exc:  # refused, reset, dropped keep-alive (http.client's errors too)
@@ -362,15 +384,6 @@ class BlobRestClient:
             time.sleep(0.05 * 4 ** (attempt - 1))
         raise AssertionError("unreachable")
 
-    def _signed_headers(self, method: str, headers: Mapping[str, str], body: bytes,
-                        resource: str) -> dict[str, str]:
-        signed = {"x-ms-date": _http_date(time.time()), "x-ms-version": API_VERSION,
-                  "user-agent": "tunebus-blob-rest", **headers}
-        if method in ("PUT", "POST") or body:
-            signed["content-length"] = str(len(body))
-        signature = _sign(self.account.key, string_to_sign(method, signed, resource))
-        signed["authorization"] = f"SharedKey {self.account.name}:{signature}"
-        return signed
 
     def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes) -> _Reply:
         import http.client
@@ -410,14 +423,14 @@ class BlobRestClient:
         if name is not None:
             target = f"{name!r} in container {self.container!r}"
         code = reply.headers.get("x-ms-error-code")
-        message = _error_message(reply.body) or "no message"
+        message = error_message(reply.body) or "no message"
         raise BlobRestError(operation, target, reply.status, code, message, blob=name)
 
 
 # ---------------------------------------------------------------- XML replies
 
 
-def _parse_listing(body: bytes) -> tuple[list[str], str]:
+def parse_listing(body: bytes) -> tuple[list[str], str]:
     """Blob and prefix names of one List Blobs page, and its NextMarker ('' on the last page)."""
     from xml.etree import ElementTree
 
@@ -433,7 +446,7 @@ def _parse_listing(body: bytes) -> tuple[list[str], str]:
     return names, (root.findtext("NextMarker") or "").strip()
 
 
-def _error_message(body: bytes) -> str:
+def error_message(body: bytes) -> str:
     """The first line of an error reply's ``<Message>``, or '' when there is none."""
     if not body.lstrip().startswith(b"<"):
         return ""

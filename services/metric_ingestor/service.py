@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
-
 from shared.bus import Bus, PermanentError
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
@@ -36,7 +34,7 @@ from shared.messages import (
 )
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
-from shared.storage import BlobStore, ConcurrentWriteError, Layout
+from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
 
 from .metrics import InvalidMetric, ParsedMetric, parse_metric_blob, sequence_of
@@ -79,7 +77,7 @@ class Ingestor:
         async with self.results.use(experiment_id) as store:
             try:
                 names = await store.list(layout.metrics_prefix(trial_id, attempt))
-            except ResourceNotFoundError:  # a sharedStorage container nobody created
+            except ContainerNotFoundError:  # a sharedStorage container nobody created
                 names = []
                 problems.append(f"metrics container {store.container_name!r} does not exist")
             wanted = []

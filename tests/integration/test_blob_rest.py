@@ -19,7 +19,6 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from shared.blob_rest import BlobRestClient, BlobRestError
-from shared.storage import BlobStore
 from tests.conftest import AZURITE_KEY, Infra
 
 pytestmark = pytest.mark.integration
@@ -132,12 +131,13 @@ def test_wrong_key_is_a_403_naming_the_operation_and_blob_but_not_the_key(infra:
                                                       None, "-"))
 
 
-async def test_blobs_written_by_the_sdk_read_back_through_rest(infra: Infra, fresh_container: str,
-                                                               client: BlobRestClient) -> None:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+def test_blobs_written_by_the_sdk_read_back_through_rest(infra: Infra, fresh_container: str,
+                                                         client: BlobRestClient) -> None:
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        container = service.get_container_client(fresh_container)
         for name in ODD_NAMES:
-            await store.write_json(f"sdk/{name}", {"name": name})
-        await store.write_bytes("sdk/code.tar.gz", bytes(range(256)) * 4000, content_type="application/gzip")
+            container.upload_blob(f"sdk/{name}", json.dumps({"name": name}).encode())
+        container.upload_blob("sdk/code.tar.gz", bytes(range(256)) * 4000)
     for name in ODD_NAMES:
         assert client.get_json(f"sdk/{name}") == {"name": name}
         assert client.exists(f"sdk/{name}")
@@ -145,20 +145,21 @@ async def test_blobs_written_by_the_sdk_read_back_through_rest(infra: Infra, fre
     assert client.list_names("sdk/") == sorted(f"sdk/{n}" for n in [*ODD_NAMES, "code.tar.gz"])
 
 
-async def test_blobs_written_through_rest_read_back_with_the_sdk(infra: Infra, fresh_container: str,
-                                                                 client: BlobRestClient) -> None:
+def test_blobs_written_through_rest_read_back_with_the_sdk(infra: Infra, fresh_container: str,
+                                                           client: BlobRestClient) -> None:
     payload = bytes(range(256)) * 40_000  # 10 MB in one Put Blob
     client.put_blob("rest/code.tar.gz", payload, content_type="application/gzip")
     for name in ODD_NAMES:
         client.put_blob(f"rest/{name}", json.dumps({"name": name}).encode())
-    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
-        assert await store.read_bytes("rest/code.tar.gz") == payload
-        properties = await store._container.get_blob_client("rest/code.tar.gz").get_blob_properties()
+    with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+        container = service.get_container_client(fresh_container)
+        assert container.download_blob("rest/code.tar.gz").readall() == payload
+        properties = container.get_blob_client("rest/code.tar.gz").get_blob_properties()
         assert properties.content_settings.content_type == "application/gzip"
         for name in ODD_NAMES:
-            found = await store.read_json(f"rest/{name}")
-            assert found is not None and found[0] == {"name": name}
-        assert await store.list("rest/") == sorted(f"rest/{n}" for n in [*ODD_NAMES, "code.tar.gz"])
+            assert json.loads(container.download_blob(f"rest/{name}").readall()) == {"name": name}
+        listed = sorted(b.name for b in container.list_blobs(name_starts_with="rest/"))
+    assert listed == sorted(f"rest/{n}" for n in [*ODD_NAMES, "code.tar.gz"])
 
 
 def test_a_dropped_keep_alive_connection_is_replaced(client: BlobRestClient) -> None:

@@ -97,9 +97,9 @@ def test_listing_page_parsing_decodes_encoded_names() -> None:
             b'<Blob><Name Encoded="true">p/%EF%BF%BFx</Name></Blob>'
             b"<BlobPrefix><Name>p/sub/</Name></BlobPrefix></Blobs>"
             b"<NextMarker>tok</NextMarker></EnumerationResults>")
-    assert blob_rest._parse_listing(page) == (["p/a.json", "p/\uffffx", "p/sub/"], "tok")
+    assert blob_rest.parse_listing(page) == (["p/a.json", "p/\uffffx", "p/sub/"], "tok")
     last_page = b"<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>"
-    assert blob_rest._parse_listing(last_page) == ([], "")
+    assert blob_rest.parse_listing(last_page) == ([], "")
 
 
 def test_import_is_light() -> None:

@@ -1,0 +1,129 @@
+"""The services' async BlobStore against a real Azurite: documents and ETags, listings, errors,
+retries, and interop with the azure-storage-blob SDK (the reference for what Azure accepts).
+
+Azurite checks Shared Key signatures as Azure does, so each passing request is one whose
+canonicalization is right, odd blob names included.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import timedelta
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from shared import storage
+from shared.blob_rest import BlobRestError
+from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError
+from tests.conftest import AZURITE_KEY, Infra
+
+pytestmark = pytest.mark.integration
+
+ODD_NAMES = ["plain.json", "with space/and+plus.json", "ümlaut/ß.json", "q?hash#percent%.json", "a//b.json"]
+
+
+async def test_json_documents_round_trip_with_etags(infra: Infra, fresh_container: str) -> None:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        assert await store.read_json("exp/state.json") is None
+        first = await store.write_json("exp/state.json", {"n": 1})
+        doc, etag = await store.read_json("exp/state.json") or (None, "")
+        assert doc == {"n": 1} and etag == first and etag
+        second = await store.write_json("exp/state.json", {"n": 2}, etag=etag)
+        assert second != first
+        with pytest.raises(ConcurrentWriteError):  # written since `etag` was read
+            await store.write_json("exp/state.json", {"n": 3}, etag=etag)
+        assert (await store.read_json("exp/state.json") or ({},))[0] == {"n": 2}
+
+
+async def test_create_only_writes_once(infra: Infra, fresh_container: str) -> None:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        await store.write_json("exp/claim.json", {"replica": "a"}, create_only=True)
+        with pytest.raises(ConcurrentWriteError):
+            await store.write_json("exp/claim.json", {"replica": "b"}, create_only=True)
+        assert (await store.read_json("exp/claim.json") or ({},))[0] == {"replica": "a"}
+
+
+async def test_listing_follows_every_page_and_delete_prefix_empties_it(infra: Infra,
+                                                                       fresh_container: str) -> None:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        names = [f"exp/trials/t{i:02d}/metrics/{j:06d}.json" for i in range(5) for j in range(3)]
+        for name in names:
+            await store.write_bytes(name, b"{}")
+        await store.write_bytes("other/x.json", b"{}")
+        assert await store.list("exp/", page_size=4) == sorted(names)
+        assert await store.list("exp/trials/t03/") == [n for n in names if "/t03/" in n]
+        await store.delete_prefix("exp/")
+        assert await store.list("exp/") == []
+        assert await store.list("") == ["other/x.json"]
+
+
+async def test_odd_names_interoperate_with_the_sdk(infra: Infra, fresh_container: str) -> None:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        for name in ODD_NAMES:
+            await store.write_json(f"ours/{name}", {"name": name})
+        await store.write_bytes("ours/stdout.log", b"hello\n", content_type="text/plain")
+        with BlobServiceClient.from_connection_string(infra.storage_connection_string) as service:
+            container = service.get_container_client(fresh_container)
+            for name in ODD_NAMES:
+                assert json.loads(container.download_blob(f"ours/{name}").readall()) == {"name": name}
+                container.upload_blob(f"sdk/{name}", json.dumps({"sdk": name}).encode())
+            log = container.get_blob_client("ours/stdout.log").get_blob_properties()
+            assert log.content_settings.content_type == "text/plain"
+            state = container.get_blob_client(f"ours/{ODD_NAMES[0]}").get_blob_properties()
+            assert state.content_settings.content_type == "application/json"
+        for name in ODD_NAMES:
+            found = await store.read_json(f"sdk/{name}")
+            assert found is not None and found[0] == {"sdk": name}
+        assert await store.list("sdk/") == sorted(f"sdk/{n}" for n in ODD_NAMES)
+
+
+async def test_missing_container_is_named(infra: Infra) -> None:
+    async with BlobStore(infra.storage_connection_string, "no-such-container-here") as store:
+        with pytest.raises(ContainerNotFoundError, match="no-such-container-here"):
+            await store.list("x/")
+        assert await store.read_bytes("x/y.json") is None
+
+
+async def test_a_wrong_key_fails_naming_the_blob_and_status_not_the_key(infra: Infra,
+                                                                         fresh_container: str) -> None:
+    wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ=="
+    conn = infra.storage_connection_string.replace(AZURITE_KEY, wrong_key)
+    async with BlobStore(conn, fresh_container) as store:
+        with pytest.raises(BlobRestError) as caught:
+            await store.write_json("exp/state.json", {"n": 1})
+    error = caught.value
+    assert error.status == 403 and error.blob == "exp/state.json"
+    assert "Put Blob" in str(error) and "exp/state.json" in str(error)
+    assert wrong_key not in str(error) and AZURITE_KEY not in str(error)
+
+
+async def test_an_unreachable_service_is_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0, 0.0))
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    async with BlobStore(conn, "c") as store:
+        with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+            await store.read_json("x.json")
+
+
+async def test_the_write_only_sas_writes_but_cannot_read_or_list(infra: Infra, fresh_container: str) -> None:
+    import aiohttp
+
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        url = store.write_only_sas_url(timedelta(minutes=5))
+        base, _, sas = url.partition("?")
+        assert base == store.container_url
+        async with aiohttp.ClientSession() as http:
+            put = await http.put(f"{base}/m/000000.json?{sas}", data=b'{"v":1}',
+                                 headers={"x-ms-blob-type": "BlockBlob"})
+            assert put.status == 201
+            get = await http.get(f"{base}/m/000000.json?{sas}")
+            assert get.status == 403
+            listing = await http.get(f"{base}?restype=container&comp=list&{sas}")
+            assert listing.status == 403
+        assert await store.read_bytes("m/000000.json") == b'{"v":1}'
