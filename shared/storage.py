@@ -128,7 +128,8 @@ class BlobStore:
             raise ValueError(f"unsupported blob endpoint {self.account.endpoint!r}")
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._base_path = parts.path.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Per step, not per request: a large log upload may take longer than `timeout` in all.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -249,7 +250,8 @@ class BlobStore:
         elif etag is not None:
             headers["if-match"] = etag
         reply = await self._request("PUT", name, None, headers, body)
-        if (create_only and reply.status == 409) or (etag is not None and reply.status == 412):
+        # 409 BlobAlreadyExists (If-None-Match: *) or 412 ConditionNotMet (If-Match).
+        if (create_only or etag is not None) and reply.status in (409, 412):
             raise ConcurrentWriteError(name)
         self._check(reply, "Put Blob", name=name)
         return reply.headers.get("etag", "")
