@@ -33,13 +33,17 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared services tunebus
 
 # pytest starts RabbitMQ and Azurite itself when an integration test needs them (tests/conftest.py).
-# Lint findings fail the target too, but only after pytest has run, so one CI run reports both.
+# Lint and type findings fail the target too, but only after pytest has run, so one CI run
+# reports all three.
 test: venv
 	lint_rc=0; $(VENV)/bin/ruff check . || lint_rc=$$?; \
+	type_rc=0; $(VENV)/bin/mypy shared services tunebus || type_rc=$$?; \
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); \
-	if [ $$lint_rc -ne 0 ]; then echo "ruff check failed (see above)" >&2; exit $$lint_rc; fi
+	if [ $$lint_rc -ne 0 ]; then echo "ruff check failed (see above)" >&2; exit $$lint_rc; fi; \
+	if [ $$type_rc -ne 0 ]; then echo "mypy failed (see above)" >&2; exit $$type_rc; fi
 
 # The whole stack locally, then one experiment end to end; exits with the CLI's status.
 demo: venv

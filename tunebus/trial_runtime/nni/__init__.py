@@ -113,7 +113,7 @@ def _parse_json(text: str) -> Any:
     try:
         import _json
 
-        scan = _json.make_scanner(_ScannerContext())
+        scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]  # reads the attributes only
     except (ImportError, AttributeError, TypeError):
         import json
 
