@@ -35,9 +35,17 @@ class TrialIdentity:
 
 
 def sas_lifetime(config: dict[str, Any]) -> timedelta:
-    """How long a trial's SAS lives: its time limit (or the experiment's) plus a margin."""
-    limit = config.get("maxTrialDuration") or config.get("maxExperimentDuration")
-    base = timedelta(seconds=float(limit)) if limit else DEFAULT_TRIAL_LIMIT
+    """How long a trial's SAS lives: its time limit plus a margin.
+
+    Without ``maxTrialDuration`` a trial has no limit of its own: at ``maxExperimentDuration``
+    the running trials go on to their end (as in NNI), so the SAS lives for the longer of
+    :data:`DEFAULT_TRIAL_LIMIT` and the experiment's duration.
+    """
+    if config.get("maxTrialDuration"):
+        base = timedelta(seconds=float(config["maxTrialDuration"]))
+    else:
+        experiment = config.get("maxExperimentDuration")
+        base = max(DEFAULT_TRIAL_LIMIT, timedelta(seconds=float(experiment or 0)))
     return base + SAS_MARGIN
 
 

@@ -135,6 +135,15 @@ def _begin_drain(state: ExperimentState, target: ExperimentStatus, kill_status: 
     return out + _settle(state, now)
 
 
+def _stop_creating_trials(state: ExperimentState, reason: str, now: datetime) -> list[Message]:
+    """NNI's end of time: no new trial (NO_MORE_TRIAL), the running ones finish, then DONE."""
+    if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):
+        return []
+    state.requested.clear()  # late suggestions are dropped
+    state.ready.clear()
+    return _status_change(state, ExperimentStatus.NO_MORE_TRIAL, now, reason)
+
+
 def _settle(state: ExperimentState, now: datetime) -> list[Message]:
     """Finish a draining experiment whose trials have all ended."""
     if state.status != ExperimentStatus.STOPPING or state.running():
@@ -288,8 +297,7 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     out: list[Message] = []
     elapsed = (now - state.started_at).total_seconds()
     if plan.max_duration is not None and elapsed >= plan.max_duration:
-        out += _begin_drain(state, ExperimentStatus.DONE, TrialStatus.SYS_CANCELED,
-                            "maxExperimentDuration reached", now)
+        out += _stop_creating_trials(state, "maxExperimentDuration reached", now)
     for trial in state.running():
         out += _check_trial(state, plan, policy, trial, now)
     out += _fill_slots(state, plan, now)

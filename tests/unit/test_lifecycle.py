@@ -151,14 +151,35 @@ def test_max_trial_duration_kills_the_trial() -> None:
     assert of(out, TrialKill)[0].reason == "maxTrialDuration exceeded"
 
 
-def test_max_experiment_duration_drains_to_done() -> None:
-    p = plan(max_duration=60)
+def test_max_experiment_duration_stops_new_trials_and_lets_running_ones_finish() -> None:
+    # As NNI: when time runs out, no trial is created any more (NO_MORE_TRIAL); those running go
+    # on to their end (maxTrialDuration still bounds them) and then the experiment is DONE.
+    p = plan(max_duration=60, max_trials=10, lookahead=1)
     state, _ = started(p)
     suggest(state, p, 0)
+    suggest(state, p, 1)
+    suggest(state, p, 2)  # waits for a slot
+    assert [r.parameter_id for r in state.ready] == [2]
+    running = [t.trial_id for t in state.by_sequence()]
     out = tick(state, p, T0 + timedelta(seconds=61))
-    assert of(out, TrialKill) and state.status == ExperimentStatus.STOPPING
-    end(state, p, state.by_sequence()[0].trial_id, status=TrialStatus.FAILED, value=None)
+    assert not of(out, TrialKill) and not of(out, TrialSubmit) and not of(out, SuggestRequest)
+    assert state.status == ExperimentStatus.NO_MORE_TRIAL
+    assert [m.status for m in of(out, ExperimentStatusChanged)] == [ExperimentStatus.NO_MORE_TRIAL]
+    assert state.ready == [] and state.requested == []
+    assert suggest(state, p, 3) == []  # an answer still on its way is dropped
+    out = end(state, p, running[0])
+    assert not of(out, TrialSubmit) and state.status == ExperimentStatus.NO_MORE_TRIAL
+    out = end(state, p, running[1])
     assert state.status == ExperimentStatus.DONE
+    assert [m.status for m in of(out, ExperimentStatusChanged)] == [ExperimentStatus.DONE]
+    assert sorted(t.status for t in state.trials.values()) == [TrialStatus.SUCCEEDED] * 2
+
+
+def test_max_experiment_duration_with_nothing_running_ends_done_at_once() -> None:
+    p = plan(max_duration=60, lookahead=1)
+    state, _ = started(p)  # suggestions asked for, none answered yet
+    out = tick(state, p, T0 + timedelta(seconds=61))
+    assert state.status == ExperimentStatus.DONE and not of(out, Ticket)
 
 
 def test_stale_ticks_are_ignored_so_only_one_chain_lives() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from services.aml_submitter.service import Submitter, _Experiment
+from services.aml_submitter.trial_env import DEFAULT_TRIAL_LIMIT, SAS_MARGIN, sas_lifetime
 from shared.settings import AZURITE_CONNECTION_STRING
 from shared.storage import BlobStore
 
@@ -25,3 +26,14 @@ def test_a_trial_submitted_late_in_a_long_experiment_gets_a_sas_that_outlives_it
     assert abs((_expiry(url) - expected).total_seconds()) < 60
     query = parse_qs(urlsplit(url).query)
     assert query["sp"] == ["cw"]  # create and write only
+
+
+def test_without_a_trial_limit_the_sas_does_not_end_with_the_experiment_s_duration() -> None:
+    # At maxExperimentDuration no new trial starts but running ones go on (as in NNI), so a
+    # trial without maxTrialDuration must be able to write metrics after the experiment's time.
+    one_hour = sas_lifetime({"maxExperimentDuration": 3600})
+    assert one_hour >= DEFAULT_TRIAL_LIMIT
+    long_run = sas_lifetime({"maxExperimentDuration": 30 * 86400})
+    assert long_run >= timedelta(days=30) + SAS_MARGIN
+    limited = sas_lifetime({"maxExperimentDuration": 3600, "maxTrialDuration": 600})
+    assert limited == timedelta(seconds=600) + SAS_MARGIN
