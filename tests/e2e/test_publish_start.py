@@ -71,3 +71,18 @@ async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: St
     good_id = f"pub{uuid.uuid4().hex[:8]}"
     await publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
     assert (await wait_finished(stack, good_id)).status == "DONE"
+
+
+async def test_at_max_experiment_duration_running_trials_finish_and_no_new_one_starts(stack: Stack) -> None:
+    # NNI's semantics: time's up means NO_MORE_TRIAL; the two running trials end normally.
+    experiment_id = f"dur{uuid.uuid4().hex[:8]}"
+    slow = "import time, nni; p = nni.get_next_parameter(); time.sleep(4); nni.report_final_result(p['x'])"
+    config = _config(trialCommand=f'python3 -c "{slow}"', maxTrialNumber=10,
+                     maxExperimentDuration="2s")
+    await publish(stack, ExperimentStart(experiment_id=experiment_id, config=config))
+    state = await wait_finished(stack, experiment_id, timeout=60)
+    assert state.status == "DONE", state.reason
+    assert state.reason == "maxExperimentDuration reached"
+    assert [t.status for t in state.trials.values()] == ["SUCCEEDED", "SUCCEEDED"]
+    assert all(t.final_value is not None for t in state.trials.values())
+    assert state.ended_at is not None and (state.ended_at - state.started_at).total_seconds() >= 4
