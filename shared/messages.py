@@ -127,6 +127,13 @@ class ExperimentStop(Message):
     reason: str = Field(default="stopped by user", description="Why, for the record.")
 
 
+class ExperimentResume(Message):
+    """Resume a STOPPED (or ERROR) experiment, as ``nnictl resume``: its trials so far stay, new
+    ones start within its limits (``maxExperimentDuration`` counts only the time it ran)."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.resume"
+
+
 class ExperimentStatusChanged(Message):
     """The dispatcher's announcement that an experiment changed status."""
 

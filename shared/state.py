@@ -101,6 +101,15 @@ class ExperimentState(BaseModel):
     )
     tick_id: str | None = Field(default=None, description="Message id of the one live tick ticket.")
     seen_starts: list[str] = Field(default_factory=list, description="Start message ids applied.")
+    resumed_at: datetime | None = Field(default=None, description="When it was last resumed.")
+    ran_before_resume: float = Field(
+        default=0.0, description="Seconds it ran before its last resume (stopped time does not count)."
+    )
+
+    def elapsed_seconds(self, now: datetime) -> float:
+        """How long the experiment has run, for ``maxExperimentDuration``: not while it was stopped."""
+        since = self.resumed_at or self.started_at
+        return self.ran_before_resume + ((self.ended_at or now) - since).total_seconds()
 
     def trials_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from shared.layout import Layout
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from shared.blob_rest import BlobRestClient
     from shared.bus import Bus
     from shared.settings import CommonSettings
@@ -62,6 +64,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
                  "EARLY_STOPPED")
 _ENDED = ("DONE", "STOPPED", "ERROR")
+_RESUMABLE = ("STOPPED", "ERROR")
 _POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
 _REFRESH_SECONDS = 0.25  # ...and at most this often, unless the experiment's status changed
 _CONNECT_TIMEOUT = 10.0
@@ -442,6 +445,7 @@ class _CreateRun:
     experiment_id: str
     published: bool = False
     progress: _Progress | None = None
+    resume_from: str | None = None  # set by ``resume``: the status it resumes from
 
 
 def _print_config_error(config_path: str, exc: Exception, output: _Output) -> None:
@@ -560,8 +564,12 @@ async def _close_quietly(*things: Any) -> None:
             pass
 
 
-async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, output: _Output) -> int:
-    """Show progress until the experiment ends; re-read state.json on each event (or each second)."""
+async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, output: _Output, *,
+                  resumed_before: datetime | None = None) -> int:
+    """Show progress until the experiment ends; re-read state.json on each event (or each second).
+
+    After a resume, an ended status counts only once the state shows a resume later than
+    ``resumed_before`` (the dispatcher may not have applied it at the first read)."""
     started = time.monotonic()
     progress = run.progress = _Progress(output, started)
     while True:
@@ -572,7 +580,9 @@ async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, ou
         except Exception as exc:
             raise storage.failure(exc) from None
         progress.update(state)
-        if state is not None and state.status.value in _ENDED:
+        resumed = run.resume_from is None or (state is not None and state.resumed_at is not None
+                                              and state.resumed_at != resumed_before)
+        if state is not None and state.status.value in _ENDED and resumed:
             break
         await watcher.wait(_POLL_SECONDS, last_read)
     progress.end_line()
@@ -804,6 +814,71 @@ def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
     return asyncio.run(go())
 
 
+def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus resume ID``: publish ``experiment.resume`` for a STOPPED or ERROR experiment."""
+    import asyncio
+
+    experiment_id = _check_id(args.id)
+    from shared.settings import CommonSettings
+
+    settings = CommonSettings()
+    run = _CreateRun(experiment_id)
+
+    async def go() -> int:
+        from shared.messages import ExperimentResume
+
+        storage = _Storage(settings)
+        watcher = _EventWatcher(experiment_id) if args.wait else None
+        bus: Bus | None = None
+        try:
+            await storage.open()
+            try:
+                state = await _state_or_unknown(storage, experiment_id)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+            status = "not started" if state is None else state.status.value
+            if state is None or status == "DONE":
+                raise CliError(f"experiment {experiment_id} is {status}; only a STOPPED or ERROR "
+                               "experiment can be resumed", EXIT_USAGE)
+            if status not in _RESUMABLE:
+                output.note(f"experiment {experiment_id} is {status}; nothing to resume")
+                if output.json_mode:
+                    output.result(experiment_summary(state))
+                return EXIT_OK
+            run.resume_from = status
+            if watcher is not None:
+                # Watching starts before publishing: no event is missed.
+                bus, _ = await asyncio.gather(_connect_bus(settings), watcher.start(settings.amqp_url))
+            else:
+                bus = await _connect_bus(settings)
+            assert bus is not None
+            await bus.publish(ExperimentResume(experiment_id=experiment_id))
+            run.published = True
+            output.note(f"resume requested for experiment {experiment_id} (was {status})")
+            if watcher is None:
+                if output.json_mode:
+                    output.result(experiment_summary(state))
+                else:
+                    output.note(f"follow with: tunebus experiment show {experiment_id}")
+                return EXIT_OK
+            return await _follow(storage, watcher, run, output, resumed_before=state.resumed_at)
+        finally:
+            await _close_quietly(watcher, bus, storage)
+
+    try:
+        return asyncio.run(go())
+    except KeyboardInterrupt:
+        if run.progress is not None:
+            run.progress.end_line()
+        if run.published:
+            print(f"interrupted: experiment {experiment_id} keeps running; "
+                  f"stop it with: tunebus stop {experiment_id}", file=output.err)
+            return EXIT_INTERRUPTED
+        raise
+
+
 # ---------------------------------------------------------------- parser and entry point
 
 
@@ -845,6 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop an experiment (running trials are cancelled)")
     stop.add_argument("id", metavar="ID")
     stop.set_defaults(handler=cmd_stop)
+
+    resume = commands.add_parser("resume", help="resume a STOPPED or ERROR experiment")
+    resume.add_argument("id", metavar="ID")
+    resume.add_argument("--wait", "-w", action="store_true", help="follow the experiment until it ends")
+    resume.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    resume.set_defaults(handler=cmd_resume)
     return parser
 
 

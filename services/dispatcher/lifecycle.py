@@ -31,11 +31,13 @@ from shared.messages import (
 from shared.state import ExperimentState, ReadySuggestion, TrialRecord, trial_id_for
 
 __all__ = [
+    "RESUMABLE_STATUSES",
     "Plan",
     "Policy",
     "apply_ended",
     "apply_error",
     "apply_heartbeat",
+    "apply_resume",
     "apply_status",
     "apply_stop",
     "apply_stop_request",
@@ -44,6 +46,10 @@ __all__ = [
     "plan_from_config",
     "start_experiment",
 ]
+
+#: What ``resume`` applies to: an experiment stopped by a user or by an error. A DONE one has
+#: used up its trials or its time.
+RESUMABLE_STATUSES = (ExperimentStatus.STOPPED, ExperimentStatus.ERROR)
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,24 @@ def apply_stop(state: ExperimentState, reason: str, now: datetime) -> list[Messa
     return _begin_drain(state, ExperimentStatus.STOPPED, TrialStatus.USER_CANCELED, reason, now)
 
 
+def apply_resume(state: ExperimentState, plan: Plan, policy: Policy, now: datetime) -> list[Message]:
+    """Run a STOPPED or ERROR experiment again (``nnictl resume``): its trials stay (cancelled
+    ones count towards ``maxTrialNumber``), free slots are filled, a new tick chain starts.
+    Anything else (running, DONE, a repeated resume) is left as it is."""
+    if state.status not in RESUMABLE_STATUSES:
+        return []
+    state.ran_before_resume = state.elapsed_seconds(now)
+    state.resumed_at = now
+    state.ended_at = None
+    state.drain_to = None
+    state.reason = None
+    out = _status_change(state, ExperimentStatus.RUNNING, now)
+    out += _fill_slots(state, plan, now)
+    if not state.finished:
+        out += _next_tick(state, policy, now)
+    return out
+
+
 def apply_error(state: ExperimentState, reason: str, now: datetime) -> list[Message]:
     """A service cannot go on with the experiment: cancel what runs, end in ERROR."""
     return _begin_drain(state, ExperimentStatus.ERROR, TrialStatus.SYS_CANCELED, reason, now)
@@ -295,7 +319,7 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     if msg.message_id != state.tick_id or state.finished:
         return []  # a stale or duplicate tick: only one chain lives
     out: list[Message] = []
-    elapsed = (now - state.started_at).total_seconds()
+    elapsed = state.elapsed_seconds(now)
     if plan.max_duration is not None and elapsed >= plan.max_duration:
         out += _stop_creating_trials(state, "maxExperimentDuration reached", now)
     for trial in state.running():

@@ -19,6 +19,7 @@ from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
 from shared.messages import (
     ExperimentError,
+    ExperimentResume,
     ExperimentStart,
     ExperimentStatus,
     ExperimentStatusChanged,
@@ -90,6 +91,7 @@ class Dispatcher:
         return {
             ExperimentStart: self.on_start,
             ExperimentStop: self.on_stop,
+            ExperimentResume: self.on_resume,
             ExperimentError: self.on_error,
             TrialSuggested: self.on_suggested,
             TrialStatusChanged: self.on_status,
@@ -248,6 +250,10 @@ class Dispatcher:
 
     async def on_stop(self, msg: ExperimentStop) -> None:
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_stop(s.state, msg.reason, now))
+
+    async def on_resume(self, msg: ExperimentResume) -> None:
+        await self._apply(msg.experiment_id,
+                          lambda s, now: lifecycle.apply_resume(s.state, s.plan, self.policy, now))
 
     async def on_error(self, msg: ExperimentError) -> None:
         reason = f"{msg.service}: {msg.reason}"

@@ -231,7 +231,11 @@ class TunerService:
             ))
 
     async def on_experiment_status(self, msg: ExperimentStatusChanged) -> None:
-        if msg.status in ("DONE", "STOPPED", "ERROR"):
+        if msg.status == "RUNNING":
+            # Started, or resumed: a session for it is built (again) from storage when asked.
+            self._finished.pop(msg.experiment_id, None)
+            self._failed.discard(msg.experiment_id)
+        elif msg.status in ("DONE", "STOPPED", "ERROR"):
             self._sessions.pop(msg.experiment_id, None)  # free the memory
             self._failed.discard(msg.experiment_id)
             self._finished[msg.experiment_id] = None

@@ -274,3 +274,71 @@ def test_heartbeats_do_not_extend_the_grace_of_a_trial_asked_to_die() -> None:
     out = tick(state, p, T0 + timedelta(seconds=61))
     assert state.trials[trial_id].status == TrialStatus.EARLY_STOPPED
     assert of(out, TrialEnded)[0].status == TrialStatus.EARLY_STOPPED
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _stopped_after_one_trial(p: Plan) -> tuple[ExperimentState, str]:
+    state, _ = started(p)
+    suggest(state, p, 0)
+    first = state.by_sequence()[0].trial_id
+    end(state, p, first)
+    suggest(state, p, 1)
+    lifecycle.apply_stop(state, "user", T0 + timedelta(seconds=10))
+    end(state, p, state.by_sequence()[1].trial_id, status=TrialStatus.USER_CANCELED, value=None)
+    assert state.status == ExperimentStatus.STOPPED
+    return state, first
+
+
+def test_resume_runs_a_stopped_experiment_again_within_its_limits() -> None:
+    # As nnictl resume: the trials so far stay (a cancelled one counts towards maxTrialNumber),
+    # new ones start in the free slots, and it ends DONE at the limit.
+    p = plan(concurrency=1, max_trials=3)
+    state, _ = _stopped_after_one_trial(p)
+    at = T0 + timedelta(minutes=5)
+    out = lifecycle.apply_resume(state, p, POLICY, at)
+    assert state.status == ExperimentStatus.RUNNING and state.reason is None and state.ended_at is None
+    assert [m.status for m in of(out, ExperimentStatusChanged)] == [ExperimentStatus.RUNNING]
+    [request] = of(out, SuggestRequest)
+    assert request.parameter_ids == [2]  # ids go on from where they were
+    assert len(of(out, Ticket)) == 1 and state.tick_id == of(out, Ticket)[0].message_id
+    suggest(state, p, 2)
+    end(state, p, state.by_sequence()[2].trial_id)
+    assert state.status == ExperimentStatus.DONE
+    assert [t.status for t in state.by_sequence()] == [
+        TrialStatus.SUCCEEDED, TrialStatus.USER_CANCELED, TrialStatus.SUCCEEDED]
+
+
+def test_resume_is_a_no_op_unless_stopped_or_in_error() -> None:
+    p = plan()
+    state, _ = started(p)
+    assert lifecycle.apply_resume(state, p, POLICY, T0) == []  # running
+    assert state.status == ExperimentStatus.RUNNING
+    done = ExperimentState(experiment_id=EXP, started_at=T0, status=ExperimentStatus.DONE, ended_at=T0)
+    assert lifecycle.apply_resume(done, p, POLICY, T0) == []
+    assert done.status == ExperimentStatus.DONE
+
+
+def test_a_resumed_experiment_with_no_trial_left_ends_done_at_once() -> None:
+    p = plan(concurrency=1, max_trials=2)
+    state, _ = _stopped_after_one_trial(p)
+    out = lifecycle.apply_resume(state, p, POLICY, T0 + timedelta(minutes=5))
+    assert state.status == ExperimentStatus.DONE and not of(out, SuggestRequest) and not of(out, Ticket)
+
+
+def test_max_experiment_duration_counts_only_the_time_it_ran() -> None:
+    # Stopped 5 s into a 60 s budget, resumed an hour later: 55 s are left (NNI counts
+    # execDuration only while the experiment runs).
+    p = plan(concurrency=1, max_trials=10, max_duration=60)
+    state, _ = _stopped_after_one_trial(p)
+    assert state.ended_at == T0 + timedelta(seconds=5)
+    resumed = T0 + timedelta(hours=1)
+    lifecycle.apply_resume(state, p, POLICY, resumed)
+    assert state.elapsed_seconds(resumed) == 5
+    assert state.elapsed_seconds(resumed + timedelta(seconds=7)) == 12
+    tick(state, p, resumed + timedelta(seconds=50))
+    assert state.status == ExperimentStatus.RUNNING
+    tick(state, p, resumed + timedelta(seconds=56))
+    assert state.status in (ExperimentStatus.NO_MORE_TRIAL, ExperimentStatus.DONE)
+    assert state.reason == "maxExperimentDuration reached"

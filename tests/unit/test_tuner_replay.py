@@ -31,3 +31,42 @@ def test_answers_lost_with_a_dead_tuner_are_not_handed_out_twice() -> None:
     again = dict(TunerService._suggest(rebuilt, [3]))
     assert again[3] not in (answers[0], answers[1], answers[2])
     assert dict(TunerService._suggest(rebuilt, [2]))[2] == answers[2]  # if asked again: the same
+
+
+class _Store:
+    """Just the reads a tuner session is built from."""
+
+    def __init__(self, docs: dict[str, object]) -> None:
+        self.docs = docs
+
+    async def read_json(self, path: str) -> tuple[object, str] | None:
+        return (self.docs[path], "etag") if path in self.docs else None
+
+
+async def test_a_resumed_experiment_gets_suggestions_again() -> None:
+    from services.tuner.service import TunerService
+    from shared.layout import Layout
+    from shared.messages import ExperimentStatus, ExperimentStatusChanged, SuggestRequest, TrialSuggested
+    from tests.integration.fakes import RecordingBus
+
+    layout = Layout("e1")
+    config = {"searchSpace": SPACE, "tuner": {"name": "GridSearch"}, "trialConcurrency": 1}
+    record = ExperimentState(
+        experiment_id="e1", started_at=datetime.now(UTC), requested=[1],
+        trials={"t0": TrialRecord(trial_id="t0", sequence_id=0, parameters={"x": 1},
+                                  status=TrialStatus.SUCCEEDED, final_value=0.5)},
+    )
+    store = _Store({layout.experiment_doc: {"config": config},
+                    layout.state_doc: record.model_dump(mode="json")})
+    bus = RecordingBus()
+    tuner = TunerService(bus, store)  # type: ignore[arg-type]
+    await tuner.on_experiment_status(ExperimentStatusChanged(experiment_id="e1",
+                                                             status=ExperimentStatus.STOPPED))
+    await tuner.on_suggest(SuggestRequest(experiment_id="e1", parameter_ids=[1]))
+    assert bus.published == []  # a finished experiment's late request builds nothing
+    await tuner.on_experiment_status(ExperimentStatusChanged(experiment_id="e1",
+                                                             status=ExperimentStatus.RUNNING))
+    await tuner.on_suggest(SuggestRequest(experiment_id="e1", parameter_ids=[1]))
+    [answer] = bus.published
+    assert isinstance(answer, TrialSuggested) and answer.parameter_id == 1
+    assert answer.parameters is not None and answer.parameters != {"x": 1}  # not the point already run
