@@ -703,9 +703,12 @@ def _show_lines(experiment_id: str, state: ExperimentState | None, config: dict[
         rows.append(("status", summary["status"]))
         if state.reason:
             rows.append(("reason", state.reason))
-        rows += [("started", _utc(state.started_at)), ("ended", _utc(state.ended_at))]
-        end = state.ended_at or _now()
-        rows.append(("elapsed", format_seconds((end - state.started_at).total_seconds())))
+        rows += [("started", _utc(state.started_at))]
+        if state.resumed_at is not None:
+            rows.append(("resumed", _utc(state.resumed_at)))
+        rows.append(("ended", _utc(state.ended_at)))
+        # Running time, as maxExperimentDuration counts it: not while it was stopped.
+        rows.append(("elapsed", format_seconds(state.elapsed_seconds(_now()))))
         rows.append(("optimize", state.optimize_mode))
     tuner = config.get("tuner") or {}
     if tuner:

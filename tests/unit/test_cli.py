@@ -288,3 +288,18 @@ def test_helpers() -> None:
     assert cli.blob_endpoint("UseDevelopmentStorage=true") == "http://127.0.0.1:10000/devstoreaccount1"
     assert cli.blob_endpoint("DefaultEndpointsProtocol=https;AccountName=acc;AccountKey=k;"
                              "EndpointSuffix=core.windows.net") == "https://acc.blob.core.windows.net"
+
+
+def test_show_of_a_resumed_experiment_counts_only_the_time_it_ran() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.state import ExperimentState
+    from tunebus.cli import _show_lines
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    state = ExperimentState(experiment_id="e1", status="DONE", started_at=t0,
+                            resumed_at=t0 + timedelta(hours=2), ran_before_resume=30.0,
+                            ended_at=t0 + timedelta(hours=2, seconds=15))
+    lines = dict(line.split(None, 1) for line in _show_lines("e1", state, {}))
+    assert lines["resumed"] == "2026-01-01 02:00:00 UTC"
+    assert lines["elapsed"] == "45.0s"  # 30 s before the stop, 15 s after the resume
