@@ -845,6 +845,9 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
             if state is None or status == "DONE":
                 raise CliError(f"experiment {experiment_id} is {status}; only a STOPPED or ERROR "
                                "experiment can be resumed", EXIT_USAGE)
+            if status == "ERROR" and await storage.read_experiment_doc(experiment_id) is None:
+                raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
+                               "config and create it again", EXIT_USAGE)
             if status not in _RESUMABLE:
                 output.note(f"experiment {experiment_id} is {status}; nothing to resume")
                 if output.json_mode:

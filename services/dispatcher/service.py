@@ -252,6 +252,11 @@ class Dispatcher:
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_stop(s.state, msg.reason, now))
 
     async def on_resume(self, msg: ExperimentResume) -> None:
+        if (msg.experiment_id not in self._cache
+                and await self.store.read_json(Layout(msg.experiment_id).experiment_doc) is None):
+            # Unknown, or its start was rejected (only an ERROR state was written): nothing to run.
+            raise PermanentError(f"experiment {msg.experiment_id!r} cannot be resumed: it never "
+                                 "started (unknown, or its start was rejected)")
         await self._apply(msg.experiment_id,
                           lambda s, now: lifecycle.apply_resume(s.state, s.plan, self.policy, now))
 

@@ -19,7 +19,7 @@ import pytest
 
 from shared.bus import Bus
 from shared.health import is_healthy
-from shared.messages import ExperimentStart
+from shared.messages import Message
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout, parse_connection_string
 from tests.conftest import REPO_ROOT, Infra, _create_container
@@ -185,7 +185,7 @@ def write_experiment(tmp_path: Path, trial_code: str, **overrides: object) -> Pa
     return path
 
 
-async def publish(stack: Stack, msg: ExperimentStart) -> None:
+async def publish(stack: Stack, msg: Message) -> None:
     """Publish a message on the stack's broker as any program would."""
     bus = Bus(stack.env["TUNEBUS_AMQP_URL"], service="test")
     await bus.connect()

@@ -8,7 +8,7 @@ import uuid
 import aio_pika
 import pytest
 
-from shared.messages import ExperimentStart
+from shared.messages import ExperimentResume, ExperimentStart
 from tests.e2e.conftest import Stack, publish, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,19 @@ async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: St
         await message.ack()
         assert "trialConcurrency" in str(message.headers["x-tunebus-reason"])
         assert json.loads(message.body)["experiment_id"] == experiment_id
+    # Its start was rejected: there is nothing to resume (the config must be fixed and created again).
+    refused = stack.cli("resume", experiment_id)
+    assert refused.returncode == 2 and "trialConcurrency" in refused.stderr, refused.stderr
+    await publish(stack, ExperimentResume(experiment_id=experiment_id))  # as a program might
+    connection = await aio_pika.connect(stack.env["TUNEBUS_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("tunebus.dead-letter")
+        message = await queue.get(timeout=10, fail=True)
+        assert message is not None
+        await message.ack()
+        assert message.routing_key == "experiment.resume"
+        assert "never started" in str(message.headers["x-tunebus-reason"])
     # The dispatcher is still there: a valid experiment still runs.
     good_id = f"pub{uuid.uuid4().hex[:8]}"
     await publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
