@@ -169,11 +169,14 @@ class TrialSuggested(Message):
 
 
 class TrialStopRequested(Message):
-    """An assessor asks for a trial to be stopped early."""
+    """A request to stop one trial: an assessor's (EARLY_STOPPED) or a user's (USER_CANCELED)."""
 
     ROUTING_KEY: ClassVar[str] = "trial.stop_request"
     trial_id: str
-    reason: str = Field(description="Which assessor and why.")
+    reason: str = Field(description="Who asks and why (which assessor, or the user).")
+    status: Literal[TrialStatus.EARLY_STOPPED, TrialStatus.USER_CANCELED] = Field(
+        default=TrialStatus.EARLY_STOPPED, description="What the trial ends as."
+    )
 
 
 # ---------------------------------------------------------------- jobs

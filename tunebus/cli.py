@@ -239,6 +239,11 @@ class _Storage:
         found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).state_doc)
         return None if found is None else ExperimentState.model_validate(found)
 
+    async def read_blob(self, name: str) -> bytes | None:
+        import asyncio
+
+        return await asyncio.to_thread(self.client.get_blob, name)
+
     async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
         import asyncio
 
@@ -780,6 +785,83 @@ def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
     return EXIT_OK
 
 
+def _find_trial(state: ExperimentState | None, experiment_id: str, trial_id: str) -> TrialRecord:
+    trial = None if state is None else state.trials.get(trial_id)
+    if trial is None:
+        raise CliError(f"experiment {experiment_id} has no trial {trial_id!r} (see: tunebus trial ls "
+                       f"{experiment_id})", EXIT_USAGE)
+    return trial
+
+
+def cmd_trial_log(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus trial log ID TRIAL``: a local trial's stdout (or stderr), as uploaded at its end."""
+    experiment_id = _check_id(args.id)
+    stream = "stderr" if args.stderr else "stdout"
+
+    async def body(storage: _Storage) -> tuple[TrialRecord, int, bytes | None]:
+        state = await _state_or_unknown(storage, experiment_id)
+        trial = _find_trial(state, experiment_id, args.trial)
+        attempt = args.attempt or trial.attempt
+        if not 1 <= attempt <= trial.attempt:
+            raise CliError(f"trial {trial.trial_id} has attempts 1 to {trial.attempt}, not {attempt}",
+                           EXIT_USAGE)
+        log = await storage.read_blob(Layout(experiment_id).log_blob(trial.trial_id, stream, attempt))
+        return trial, attempt, log
+
+    trial, attempt, log = _run_with_storage(body)
+    if log is not None:
+        output.out.write(log.decode("utf-8", errors="replace"))
+        output.out.flush()
+        return EXIT_OK
+    where = f"trial {trial.trial_id} (attempt {attempt})"
+    if trial.job_url:
+        output.note(f"{where} ran on Azure ML: its {stream} is with the run: {trial.job_url}")
+    elif not trial.ended and attempt == trial.attempt:
+        output.note(f"{where} is {trial.status.value}: its {stream} is uploaded when it ends")
+    else:
+        output.note(f"{where} wrote nothing to {stream}")
+    return EXIT_OK
+
+
+def cmd_trial_kill(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus trial kill ID TRIAL``: cancel one running trial (USER_CANCELED)."""
+    import asyncio
+
+    experiment_id = _check_id(args.id)
+    from shared.settings import CommonSettings
+
+    settings = CommonSettings()
+
+    async def go() -> int:
+        from shared.messages import TrialStatus, TrialStopRequested
+
+        storage = _Storage(settings)
+        bus: Bus | None = None
+        try:
+            await storage.open()
+            try:
+                trial = _find_trial(await _state_or_unknown(storage, experiment_id), experiment_id,
+                                    args.trial)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+            if trial.ended:
+                print(f"trial {trial.trial_id} already ended ({trial.status.value}); nothing to kill",
+                      file=output.out)
+                return EXIT_OK
+            bus = await _connect_bus(settings)
+            await bus.publish(TrialStopRequested(experiment_id=experiment_id, trial_id=trial.trial_id,
+                                                 reason="killed by user", status=TrialStatus.USER_CANCELED))
+        finally:
+            await _close_quietly(bus, storage)
+        print(f"kill requested for trial {trial.trial_id}; follow with: tunebus trial ls {experiment_id}",
+              file=output.out)
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
 def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
     """``tunebus stop ID``: publish ``experiment.stop`` (running trials are cancelled)."""
     import asyncio
@@ -916,12 +998,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     show.set_defaults(handler=cmd_experiment_show)
 
-    trial = commands.add_parser("trial", help="list an experiment's trials")
+    trial = commands.add_parser("trial", help="list an experiment's trials, read their logs, kill one")
     trial_commands = trial.add_subparsers(dest="trial_command", required=True, metavar="COMMAND")
     trial_ls = trial_commands.add_parser("ls", aliases=["list"], help="list the trials of an experiment")
     trial_ls.add_argument("id", metavar="ID")
     trial_ls.add_argument("--json", action="store_true", help="print a JSON array of trials")
     trial_ls.set_defaults(handler=cmd_trial_ls)
+    trial_log = trial_commands.add_parser("log", help="print a local trial's stdout (or stderr)")
+    trial_log.add_argument("id", metavar="ID")
+    trial_log.add_argument("trial", metavar="TRIAL", help="the trial's id (see: tunebus trial ls ID)")
+    trial_log.add_argument("--stderr", action="store_true", help="its stderr instead of its stdout")
+    trial_log.add_argument("--attempt", type=int, help="an earlier attempt of a trial that was run again")
+    trial_log.set_defaults(handler=cmd_trial_log)
+    trial_kill = trial_commands.add_parser("kill", help="cancel one running trial (USER_CANCELED)")
+    trial_kill.add_argument("id", metavar="ID")
+    trial_kill.add_argument("trial", metavar="TRIAL", help="the trial's id (see: tunebus trial ls ID)")
+    trial_kill.set_defaults(handler=cmd_trial_kill)
 
     stop = commands.add_parser("stop", help="stop an experiment (running trials are cancelled)")
     stop.add_argument("id", metavar="ID")

@@ -296,11 +296,11 @@ def apply_error(state: ExperimentState, reason: str, now: datetime) -> list[Mess
 
 
 def apply_stop_request(state: ExperimentState, msg: TrialStopRequested, now: datetime) -> list[Message]:
-    """An assessor asks to stop a trial early."""
+    """An assessor asks to stop a trial early (EARLY_STOPPED), or a user kills it (USER_CANCELED)."""
     trial = state.trials.get(msg.trial_id)
     if trial is None:
         return []
-    return _kill(state, trial, TrialStatus.EARLY_STOPPED, msg.reason, now)
+    return _kill(state, trial, msg.status, msg.reason, now)
 
 
 def apply_heartbeat(state: ExperimentState, msg: TrialHeartbeat, now: datetime) -> list[Message]:

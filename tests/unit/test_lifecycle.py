@@ -139,6 +139,21 @@ def test_assessor_stop_request_ends_trial_early_stopped() -> None:
     assert state.trials[trial_id].status == TrialStatus.EARLY_STOPPED
 
 
+def test_a_user_kill_ends_the_trial_user_canceled_and_its_slot_is_filled() -> None:
+    p = plan(concurrency=1, max_trials=3)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    out = lifecycle.apply_stop_request(state, TrialStopRequested(
+        experiment_id=EXP, trial_id=trial_id, reason="killed by user", status=TrialStatus.USER_CANCELED), T0)
+    kill = of(out, TrialKill)[0]
+    assert kill.status == TrialStatus.USER_CANCELED and kill.reason == "killed by user"
+    out = end(state, p, trial_id, status=TrialStatus.FAILED, value=None)  # the process died of it
+    assert state.trials[trial_id].status == TrialStatus.USER_CANCELED
+    assert state.trials[trial_id].error == "killed by user"
+    assert of(out, SuggestRequest) and state.status == ExperimentStatus.RUNNING  # the experiment goes on
+
+
 def test_max_trial_duration_kills_the_trial() -> None:
     p = plan(max_trial_duration=10)
     state, _ = started(p)
