@@ -930,6 +930,9 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
             if status == "ERROR" and await storage.read_experiment_doc(experiment_id) is None:
                 raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
                                "config and create it again", EXIT_USAGE)
+            if status == "STOPPING":
+                raise CliError(f"experiment {experiment_id} is STOPPING (its running trials are being "
+                               "cancelled); resume it once it is STOPPED", EXIT_USAGE)
             if status not in _RESUMABLE:
                 output.note(f"experiment {experiment_id} is {status}; nothing to resume")
                 if output.json_mode:
