@@ -120,7 +120,9 @@ async def test_assessor_stops_losing_trials(fast_stack: Stack, tmp_path: Path,
     for trial in stopped:
         assert trial.final_value is None  # killed before its final result
         assert trial.last_intermediate is not None and trial.last_intermediate < best.final_value
-        assert trial.metric_count < EPOCHS
+        # Usually well before its last epoch; on a loaded machine the kill (six hops after the
+        # curve is judged) may land between the last intermediate result and the final one.
+        assert trial.metric_count <= EPOCHS
         assert trial.error and "assessor" in trial.error  # the stop request's reason is kept
 
 
