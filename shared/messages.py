@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -132,6 +132,30 @@ class ExperimentResume(Message):
     ones start within its limits (``maxExperimentDuration`` counts only the time it ran)."""
 
     ROUTING_KEY: ClassVar[str] = "experiment.resume"
+
+
+class ExperimentUpdate(Message):
+    """Change an experiment's limits, as ``nnictl update``: while it runs, or before a resume."""
+
+    ROUTING_KEY: ClassVar[str] = "experiment.update"
+    trial_concurrency: int | None = Field(default=None, ge=1, description="trialConcurrency.")
+    max_trial_number: int | None = Field(default=None, ge=1, description="maxTrialNumber.")
+    max_experiment_duration: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="maxExperimentDuration, in seconds."
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ExperimentUpdate:
+        if self.limits() == {}:
+            raise ValueError("an update needs at least one of trial_concurrency, max_trial_number, "
+                             "max_experiment_duration")
+        return self
+
+    def limits(self) -> dict[str, int | float]:
+        """The changed limits under their NNI config names (camelCase)."""
+        named = {"trialConcurrency": self.trial_concurrency, "maxTrialNumber": self.max_trial_number,
+                 "maxExperimentDuration": self.max_experiment_duration}
+        return {name: value for name, value in named.items() if value is not None}
 
 
 class ExperimentStatusChanged(Message):

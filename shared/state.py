@@ -102,6 +102,11 @@ class ExperimentState(BaseModel):
     tick_id: str | None = Field(default=None, description="Message id of the one live tick ticket.")
     seen_starts: list[str] = Field(default_factory=list, description="Start message ids applied.")
     resumed_at: datetime | None = Field(default=None, description="When it was last resumed.")
+    updated_limits: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="Limits changed since the start (``tunebus update``), by NNI config name; they "
+                    "override experiment.json's.",
+    )
     ran_before_resume: float = Field(
         default=0.0, description="Seconds it ran before its last resume (stopped time does not count)."
     )

@@ -93,7 +93,8 @@ EXCHANGES: tuple[ExchangeSpec, ...] = (
 DISPATCHER_QUEUE = QueueSpec(
     "tunebus.dispatcher",
     bindings=(
-        "experiment.start", "experiment.stop", "experiment.resume", "experiment.error", "trial.suggested",
+        "experiment.start", "experiment.stop", "experiment.resume", "experiment.update", "experiment.error",
+        "trial.suggested",
         "trial.status", "trial.ended", "trial.stop_request", "trial.heartbeat",
         "ticket.dispatcher.tick",
     ),

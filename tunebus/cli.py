@@ -64,7 +64,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
                  "EARLY_STOPPED")
 _ENDED = ("DONE", "STOPPED", "ERROR")
-_RESUMABLE = ("STOPPED", "ERROR")
+_RESUMABLE = ("STOPPED", "ERROR", "DONE")
 _POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
 _REFRESH_SECONDS = 0.25  # ...and at most this often, unless the experiment's status changed
 _CONNECT_TIMEOUT = 10.0
@@ -698,6 +698,8 @@ def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
 def _show_lines(experiment_id: str, state: ExperimentState | None, config: dict[str, Any]) -> list[str]:
     from shared.state import best_trial
 
+    if state is not None:
+        config = {**config, **state.updated_limits}  # limits changed by tunebus update win
     rows: list[tuple[str, str]] = [("experiment", experiment_id)]
     if config.get("experimentName"):
         rows.append(("name", str(config["experimentName"])))
@@ -722,6 +724,8 @@ def _show_lines(experiment_id: str, state: ExperimentState | None, config: dict[
         rows.append(("concurrency", str(config["trialConcurrency"])))
     if config.get("maxTrialNumber"):
         rows.append(("max trials", str(config["maxTrialNumber"])))
+    if config.get("maxExperimentDuration"):
+        rows.append(("max duration", format_seconds(float(config["maxExperimentDuration"]))))
     platform = (config.get("trainingService") or {}).get("platform")
     if platform:
         rows.append(("platform", str(platform)))
@@ -862,6 +866,58 @@ def cmd_trial_kill(args: argparse.Namespace, output: _Output) -> int:
     return asyncio.run(go())
 
 
+def cmd_update(args: argparse.Namespace, output: _Output) -> int:
+    """``tunebus update ID --concurrency N ...``: publish ``experiment.update`` (``nnictl update``)."""
+    import asyncio
+
+    experiment_id = _check_id(args.id)
+    from shared.config import parse_duration
+    from shared.messages import ExperimentUpdate
+    from shared.settings import CommonSettings
+
+    if args.concurrency is None and args.max_trial_number is None and args.max_experiment_duration is None:
+        raise CliError("give at least one of --concurrency, --max-trial-number, --max-experiment-duration",
+                       EXIT_USAGE)
+    for flag, value in (("--concurrency", args.concurrency), ("--max-trial-number", args.max_trial_number)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag}: must be at least 1, got {value}", EXIT_USAGE)
+    try:
+        duration = (None if args.max_experiment_duration is None
+                    else parse_duration(args.max_experiment_duration))
+    except ValueError as exc:
+        raise CliError(f"--max-experiment-duration: {exc}", EXIT_USAGE) from None
+    update = ExperimentUpdate(experiment_id=experiment_id, trial_concurrency=args.concurrency,
+                              max_trial_number=args.max_trial_number, max_experiment_duration=duration)
+    settings = CommonSettings()
+
+    async def go() -> int:
+        storage = _Storage(settings)
+        bus: Bus | None = None
+        try:
+            await storage.open()
+            try:
+                state = await _state_or_unknown(storage, experiment_id)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+            if state is not None and state.status.value == "STOPPING":
+                raise CliError(f"experiment {experiment_id} is STOPPING; update it once it is STOPPED",
+                               EXIT_USAGE)
+            bus = await _connect_bus(settings)
+            await bus.publish(update)
+        finally:
+            await _close_quietly(bus, storage)
+        changes = ", ".join(f"{name} {value:g}" for name, value in update.limits().items())
+        when = ("when it is resumed (tunebus resume)" if state is not None and state.finished
+                else "now")
+        print(f"update requested for experiment {experiment_id}: {changes}; it takes effect {when}",
+              file=output.out)
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
 def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
     """``tunebus stop ID``: publish ``experiment.stop`` (running trials are cancelled)."""
     import asyncio
@@ -900,7 +956,7 @@ def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
-    """``tunebus resume ID``: publish ``experiment.resume`` for a STOPPED or ERROR experiment."""
+    """``tunebus resume ID``: publish ``experiment.resume`` for an ended experiment."""
     import asyncio
 
     experiment_id = _check_id(args.id)
@@ -923,10 +979,10 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
                 raise
             except Exception as exc:
                 raise storage.failure(exc) from None
-            status = "not started" if state is None else state.status.value
-            if state is None or status == "DONE":
-                raise CliError(f"experiment {experiment_id} is {status}; only a STOPPED or ERROR "
-                               "experiment can be resumed", EXIT_USAGE)
+            if state is None:
+                raise CliError(f"experiment {experiment_id} has not started yet; nothing to resume",
+                               EXIT_USAGE)
+            status = state.status.value
             if status == "ERROR" and await storage.read_experiment_doc(experiment_id) is None:
                 raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
                                "config and create it again", EXIT_USAGE)
@@ -948,6 +1004,9 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
             await bus.publish(ExperimentResume(experiment_id=experiment_id))
             run.published = True
             output.note(f"resume requested for experiment {experiment_id} (was {status})")
+            if status == "DONE":
+                output.note("if its maxTrialNumber or maxExperimentDuration is used up, it ends DONE again "
+                            f"at once: raise them first with tunebus update {experiment_id}")
             if watcher is None:
                 if output.json_mode:
                     output.result(experiment_summary(state))
@@ -1022,7 +1081,15 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("id", metavar="ID")
     stop.set_defaults(handler=cmd_stop)
 
-    resume = commands.add_parser("resume", help="resume a STOPPED or ERROR experiment")
+    update = commands.add_parser("update", help="change an experiment's limits (as nnictl update)")
+    update.add_argument("id", metavar="ID")
+    update.add_argument("--concurrency", type=int, metavar="N", help="trialConcurrency")
+    update.add_argument("--max-trial-number", type=int, metavar="N", help="maxTrialNumber")
+    update.add_argument("--max-experiment-duration", metavar="DURATION",
+                        help="maxExperimentDuration: seconds, or 30m, 2h, 0.5d")
+    update.set_defaults(handler=cmd_update)
+
+    resume = commands.add_parser("resume", help="resume an ended experiment (as nnictl resume)")
     resume.add_argument("id", metavar="ID")
     resume.add_argument("--wait", "-w", action="store_true", help="follow the experiment until it ends")
     resume.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")

@@ -8,7 +8,7 @@ the second time and returns no messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +16,7 @@ from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
     ExperimentStatus,
     ExperimentStatusChanged,
+    ExperimentUpdate,
     Message,
     SuggestRequest,
     Ticket,
@@ -43,13 +44,17 @@ __all__ = [
     "apply_stop_request",
     "apply_suggested",
     "apply_tick",
+    "apply_update",
     "plan_from_config",
+    "plan_with_limits",
     "start_experiment",
 ]
 
-#: What ``resume`` applies to: an experiment stopped by a user or by an error. A DONE one has
-#: used up its trials or its time.
-RESUMABLE_STATUSES = (ExperimentStatus.STOPPED, ExperimentStatus.ERROR)
+#: What ``resume`` applies to: every ended experiment. A DONE one whose trials or time are used
+#: up ends DONE again at once, unless ``update`` raised its limits first.
+RESUMABLE_STATUSES = (ExperimentStatus.STOPPED, ExperimentStatus.ERROR, ExperimentStatus.DONE)
+
+_OUT_OF_TIME = "maxExperimentDuration reached"
 
 
 @dataclass(frozen=True)
@@ -290,6 +295,43 @@ def apply_resume(state: ExperimentState, plan: Plan, policy: Policy, now: dateti
     return out
 
 
+def apply_update(state: ExperimentState, plan: Plan, msg: ExperimentUpdate,
+                 now: datetime) -> tuple[Plan, list[Message]]:
+    """New limits (``nnictl update``): the plan they make and what follows at once.
+
+    More slots are filled at once; fewer kill nothing (freed slots are not refilled past the new
+    number); a lower ``maxTrialNumber`` drops the suggestions waiting beyond it; more time takes
+    an experiment whose time had run out back to RUNNING. A finished experiment keeps them for
+    its resume. Repeating an update changes nothing more.
+    """
+    state.updated_limits.update(msg.limits())
+    plan = plan_with_limits(plan, state.updated_limits)
+    if plan.max_trials is not None:
+        room = max(plan.max_trials - len(state.trials), 0)
+        del state.ready[room:]
+        del state.requested[max(room - len(state.ready), 0):]
+    if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):
+        return plan, []
+    out: list[Message] = []
+    if (state.status == ExperimentStatus.NO_MORE_TRIAL and state.reason == _OUT_OF_TIME
+            and (plan.max_duration is None or state.elapsed_seconds(now) < plan.max_duration)):
+        state.reason = None
+        out += _status_change(state, ExperimentStatus.RUNNING, now)
+    return plan, out + _fill_slots(state, plan, now)
+
+
+def plan_with_limits(plan: Plan, limits: dict[str, int | float]) -> Plan:
+    """``plan`` with limits changed by updates (NNI config names, as in ``updated_limits``)."""
+    changes: dict[str, Any] = {}
+    if "trialConcurrency" in limits:
+        changes["concurrency"] = int(limits["trialConcurrency"])
+    if "maxTrialNumber" in limits:
+        changes["max_trials"] = int(limits["maxTrialNumber"])
+    if "maxExperimentDuration" in limits:
+        changes["max_duration"] = float(limits["maxExperimentDuration"])
+    return replace(plan, **changes)
+
+
 def apply_error(state: ExperimentState, reason: str, now: datetime) -> list[Message]:
     """A service cannot go on with the experiment: cancel what runs, end in ERROR."""
     return _begin_drain(state, ExperimentStatus.ERROR, TrialStatus.SYS_CANCELED, reason, now)
@@ -321,7 +363,7 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     out: list[Message] = []
     elapsed = state.elapsed_seconds(now)
     if plan.max_duration is not None and elapsed >= plan.max_duration:
-        out += _stop_creating_trials(state, "maxExperimentDuration reached", now)
+        out += _stop_creating_trials(state, _OUT_OF_TIME, now)
     for trial in state.running():
         out += _check_trial(state, plan, policy, trial, now)
     out += _fill_slots(state, plan, now)

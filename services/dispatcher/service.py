@@ -24,6 +24,7 @@ from shared.messages import (
     ExperimentStatus,
     ExperimentStatusChanged,
     ExperimentStop,
+    ExperimentUpdate,
     Message,
     SuggestRequest,
     Ticket,
@@ -92,6 +93,7 @@ class Dispatcher:
             ExperimentStart: self.on_start,
             ExperimentStop: self.on_stop,
             ExperimentResume: self.on_resume,
+            ExperimentUpdate: self.on_update,
             ExperimentError: self.on_error,
             TrialSuggested: self.on_suggested,
             TrialStatusChanged: self.on_status,
@@ -116,7 +118,8 @@ class Dispatcher:
         if experiment is None:
             raise TransientError(f"{layout.experiment_doc} missing while state exists")
         state = ExperimentState.model_validate(doc)
-        loaded = _Loaded(state, etag, lifecycle.plan_from_config(experiment[0]["config"], self.lookahead),
+        plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
+        loaded = _Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),
                          state.model_dump_json())
         self._cache[experiment_id] = loaded
         if state.outbox:
@@ -259,6 +262,13 @@ class Dispatcher:
                                  "started (unknown, or its start was rejected)")
         await self._apply(msg.experiment_id,
                           lambda s, now: lifecycle.apply_resume(s.state, s.plan, self.policy, now))
+
+    async def on_update(self, msg: ExperimentUpdate) -> None:
+        def change(loaded: _Loaded, now: datetime) -> list[Message]:
+            loaded.plan, out = lifecycle.apply_update(loaded.state, loaded.plan, msg, now)
+            return out
+
+        await self._apply(msg.experiment_id, change)
 
     async def on_error(self, msg: ExperimentError) -> None:
         reason = f"{msg.service}: {msg.reason}"

@@ -1,4 +1,4 @@
-"""``tunebus stop`` and ``tunebus resume`` through the CLI, against the four services."""
+"""``tunebus stop``, ``resume`` and ``update`` through the CLI, against the four services."""
 
 from __future__ import annotations
 
@@ -56,5 +56,15 @@ async def test_a_stopped_experiment_resumes_and_runs_to_its_limit(stack: Stack, 
     for trial_id in succeeded:
         assert state.trials[trial_id].status == TrialStatus.SUCCEEDED
 
-    again = stack.cli("resume", experiment_id)
-    assert again.returncode == 2 and "DONE" in again.stderr
+    # DONE at maxTrialNumber: more trials after an update (nnictl update trialnum) and a resume.
+    bad = stack.cli("update", experiment_id, "--concurrency", "0")
+    assert bad.returncode == 2 and "--concurrency" in bad.stderr
+    updated = stack.cli("update", experiment_id, "--max-trial-number", "7", "--concurrency", "3")
+    assert updated.returncode == 0 and "when it is resumed" in updated.stdout, updated.stderr
+    more = stack.cli("resume", experiment_id, "--wait", "--json", timeout=120)
+    assert more.returncode == 0, more.stderr + stack.logs()
+    summary = json.loads(more.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "DONE"
+    assert summary["trials"] == {"SUCCEEDED": 7 - len(cancelled), "USER_CANCELED": len(cancelled)}
+    shown = stack.cli("experiment", "show", experiment_id)
+    assert "concurrency   3" in shown.stdout and "max trials    7" in shown.stdout, shown.stdout

@@ -229,8 +229,7 @@ def test_cli_reading_commands_through_rest(infra: Infra, fresh_container: str) -
 
 def test_cli_resume_refuses_what_cannot_be_resumed(infra: Infra, fresh_container: str) -> None:
     rest = BlobRestClient.from_connection_string(infra.storage_connection_string, fresh_container)
-    for experiment_id, status in [("draining", "STOPPING"), ("running1", "RUNNING"), ("done1", "DONE"),
-                                  ("rejected", "ERROR")]:
+    for experiment_id, status in [("draining", "STOPPING"), ("running1", "RUNNING"), ("rejected", "ERROR")]:
         state = {"experiment_id": experiment_id, "status": status, "started_at": "2024-05-01T12:00:00Z",
                  "reason": "trialConcurrency: must be at least 1" if status == "ERROR" else None}
         rest.put_blob(f"experiments/{experiment_id}/state.json", json.dumps(state).encode())
@@ -245,7 +244,10 @@ def test_cli_resume_refuses_what_cannot_be_resumed(infra: Infra, fresh_container
     assert draining.returncode == 2 and "resume it once it is STOPPED" in draining.stderr
     running = resume("running1")
     assert running.returncode == 0 and "is RUNNING; nothing to resume" in running.stdout
-    done = resume("done1")
-    assert done.returncode == 2 and "only a STOPPED or ERROR experiment can be resumed" in done.stderr
+    rest = BlobRestClient.from_connection_string(infra.storage_connection_string, fresh_container)
+    rest.put_blob("experiments/pending2/experiment.json", b'{"config": {}}')  # created, not started
+    rest.close()
+    pending = resume("pending2")
+    assert pending.returncode == 2 and "has not started yet" in pending.stderr
     rejected = resume("rejected")  # its start was rejected: no experiment.json was ever written
     assert rejected.returncode == 2 and "never started: trialConcurrency" in rejected.stderr

@@ -303,3 +303,19 @@ def test_show_of_a_resumed_experiment_counts_only_the_time_it_ran() -> None:
     lines = dict(line.split(None, 1) for line in _show_lines("e1", state, {}))
     assert lines["resumed"] == "2026-01-01 02:00:00 UTC"
     assert lines["elapsed"] == "45.0s"  # 30 s before the stop, 15 s after the resume
+
+
+def test_show_gives_the_limits_as_updated() -> None:
+    import re
+    from datetime import UTC, datetime
+
+    from shared.state import ExperimentState
+    from tunebus.cli import _show_lines
+
+    state = ExperimentState(experiment_id="e1", started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                            updated_limits={"trialConcurrency": 8, "maxExperimentDuration": 7200.0})
+    config = {"trialConcurrency": 2, "maxTrialNumber": 40, "maxExperimentDuration": 600}
+    lines = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in _show_lines("e1", state, config))
+    assert lines["concurrency"] == "8"
+    assert lines["max trials"] == "40"  # not updated: the config's
+    assert lines["max duration"] == "2h00m"

@@ -9,6 +9,7 @@ from services.dispatcher.lifecycle import Plan, Policy
 from shared.messages import (
     ExperimentStatus,
     ExperimentStatusChanged,
+    ExperimentUpdate,
     SuggestRequest,
     Ticket,
     TrialEnded,
@@ -325,14 +326,27 @@ def test_resume_runs_a_stopped_experiment_again_within_its_limits() -> None:
         TrialStatus.SUCCEEDED, TrialStatus.USER_CANCELED, TrialStatus.SUCCEEDED]
 
 
-def test_resume_is_a_no_op_unless_stopped_or_in_error() -> None:
+def test_resume_leaves_a_running_or_stopping_experiment_alone() -> None:
     p = plan()
     state, _ = started(p)
     assert lifecycle.apply_resume(state, p, POLICY, T0) == []  # running
     assert state.status == ExperimentStatus.RUNNING
-    done = ExperimentState(experiment_id=EXP, started_at=T0, status=ExperimentStatus.DONE, ended_at=T0)
-    assert lifecycle.apply_resume(done, p, POLICY, T0) == []
-    assert done.status == ExperimentStatus.DONE
+    suggest(state, p, 0)
+    lifecycle.apply_stop(state, "user", T0)
+    assert state.status == ExperimentStatus.STOPPING
+    assert lifecycle.apply_resume(state, p, POLICY, T0) == []
+    assert state.status == ExperimentStatus.STOPPING
+
+
+def test_a_done_experiment_at_its_limit_ends_done_again_when_resumed() -> None:
+    p = plan(concurrency=1, max_trials=1)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    end(state, p, state.by_sequence()[0].trial_id)
+    out = lifecycle.apply_resume(state, p, POLICY, T0 + timedelta(minutes=1))
+    assert [m.status for m in of(out, ExperimentStatusChanged)] == [ExperimentStatus.RUNNING,
+                                                                    ExperimentStatus.DONE]
+    assert state.status == ExperimentStatus.DONE and not of(out, SuggestRequest)
 
 
 def test_a_resumed_experiment_with_no_trial_left_ends_done_at_once() -> None:
@@ -357,3 +371,83 @@ def test_max_experiment_duration_counts_only_the_time_it_ran() -> None:
     tick(state, p, resumed + timedelta(seconds=56))
     assert state.status in (ExperimentStatus.NO_MORE_TRIAL, ExperimentStatus.DONE)
     assert state.reason == "maxExperimentDuration reached"
+
+
+# ---------------------------------------------------------------- update (nnictl update)
+
+
+def update(state: ExperimentState, p: Plan, at: datetime = T0, **limits: float) -> tuple[Plan, list[object]]:
+    msg = ExperimentUpdate(experiment_id=EXP, **limits)  # type: ignore[arg-type]
+    return lifecycle.apply_update(state, p, msg, at)
+
+
+def test_raising_the_concurrency_fills_the_new_slots_at_once() -> None:
+    p = plan(concurrency=1, max_trials=10)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    p, out = update(state, p, trial_concurrency=3)
+    assert p.concurrency == 3 and state.updated_limits == {"trialConcurrency": 3}
+    assert of(out, SuggestRequest)[0].parameter_ids == [1, 2]
+    suggest(state, p, 1)
+    suggest(state, p, 2)
+    assert len(state.running()) == 3
+
+
+def test_lowering_the_concurrency_kills_nothing_and_starts_fewer() -> None:
+    p = plan(concurrency=2, max_trials=10)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    suggest(state, p, 1)
+    p, out = update(state, p, trial_concurrency=1)
+    assert not of(out, TrialKill) and len(state.running()) == 2
+    end(state, p, state.by_sequence()[0].trial_id)
+    assert len(state.running()) == 1 and not state.ready  # the freed slot is not refilled
+    out = end(state, p, state.by_sequence()[1].trial_id)
+    assert of(out, SuggestRequest)  # one slot again
+
+
+def test_lowering_max_trials_drops_what_waits_beyond_it() -> None:
+    p = plan(concurrency=1, max_trials=10, lookahead=2)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    suggest(state, p, 1)  # waits for the slot
+    assert [r.parameter_id for r in state.ready] == [1] and state.requested == [2]
+    p, _ = update(state, p, max_trial_number=1)
+    assert p.max_trials == 1 and state.ready == [] and state.requested == []
+    end(state, p, state.by_sequence()[0].trial_id)
+    assert state.status == ExperimentStatus.DONE and len(state.trials) == 1
+
+
+def test_more_time_brings_an_experiment_out_of_no_more_trial() -> None:
+    p = plan(concurrency=1, max_trials=10, max_duration=60, lookahead=1)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    tick(state, p, T0 + timedelta(seconds=61))
+    assert state.status == ExperimentStatus.NO_MORE_TRIAL
+    p, out = update(state, p, T0 + timedelta(seconds=62), max_experiment_duration=3600)
+    assert state.status == ExperimentStatus.RUNNING and state.reason is None
+    assert of(out, SuggestRequest)
+
+
+def test_a_done_experiment_runs_more_trials_after_an_update_and_a_resume() -> None:
+    p = plan(concurrency=1, max_trials=1)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    end(state, p, state.by_sequence()[0].trial_id)
+    assert state.status == ExperimentStatus.DONE
+    p, out = update(state, p, max_trial_number=2)
+    assert out == [] and state.status == ExperimentStatus.DONE  # takes effect on resume
+    out = lifecycle.apply_resume(state, p, POLICY, T0 + timedelta(minutes=1))
+    assert state.status == ExperimentStatus.RUNNING and of(out, SuggestRequest)[0].parameter_ids == [1]
+
+
+def test_an_update_needs_a_limit_and_positive_values() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least one"):
+        ExperimentUpdate(experiment_id=EXP)
+    with pytest.raises(ValidationError):
+        ExperimentUpdate(experiment_id=EXP, trial_concurrency=0)
+    with pytest.raises(ValidationError):
+        ExperimentUpdate(experiment_id=EXP, max_experiment_duration=-1)
