@@ -256,10 +256,26 @@ class TrialMetric(Message):
     ROUTING_KEY: ClassVar[str] = "trial.metric"
     trial_id: str
     parameter_id: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1, description="The run of the trial that reported it.")
     sequence: int = Field(ge=0)
     kind: MetricKind
     value: float = Field(description="The number the tuner optimises (a dict metric's 'default').")
     raw: Any = Field(default=None, description="What the trial reported, as it reported it.")
+
+
+class TrialProgress(Message):
+    """A running trial's latest intermediate result, for the experiment's record (``trial ls``).
+
+    Published by the ingestor's watch of a running trial; the authoritative count and values
+    come with ``trial.ended``.
+    """
+
+    ROUTING_KEY: ClassVar[str] = "trial.progress"
+    trial_id: str
+    parameter_id: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1)
+    metric_count: int = Field(ge=1, description="Results reported so far.")
+    last_intermediate: float = Field(description="The latest intermediate result.")
 
 
 class TrialEnded(Message):

@@ -95,7 +95,7 @@ DISPATCHER_QUEUE = QueueSpec(
     bindings=(
         "experiment.start", "experiment.stop", "experiment.resume", "experiment.update", "experiment.error",
         "trial.suggested",
-        "trial.status", "trial.ended", "trial.stop_request", "trial.heartbeat",
+        "trial.status", "trial.progress", "trial.ended", "trial.stop_request", "trial.heartbeat",
         "ticket.dispatcher.tick",
     ),
     single_active_consumer=True,
@@ -111,7 +111,8 @@ AML_WATCH_QUEUE = QueueSpec("tunebus.aml-watch", bindings=("ticket.aml.watch",))
 # Kills of AML runs: any submitter replica can cancel any run (local processes are killed
 # through each replica's own control queue instead).
 AML_KILL_QUEUE = QueueSpec("tunebus.aml-kill", bindings=("trial.kill",))
-INGESTOR_QUEUE = QueueSpec("tunebus.ingestor", bindings=("trial.status", "ticket.ingest.watch"))
+INGESTOR_QUEUE = QueueSpec("tunebus.ingestor", bindings=("trial.status", "trial.heartbeat",
+                                                          "ticket.ingest.watch"))
 DEAD_LETTERS = QueueSpec(
     DEAD_LETTER_QUEUE, bindings=("#",), exchange=DEAD_LETTER_EXCHANGE, quorum=False
 )

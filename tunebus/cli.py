@@ -754,6 +754,8 @@ def trial_row(trial: TrialRecord) -> dict[str, Any]:
         "sequence_id": trial.sequence_id,
         "status": trial.status.value,
         "final_value": trial.final_value,
+        "last_intermediate": trial.last_intermediate,
+        "metric_count": trial.metric_count,
         "duration_seconds": trial.duration_seconds(),
         "parameters": trial.parameters,
         "error": trial.error,
@@ -772,13 +774,16 @@ def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
     if not trials:
         print(f"experiment {experiment_id} has no trials yet", file=output.out)
         return EXIT_OK
-    rows = [["TRIAL", "SEQ", "STATUS", "FINAL", "DURATION", "PARAMETERS"]]
+    rows = [["TRIAL", "SEQ", "STATUS", "FINAL", "LATEST", "DURATION", "PARAMETERS"]]
     notes: dict[int, list[str]] = {}
     for index, trial in enumerate(trials, start=1):
         duration = trial.duration_seconds()
+        # The last intermediate result and how many results it had reported (live while it runs).
+        latest = ("-" if trial.last_intermediate is None
+                  else f"{_format_value(trial.last_intermediate)} ({trial.metric_count})")
         rows.append([trial.trial_id, str(trial.sequence_id), trial.status.value,
-                     _format_value(trial.final_value), "-" if duration is None else format_seconds(duration),
-                     _compact(trial.parameters)])
+                     _format_value(trial.final_value), latest,
+                     "-" if duration is None else format_seconds(duration), _compact(trial.parameters)])
         notes[index] = ([f"    error: {trial.error}"] if trial.error else []) + (
             [f"    job: {trial.job_url}"] if trial.job_url else [])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -23,6 +23,7 @@ from shared.messages import (
     TrialEnded,
     TrialHeartbeat,
     TrialKill,
+    TrialProgress,
     TrialStatus,
     TrialStatusChanged,
     TrialStopRequested,
@@ -38,6 +39,7 @@ __all__ = [
     "apply_ended",
     "apply_error",
     "apply_heartbeat",
+    "apply_progress",
     "apply_resume",
     "apply_status",
     "apply_stop",
@@ -249,6 +251,20 @@ def apply_status(state: ExperimentState, msg: TrialStatusChanged, now: datetime)
     return []
 
 
+def apply_progress(state: ExperimentState, msg: TrialProgress, now: datetime) -> list[Message]:
+    """A running trial's latest intermediate result and count, for people watching.
+
+    A progress note (nothing follows from it): the final result and the authoritative count
+    come with ``trial.ended``. A late or repeated note, or one of another attempt, is ignored.
+    """
+    trial = state.trials.get(msg.trial_id)
+    if trial is None or trial.ended or msg.attempt != trial.attempt or msg.metric_count <= trial.metric_count:
+        return []
+    trial.metric_count = msg.metric_count
+    trial.last_intermediate = msg.last_intermediate
+    return []
+
+
 def apply_ended(state: ExperimentState, plan: Plan, msg: TrialEnded, now: datetime) -> list[Message]:
     """The authoritative end of a trial: free its slot, fill slots, maybe finish."""
     trial = state.trials.get(msg.trial_id)
@@ -413,6 +429,8 @@ def _retry_lost(state: ExperimentState, policy: Policy, trial: TrialRecord, now:
     trial.started_at = None
     trial.last_heartbeat = now
     trial.error = None
+    trial.last_intermediate = None  # the new run reports its own curve
+    trial.metric_count = 0
     return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial.trial_id,
                         sequence_id=trial.sequence_id, attempt=trial.attempt, parameters=trial.parameters)]
 

@@ -30,6 +30,7 @@ from shared.messages import (
     Ticket,
     TrialEnded,
     TrialHeartbeat,
+    TrialProgress,
     TrialStatusChanged,
     TrialStopRequested,
     TrialSuggested,
@@ -98,6 +99,7 @@ class Dispatcher:
             TrialSuggested: self.on_suggested,
             TrialStatusChanged: self.on_status,
             TrialEnded: self.on_ended,
+            TrialProgress: self.on_progress,
             TrialStopRequested: self.on_stop_request,
             TrialHeartbeat: self.on_heartbeat,
             Ticket: self.on_ticket,
@@ -285,6 +287,11 @@ class Dispatcher:
         # which is already queued behind it.
         await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_status(s.state, msg, now),
                           deferrable=True)
+
+    async def on_progress(self, msg: TrialProgress) -> None:
+        # A progress note for people watching (trial ls): written with the next write.
+        await self._apply(msg.experiment_id, lambda s, now: lifecycle.apply_progress(s.state, msg, now),
+                          required=False, deferrable=True)
 
     async def on_ended(self, msg: TrialEnded) -> None:
         await self._apply(msg.experiment_id,

@@ -29,6 +29,7 @@ log = logging.getLogger("tunebus.ingestor")
 class _Entry:
     store: BlobStore | None  # None: the deployment's store (never closed here)
     live_metrics: bool  # an assessor reads intermediate results while trials run
+    local: bool = False  # trials are local processes (their submitter's heartbeats list them)
     users: int = 0
     evicted: bool = False
 
@@ -65,6 +66,13 @@ class ResultsStores:
         judges them); otherwise they are published with the trial's end, and nobody polls."""
         return (await self._entry(experiment_id)).live_metrics
 
+    async def watched_from_the_start(self, experiment_id: str) -> bool:
+        """Whether a trial's watch starts with its RUNNING status: when an assessor judges its
+        results, or when it runs on Azure ML (never a matter of seconds). A local trial without
+        an assessor is watched once a heartbeat shows it still running: most end sooner."""
+        entry = await self._entry(experiment_id)
+        return entry.live_metrics or not entry.local
+
     async def close(self) -> None:
         """Close every store opened here (handlers have stopped)."""
         entries = list(self._entries.values())
@@ -94,15 +102,16 @@ class ResultsStores:
             raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
         config = found[0].get("config") or {}
         live = bool(config.get("assessor"))
+        local = (config.get("trainingService") or {}).get("platform", "local") == "local"
         try:
             account = await results_account(self.deployment, experiment_id, config,
                                             endpoint_template=self.endpoint_template)
         except SharedStorageError as exc:
             raise PermanentError(f"sharedStorage of {experiment_id}: {exc}") from exc
         if account is None:
-            return _Entry(None, live)
+            return _Entry(None, live, local)
         log.info("experiment %s: reading metrics from sharedStorage %s", experiment_id, account.container_url)
-        return _Entry(account.open_store(), live)
+        return _Entry(account.open_store(), live, local)
 
     def _evict(self) -> list[BlobStore]:
         """Forget the least recently used beyond capacity; the stores no handler uses, to close."""

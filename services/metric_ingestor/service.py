@@ -1,11 +1,17 @@
 """The metric ingestor: turns what trials wrote to blob storage into ordered events.
 
-When the experiment has an assessor (the one consumer that judges intermediate results while
-a trial runs), an ``ingest.watch`` ticket comes back every few seconds while the trial runs
-(through a delay queue, so any replica can take it and a crash loses nothing) and publishes new
-intermediate results; an ``ended.json`` marker stops it. Without an assessor nobody polls.
-When the backend reports the job's end, the ingestor reads every metric the attempt wrote,
-publishes them in order, and then the authoritative ``trial.ended``.
+While a trial runs, an ``ingest.watch`` ticket comes back (through a delay queue, so any
+replica can take it and a crash loses nothing) and publishes its new intermediate results
+(``trial.metric``) and its progress for the record (``trial.progress``, shown by ``tunebus trial
+ls``): every couple of seconds when the experiment has an assessor (which judges them), every
+ten seconds otherwise. The watch starts with the trial's RUNNING status when an assessor judges
+it or the trial runs on Azure ML; a local trial without an assessor is watched once a submitter
+heartbeat shows it still running (a create-only ``watch.json`` makes that happen once), so the
+many that last seconds cost nothing. When the backend reports the job's end, the ingestor reads
+every metric the attempt wrote, publishes them in order, and then the authoritative
+``trial.ended``; the watch then stops: at once on the replica that saw the end, elsewhere through
+an ``ended.json`` marker (assessor experiments) or the experiment's state (checked at the first
+check and every tenth).
 Message ids are derived from (trial, attempt, sequence), so consumers recognise repeats.
 
 Metrics are read where the trials wrote them: the experiment's AzureBlob ``sharedStorage``
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +35,9 @@ from shared.messages import (
     MetricKind,
     Ticket,
     TrialEnded,
+    TrialHeartbeat,
     TrialMetric,
+    TrialProgress,
     TrialStatus,
     TrialStatusChanged,
 )
@@ -47,12 +56,15 @@ log = logging.getLogger("tunebus.ingestor")
 # Every so many checks a watch also reads the experiment's state, so that the watch of an
 # attempt whose end will never be reported (its job was lost and run again) stops.
 STATE_CHECK_EVERY = 10
+# Trial attempts whose end this process remembers publishing (their watches stop at once).
+ENDED_REMEMBERED = 10_000
 
 
 class IngestorSettings(CommonSettings):
     """Metric ingestor settings (``TUNEBUS_`` environment variables)."""
 
-    metric_poll_seconds: float = 2.0
+    metric_poll_seconds: float = 2.0  # a running trial's metrics, when an assessor judges them
+    progress_poll_seconds: float = 10.0  # otherwise (for people watching)
     max_concurrent: int = 16
 
 
@@ -60,14 +72,19 @@ class Ingestor:
     """Stateless: everything it needs is in the message, the ticket or blob storage."""
 
     def __init__(self, bus: Bus, store: BlobStore, poll_seconds: float,
-                 results: ResultsStores | None = None) -> None:
+                 results: ResultsStores | None = None, *, progress_seconds: float = 10.0) -> None:
         self.bus = bus
         self.store = store  # the deployment's: markers, state
         self.poll_seconds = poll_seconds
+        self.progress_seconds = progress_seconds
         self.results = results or ResultsStores(store)  # where each experiment's metrics are
+        # Attempts whose end this process published: their watch stops without a request.
+        self._ended_here: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        # Trials this process knows to be watched (heartbeats list them again and again).
+        self._watching: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
-        return {TrialStatusChanged: self.on_status, Ticket: self.on_ticket}
+        return {TrialStatusChanged: self.on_status, Ticket: self.on_ticket, TrialHeartbeat: self.on_heartbeat}
 
     async def _read_metrics(self, experiment_id: str, trial_id: str, attempt: int,
                             after: int = -1) -> tuple[list[ParsedMetric], list[str]]:
@@ -100,7 +117,7 @@ class Ingestor:
                         metric: ParsedMetric) -> TrialMetric:
         return TrialMetric(
             message_id=f"{experiment_id}-{trial_id}-{attempt}-m{metric.sequence}",
-            experiment_id=experiment_id, trial_id=trial_id, parameter_id=parameter_id,
+            experiment_id=experiment_id, trial_id=trial_id, parameter_id=parameter_id, attempt=attempt,
             sequence=metric.sequence, kind=metric.kind, value=metric.value, raw=metric.raw,
         )
 
@@ -110,15 +127,49 @@ class Ingestor:
 
     async def on_status(self, msg: TrialStatusChanged) -> None:
         if msg.status == TrialStatus.RUNNING:
-            if not await self.results.live_metrics(msg.experiment_id):
-                return  # nobody judges intermediate results live: they go out with the end
-            await self.bus.publish_ticket(Ticket(
-                experiment_id=msg.experiment_id, purpose="ingest.watch", trial_id=msg.trial_id,
-                due=datetime.now(UTC) + timedelta(seconds=self.poll_seconds),
-                state={"attempt": msg.attempt, "parameter_id": msg.parameter_id, "published": -1},
-            ))
+            if await self.results.watched_from_the_start(msg.experiment_id):
+                await self._watch(msg.experiment_id, msg.trial_id, msg.attempt, msg.parameter_id)
         elif msg.status in TERMINAL_TRIAL_STATUSES:
             await self._finish(msg)
+
+    async def on_heartbeat(self, msg: TrialHeartbeat) -> None:
+        """Local trials still running: watch those not watched yet (once, whichever replica)."""
+        if await self.results.watched_from_the_start(msg.experiment_id):
+            return  # their watches started with their RUNNING status
+        new = [t for t in msg.trial_ids if (msg.experiment_id, t) not in self._watching]
+        if not new:
+            return
+        found = await self.store.read_json(Layout(msg.experiment_id).state_doc)
+        if found is None:
+            return
+        state = ExperimentState.model_validate(found[0])
+        for trial_id in new:
+            trial = state.trials.get(trial_id)
+            if trial is None or trial.ended:
+                continue
+            marker = Layout(msg.experiment_id).attempt_root(trial_id, trial.attempt) + "/watch.json"
+            try:
+                await self.store.write_json(marker, {"since": datetime.now(UTC).isoformat()},
+                                            create_only=True)
+            except ConcurrentWriteError:
+                self._remember_watching(msg.experiment_id, trial_id)  # watched already
+                continue
+            await self._watch(msg.experiment_id, trial_id, trial.attempt, trial.sequence_id)
+
+    async def _watch(self, experiment_id: str, trial_id: str, attempt: int, parameter_id: int) -> None:
+        live = await self.results.live_metrics(experiment_id)
+        interval = self.poll_seconds if live else self.progress_seconds
+        await self.bus.publish_ticket(Ticket(
+            experiment_id=experiment_id, purpose="ingest.watch", trial_id=trial_id,
+            due=datetime.now(UTC) + timedelta(seconds=interval),
+            state={"attempt": attempt, "parameter_id": parameter_id, "published": -1, "interval": interval},
+        ))
+        self._remember_watching(experiment_id, trial_id)
+
+    def _remember_watching(self, experiment_id: str, trial_id: str) -> None:
+        self._watching[(experiment_id, trial_id)] = None
+        while len(self._watching) > ENDED_REMEMBERED:
+            self._watching.popitem(last=False)
 
     async def on_ticket(self, msg: Ticket) -> None:
         if msg.purpose != "ingest.watch" or msg.trial_id is None:
@@ -128,23 +179,35 @@ class Ingestor:
             return
         attempt = int(msg.state.get("attempt", 1))
         checks = int(msg.state.get("checks", 0)) + 1
-        if await self._ended(msg.experiment_id, msg.trial_id, attempt):
-            return  # the end was handled; this watch is over
-        if checks % STATE_CHECK_EVERY == 0 and not await self._still_current(msg, attempt):
-            return  # the attempt was superseded (lost, retried) or the experiment is over
+        if (msg.experiment_id, msg.trial_id, attempt) in self._ended_here:
+            return  # this process published its end; the watch is over
+        if await self.results.live_metrics(msg.experiment_id):
+            if await self._ended(msg.experiment_id, msg.trial_id, attempt):
+                return  # the end was handled (the marker says so); this watch is over
+            state_check = checks % STATE_CHECK_EVERY == 0
+        else:
+            state_check = checks == 1 or checks % STATE_CHECK_EVERY == 0
+        if state_check and not await self._still_current(msg, attempt):
+            return  # ended, superseded (lost, run again), or the experiment is over
         published = int(msg.state.get("published", -1))
         metrics, _ = await self._read_metrics(msg.experiment_id, msg.trial_id, attempt, published)
         intermediate = [m for m in metrics if m.kind == MetricKind.PERIODICAL]
         if intermediate:
             parameter_id = int(msg.state.get("parameter_id", 0))
-            await self.bus.publish_many(
-                self._metric_message(msg.experiment_id, msg.trial_id, attempt, parameter_id, m)
-                for m in intermediate
-            )
-            published = intermediate[-1].sequence
+            last = intermediate[-1]
+            await self.bus.publish_many([
+                *(self._metric_message(msg.experiment_id, msg.trial_id, attempt, parameter_id, m)
+                  for m in intermediate),
+                TrialProgress(message_id=f"{msg.experiment_id}-{msg.trial_id}-{attempt}-p{last.sequence}",
+                              experiment_id=msg.experiment_id, trial_id=msg.trial_id,
+                              parameter_id=parameter_id, attempt=attempt, metric_count=last.sequence + 1,
+                              last_intermediate=last.value),
+            ])
+            published = last.sequence
+        interval = float(msg.state.get("interval", self.poll_seconds))
         await self.bus.publish_ticket(Ticket(
             experiment_id=msg.experiment_id, purpose="ingest.watch", trial_id=msg.trial_id,
-            due=datetime.now(UTC) + timedelta(seconds=self.poll_seconds),
+            due=datetime.now(UTC) + timedelta(seconds=interval),
             state={**msg.state, "published": published, "checks": checks},
         ))
 
@@ -176,8 +239,11 @@ class Ingestor:
               for m in metrics),
             ended,
         ])
+        self._ended_here[(msg.experiment_id, msg.trial_id, msg.attempt)] = None
+        while len(self._ended_here) > ENDED_REMEMBERED:
+            self._ended_here.popitem(last=False)
         if not await self.results.live_metrics(msg.experiment_id):
-            return  # no watch ticket runs for it: nothing to stop
+            return  # other replicas' watches stop on the state (checked at their first check)
         marker = Layout(msg.experiment_id).attempt_root(msg.trial_id, msg.attempt) + "/ended.json"
         try:
             await self.store.write_json(marker, ended.model_dump(mode="json"), create_only=True)
@@ -192,7 +258,8 @@ async def start(settings: IngestorSettings) -> Callable[[], Awaitable[None]]:
     bus = Bus(settings.amqp_url, service="metric-ingestor")
     await bus.connect()
     results = ResultsStores(store, endpoint_template=settings.shared_storage_endpoint)
-    ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results)
+    ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results,
+                        progress_seconds=settings.progress_poll_seconds)
     await bus.consume(INGESTOR_QUEUE, ingestor.handlers(), concurrency=settings.max_concurrent)
     log.info("metric ingestor consuming %s", INGESTOR_QUEUE.name)
 

@@ -1,13 +1,25 @@
-"""The ingestor polls a running trial's metrics only when an assessor judges them live."""
+"""The ingestor publishes a running trial's intermediate results and progress while it runs (often
+for an assessor, every 10 s otherwise), and stops watching once the trial has ended."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.metric_ingestor.service import Ingestor
-from shared.messages import TrialEnded, TrialStatus, TrialStatusChanged
+from shared.messages import (
+    Ticket,
+    TrialEnded,
+    TrialHeartbeat,
+    TrialMetric,
+    TrialProgress,
+    TrialStatus,
+    TrialStatusChanged,
+)
+from shared.state import ExperimentState, TrialRecord
 from shared.storage import BlobStore, Layout
 from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
@@ -21,24 +33,96 @@ async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
         yield blob_store
 
 
-@pytest.mark.parametrize("assessor", [None, {"name": "Medianstop", "classArgs": {"start_step": 2}}])
-async def test_watching_a_running_trial_only_for_an_assessor(store: BlobStore, assessor: object) -> None:
-    experiment_id = "watch1"
-    config: dict[str, object] = {"trialConcurrency": 1, "trialCommand": "true",
-                                 "trainingService": {"platform": "local"}}
-    if assessor:
-        config["assessor"] = assessor
-    await store.write_json(Layout(experiment_id).experiment_doc, {"config": config})
-    bus = RecordingBus()
-    ingestor = Ingestor(bus, store, poll_seconds=0.1)  # type: ignore[arg-type]
+def _metric_blob(sequence: int, value: float, kind: str = "PERIODICAL") -> bytes:
+    return json.dumps({"sequence": sequence, "kind": kind, "value": value,
+                       "time": "2026-01-01T00:00:00Z"}).encode()
 
-    running = TrialStatusChanged(experiment_id=experiment_id, trial_id="t1", parameter_id=0,
+
+def _due_now(ticket: Ticket) -> Ticket:
+    return ticket.model_copy(update={"due": datetime.now(UTC) - timedelta(seconds=1)})
+
+
+async def _experiment(store: BlobStore, experiment_id: str, config: dict[str, object]) -> Layout:
+    layout = Layout(experiment_id)
+    await store.write_json(layout.experiment_doc, {"config": {"trialConcurrency": 1, "trialCommand": "true",
+                                                              **config}})
+    state = ExperimentState(experiment_id=experiment_id, started_at=datetime.now(UTC), trials={
+        "t1": TrialRecord(trial_id="t1", sequence_id=0, parameters={}, status=TrialStatus.RUNNING)})
+    await store.write_json(layout.state_doc, state.model_dump(mode="json"))
+    return layout
+
+
+MEDIANSTOP = {"name": "Medianstop", "classArgs": {"start_step": 2}}
+
+
+@pytest.mark.parametrize(("config", "interval"), [
+    ({"assessor": MEDIANSTOP, "trainingService": {"platform": "local"}}, 2.0),  # an assessor judges them
+    ({"trainingService": {"platform": "aml"}}, 10.0),  # an Azure ML run: never a matter of seconds
+], ids=["assessor", "aml"])
+async def test_a_trial_is_watched_from_its_start_and_its_results_published_while_it_runs(
+        store: BlobStore, config: dict[str, object], interval: float) -> None:
+    layout = await _experiment(store, "watch1", config)
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0, progress_seconds=10.0)  # type: ignore[arg-type]
+
+    running = TrialStatusChanged(experiment_id="watch1", trial_id="t1", parameter_id=0,
                                  status=TrialStatus.RUNNING)
     await ingestor.on_status(running)
-    assert len(bus.tickets) == (1 if assessor else 0)
+    [ticket] = bus.tickets
+    wait = (ticket.due - datetime.now(UTC)).total_seconds()
+    assert interval - 0.5 < wait <= interval
 
+    for sequence, value in enumerate([0.25, 0.5]):
+        await store.write_bytes(layout.metric_blob("t1", sequence), _metric_blob(sequence, value))
+    await ingestor.on_ticket(_due_now(ticket))
+    assert [(m.sequence, m.value, m.attempt) for m in bus.published if isinstance(m, TrialMetric)] == [
+        (0, 0.25, 1), (1, 0.5, 1)]
+    [progress] = [m for m in bus.published if isinstance(m, TrialProgress)]
+    assert (progress.metric_count, progress.last_intermediate) == (2, 0.5)
+    follow = bus.tickets[-1]
+    assert follow.state["published"] == 1 and len(bus.tickets) == 2
+
+    await store.write_bytes(layout.metric_blob("t1", 2), _metric_blob(2, 0.75, "FINAL"))
     ended = running.model_copy(update={"status": TrialStatus.SUCCEEDED, "message_id": "m2"})
     await ingestor.on_status(ended)
-    assert [type(m) for m in bus.published] == [TrialEnded]
-    marker = await store.read_json(Layout(experiment_id).attempt_root("t1") + "/ended.json")
-    assert (marker is not None) == bool(assessor)  # the marker only stops a watch
+    assert isinstance(bus.published[-1], TrialEnded) and bus.published[-1].final_value == 0.75
+    marker = await store.read_json(layout.attempt_root("t1") + "/ended.json")
+    assert (marker is not None) == ("assessor" in config)  # a marker stops other replicas' watches
+    await ingestor.on_ticket(_due_now(follow))
+    assert len(bus.tickets) == 2  # the watch is over: no further ticket
+
+
+async def test_a_local_trial_without_assessor_is_watched_once_a_heartbeat_shows_it_running(
+        store: BlobStore) -> None:
+    layout = await _experiment(store, "watch3", {"trainingService": {"platform": "local"}})
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0, progress_seconds=10.0)  # type: ignore[arg-type]
+    await ingestor.on_status(TrialStatusChanged(experiment_id="watch3", trial_id="t1", parameter_id=0,
+                                                status=TrialStatus.RUNNING))
+    assert bus.tickets == []  # most local trials end within seconds: nothing to watch yet
+
+    beat = TrialHeartbeat(experiment_id="watch3", trial_ids=["t1", "gone"], replica="r1")
+    await ingestor.on_heartbeat(beat)
+    [ticket] = bus.tickets
+    assert ticket.trial_id == "t1" and ticket.state["interval"] == 10.0
+    assert await store.read_json(layout.attempt_root("t1") + "/watch.json") is not None
+    await ingestor.on_heartbeat(beat.model_copy(update={"message_id": "beat2"}))
+    other_replica = Ingestor(RecordingBus(), store, poll_seconds=2.0)  # type: ignore[arg-type]
+    await other_replica.on_heartbeat(beat.model_copy(update={"message_id": "beat3"}))
+    assert len(bus.tickets) == 1 and other_replica.bus.tickets == []  # type: ignore[attr-defined]
+
+
+async def test_a_restarted_ingestor_ends_the_watch_of_a_trial_that_ended_meanwhile(store: BlobStore) -> None:
+    experiment_id = "watch2"
+    layout = Layout(experiment_id)
+    await store.write_json(layout.experiment_doc, {"config": {"trialConcurrency": 1, "trialCommand": "true"}})
+    state = ExperimentState(experiment_id=experiment_id, started_at=datetime.now(UTC), trials={
+        "t1": TrialRecord(trial_id="t1", sequence_id=0, parameters={}, status=TrialStatus.SUCCEEDED)})
+    await store.write_json(layout.state_doc, state.model_dump(mode="json"))
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0, progress_seconds=10.0)  # type: ignore[arg-type]
+    ticket = Ticket(experiment_id=experiment_id, purpose="ingest.watch", trial_id="t1",
+                    due=datetime.now(UTC) - timedelta(seconds=1),
+                    state={"attempt": 1, "parameter_id": 0, "published": -1, "interval": 10.0})
+    await ingestor.on_ticket(ticket)
+    assert bus.tickets == [] and bus.published == []

@@ -15,6 +15,7 @@ from shared.messages import (
     TrialEnded,
     TrialHeartbeat,
     TrialKill,
+    TrialProgress,
     TrialStatus,
     TrialStatusChanged,
     TrialStopRequested,
@@ -451,3 +452,43 @@ def test_an_update_needs_a_limit_and_positive_values() -> None:
         ExperimentUpdate(experiment_id=EXP, trial_concurrency=0)
     with pytest.raises(ValidationError):
         ExperimentUpdate(experiment_id=EXP, max_experiment_duration=-1)
+
+
+# ---------------------------------------------------------------- live intermediate results
+
+
+def progress(trial: object, count: int, value: float, attempt: int = 1) -> TrialProgress:
+    return TrialProgress(experiment_id=EXP, trial_id=trial.trial_id,  # type: ignore[attr-defined]
+                         parameter_id=trial.sequence_id, attempt=attempt,  # type: ignore[attr-defined]
+                         metric_count=count, last_intermediate=value)
+
+
+def test_progress_is_noted_while_the_trial_runs_without_a_write() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial = state.by_sequence()[0]
+    assert lifecycle.apply_progress(state, progress(trial, 1, 0.5), T0) == []
+    assert lifecycle.apply_progress(state, progress(trial, 3, 0.7), T0) == []
+    assert lifecycle.apply_progress(state, progress(trial, 2, 0.6), T0) == []  # late: older than known
+    assert (trial.last_intermediate, trial.metric_count) == (0.7, 3)
+    lifecycle.apply_progress(state, progress(trial, 6, 0.1, attempt=2), T0)
+    assert trial.last_intermediate == 0.7  # another attempt's
+    end(state, p, trial.trial_id)
+    lifecycle.apply_progress(state, progress(trial, 9, 0.2), T0)
+    assert trial.metric_count == 0  # ended: trial.ended's count (0 in this helper) stands
+
+
+def test_a_trial_run_again_starts_its_curve_afresh() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial = state.by_sequence()[0]
+    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial.trial_id,
+                                                     parameter_id=0, status=TrialStatus.RUNNING), T0)
+    lifecycle.apply_progress(state, progress(trial, 5, 0.7), T0)
+    out = tick(state, p, T0 + timedelta(seconds=31))  # no heartbeat for 30 s: lost, run again
+    assert of(out, TrialSubmit) and trial.attempt == 2
+    assert (trial.last_intermediate, trial.metric_count) == (None, 0)
+    lifecycle.apply_progress(state, progress(trial, 1, 0.2, attempt=2), T0)
+    assert (trial.last_intermediate, trial.metric_count) == (0.2, 1)
