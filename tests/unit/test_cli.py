@@ -276,6 +276,7 @@ def test_progress_line_and_summary_text() -> None:
 def test_trial_row_for_json_listing() -> None:
     row = cli.trial_row(trial(2, TrialStatus.FAILED, error="exit code 1", job_url="https://ml.azure.com/runs/x"))
     assert row == {"trial_id": "tr002", "sequence_id": 2, "status": "FAILED", "final_value": None,
+                   "last_intermediate": None, "metric_count": 0,
                    "duration_seconds": row["duration_seconds"], "parameters": {"C": 2, "kernel": "rbf"},
                    "error": "exit code 1", "job_url": "https://ml.azure.com/runs/x"}
     json.dumps(row)
