@@ -133,9 +133,17 @@ class Ingestor:
             await self._finish(msg)
 
     async def on_heartbeat(self, msg: TrialHeartbeat) -> None:
-        """Local trials still running: watch those not watched yet (once, whichever replica)."""
-        if await self.results.watched_from_the_start(msg.experiment_id):
-            return  # their watches started with their RUNNING status
+        """Local trials still running: watch those not watched yet (once, whichever replica).
+
+        Best effort: a heartbeat of an experiment the ingestor cannot read (its sharedStorage
+        has no key, say) is dropped, not dead-lettered every few seconds; its trials' ends are.
+        """
+        try:
+            if await self.results.watched_from_the_start(msg.experiment_id):
+                return  # their watches started with their RUNNING status
+        except PermanentError as exc:
+            log.debug("heartbeat of %s ignored: %s", msg.experiment_id, exc)
+            return
         new = [t for t in msg.trial_ids if (msg.experiment_id, t) not in self._watching]
         if not new:
             return

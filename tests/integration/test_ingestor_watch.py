@@ -126,3 +126,10 @@ async def test_a_restarted_ingestor_ends_the_watch_of_a_trial_that_ended_meanwhi
                     state={"attempt": 1, "parameter_id": 0, "published": -1, "interval": 10.0})
     await ingestor.on_ticket(ticket)
     assert bus.tickets == [] and bus.published == []
+
+
+async def test_a_heartbeat_of_an_unreadable_experiment_is_dropped_not_dead_lettered(store: BlobStore) -> None:
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0)  # type: ignore[arg-type]
+    await ingestor.on_heartbeat(TrialHeartbeat(experiment_id="nosuchexp", trial_ids=["t1"], replica="r1"))
+    assert bus.tickets == [] and bus.published == []
