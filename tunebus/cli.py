@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from shared.blob_rest import BlobRestClient
     from shared.bus import Bus
+    from shared.messages import Message
     from shared.settings import CommonSettings
     from shared.state import ExperimentState, TrialRecord
 
@@ -794,6 +795,45 @@ def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
     return EXIT_OK
 
 
+class _Command:
+    """What the commands that publish one message share: storage opened first (the state is
+    read and checked before anything is published), the broker reached when publishing, both
+    closed at the end whatever happens."""
+
+    def __init__(self, settings: CommonSettings, experiment_id: str) -> None:
+        self.settings = settings
+        self.experiment_id = experiment_id
+        self.storage = _Storage(settings)
+        self.bus: Bus | None = None
+
+    async def __aenter__(self) -> _Command:
+        await self.storage.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await _close_quietly(self.bus, self.storage)
+
+    async def state(self) -> ExperimentState | None:
+        """The experiment's state (None: created, not started); CliError(2) if it is unknown."""
+        try:
+            return await _state_or_unknown(self.storage, self.experiment_id)
+        except CliError:
+            raise
+        except Exception as exc:
+            raise self.storage.failure(exc) from None
+
+    async def publish(self, msg: Message, *, watcher: _EventWatcher | None = None) -> None:
+        """Connect (and start ``watcher`` alongside, so that no event is missed) and publish."""
+        import asyncio
+
+        if watcher is not None:
+            bus, _ = await asyncio.gather(_connect_bus(self.settings), watcher.start(self.settings.amqp_url))
+        else:
+            bus = await _connect_bus(self.settings)
+        self.bus = bus
+        await bus.publish(msg)
+
+
 def _find_trial(state: ExperimentState | None, experiment_id: str, trial_id: str) -> TrialRecord:
     trial = None if state is None else state.trials.get(trial_id)
     if trial is None:
@@ -844,26 +884,15 @@ def cmd_trial_kill(args: argparse.Namespace, output: _Output) -> int:
     async def go() -> int:
         from shared.messages import TrialStatus, TrialStopRequested
 
-        storage = _Storage(settings)
-        bus: Bus | None = None
-        try:
-            await storage.open()
-            try:
-                trial = _find_trial(await _state_or_unknown(storage, experiment_id), experiment_id,
-                                    args.trial)
-            except CliError:
-                raise
-            except Exception as exc:
-                raise storage.failure(exc) from None
+        async with _Command(settings, experiment_id) as command:
+            trial = _find_trial(await command.state(), experiment_id, args.trial)
             if trial.ended:
                 print(f"trial {trial.trial_id} already ended ({trial.status.value}); nothing to kill",
                       file=output.out)
                 return EXIT_OK
-            bus = await _connect_bus(settings)
-            await bus.publish(TrialStopRequested(experiment_id=experiment_id, trial_id=trial.trial_id,
-                                                 reason="killed by user", status=TrialStatus.USER_CANCELED))
-        finally:
-            await _close_quietly(bus, storage)
+            await command.publish(TrialStopRequested(experiment_id=experiment_id, trial_id=trial.trial_id,
+                                                     reason="killed by user",
+                                                     status=TrialStatus.USER_CANCELED))
         print(f"kill requested for trial {trial.trial_id}; follow with: tunebus trial ls {experiment_id}",
               file=output.out)
         return EXIT_OK
@@ -896,23 +925,12 @@ def cmd_update(args: argparse.Namespace, output: _Output) -> int:
     settings = CommonSettings()
 
     async def go() -> int:
-        storage = _Storage(settings)
-        bus: Bus | None = None
-        try:
-            await storage.open()
-            try:
-                state = await _state_or_unknown(storage, experiment_id)
-            except CliError:
-                raise
-            except Exception as exc:
-                raise storage.failure(exc) from None
+        async with _Command(settings, experiment_id) as command:
+            state = await command.state()
             if state is not None and state.status.value == "STOPPING":
                 raise CliError(f"experiment {experiment_id} is STOPPING; update it once it is STOPPED",
                                EXIT_USAGE)
-            bus = await _connect_bus(settings)
-            await bus.publish(update)
-        finally:
-            await _close_quietly(bus, storage)
+            await command.publish(update)
         changes = ", ".join(f"{name} {value:g}" for name, value in update.limits().items())
         when = ("when it is resumed (tunebus resume)" if state is not None and state.finished
                 else "now")
@@ -935,24 +953,13 @@ def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
     async def go() -> int:
         from shared.messages import ExperimentStop
 
-        storage = _Storage(settings)
-        bus: Bus | None = None
-        try:
-            await storage.open()
-            try:
-                state = await _state_or_unknown(storage, experiment_id)
-            except CliError:
-                raise
-            except Exception as exc:
-                raise storage.failure(exc) from None
+        async with _Command(settings, experiment_id) as command:
+            state = await command.state()
             if state is not None and state.status.value in _ENDED:
                 print(f"experiment {experiment_id} already ended ({state.status.value}); nothing to stop",
                       file=output.out)
                 return EXIT_OK
-            bus = await _connect_bus(settings)
-            await bus.publish(ExperimentStop(experiment_id=experiment_id))
-        finally:
-            await _close_quietly(bus, storage)
+            await command.publish(ExperimentStop(experiment_id=experiment_id))
         print(f"stop requested for experiment {experiment_id}; "
               f"follow with: tunebus experiment show {experiment_id}", file=output.out)
         return EXIT_OK
@@ -973,54 +980,41 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
     async def go() -> int:
         from shared.messages import ExperimentResume
 
-        storage = _Storage(settings)
         watcher = _EventWatcher(experiment_id) if args.wait else None
-        bus: Bus | None = None
         try:
-            await storage.open()
-            try:
-                state = await _state_or_unknown(storage, experiment_id)
-            except CliError:
-                raise
-            except Exception as exc:
-                raise storage.failure(exc) from None
-            if state is None:
-                raise CliError(f"experiment {experiment_id} has not started yet; nothing to resume",
-                               EXIT_USAGE)
-            status = state.status.value
-            if status == "ERROR" and await storage.read_experiment_doc(experiment_id) is None:
-                raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
-                               "config and create it again", EXIT_USAGE)
-            if status == "STOPPING":
-                raise CliError(f"experiment {experiment_id} is STOPPING (its running trials are being "
-                               "cancelled); resume it once it is STOPPED", EXIT_USAGE)
-            if status not in _RESUMABLE:
-                output.note(f"experiment {experiment_id} is {status}; nothing to resume")
-                if output.json_mode:
-                    output.result(experiment_summary(state))
-                return EXIT_OK
-            run.resume_from = status
-            if watcher is not None:
-                # Watching starts before publishing: no event is missed.
-                bus, _ = await asyncio.gather(_connect_bus(settings), watcher.start(settings.amqp_url))
-            else:
-                bus = await _connect_bus(settings)
-            assert bus is not None
-            await bus.publish(ExperimentResume(experiment_id=experiment_id))
-            run.published = True
-            output.note(f"resume requested for experiment {experiment_id} (was {status})")
-            if status == "DONE":
-                output.note("if its maxTrialNumber or maxExperimentDuration is used up, it ends DONE again "
-                            f"at once: raise them first with tunebus update {experiment_id}")
-            if watcher is None:
-                if output.json_mode:
-                    output.result(experiment_summary(state))
-                else:
-                    output.note(f"follow with: tunebus experiment show {experiment_id}")
-                return EXIT_OK
-            return await _follow(storage, watcher, run, output, resumed_before=state.resumed_at)
+            async with _Command(settings, experiment_id) as command:
+                state = await command.state()
+                if state is None:
+                    raise CliError(f"experiment {experiment_id} has not started yet; nothing to resume",
+                                   EXIT_USAGE)
+                status = state.status.value
+                if status == "ERROR" and await command.storage.read_experiment_doc(experiment_id) is None:
+                    raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
+                                   "config and create it again", EXIT_USAGE)
+                if status == "STOPPING":
+                    raise CliError(f"experiment {experiment_id} is STOPPING (its running trials are being "
+                                   "cancelled); resume it once it is STOPPED", EXIT_USAGE)
+                if status not in _RESUMABLE:
+                    output.note(f"experiment {experiment_id} is {status}; nothing to resume")
+                    if output.json_mode:
+                        output.result(experiment_summary(state))
+                    return EXIT_OK
+                run.resume_from = status
+                await command.publish(ExperimentResume(experiment_id=experiment_id), watcher=watcher)
+                run.published = True
+                output.note(f"resume requested for experiment {experiment_id} (was {status})")
+                if status == "DONE":
+                    output.note("if its maxTrialNumber or maxExperimentDuration is used up, it ends DONE "
+                                f"again at once: raise them first with tunebus update {experiment_id}")
+                if watcher is None:
+                    if output.json_mode:
+                        output.result(experiment_summary(state))
+                    else:
+                        output.note(f"follow with: tunebus experiment show {experiment_id}")
+                    return EXIT_OK
+                return await _follow(command.storage, watcher, run, output, resumed_before=state.resumed_at)
         finally:
-            await _close_quietly(watcher, bus, storage)
+            await _close_quietly(watcher)
 
     try:
         return asyncio.run(go())

@@ -50,6 +50,18 @@ async def test_published_start_runs_to_done(stack: Stack) -> None:
     assert sorted(t.sequence_id for t in state.trials.values()) == [0, 1, 2, 3]
 
 
+async def _next_dead_letter(stack: Stack) -> tuple[str, str, bytes]:
+    """The next message in the dead-letter queue (acked): its routing key, reason and body."""
+    connection = await aio_pika.connect(stack.env["TUNEBUS_AMQP_URL"])
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("tunebus.dead-letter")
+        message = await queue.get(timeout=10, fail=True)
+        assert message is not None
+        await message.ack()
+        return message.routing_key or "", str((message.headers or {})["x-tunebus-reason"]), message.body
+
+
 async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: Stack) -> None:
     experiment_id = f"bad{uuid.uuid4().hex[:8]}"
     bad = _config(trialConcurrency=0)
@@ -58,28 +70,14 @@ async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: St
     assert state.status == "ERROR"
     assert "trialConcurrency" in (state.reason or "")
 
-    connection = await aio_pika.connect(stack.env["TUNEBUS_AMQP_URL"])
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue("tunebus.dead-letter")
-        message = await queue.get(timeout=5, fail=True)
-        assert message is not None
-        await message.ack()
-        assert "trialConcurrency" in str(message.headers["x-tunebus-reason"])
-        assert json.loads(message.body)["experiment_id"] == experiment_id
+    key, reason, body = await _next_dead_letter(stack)
+    assert "trialConcurrency" in reason and json.loads(body)["experiment_id"] == experiment_id
     # Its start was rejected: there is nothing to resume (the config must be fixed and created again).
     refused = stack.cli("resume", experiment_id)
     assert refused.returncode == 2 and "trialConcurrency" in refused.stderr, refused.stderr
     await publish(stack, ExperimentResume(experiment_id=experiment_id))  # as a program might
-    connection = await aio_pika.connect(stack.env["TUNEBUS_AMQP_URL"])
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue("tunebus.dead-letter")
-        message = await queue.get(timeout=10, fail=True)
-        assert message is not None
-        await message.ack()
-        assert message.routing_key == "experiment.resume"
-        assert "never started" in str(message.headers["x-tunebus-reason"])
+    key, reason, _ = await _next_dead_letter(stack)
+    assert key == "experiment.resume" and "never started" in reason
     # The dispatcher is still there: a valid experiment still runs.
     good_id = f"pub{uuid.uuid4().hex[:8]}"
     await publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
