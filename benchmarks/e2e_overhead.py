@@ -4,7 +4,8 @@ Each trial is a real process: ``import nni``, get its parameters, report a final
 is measured is everything around that: the CLI (validation, code upload, publish), the
 dispatcher, the tuner, the submitter starting processes, metric blobs, the ingestor, and the
 CLI noticing DONE. The stack is the local deployment (``deploy/local up``; started here if it
-is not running).
+is not running). Each run's experiment is deleted afterwards (untimed), so that runs do not fill
+Azurite's container, which slows it down.
 
     .venv/bin/python benchmarks/e2e_overhead.py [--runs 3] [--trials 40] [--concurrency 4]
 """
@@ -70,6 +71,21 @@ def run_once(config: Path, env: dict[str, str]) -> tuple[float, dict[str, object
     return elapsed, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def delete_experiment(experiment_id: str, env: dict[str, str]) -> None:
+    """Remove a finished run's blobs (untimed): Azurite slows down as its container fills up
+    (a GET takes twice as long with 10,000 other blobs), so runs must not slow later runs."""
+    import asyncio
+
+    from shared.storage import BlobStore, Layout
+
+    async def delete() -> None:
+        conn, container = env["TUNEBUS_STORAGE_CONNECTION_STRING"], env["TUNEBUS_STORAGE_CONTAINER"]
+        async with BlobStore(conn, container) as store:
+            await store.delete_prefix(Layout(experiment_id).root + "/")
+
+    asyncio.run(delete())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +104,7 @@ def main() -> None:
             if summary["status"] != "DONE" or succeeded != args.trials:
                 raise SystemExit(f"run {run} did not end DONE with {args.trials} trials: {summary}")
             times.append(elapsed)
+            delete_experiment(str(summary["id"]), env)
             print(f"run {run}: {elapsed:.2f} s ({summary['status']}, {succeeded} trials SUCCEEDED)",
                   flush=True)
     print(f"median of {args.runs}: {statistics.median(times):.2f} s for {args.trials} trials at "

@@ -63,6 +63,8 @@ SAS_CLOCK_SKEW = timedelta(minutes=5)
 #: Seconds before each retry of a request that failed in transit or with a transient status.
 RETRY_DELAYS = (0.05, 0.2, 0.8, 2.0)
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Seconds an idle kept-alive connection is reused for.
+KEEPALIVE_SECONDS = 4.0
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -115,8 +117,10 @@ class BlobStore:
 
     Requests that fail in transit (connection refused or reset, timeout) or with 408, 429 or
     5xx are sent again after a short back-off (:data:`RETRY_DELAYS`); every request here is
-    safe to repeat. Other failures raise :class:`BlobRestError`, naming the operation, the
-    blob, the status and Azure's error code.
+    safe to repeat. A conditional write whose answer was lost and whose repeat then finds the
+    blob changed reads it back: if it holds what was written, the write happened. Other
+    failures raise :class:`BlobRestError`, naming the operation, the blob, the status and
+    Azure's error code.
     """
 
     def __init__(self, connection_string: str, container: str, *, timeout: float = 30.0) -> None:
@@ -252,6 +256,12 @@ class BlobStore:
         reply = await self._request("PUT", name, None, headers, body)
         # 409 BlobAlreadyExists (If-None-Match: *) or 412 ConditionNotMet (If-Match).
         if (create_only or etag is not None) and reply.status in (409, 412):
+            # A lost answer (a dropped connection, retried here or by aiohttp itself) may hide
+            # that this write is what changed the blob: if it holds exactly what was written,
+            # the write happened. A real conflict (rare) costs this one read.
+            found = await self._get(name)
+            if found is not None and found.body == body:
+                return found.headers.get("etag", "")
             raise ConcurrentWriteError(name)
         self._check(reply, "Put Blob", name=name)
         return reply.headers.get("etag", "")
@@ -263,6 +273,9 @@ class BlobStore:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, trust_env=any(os.environ.get(v) for v in _PROXY_VARIABLES),
                 auto_decompress=False, skip_auto_headers=("Content-Type",),
+                # Shorter than the servers' own idle limit (Node's, so Azurite's, is 5 s): a kept
+                # connection the server is closing would fail the request sent on it.
+                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS),
             )
         return self._session
 

@@ -7,6 +7,7 @@ canonicalization is right, odd blob names included.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from datetime import timedelta
@@ -127,3 +128,68 @@ async def test_the_write_only_sas_writes_but_cannot_read_or_list(infra: Infra, f
             listing = await http.get(f"{base}?restype=container&comp=list&{sas}")
             assert listing.status == 403
         assert await store.read_bytes("m/000000.json") == b'{"v":1}'
+
+
+class _ResponseDroppingProxy:
+    """A TCP proxy to the blob service that forwards every request but, for the first one that
+    carries ``trigger``, closes the client's connection instead of passing the response on: the
+    write happened, its answer was lost (as when a connection breaks at the wrong moment)."""
+
+    def __init__(self, upstream_port: int, trigger: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.trigger = trigger
+        self.dropped = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            while True:
+                head = await client_r.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                body = await client_r.readexactly(length)
+                up_w.write(head + body)
+                await up_w.drain()
+                reply_head = await up_r.readuntil(b"\r\n\r\n")
+                if b"transfer-encoding: chunked" in reply_head.lower():
+                    reply_body = await up_r.readuntil(b"\r\n0\r\n\r\n")
+                else:
+                    reply_length = next((int(line.split(b":", 1)[1]) for line in reply_head.split(b"\r\n")
+                                         if line.lower().startswith(b"content-length:")), 0)
+                    reply_body = await up_r.readexactly(reply_length)
+                if self.trigger in head.lower() and not self.dropped:
+                    self.dropped += 1
+                    return  # the write is done upstream; the client never hears of it
+                client_w.write(reply_head + reply_body)
+                await client_w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            client_w.close()
+            up_w.close()
+
+
+@pytest.mark.parametrize("create_only", [False, True], ids=["etag", "create_only"])
+async def test_a_conditional_write_whose_answer_was_lost_is_not_taken_for_a_conflict(
+        infra: Infra, fresh_container: str, create_only: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0, 0.0))
+    blob_port = int(infra.storage_connection_string.split("BlobEndpoint=http://127.0.0.1:")[1].split("/")[0])
+    async with BlobStore(infra.storage_connection_string, fresh_container) as direct:
+        etag = None if create_only else await direct.write_json("exp/state.json", {"n": 1})
+        proxy = _ResponseDroppingProxy(blob_port, trigger=b"if-none-match" if create_only else b"if-match:")
+        port = await proxy.start()
+        conn = infra.storage_connection_string.replace(f"127.0.0.1:{blob_port}", f"127.0.0.1:{port}")
+        async with BlobStore(conn, fresh_container) as store:
+            new_etag = await store.write_json("exp/state.json", {"n": 2}, etag=etag, create_only=create_only)
+        assert proxy.dropped == 1  # the first answer was lost; the retry met the changed blob
+        found = await direct.read_json("exp/state.json")
+        assert found == ({"n": 2}, new_etag)
+        with pytest.raises(ConcurrentWriteError):  # a real conflict is still one
+            await direct.write_json("exp/state.json", {"n": 3}, etag=etag, create_only=create_only)
+        assert proxy.server is not None
+        proxy.server.close()
