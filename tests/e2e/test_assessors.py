@@ -36,7 +36,7 @@ x = nni.get_next_parameter()["x"]
 noise = random.Random(repr(x))  # the same parameters give the same curve
 value = 0.0
 for epoch in range(1, {EPOCHS} + 1):
-    time.sleep(0.05)
+    time.sleep(0.1)  # 2 s in all: the stop (five hops after the judging) lands well before the end
     value = x * (1 - math.exp(-epoch / 3)) + noise.gauss(0, 0.002)
     nni.report_intermediate_result(value)
 nni.report_final_result(value)
