@@ -23,6 +23,7 @@ still makes the SAS tokens (a local computation).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -231,7 +232,7 @@ class BlobStore:
 
         This is all a trial gets: it can add its metrics and logs, and nothing else.
         """
-        key = parse_connection_string(self.connection_string)["AccountKey"]
+        key = base64.b64encode(self.account.key).decode("ascii")  # as the connection string gave it
         token = write_only_sas_token(self.account.name, self.container_name, key, lifetime)
         return f"{self.container_url}?{token}"
 

@@ -60,6 +60,14 @@ def end(state: ExperimentState, p: Plan, trial_id: str, status: TrialStatus = Tr
     return lifecycle.apply_ended(state, p, msg, T0 + timedelta(seconds=5))
 
 
+def report(state: ExperimentState, trial_id: str, status: TrialStatus = TrialStatus.RUNNING,
+           at: datetime = T0, attempt: int = 1) -> list[object]:
+    """The backend reports a trial's job status (RUNNING by default) at ``at``."""
+    msg = TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, attempt=attempt, status=status, time=at,
+                             parameter_id=state.trials[trial_id].sequence_id)
+    return lifecycle.apply_status(state, msg, at)
+
+
 def tick(state: ExperimentState, p: Plan, at: datetime) -> list[object]:
     ticket = Ticket(message_id=state.tick_id or "none", experiment_id=EXP, purpose="dispatcher.tick", due=at)
     return lifecycle.apply_tick(state, p, POLICY, ticket, at)
@@ -161,8 +169,7 @@ def test_max_trial_duration_kills_the_trial() -> None:
     state, _ = started(p)
     suggest(state, p, 0)
     trial_id = state.by_sequence()[0].trial_id
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
-                                                     status=TrialStatus.RUNNING, time=T0), T0)
+    report(state, trial_id)
     assert not of(tick(state, p, T0 + timedelta(seconds=5)), TrialKill)
     out = tick(state, p, T0 + timedelta(seconds=11))
     assert of(out, TrialKill)[0].reason == "maxTrialDuration exceeded"
@@ -213,8 +220,7 @@ def test_lost_trial_is_resubmitted_then_failed() -> None:
     state, _ = started(p)
     suggest(state, p, 0)
     trial_id = state.by_sequence()[0].trial_id
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
-                                                     status=TrialStatus.RUNNING, time=T0), T0)
+    report(state, trial_id)
     lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
                               T0 + timedelta(seconds=20))
     assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialSubmit)  # heartbeat 20 s ago
@@ -223,10 +229,7 @@ def test_lost_trial_is_resubmitted_then_failed() -> None:
     assert resubmit.attempt == 2 and resubmit.trial_id == trial_id
     # a late end of the first attempt is ignored
     assert end(state, p, trial_id, attempt=1) == [] and not state.trials[trial_id].ended
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
-                                                     attempt=2, status=TrialStatus.RUNNING,
-                                                     time=T0 + timedelta(seconds=52)),
-                           T0 + timedelta(seconds=52))
+    report(state, trial_id, at=T0 + timedelta(seconds=52), attempt=2)
     out = tick(state, p, T0 + timedelta(seconds=90))
     assert state.trials[trial_id].status == TrialStatus.FAILED
     assert of(out, TrialEnded)[0].status == TrialStatus.FAILED
@@ -238,10 +241,8 @@ def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested
     state, _ = started(p)
     suggest(state, p, 0)
     trial_id = state.by_sequence()[0].trial_id
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
-                                                     status=TrialStatus.RUNNING, time=T0), T0)
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial_id, parameter_id=0,
-                                                     status=TrialStatus.SUCCEEDED), T0 + timedelta(seconds=1))
+    report(state, trial_id)
+    report(state, trial_id, TrialStatus.SUCCEEDED, at=T0 + timedelta(seconds=1))
     # The ingestor is slow: no heartbeat (the process is gone) and no trial.ended yet.
     out = tick(state, p, T0 + timedelta(seconds=60))
     assert not of(out, TrialSubmit) and not state.trials[trial_id].ended
@@ -484,8 +485,7 @@ def test_a_trial_run_again_starts_its_curve_afresh() -> None:
     state, _ = started(p)
     suggest(state, p, 0)
     trial = state.by_sequence()[0]
-    lifecycle.apply_status(state, TrialStatusChanged(experiment_id=EXP, trial_id=trial.trial_id,
-                                                     parameter_id=0, status=TrialStatus.RUNNING), T0)
+    report(state, trial.trial_id)
     lifecycle.apply_progress(state, progress(trial, 5, 0.7), T0)
     out = tick(state, p, T0 + timedelta(seconds=31))  # no heartbeat for 30 s: lost, run again
     assert of(out, TrialSubmit) and trial.attempt == 2

@@ -37,3 +37,10 @@ def test_without_a_trial_limit_the_sas_does_not_end_with_the_experiment_s_durati
     assert long_run >= timedelta(days=30) + SAS_MARGIN
     limited = sas_lifetime({"maxExperimentDuration": 3600, "maxTrialDuration": 600})
     assert limited == timedelta(seconds=600) + SAS_MARGIN
+
+
+def test_a_development_storage_connection_string_signs_sas_urls_too() -> None:
+    # UseDevelopmentStorage=true names no AccountKey field: the key is Azurite's well-known one.
+    url = BlobStore("UseDevelopmentStorage=true", "tunebus").write_only_sas_url(timedelta(minutes=5))
+    assert url.startswith("http://127.0.0.1:10000/devstoreaccount1/tunebus?")
+    assert parse_qs(urlsplit(url).query)["sp"] == ["cw"]
