@@ -8,8 +8,14 @@ dead-letter exchange with the reason in its headers and acked; the service keeps
 That copy has every secret in its JSON body masked (:func:`shared.config.redact_secrets`: a
 start message may carry a storage account key); one that RabbitMQ dead-letters itself (the
 delivery limit) keeps its body as it was, so publishers should not put keys in messages.
-Any other exception is treated as transient: the delivery is requeued after a back-off, and
-the quorum queue's delivery limit dead-letters it if it never succeeds.
+Any other exception is treated as transient: the delivery is acked and a copy is parked in a
+delay queue (the same ones tickets use), so the consumer goes on with other messages at once
+(other experiments never wait behind one that cannot be handled now). The copy comes back to
+this queue alone (``x-tunebus-retry-for``; other queues bound to its routing key drop it), with
+its attempt count. A :class:`TransientError` (a dependency is down) is retried for about
+:data:`TRANSIENT_RETRY_SECONDS`; any other exception (a defect, or content no check caught) only
+:data:`UNEXPECTED_RETRIES` times; then the message is dead-lettered with the last error. The
+quorum queues' delivery limit stays as the guard against a consumer that dies handling one.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from shared.config import redact_secrets
 from shared.messages import Message, Ticket, message_types
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
+    DELAY_BUCKETS,
     DELAY_EXCHANGE,
     DELAY_HEADER,
     EVENTS_EXCHANGE,
@@ -53,8 +60,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable[None]]
 
 REASON_HEADER = "x-tunebus-reason"
+RETRY_FOR_HEADER = "x-tunebus-retry-for"
+RETRY_ATTEMPT_HEADER = "x-tunebus-attempt"
 PUBLISH_CONFIRM_TIMEOUT = 10.0
 PUBLISH_ATTEMPTS = 3
+# A message body larger than this is refused (dead-lettered) before it is parsed.
+MAX_BODY_BYTES = 1 << 20
+# Retries of a message whose handler raised TransientError: about half an hour in all.
+TRANSIENT_RETRY_SECONDS = 1800.0
+# Retries of a message whose handler raised anything else (a defect, unforeseen content).
+UNEXPECTED_RETRIES = 4
 
 
 class PermanentError(Exception):
@@ -71,17 +86,23 @@ def parse_message(routing_key: str, body: bytes) -> Message:
     cls = Ticket if routing_key.startswith("ticket.") else types.get(routing_key)
     if cls is None:
         raise PermanentError(f"no message type for routing key {routing_key!r}")
+    if len(body) > MAX_BODY_BYTES:
+        raise PermanentError(f"body of {len(body)} bytes is over the limit of {MAX_BODY_BYTES}")
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PermanentError(f"body is not JSON: {exc}") from exc
+    except (RecursionError, ValueError, MemoryError) as exc:  # nesting too deep, a huge number
+        raise PermanentError(f"body is not acceptable JSON: {type(exc).__name__}: {exc}"[:500]) from exc
     try:
         msg = cls.model_validate(data)
     except ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise PermanentError(f"invalid {cls.__name__}: {details}") from exc
+        raise PermanentError(f"invalid {cls.__name__}: {details}"[:4000]) from exc
+    except (RecursionError, ValueError, TypeError, MemoryError) as exc:
+        raise PermanentError(f"invalid {cls.__name__}: {type(exc).__name__}: {exc}"[:500]) from exc
     if isinstance(msg, Ticket) and msg.routing_key != routing_key:
         raise PermanentError(f"ticket purpose {msg.purpose!r} does not match routing key {routing_key!r}")
     return msg
@@ -95,7 +116,7 @@ def _without_secrets(body: bytes) -> bytes:
     """A JSON body with every secret masked; the body as is when it has none (or is not JSON)."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError, MemoryError):  # not JSON (or not JSON we can hold)
         return body
     clean = redact_secrets(doc)
     return body if clean == doc else json.dumps(clean).encode()
@@ -104,9 +125,12 @@ def _without_secrets(body: bytes) -> bytes:
 class Bus:
     """One robust connection, one publishing channel (confirms on), one channel per consumer."""
 
-    def __init__(self, url: str, *, service: str) -> None:
+    def __init__(self, url: str, *, service: str, unexpected_retries: int = UNEXPECTED_RETRIES,
+                 transient_retry_seconds: float = TRANSIENT_RETRY_SECONDS) -> None:
         self.url = url
         self.service = service
+        self.unexpected_retries = unexpected_retries
+        self.transient_retry_seconds = transient_retry_seconds
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._events: AbstractExchange | None = None
@@ -281,6 +305,11 @@ class Bus:
     async def _handle(self, spec: QueueSpec, handlers: dict[type[Message], Handler],
                       delivery: AbstractIncomingMessage) -> None:
         key = delivery.routing_key or ""
+        headers = delivery.headers or {}
+        retry_for = headers.get(RETRY_FOR_HEADER)
+        if retry_for is not None and _text(retry_for) != spec.name:
+            await delivery.ack()  # a retry meant for another queue bound to the same key
+            return
         try:
             msg = parse_message(key, delivery.body)
             handler = handlers.get(type(msg))
@@ -296,12 +325,60 @@ class Bus:
             with contextlib.suppress(Exception):
                 await delivery.nack(requeue=True)
             raise
-        except Exception as exc:
-            raw_count = (delivery.headers or {}).get("x-delivery-count", 0)
-            count = raw_count if isinstance(raw_count, int) else 0
-            log.warning("handler for %s failed (attempt %d), will retry: %r", key, count + 1, exc,
-                        exc_info=not isinstance(exc, TransientError))
-            await asyncio.sleep(min(0.2 * 2 ** count, 5.0))
-            await delivery.nack(requeue=True)
+        except Exception as exc:  # every other failure is retried, a bounded number of times
+            await self._retry_later(spec, delivery, exc)
             return
         await delivery.ack()
+
+    async def _retry_later(self, spec: QueueSpec, delivery: AbstractIncomingMessage,
+                           exc: Exception) -> None:
+        """Park a copy of a delivery that failed for now; dead-letter it once it has failed enough."""
+        key = delivery.routing_key or ""
+        # x-death and friends record each trip through a delay queue: not carried on.
+        headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("x-") or
+                   k in (RETRY_ATTEMPT_HEADER,)}
+        attempt = _int(headers.get(RETRY_ATTEMPT_HEADER)) + 1
+        transient = isinstance(exc, TransientError)
+        delay = retry_delay(attempt)
+        exhausted = (retry_budget_spent(attempt) > self.transient_retry_seconds if transient
+                     else attempt > self.unexpected_retries)
+        log.warning("handler for %s failed (attempt %d)%s: %r", key, attempt,
+                    "" if exhausted else f", again in {delay:g} s", exc, exc_info=not transient)
+        if exhausted:
+            reason = f"failed {attempt} times, last: {type(exc).__name__}: {exc}"
+            await self.dead_letter(key, delivery.body, reason, spec.name)
+            await delivery.ack()
+            return
+        assert self._delay is not None, "Bus.connect() was not called"
+        headers.update({RETRY_FOR_HEADER: spec.name, RETRY_ATTEMPT_HEADER: attempt,
+                        DELAY_HEADER: delay_queue_name(delay_bucket_for(delay))})
+        try:
+            await self._delay.publish(
+                aio_pika.Message(delivery.body, content_type=delivery.content_type,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                 message_id=delivery.message_id, type=delivery.type, headers=headers),
+                routing_key=key, timeout=PUBLISH_CONFIRM_TIMEOUT,
+            )
+        except Exception:  # the broker is going away: let it redeliver
+            with contextlib.suppress(Exception):
+                await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): 0.2, 1, 5, then 30 s each time."""
+    return DELAY_BUCKETS[min(attempt, len(DELAY_BUCKETS)) - 1]
+
+
+def retry_budget_spent(attempt: int) -> float:
+    """Seconds waited in all before retry ``attempt``."""
+    return sum(retry_delay(a) for a in range(1, attempt + 1))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

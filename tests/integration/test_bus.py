@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
-from shared.bus import Bus, PermanentError
-from shared.messages import SuggestRequest, Ticket
-from shared.topology import DEAD_LETTER_QUEUE, DELAY_QUEUES, INGESTOR_QUEUE, TUNER_QUEUE
+from shared.bus import Bus, PermanentError, TransientError
+from shared.messages import SuggestRequest, Ticket, TrialEnded, TrialStatus
+from shared.topology import DEAD_LETTER_QUEUE, DELAY_QUEUES, DISPATCHER_QUEUE, INGESTOR_QUEUE, TUNER_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +101,129 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(amqp_vhost: str) -
     finally:
         await bus.close()
     assert sorted(handled) == [1, 2, 3, 4, 5]  # each exactly once, the failed one too
+
+
+async def _dead_letters(url: str, want: int, timeout: float = 30.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The dead letters in the vhost, once there are ``want`` of them (or the bound passed)."""
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(DEAD_LETTER_QUEUE)
+        deadline = time.monotonic() + timeout
+        while len(found) < want and time.monotonic() < deadline:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            await message.ack()
+            found.append(message)
+    return found
+
+
+async def test_a_body_nested_too_deep_is_dead_lettered_at_once(amqp_vhost: str) -> None:
+    bus = await _bus(amqp_vhost)
+    handled: list[SuggestRequest] = []
+
+    async def on_suggest(msg: SuggestRequest) -> None:
+        handled.append(msg)
+
+    try:
+        await bus.consume(TUNER_QUEUE, {SuggestRequest: on_suggest})
+        connection = await aio_pika.connect(amqp_vhost)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange("tunebus.events")
+            await exchange.publish(aio_pika.Message(b"[" * 100_000 + b"]" * 100_000),
+                                   routing_key="suggest.request")
+            await exchange.publish(aio_pika.Message(b'{"experiment_id": "e1", "parameter_ids": [1e999999]}'),
+                                   routing_key="suggest.request")
+        await bus.publish(SuggestRequest(experiment_id="e1", parameter_ids=[7]))
+        letters = await _dead_letters(amqp_vhost, 2)
+    finally:
+        await bus.close()
+    assert [m.parameter_ids for m in handled] == [[7]]
+    reasons = sorted(str(m.headers["x-tunebus-reason"]) for m in letters)
+    assert len(reasons) == 2
+    assert any("RecursionError" in r for r in reasons), reasons
+    assert any("parameter_ids" in r for r in reasons), reasons
+
+
+async def test_a_message_that_fails_for_now_does_not_hold_up_the_next_one(amqp_vhost: str) -> None:
+    # One consumer, strictly one message at a time (as the dispatcher and the tuner run): the
+    # failed message waits in a delay queue while the next one is handled.
+    bus = await _bus(amqp_vhost)
+    handled: list[int] = []
+    attempts: dict[int, int] = {}
+
+    async def on_suggest(msg: SuggestRequest) -> None:
+        pid = msg.parameter_ids[0]
+        attempts[pid] = attempts.get(pid, 0) + 1
+        if pid == 1 and attempts[pid] < 3:
+            raise TransientError("storage is down")
+        handled.append(pid)
+
+    try:
+        await bus.consume(TUNER_QUEUE, {SuggestRequest: on_suggest}, concurrency=1)
+        for pid in (1, 2):
+            await bus.publish(SuggestRequest(experiment_id="e1", parameter_ids=[pid]))
+        for _ in range(300):
+            if len(handled) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await bus.close()
+    assert handled == [2, 1]  # 2 did not wait for 1's retries
+    assert attempts == {1: 3, 2: 1}
+
+
+async def test_a_retry_goes_back_to_the_failing_queue_alone(amqp_vhost: str) -> None:
+    # trial.ended reaches both the tuner's and the dispatcher's queue; a retry of the tuner's
+    # copy must not hand the dispatcher a second one.
+    bus = await _bus(amqp_vhost)
+    tuner_calls: list[str] = []
+    dispatcher_calls: list[str] = []
+
+    async def tuner_on_ended(msg: TrialEnded) -> None:
+        tuner_calls.append(msg.message_id)
+        if len(tuner_calls) == 1:
+            raise TransientError("not now")
+
+    async def dispatcher_on_ended(msg: TrialEnded) -> None:
+        dispatcher_calls.append(msg.message_id)
+
+    try:
+        await bus.consume(TUNER_QUEUE, {TrialEnded: tuner_on_ended})
+        await bus.consume(DISPATCHER_QUEUE, {TrialEnded: dispatcher_on_ended})
+        ended = TrialEnded(experiment_id="e1", trial_id="t1", parameter_id=0, status=TrialStatus.SUCCEEDED)
+        await bus.publish(ended)
+        for _ in range(200):
+            if len(tuner_calls) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a stray copy for the dispatcher would have arrived by now
+    finally:
+        await bus.close()
+    assert tuner_calls == [ended.message_id, ended.message_id]
+    assert dispatcher_calls == [ended.message_id]
+
+
+async def test_a_handler_that_always_fails_is_dead_lettered_after_its_retries(amqp_vhost: str) -> None:
+    bus = Bus(amqp_vhost, service="test", unexpected_retries=2)
+    await bus.connect()
+    calls: list[str] = []
+
+    async def on_suggest(msg: SuggestRequest) -> None:
+        calls.append(msg.message_id)
+        raise KeyError("a defect")
+
+    try:
+        await bus.consume(TUNER_QUEUE, {SuggestRequest: on_suggest})
+        await bus.publish(SuggestRequest(experiment_id="e1", parameter_ids=[1]))
+        letters = await _dead_letters(amqp_vhost, 1)
+    finally:
+        await bus.close()
+    assert len(calls) == 3  # the first try and two retries
+    assert len(letters) == 1
+    reason = str(letters[0].headers["x-tunebus-reason"])
+    assert "failed 3 times" in reason and "KeyError" in reason
