@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Layout"]
+__all__ = ["ACTIVE_PREFIX", "Layout", "active_marker"]
+
+
+#: One empty blob per experiment that runs (written at its start and resume, deleted at its end):
+#: what a restarted dispatcher lists to find the experiments it must keep going.
+ACTIVE_PREFIX = "active-experiments/"
+
+
+def active_marker(experiment_id: str) -> str:
+    """The blob that marks ``experiment_id`` as running."""
+    return f"{ACTIVE_PREFIX}{experiment_id}"
 
 
 @dataclass(frozen=True)

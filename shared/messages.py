@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MAX_SUGGEST_BATCH",
     "SCHEMA_VERSION",
     "TERMINAL_TRIAL_STATUSES",
     "ExperimentError",
@@ -177,11 +178,16 @@ class ExperimentError(Message):
 # ---------------------------------------------------------------- search
 
 
+#: The most parameter ids one ``suggest.request`` asks for (the dispatcher asks in batches).
+MAX_SUGGEST_BATCH = 32
+
+
 class SuggestRequest(Message):
     """The dispatcher asks the tuner for parameters for these parameter (sequence) ids."""
 
     ROUTING_KEY: ClassVar[str] = "suggest.request"
-    parameter_ids: list[int] = Field(min_length=1, description="NNI parameter ids = trial sequence ids.")
+    parameter_ids: list[int] = Field(min_length=1, max_length=MAX_SUGGEST_BATCH,
+                                     description="NNI parameter ids = trial sequence ids.")
 
 
 class TrialSuggested(Message):
@@ -214,6 +220,10 @@ class TrialSubmit(Message):
     sequence_id: int = Field(ge=0, description="NNI_TRIAL_SEQ_ID, also the tuner's parameter id.")
     attempt: int = Field(default=1, ge=1, description="1 for the first run; more after a lost run.")
     parameters: dict[str, Any]
+    resubmit: bool = Field(
+        default=False,
+        description="Sent again by the dispatcher (no sign of the job): a submitter running it already "
+                    "ignores it; an Azure ML run is adopted and watched anew.")
 
 
 class TrialKill(Message):
@@ -237,6 +247,10 @@ class TrialStatusChanged(Message):
     error: str | None = Field(default=None, description="Failure reason; the stderr tail for a crash.")
     job_url: str | None = Field(default=None, description="Where to see the job (AML portal URL).")
     backend_status: str | None = Field(default=None, description="The backend's own status word.")
+    lost: bool = Field(
+        default=False,
+        description="The job was lost (its submitter went silent): the ingestor ends the trial from "
+                    "what it stored (a final result makes it SUCCEEDED), else as lost, to be run again.")
 
 
 class TrialHeartbeat(Message):
@@ -290,6 +304,8 @@ class TrialEnded(Message):
     last_intermediate: float | None = Field(default=None, description="The last intermediate result.")
     metric_count: int = Field(default=0, ge=0)
     error: str | None = None
+    lost: bool = Field(default=False, description="Its job was lost with no final result stored: the "
+                                                  "dispatcher runs it again while attempts are left.")
 
 
 # ---------------------------------------------------------------- delayed work

@@ -54,6 +54,11 @@ class TrialRecord(BaseModel):
     job_ended: bool = Field(
         default=False, description="The backend reported the job's end; trial.ended is on its way."
     )
+    job_status: TrialStatus | None = Field(
+        default=None, description="How the backend said the job ended (sent again if trial.ended is late)."
+    )
+    job_lost: bool = Field(default=False, description="The job's end is that it was lost.")
+    resubmits: int = Field(default=0, description="trial.submit sent again for this attempt (no sign of it).")
 
     @property
     def ended(self) -> bool:
@@ -100,6 +105,11 @@ class ExperimentState(BaseModel):
         default=None, description="While STOPPING: the status to end in once no trial is running."
     )
     tick_id: str | None = Field(default=None, description="Message id of the one live tick ticket.")
+    ticked_at: datetime | None = Field(
+        default=None, description="When the tick chain last ran (one silent for long was lost: re-armed).")
+    requested_at: datetime | None = Field(
+        default=None, description="Since when suggestions are asked for and not all answered.")
+    reasks: int = Field(default=0, description="Suggestion requests sent again since the last answer.")
     seen_starts: list[str] = Field(default_factory=list, description="Start message ids applied.")
     resumed_at: datetime | None = Field(default=None, description="When it was last resumed.")
     updated_limits: dict[str, int | float] = Field(

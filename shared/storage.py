@@ -193,6 +193,12 @@ class BlobStore:
             if not marker:
                 return sorted(names)
 
+    async def delete(self, path: str) -> None:
+        """Delete one blob; one that is not there is fine."""
+        reply = await self._request("DELETE", path)
+        if reply.status != 404:
+            self._check(reply, "Delete Blob", name=path)
+
     async def delete_prefix(self, prefix: str) -> None:
         """Delete every blob under ``prefix``."""
         for name in await self.list(prefix):

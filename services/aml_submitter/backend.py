@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.messages import TrialStatus, TrialStatusChanged
+from shared.messages import TrialHeartbeat, TrialStatus, TrialStatusChanged
 
 from .trial_env import TrialIdentity
 
 __all__ = ["Backend", "JobRequest", "PermanentSubmitError", "Reporter", "SubmitError"]
 
-Reporter = Callable[[TrialStatusChanged], Awaitable[None]]
+#: Publishes a job's status (and, for jobs watched by tickets, their heartbeats).
+Reporter = Callable[[TrialStatusChanged | TrialHeartbeat], Awaitable[None]]
 
 
 class SubmitError(Exception):

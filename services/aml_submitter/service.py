@@ -97,7 +97,7 @@ class Submitter:
         self._experiments: dict[str, _Experiment] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
-    async def report(self, msg: TrialStatusChanged) -> None:
+    async def report(self, msg: TrialStatusChanged | TrialHeartbeat) -> None:
         await self.bus.publish(msg)
 
     async def upload_logs(self, who: TrialIdentity, output_dir: Path) -> None:
@@ -220,7 +220,12 @@ class Submitter:
         # AML submissions are idempotent (a fixed run id per attempt): a claim left "starting" by
         # a replica that died is taken over at once, before the delivery limit dead-letters it.
         stale_after = getattr(backend, "claim_stale_seconds", CLAIM_STALE_SECONDS)
-        if not await self._claim(msg, stale_after):
+        if msg.resubmit and getattr(backend, "adopts_runs", False):
+            # The dispatcher heard nothing of the run for long (its watch ticket was lost):
+            # submitting again finds the run by its fixed id and watches it anew.
+            log.info("trial %s/%s attempt %d: sent again; adopting its run", msg.experiment_id,
+                     msg.trial_id, msg.attempt)
+        elif not await self._claim(msg, stale_after):
             log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
                      msg.trial_id, msg.attempt)
             return

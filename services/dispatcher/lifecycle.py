@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.messages import (
+    MAX_SUGGEST_BATCH,
     TERMINAL_TRIAL_STATUSES,
     ExperimentStatus,
     ExperimentStatusChanged,
@@ -40,6 +41,7 @@ __all__ = [
     "apply_error",
     "apply_heartbeat",
     "apply_progress",
+    "apply_rearm",
     "apply_resume",
     "apply_status",
     "apply_stop",
@@ -50,6 +52,7 @@ __all__ = [
     "plan_from_config",
     "plan_with_limits",
     "start_experiment",
+    "suggest_requests",
 ]
 
 #: What ``resume`` applies to: every ended experiment. A DONE one whose trials or time are used
@@ -82,6 +85,21 @@ class Policy:
     heartbeat_timeout: float = 30.0
     kill_grace: float = 60.0  # a killed trial not confirmed ended by then is ended by the dispatcher
     max_attempts: int = 3  # a trial whose job was lost is run again, up to this many times
+    # A WAITING local trial with no sign of its submitter this long: its trial.submit is sent
+    # again (a submitter that already runs it recognises the repeat by its claim).
+    claim_timeout: float = 60.0
+    # A job whose end was reported and no trial.ended came this long after: its end is sent to
+    # the ingestor again (the first one was lost with a crash).
+    ended_timeout: float = 30.0
+    # An Azure ML trial whose watch has not reported this long (its watch ticket was lost):
+    # its trial.submit is sent again, which adopts the run and watches it anew.
+    remote_silence_timeout: float = 600.0
+    # Suggestions asked for and not answered this long are asked for again; after
+    # ``max_reasks`` such repeats the experiment ends in ERROR (its tuner does not answer).
+    suggest_timeout: float = 120.0
+    max_reasks: int = 5
+    # A tick chain that has not run this long was lost (with a broker crash): re-armed.
+    tick_stall: float = 10.0
 
 
 def plan_from_config(config: dict[str, Any], lookahead: int = 1) -> Plan:
@@ -194,11 +212,19 @@ def _fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Messa
         if want > 0:
             ids = list(range(state.next_parameter_id, state.next_parameter_id + want))
             state.next_parameter_id += want
+            if not state.requested:
+                state.requested_at = now
             state.requested.extend(ids)
-            return [*out, SuggestRequest(experiment_id=state.experiment_id, parameter_ids=ids)]
+            return [*out, *suggest_requests(state.experiment_id, ids)]
     if running == 0 and queued == 0:
         out += _status_change(state, ExperimentStatus.DONE, now)
     return out
+
+
+def suggest_requests(experiment_id: str, ids: list[int]) -> list[Message]:
+    """``suggest.request`` messages for ``ids``, in batches the tuner takes."""
+    return [SuggestRequest(experiment_id=experiment_id, parameter_ids=ids[i:i + MAX_SUGGEST_BATCH])
+            for i in range(0, len(ids), MAX_SUGGEST_BATCH)]
 
 
 # ---------------------------------------------------------------- events
@@ -222,6 +248,8 @@ def apply_suggested(state: ExperimentState, plan: Plan, msg: TrialSuggested,
     if msg.parameter_id not in state.requested:
         return []  # a duplicate, or asked for before a stop
     state.requested.remove(msg.parameter_id)
+    state.reasks = 0
+    state.requested_at = now if state.requested else None
     if msg.parameters is None:
         out: list[Message] = []
         if state.status == ExperimentStatus.RUNNING:
@@ -245,6 +273,8 @@ def apply_status(state: ExperimentState, msg: TrialStatusChanged, now: datetime)
     if msg.status in TERMINAL_TRIAL_STATUSES:
         # No more heartbeats will come: the ingestor's trial.ended follows.
         trial.job_ended = True
+        trial.job_status = msg.status
+        trial.job_lost = msg.lost
         if msg.error:
             trial.error = msg.error  # kept until trial.ended (from the ingestor) confirms the end
     trial.last_heartbeat = now
@@ -265,11 +295,19 @@ def apply_progress(state: ExperimentState, msg: TrialProgress, now: datetime) ->
     return []
 
 
-def apply_ended(state: ExperimentState, plan: Plan, msg: TrialEnded, now: datetime) -> list[Message]:
-    """The authoritative end of a trial: free its slot, fill slots, maybe finish."""
+def apply_ended(state: ExperimentState, plan: Plan, msg: TrialEnded, now: datetime,
+                policy: Policy | None = None) -> list[Message]:
+    """The authoritative end of a trial: free its slot, fill slots, maybe finish.
+
+    A job that was lost with no final result stored is run again while attempts are left
+    (in the same slot); after the last attempt it FAILED.
+    """
     trial = state.trials.get(msg.trial_id)
     if trial is None or trial.ended or msg.attempt != trial.attempt:
         return []
+    policy = policy or Policy()
+    if msg.lost and trial.kill_status is None and trial.attempt < policy.max_attempts:
+        return _run_again(state, trial, now)
     status = msg.status
     if trial.kill_status is not None and status != TrialStatus.SUCCEEDED:
         status = trial.kill_status  # killed on request: the request says how it ended
@@ -366,8 +404,13 @@ def apply_heartbeat(state: ExperimentState, msg: TrialHeartbeat, now: datetime) 
     for trial_id in msg.trial_ids:
         trial = state.trials.get(trial_id)
         # A trial asked to die keeps its kill grace period: heartbeats do not extend it.
-        if trial is not None and not trial.ended and trial.kill_status is None:
-            trial.last_heartbeat = now
+        if trial is None or trial.ended or trial.kill_status is not None:
+            continue
+        trial.last_heartbeat = now
+        if trial.status == TrialStatus.WAITING:
+            # Its RUNNING report is late or was lost: the replica says it runs.
+            trial.status = TrialStatus.RUNNING
+            trial.started_at = trial.started_at or now
     return []
 
 
@@ -376,20 +419,55 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     """The periodic check: experiment and trial time limits, lost jobs, unconfirmed kills."""
     if msg.message_id != state.tick_id or state.finished:
         return []  # a stale or duplicate tick: only one chain lives
+    state.ticked_at = now
     out: list[Message] = []
     elapsed = state.elapsed_seconds(now)
     if plan.max_duration is not None and elapsed >= plan.max_duration:
         out += _stop_creating_trials(state, _OUT_OF_TIME, now)
     for trial in state.running():
         out += _check_trial(state, plan, policy, trial, now)
+    out += _check_suggestions(state, policy, now)
     out += _fill_slots(state, plan, now)
     if not state.finished:
         out += _next_tick(state, policy, now)
     return out
 
 
+def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
+                now: datetime) -> list[Message]:
+    """The dispatcher's watchdog: a running experiment whose tick chain has been silent for
+    ``tick_stall`` (its ticket was lost with the broker) gets this ticket as its chain. A chain
+    that was only slow stops at its next tick (its id is no longer the live one)."""
+    if state.finished:
+        return []
+    last = state.ticked_at or state.resumed_at or state.started_at
+    if (now - last).total_seconds() < policy.tick_stall:
+        return []
+    state.tick_id = msg.message_id
+    return apply_tick(state, plan, policy, msg, now)
+
+
+def _check_suggestions(state: ExperimentState, policy: Policy, now: datetime) -> list[Message]:
+    """Ask again for suggestions not answered in time; give up (ERROR) after a few times."""
+    if not state.requested or state.status != ExperimentStatus.RUNNING:
+        return []
+    since = state.requested_at or now
+    if state.requested_at is None:
+        state.requested_at = now
+    if (now - since).total_seconds() < policy.suggest_timeout:
+        return []
+    if state.reasks >= policy.max_reasks:
+        waited = policy.suggest_timeout * (policy.max_reasks + 1)
+        return apply_error(state, f"the tuner answered no suggestion request for parameter ids "
+                                  f"{state.requested[:5]} in {waited:.0f} s", now)
+    state.reasks += 1
+    state.requested_at = now
+    return suggest_requests(state.experiment_id, list(state.requested))
+
+
 def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: TrialRecord,
                  now: datetime) -> list[Message]:
+    """Keep a trial on its way to an end, whatever was lost: every branch ends in a message."""
     silent = (now - (trial.last_heartbeat or now)).total_seconds()
     if trial.kill_status is not None:
         if silent >= policy.kill_grace:
@@ -400,10 +478,48 @@ def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: Tria
     run_time = trial.duration_seconds(now)
     if plan.max_trial_duration is not None and run_time is not None and run_time >= plan.max_trial_duration:
         return _kill(state, trial, TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded", now)
-    if (plan.uses_heartbeats and trial.status == TrialStatus.RUNNING and not trial.job_ended
-            and silent >= policy.heartbeat_timeout):
-        return _retry_lost(state, policy, trial, now)
+    if trial.job_ended:
+        if silent < policy.ended_timeout:
+            return []
+        trial.last_heartbeat = now  # the next repeat, if this one is lost too
+        return [_job_end(state, trial)]
+    if trial.status == TrialStatus.WAITING:
+        limit = policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
+        return _submit_again(state, trial, now) if silent >= limit else []
+    if not plan.uses_heartbeats:
+        # An Azure ML run whose watch went silent: submitting again adopts the run, watches it.
+        return _submit_again(state, trial, now) if silent >= policy.remote_silence_timeout else []
+    if silent >= policy.heartbeat_timeout:
+        return _report_lost(state, trial, f"lost: no heartbeat from its submitter for "
+                                          f"{policy.heartbeat_timeout:.0f} s", now)
     return []
+
+
+def _submit_again(state: ExperimentState, trial: TrialRecord, now: datetime) -> list[Message]:
+    """The same attempt's trial.submit once more (the first was lost, or its watch was)."""
+    trial.resubmits += 1
+    trial.last_heartbeat = now
+    return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial.trial_id,
+                        sequence_id=trial.sequence_id, attempt=trial.attempt, parameters=trial.parameters,
+                        resubmit=True)]
+
+
+def _job_end(state: ExperimentState, trial: TrialRecord) -> TrialStatusChanged:
+    """The job's end as the backend reported it, for the ingestor to end the trial from."""
+    return TrialStatusChanged(
+        experiment_id=state.experiment_id, trial_id=trial.trial_id, parameter_id=trial.sequence_id,
+        attempt=trial.attempt, status=trial.job_status or TrialStatus.FAILED, error=trial.error,
+        lost=trial.job_lost)
+
+
+def _report_lost(state: ExperimentState, trial: TrialRecord, error: str, now: datetime) -> list[Message]:
+    """A job whose submitter went silent: the ingestor ends it from what it stored, or as lost."""
+    trial.job_ended = True
+    trial.job_status = TrialStatus.FAILED
+    trial.job_lost = True
+    trial.error = error
+    trial.last_heartbeat = now
+    return [_job_end(state, trial)]
 
 
 def _end_here(state: ExperimentState, trial: TrialRecord, status: TrialStatus, error: str,
@@ -417,14 +533,13 @@ def _end_here(state: ExperimentState, trial: TrialRecord, status: TrialStatus, e
                        last_intermediate=trial.last_intermediate, error=trial.error)]
 
 
-def _retry_lost(state: ExperimentState, policy: Policy, trial: TrialRecord, now: datetime) -> list[Message]:
-    """A job whose heartbeat stopped (its submitter died): run it again, or fail it."""
-    if trial.attempt >= policy.max_attempts:
-        return _end_here(state, trial, TrialStatus.FAILED,
-                         f"lost: no heartbeat for {policy.heartbeat_timeout:.0f} s "
-                         f"in {trial.attempt} attempts", now)
+def _run_again(state: ExperimentState, trial: TrialRecord, now: datetime) -> list[Message]:
+    """Run a lost job's trial again, as a new attempt that reports apart from the lost one."""
     trial.attempt += 1
     trial.job_ended = False
+    trial.job_status = None
+    trial.job_lost = False
+    trial.resubmits = 0
     trial.status = TrialStatus.WAITING
     trial.started_at = None
     trial.last_heartbeat = now

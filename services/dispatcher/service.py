@@ -7,6 +7,7 @@ ack. A crash after the write republishes the outbox when the experiment is next 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any
 from shared.bus import Bus, PermanentError, TransientError, parse_message
 from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
+from shared.layout import ACTIVE_PREFIX, active_marker
 from shared.messages import (
     ExperimentError,
     ExperimentResume,
@@ -26,7 +28,6 @@ from shared.messages import (
     ExperimentStop,
     ExperimentUpdate,
     Message,
-    SuggestRequest,
     Ticket,
     TrialEnded,
     TrialHeartbeat,
@@ -56,7 +57,22 @@ class DispatcherSettings(CommonSettings):
     heartbeat_timeout: float = 30.0
     kill_grace: float = 60.0
     max_attempts: int = 3
+    claim_timeout: float = 60.0
+    ended_timeout: float = 30.0
+    remote_silence_timeout: float = 600.0
+    suggest_timeout: float = 120.0
+    tick_stall: float = 10.0
+    # How often every replica lists the running experiments and re-arms any whose tick chain
+    # was lost (with a broker crash); also how a restarted dispatcher finds its experiments.
+    watchdog_seconds: float = 10.0
     suggestion_lookahead: int = 1  # suggestions asked for beyond the free slots
+
+    def policy(self) -> Policy:
+        return Policy(tick_seconds=self.tick_seconds, heartbeat_timeout=self.heartbeat_timeout,
+                      kill_grace=self.kill_grace, max_attempts=self.max_attempts,
+                      claim_timeout=self.claim_timeout, ended_timeout=self.ended_timeout,
+                      remote_silence_timeout=self.remote_silence_timeout,
+                      suggest_timeout=self.suggest_timeout, tick_stall=self.tick_stall)
 
 
 @dataclass
@@ -133,8 +149,7 @@ class Dispatcher:
         if state.requested and not state.finished:
             # Answers may have been consumed by the last process and lost with it before they
             # were recorded: ask again. The tuner answers an id it knows with the same values.
-            await self.bus.publish(SuggestRequest(experiment_id=experiment_id,
-                                                  parameter_ids=list(state.requested)))
+            await self.bus.publish_many(lifecycle.suggest_requests(experiment_id, list(state.requested)))
         return loaded
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
@@ -170,6 +185,7 @@ class Dispatcher:
             if required:
                 raise PermanentError(f"unknown experiment {experiment_id!r}")
             return
+        was_finished = loaded.state.finished
         try:
             out = change(loaded, lifecycle.utcnow())
         except Exception:
@@ -177,7 +193,11 @@ class Dispatcher:
             raise
         if deferrable and not out:
             return
+        if was_finished and not loaded.state.finished:  # resumed: running again
+            await self.store.write_bytes(active_marker(experiment_id), b"")
         await self._commit(loaded, out)
+        if loaded.state.finished and not was_finished:
+            await self.store.delete(active_marker(experiment_id))
 
     # ------------------------------------------------------------------ handlers
 
@@ -199,6 +219,7 @@ class Dispatcher:
         doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
                "seed": msg.seed, "created_at": msg.time.isoformat()}
         await self.store.write_json(layout.experiment_doc, doc)
+        await self.store.write_bytes(active_marker(msg.experiment_id), b"")  # before it can run
         plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
                                                 lifecycle.utcnow(), msg.message_id)
@@ -295,7 +316,7 @@ class Dispatcher:
 
     async def on_ended(self, msg: TrialEnded) -> None:
         await self._apply(msg.experiment_id,
-                          lambda s, now: lifecycle.apply_ended(s.state, s.plan, msg, now))
+                          lambda s, now: lifecycle.apply_ended(s.state, s.plan, msg, now, self.policy))
 
     async def on_stop_request(self, msg: TrialStopRequested) -> None:
         await self._apply(msg.experiment_id,
@@ -311,11 +332,37 @@ class Dispatcher:
         if msg.due > lifecycle.utcnow():
             await self.bus.publish_ticket(msg)  # not yet: park it again
             return
-        await self._apply(
-            msg.experiment_id,
-            lambda s, now: lifecycle.apply_tick(s.state, s.plan, self.policy, msg, now),
-            required=False,
-        )
+        apply = lifecycle.apply_rearm if msg.state.get("rearm") else lifecycle.apply_tick
+        await self._apply(msg.experiment_id,
+                          lambda s, now: apply(s.state, s.plan, self.policy, msg, now), required=False)
+
+    # ------------------------------------------------------------------ watchdog
+
+    async def watch_experiments(self) -> None:
+        """Re-arm the tick chains of running experiments that went quiet (see ``apply_rearm``).
+
+        Every replica runs this; the re-arm tickets go through the queue, so the active
+        consumer applies them in order with everything else. An experiment this process
+        ticked recently needs none. Its first round is how a restarted dispatcher resumes
+        the experiments that were running (their outboxes are published again on load).
+        """
+        now = lifecycle.utcnow()
+        for name in await self.store.list(ACTIVE_PREFIX):
+            experiment_id = name.removeprefix(ACTIVE_PREFIX)
+            cached = self._cache.get(experiment_id)
+            if cached is not None and cached.state.ticked_at is not None and (
+                    now - cached.state.ticked_at).total_seconds() < self.policy.tick_stall:
+                continue
+            await self.bus.publish(Ticket(experiment_id=experiment_id, purpose="dispatcher.tick", due=now,
+                                          state={"rearm": True}))
+
+    async def watch_forever(self, interval: float) -> None:
+        while True:
+            try:
+                await self.watch_experiments()
+            except Exception as exc:  # storage or broker away for now: next round
+                log.warning("watchdog round failed: %r", exc)
+            await asyncio.sleep(interval)
 
 
 async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
@@ -324,13 +371,13 @@ async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="dispatcher")
     await bus.connect()
-    policy = Policy(tick_seconds=settings.tick_seconds, heartbeat_timeout=settings.heartbeat_timeout,
-                    kill_grace=settings.kill_grace, max_attempts=settings.max_attempts)
-    dispatcher = Dispatcher(bus, store, policy, settings.suggestion_lookahead)
+    dispatcher = Dispatcher(bus, store, settings.policy(), settings.suggestion_lookahead)
     await bus.consume(DISPATCHER_QUEUE, dispatcher.handlers(), prefetch=32)
+    watchdog = asyncio.create_task(dispatcher.watch_forever(settings.watchdog_seconds))
     log.info("dispatcher consuming %s", DISPATCHER_QUEUE.name)
 
     async def shutdown() -> None:
+        watchdog.cancel()
         await bus.close()
         await store.close()
 

@@ -234,13 +234,19 @@ class Ingestor:
         finals = [m for m in metrics if m.kind == MetricKind.FINAL]
         intermediate = [m for m in metrics if m.kind == MetricKind.PERIODICAL]
         errors = [e for e in (msg.error, *problems) if e]
+        status, lost = msg.status, msg.lost
+        if lost and finals:
+            # Its submitter was lost after the trial reported its final result: it finished.
+            log.info("trial %s/%s attempt %d: job lost after its final result; SUCCEEDED from storage",
+                     msg.experiment_id, msg.trial_id, msg.attempt)
+            status, lost, errors = TrialStatus.SUCCEEDED, False, problems
         ended = TrialEnded(
             message_id=f"{msg.experiment_id}-{msg.trial_id}-{msg.attempt}-ended",
             experiment_id=msg.experiment_id, trial_id=msg.trial_id, parameter_id=parameter_id,
-            attempt=msg.attempt, status=msg.status,
+            attempt=msg.attempt, status=status,
             final_value=finals[0].value if finals else None,
             last_intermediate=intermediate[-1].value if intermediate else None,
-            metric_count=len(metrics), error="\n".join(errors) or None,
+            metric_count=len(metrics), error="\n".join(errors) or None, lost=lost,
         )
         await self.bus.publish_many([
             *(self._metric_message(msg.experiment_id, msg.trial_id, msg.attempt, parameter_id, m)

@@ -25,7 +25,7 @@ from services.aml_submitter.aml.backend import (
 from services.aml_submitter.backend import JobRequest, PermanentSubmitError, SubmitError
 from services.aml_submitter.trial_env import TrialIdentity
 from shared.bus import PermanentError
-from shared.messages import Ticket, TrialKill, TrialStatus, TrialStatusChanged
+from shared.messages import Ticket, TrialHeartbeat, TrialKill, TrialStatus, TrialStatusChanged
 from shared.storage import ConcurrentWriteError, Layout
 
 pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
@@ -68,6 +68,7 @@ class Harness:
     backend: AmlBackend
     store: MemoryStore
     reports: list[TrialStatusChanged] = field(default_factory=list)
+    heartbeats: list[TrialHeartbeat] = field(default_factory=list)
     tickets: list[Ticket] = field(default_factory=list)
     submits: int = 0
 
@@ -110,8 +111,11 @@ def _make(tmp_path: Path, *, submit_errors: list[Exception] | None = None,
         return SimpleNamespace(Workspace=real.Workspace, ComputeTarget=ComputeTarget, Experiment=Experiment,
                                Run=real.Run, standin=True)
 
-    async def report(msg: TrialStatusChanged) -> None:
-        harness.reports.append(msg)
+    async def report(msg: TrialStatusChanged | TrialHeartbeat) -> None:
+        if isinstance(msg, TrialHeartbeat):
+            harness.heartbeats.append(msg)
+        else:
+            harness.reports.append(msg)
 
     async def publish_ticket(ticket: Ticket) -> None:
         harness.tickets.append(ticket)
@@ -149,6 +153,19 @@ async def test_submit_reports_waiting_records_the_run_and_watches_it_to_success(
     assert statuses.count(TrialStatus.RUNNING) <= 1  # RUNNING once at most
     assert statuses[-1] == TrialStatus.SUCCEEDED
     assert not h.tickets  # the chain stopped
+    await h.backend.close()
+
+
+async def test_a_watched_run_beats_once_a_heartbeat_period_so_a_lost_watch_shows(tmp_path: Path) -> None:
+    h = _make(tmp_path, heartbeat_seconds=30.0)
+    await h.backend.submit(_job("sleep 1"))
+    checks = 0
+    while h.tickets and checks < 5:
+        await h.backend.on_watch(h.tickets.pop(0).model_copy(update={"due": datetime.now(UTC)}))
+        checks += 1
+    assert checks == 5 and h.tickets  # still running, watched
+    assert [b.trial_ids for b in h.heartbeats] == [["tr1"]]  # one in the first 30 s, however many checks
+    await h.drive()
     await h.backend.close()
 
 

@@ -185,6 +185,8 @@ def test_max_experiment_duration_stops_new_trials_and_lets_running_ones_finish()
     suggest(state, p, 2)  # waits for a slot
     assert [r.parameter_id for r in state.ready] == [2]
     running = [t.trial_id for t in state.by_sequence()]
+    lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=running, replica="r"),
+                              T0 + timedelta(seconds=50))
     out = tick(state, p, T0 + timedelta(seconds=61))
     assert not of(out, TrialKill) and not of(out, TrialSubmit) and not of(out, SuggestRequest)
     assert state.status == ExperimentStatus.NO_MORE_TRIAL
@@ -215,7 +217,15 @@ def test_stale_ticks_are_ignored_so_only_one_chain_lives() -> None:
     assert len(of(out, Ticket)) == 1
 
 
-def test_lost_trial_is_resubmitted_then_failed() -> None:
+def lost_end(state: ExperimentState, p: Plan, trial_id: str, attempt: int) -> list[object]:
+    """The ingestor's answer to a lost job with no final result stored."""
+    trial = state.trials[trial_id]
+    msg = TrialEnded(experiment_id=EXP, trial_id=trial_id, parameter_id=trial.sequence_id, attempt=attempt,
+                     status=TrialStatus.FAILED, error="lost", lost=True)
+    return lifecycle.apply_ended(state, p, msg, T0 + timedelta(seconds=5), POLICY)
+
+
+def test_lost_trial_is_checked_in_storage_run_again_then_failed() -> None:
     p = plan()
     state, _ = started(p)
     suggest(state, p, 0)
@@ -223,17 +233,126 @@ def test_lost_trial_is_resubmitted_then_failed() -> None:
     report(state, trial_id)
     lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
                               T0 + timedelta(seconds=20))
-    assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialSubmit)  # heartbeat 20 s ago
+    assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialStatusChanged)  # heartbeat 20 s ago
     out = tick(state, p, T0 + timedelta(seconds=51))
-    resubmit = of(out, TrialSubmit)[0]
-    assert resubmit.attempt == 2 and resubmit.trial_id == trial_id
+    # Not run again yet: the ingestor first ends it from what it stored, if it finished.
+    assert not of(out, TrialSubmit)
+    [lost] = of(out, TrialStatusChanged)
+    assert lost.lost and lost.attempt == 1 and lost.trial_id == trial_id and "lost" in (lost.error or "")
+    assert not of(tick(state, p, T0 + timedelta(seconds=52)), TrialStatusChanged)  # asked once
+    [resubmit] = of(lost_end(state, p, trial_id, attempt=1), TrialSubmit)
+    assert resubmit.attempt == 2 and resubmit.trial_id == trial_id and not resubmit.resubmit
     # a late end of the first attempt is ignored
     assert end(state, p, trial_id, attempt=1) == [] and not state.trials[trial_id].ended
     report(state, trial_id, at=T0 + timedelta(seconds=52), attempt=2)
     out = tick(state, p, T0 + timedelta(seconds=90))
+    assert of(out, TrialStatusChanged)[0].attempt == 2
+    out = lost_end(state, p, trial_id, attempt=2)  # the last attempt (max_attempts 2)
     assert state.trials[trial_id].status == TrialStatus.FAILED
-    assert of(out, TrialEnded)[0].status == TrialStatus.FAILED
+    assert not of(out, TrialSubmit)
     assert "lost" in (state.trials[trial_id].error or "")
+
+
+def test_a_lost_job_whose_final_result_was_stored_succeeds_without_running_again() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    report(state, trial_id)
+    tick(state, p, T0 + timedelta(seconds=31))
+    out = end(state, p, trial_id, value=0.9)  # the ingestor found the final result
+    assert not of(out, TrialSubmit)
+    assert state.trials[trial_id].status == TrialStatus.SUCCEEDED
+    assert state.trials[trial_id].final_value == 0.9 and state.trials[trial_id].attempt == 1
+
+
+def test_an_end_that_never_reached_the_ingestor_is_sent_again() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    report(state, trial_id)
+    report(state, trial_id, TrialStatus.FAILED, at=T0 + timedelta(seconds=1))
+    state.trials[trial_id].error = "Traceback: boom"
+    assert not of(tick(state, p, T0 + timedelta(seconds=20)), TrialStatusChanged)
+    [again] = of(tick(state, p, T0 + timedelta(seconds=32)), TrialStatusChanged)
+    assert again.status == TrialStatus.FAILED and again.error == "Traceback: boom" and not again.lost
+    assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialStatusChanged)  # spaced out
+    assert of(tick(state, p, T0 + timedelta(seconds=63)), TrialStatusChanged)  # and repeated
+
+
+def test_a_waiting_trial_with_no_sign_of_a_submitter_is_submitted_again_same_attempt() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    assert not of(tick(state, p, T0 + timedelta(seconds=59)), TrialSubmit)
+    [again] = of(tick(state, p, T0 + timedelta(seconds=61)), TrialSubmit)
+    assert again.trial_id == trial_id and again.attempt == 1 and again.resubmit
+    # A heartbeat that lists it means a replica runs it (its RUNNING report was lost).
+    lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
+                              T0 + timedelta(seconds=62))
+    assert state.trials[trial_id].status == TrialStatus.RUNNING
+    assert not of(tick(state, p, T0 + timedelta(seconds=80)), TrialSubmit)
+
+
+def test_an_azure_ml_trial_whose_watch_went_silent_is_submitted_again_never_run_twice() -> None:
+    p = plan(uses_heartbeats=False)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    report(state, trial_id)
+    assert not of(tick(state, p, T0 + timedelta(seconds=599)), TrialSubmit)
+    out = tick(state, p, T0 + timedelta(seconds=601))
+    [again] = of(out, TrialSubmit)
+    assert again.attempt == 1 and again.resubmit  # the same run, adopted and watched anew
+    assert not of(out, TrialStatusChanged)  # an AML run is never declared lost
+
+
+def test_a_lost_tick_chain_is_rearmed_and_a_live_one_is_left_alone() -> None:
+    p = plan()
+    state, _ = started(p)
+    tick(state, p, T0 + timedelta(seconds=1))
+    live = state.tick_id
+    rearm = Ticket(experiment_id=EXP, purpose="dispatcher.tick", due=T0, state={"rearm": True})
+    assert lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=5)) == []
+    assert state.tick_id == live
+    out = lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=12))
+    assert of(out, Ticket) and state.tick_id not in (live, rearm.message_id)  # a new chain from it
+    stale = Ticket(message_id=live or "", experiment_id=EXP, purpose="dispatcher.tick", due=T0)
+    assert lifecycle.apply_tick(state, p, POLICY, stale, T0 + timedelta(seconds=13)) == []
+
+
+def test_unanswered_suggestions_are_asked_again_then_the_experiment_errs() -> None:
+    p = plan()
+    state, _ = started(p)
+    heard = []
+    at = T0
+    for _ in range(6):
+        at += timedelta(seconds=121)
+        out = tick(state, p, at)
+        heard += of(out, SuggestRequest)
+    assert [r.parameter_ids for r in heard] == [[0, 1]] * 5
+    assert state.status == ExperimentStatus.STOPPING or state.finished
+    assert state.drain_to == ExperimentStatus.ERROR or state.status == ExperimentStatus.ERROR
+    assert "tuner answered no suggestion" in (state.reason or "")
+
+
+def test_an_answer_resets_the_suggestion_clock() -> None:
+    p = plan()
+    state, _ = started(p)
+    lifecycle.apply_suggested(state, p, TrialSuggested(experiment_id=EXP, parameter_id=0, parameters={"x": 0}),
+                              T0 + timedelta(seconds=100))
+    assert not of(tick(state, p, T0 + timedelta(seconds=150)), SuggestRequest)
+    assert of(tick(state, p, T0 + timedelta(seconds=221)), SuggestRequest)
+
+
+def test_many_slots_are_asked_for_in_batches() -> None:
+    p = plan(concurrency=100, max_trials=1000)
+    _, out = started(p)
+    batches = [r.parameter_ids for r in of(out, SuggestRequest)]
+    assert [len(b) for b in batches] == [32, 32, 32, 4]
+    assert sum(batches, []) == list(range(100))
 
 
 def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested() -> None:
@@ -487,7 +606,8 @@ def test_a_trial_run_again_starts_its_curve_afresh() -> None:
     trial = state.by_sequence()[0]
     report(state, trial.trial_id)
     lifecycle.apply_progress(state, progress(trial, 5, 0.7), T0)
-    out = tick(state, p, T0 + timedelta(seconds=31))  # no heartbeat for 30 s: lost, run again
+    tick(state, p, T0 + timedelta(seconds=31))  # no heartbeat for 30 s: lost
+    out = lost_end(state, p, trial.trial_id, attempt=1)  # nothing stored: run again
     assert of(out, TrialSubmit) and trial.attempt == 2
     assert (trial.last_intermediate, trial.metric_count) == (None, 0)
     lifecycle.apply_progress(state, progress(trial, 1, 0.2, attempt=2), T0)

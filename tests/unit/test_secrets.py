@@ -57,6 +57,9 @@ class FakeStore:
         self.blobs[path] = json.loads(json.dumps(doc, default=str))
         return "etag"
 
+    async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
+        self.blobs[path] = data.decode()
+
 
 class FakeBus:
     def __init__(self) -> None:

@@ -44,7 +44,14 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from shared.bus import PermanentError, TransientError
-from shared.messages import TERMINAL_TRIAL_STATUSES, Ticket, TrialKill, TrialStatus, TrialStatusChanged
+from shared.messages import (
+    TERMINAL_TRIAL_STATUSES,
+    Ticket,
+    TrialHeartbeat,
+    TrialKill,
+    TrialStatus,
+    TrialStatusChanged,
+)
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 
 from ..backend import JobRequest, PermanentSubmitError, Reporter, SubmitError
@@ -104,6 +111,7 @@ class AmlOptions:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     retry: RetryPolicy = RetryPolicy()
     not_responding_limit: float = NOT_RESPONDING_LIMIT
+    heartbeat_seconds: float = 60.0  # how often a watched run's heartbeat is published
 
 
 def azureml_api() -> SimpleNamespace:
@@ -148,6 +156,9 @@ class AmlBackend:
     #: Submitting twice is harmless (the run id is fixed): a "starting" claim of a replica that
     #: died is taken over at once instead of after the local backend's wait.
     claim_stale_seconds = 0.0
+    #: A submit sent again by the dispatcher (it heard nothing of the run for long) finds the run
+    #: by its fixed id and watches it anew, even though a claim says it was started.
+    adopts_runs = True
 
     def __init__(self, *, store: BlobStore, report: Reporter, publish_ticket: TicketPublisher,
                  work_dir: Path, api: Callable[[], SimpleNamespace], env: Mapping[str, str],
@@ -433,6 +444,11 @@ class AmlBackend:
         if await self._handle_status(who, state, status, details):
             return  # the run ended: the chain stops here
         state["last_status"] = status
+        if time.time() - float(state.get("beat_at", 0.0)) >= self.options.heartbeat_seconds:
+            # The dispatcher's sign that this watch lives: silence means its ticket was lost.
+            await self.report(TrialHeartbeat(experiment_id=who.experiment_id, trial_ids=[who.trial_id],
+                                             replica="aml-watch"))
+            state["beat_at"] = time.time()
         await self._next_check(ticket, state, self.options.poll_seconds)
 
     async def _handle_status(self, who: TrialIdentity, state: dict[str, Any], status: str,
