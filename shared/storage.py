@@ -27,6 +27,7 @@ import base64
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -68,6 +69,9 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 KEEPALIVE_SECONDS = 4.0
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
+
+#: Blocks of a file uploaded by :meth:`BlobStore.upload_file_tail` (a trial's log).
+UPLOAD_BLOCK_BYTES = 4 << 20
 
 class ConcurrentWriteError(Exception):
     """A conditional write lost: the blob changed (or exists) since it was read."""
@@ -170,6 +174,32 @@ class BlobStore:
     async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
         """Write (overwrite) a blob."""
         await self._put(path, data, content_type)
+
+    async def upload_file_tail(self, path: str, file: Path, *, max_bytes: int,
+                               block_bytes: int = UPLOAD_BLOCK_BYTES,
+                               content_type: str | None = None) -> int:
+        """Upload the last ``max_bytes`` of ``file`` as a block blob, ``block_bytes`` at a time
+        (Put Block, then Put Block List): memory stays bounded whatever the file's size. A cut
+        file starts with a line saying how much was left out. Returns the bytes left out."""
+        size = await asyncio.to_thread(lambda: file.stat().st_size)
+        skipped = max(0, size - max_bytes)
+        note = f"[tunebus: the first {skipped} bytes of this log were left out]\n" if skipped else ""
+        ids: list[str] = []
+        with file.open("rb") as stream:
+            stream.seek(skipped)
+            chunk = note.encode() + await asyncio.to_thread(stream.read, block_bytes)
+            while chunk:
+                block_id = base64.b64encode(f"{len(ids):08d}".encode()).decode()
+                reply = await self._request("PUT", path, {"comp": "block", "blockid": block_id}, None, chunk)
+                self._check(reply, "Put Block", name=path)
+                ids.append(block_id)
+                chunk = await asyncio.to_thread(stream.read, block_bytes)
+        listing = "".join(f"<Latest>{i}</Latest>" for i in ids)
+        body = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{listing}</BlockList>'.encode()
+        headers = {"x-ms-blob-content-type": content_type} if content_type else None
+        reply = await self._request("PUT", path, {"comp": "blocklist"}, headers, body)
+        self._check(reply, "Put Block List", name=path)
+        return skipped
 
     async def list(self, prefix: str, *, page_size: int | None = None) -> list[str]:
         """Names of the blobs under ``prefix``, sorted, from every page of the listing

@@ -31,13 +31,23 @@ now_s() { printf '%(%s)T' -1; }
 
 pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
 
+# pid_alive PID: the process exists and is not a zombie (a killed process that nobody has
+# reaped yet still answers `kill -0`).
+pid_alive() {
+    local pid="$1" stat
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"   # the fields after "(comm) ": the first is the state letter
+    [[ "${stat:0:1}" != Z && "${stat:0:1}" != X ]]
+}
+
 # is_running NAME: the process recorded in NAME's pid file is alive.
 is_running() {
     local file pid
     file="$(pid_file "$1")"
     [[ -f "$file" ]] || return 1
     pid="$(<"$file")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+    pid_alive "$pid"
 }
 
 # start_background NAME CMD...: runs CMD detached in its own session (so `down` can signal
@@ -58,11 +68,11 @@ stop_background() {
     file="$(pid_file "$name")"
     [[ -f "$file" ]] || return 0
     pid="$(<"$file")"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    if pid_alive "$pid"; then
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         deadline=$(( $(now_s) + grace ))
-        while kill -0 "$pid" 2>/dev/null && (( $(now_s) < deadline )); do sleep 0.2; done
-        if kill -0 "$pid" 2>/dev/null; then
+        while pid_alive "$pid" && (( $(now_s) < deadline )); do sleep 0.2; done
+        if pid_alive "$pid"; then
             log "$name did not stop within ${grace}s; killing"
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
         fi

@@ -79,6 +79,11 @@ rabbit_up() {
         wait_for "$UP_TIMEOUT" rabbitmq amqp_ready
         return 0
     fi
+    if rabbit_node_pid >/dev/null; then
+        # Its wrapper is gone but the node runs on: stop it, so the node we start owns the port.
+        log "RabbitMQ node $RABBIT_NODE runs without its wrapper; restarting it"
+        rabbit_down
+    fi
     rabbit_install
     require_free_port "$AMQP_PORT" "AMQP"
     require_free_port "$RABBIT_DIST_PORT" "Erlang distribution for RabbitMQ"
@@ -95,9 +100,32 @@ rabbit_ctl() {
     (rabbit_env; "$ctl" -n "$RABBIT_NODE" "$@")
 }
 
+# rabbit_node_pid: the pid of this stack's Erlang VM (beam.smp) when it runs. It can outlive the
+# process deploy/local started (a killed wrapper script), so it is tracked on its own.
+rabbit_node_pid() {
+    local file="$RABBIT_DIR/beam.pid" pid
+    [[ -f "$file" ]] || return 1
+    pid="$(<"$file")"
+    pid_alive "$pid" && grep -q beam "/proc/$pid/cmdline" 2>/dev/null || return 1
+    printf '%s' "$pid"
+}
+
 rabbit_down() {
-    is_running rabbitmq || { rm -f "$(pid_file rabbitmq)"; return 0; }
+    local node_pid deadline
+    node_pid="$(rabbit_node_pid)" || node_pid=""
+    if ! is_running rabbitmq && [[ -z "$node_pid" ]]; then
+        rm -f "$(pid_file rabbitmq)" "$RABBIT_DIR/beam.pid"
+        return 0
+    fi
     log "stopping RabbitMQ node $RABBIT_NODE"
-    rabbit_ctl stop >/dev/null 2>&1 || log "rabbitmqctl stop failed; signalling the node"
+    (rabbit_env; timeout 30 "$(rabbit_bin rabbitmqctl)" -n "$RABBIT_NODE" stop >/dev/null 2>&1) \
+        || log "rabbitmqctl stop failed; signalling the node"
     stop_background rabbitmq 20
+    if [[ -n "$node_pid" ]] && pid_alive "$node_pid"; then
+        kill -TERM "$node_pid" 2>/dev/null || true
+        deadline=$(( $(now_s) + 15 ))
+        while pid_alive "$node_pid" && (( $(now_s) < deadline )); do sleep 0.2; done
+        pid_alive "$node_pid" && { log "RabbitMQ node $node_pid did not stop; killing it"; kill -KILL "$node_pid" 2>/dev/null || true; }
+    fi
+    rm -f "$RABBIT_DIR/beam.pid"
 }

@@ -18,7 +18,7 @@ started_service_instances() {
     for file in "$RUN_DIR"/*.pid; do
         [[ -e "$file" ]] || continue
         name="$(basename "$file" .pid)"
-        [[ "$name" == rabbitmq || "$name" == azurite ]] || printf '%s\n' "$name"
+        [[ "$name" == rabbitmq || "$name" == azurite || "$name" == supervisor ]] || printf '%s\n' "$name"
     done
 }
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
 
 from shared.bus import Bus, PermanentError, TransientError
 from shared.messages import (
@@ -61,6 +64,8 @@ class SubmitterSettings(CommonSettings):
     # AML submissions are serialized per replica (aml_submit_threads); local spawns take ms.
     max_jobs: int = 8
     heartbeat_seconds: float = 5.0
+    # A local trial's stdout and stderr keep their last this many bytes each when uploaded.
+    log_max_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
     # azureml-core calls block and are serialized per workspace client: submissions at once per
     # replica (scale replicas for more), and threads for status polls and cancels.
@@ -87,8 +92,10 @@ class Submitter:
     """Routes jobs to backends; keeps per-experiment code and SAS URLs cached."""
 
     def __init__(self, bus: Bus, store: BlobStore, work_dir: Path, replica: str, *,
-                 shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT) -> None:
+                 shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT,
+                 log_max_bytes: int = 4 << 20) -> None:
         self.bus = bus
+        self.log_max_bytes = log_max_bytes
         self.store = store
         self.work_dir = work_dir
         self.replica = replica
@@ -101,13 +108,21 @@ class Submitter:
         await self.bus.publish(msg)
 
     async def upload_logs(self, who: TrialIdentity, output_dir: Path) -> None:
+        """Upload a finished local trial's stdout and stderr (their last ``log_max_bytes``, in
+        blocks), then delete its output folder: nothing of it stays on the submitter's disk."""
         layout = Layout(who.experiment_id)
-        for stream in ("stdout", "stderr"):
-            path = output_dir / f"{stream}.log"
-            if path.exists() and path.stat().st_size:
-                data = await asyncio.to_thread(path.read_bytes)  # a trial's log can be large
-                await self.store.write_bytes(layout.log_blob(who.trial_id, stream, who.attempt),
-                                             data, content_type="text/plain")
+        try:
+            for stream in ("stdout", "stderr"):
+                path = output_dir / f"{stream}.log"
+                if path.exists() and path.stat().st_size:
+                    skipped = await self.store.upload_file_tail(
+                        layout.log_blob(who.trial_id, stream, who.attempt), path,
+                        max_bytes=self.log_max_bytes, content_type="text/plain")
+                    if skipped:
+                        log.info("trial %s/%s: its %s was cut to its last %d bytes (%d left out)",
+                                 who.experiment_id, who.trial_id, stream, self.log_max_bytes, skipped)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, output_dir, True)
 
     # ------------------------------------------------------------------ experiments
 
@@ -160,8 +175,6 @@ class Submitter:
         try:
             partial.rename(dest)  # atomic: replicas on one machine never see half a tree
         except OSError:
-            import shutil
-
             shutil.rmtree(partial, ignore_errors=True)  # another replica got there first
         return dest
 
@@ -300,7 +313,8 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     replica = _replica_name()
     work_dir = Path(settings.work_dir)
     submitter = Submitter(bus, store, work_dir, replica,
-                          shared_storage_endpoint=settings.shared_storage_endpoint)
+                          shared_storage_endpoint=settings.shared_storage_endpoint,
+                          log_max_bytes=settings.log_max_bytes)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
     aml = _aml_backend(settings, submitter, store, bus)
     aml.warm_up()
