@@ -12,16 +12,18 @@ from the trial and its sequence number, so a consumer that sees it twice can tel
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MAX_ERROR_CHARS",
     "MAX_SUGGEST_BATCH",
     "SCHEMA_VERSION",
     "TERMINAL_TRIAL_STATUSES",
+    "BoundedText",
     "ExperimentError",
     "ExperimentStart",
     "ExperimentStatus",
@@ -40,6 +42,7 @@ __all__ = [
     "TrialStopRequested",
     "TrialSubmit",
     "TrialSuggested",
+    "bounded_text",
     "message_types",
 ]
 
@@ -53,6 +56,25 @@ def _new_id() -> str:
 def _now() -> datetime:
     return datetime.now(UTC)
 
+
+#: The most characters of an error or a reason a message carries or the state keeps (their end:
+#: a stderr tail's last lines say most), so no report makes a document grow without bound.
+MAX_ERROR_CHARS = 8000
+
+
+def bounded_text(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """``text`` cut to its last ``limit`` characters, saying so."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} characters cut]...{text[-limit:]}"
+
+
+def _bounded(text: str) -> str:
+    return bounded_text(text) or ""
+
+
+#: Free text from outside (errors, reasons), kept to :data:`MAX_ERROR_CHARS`.
+BoundedText = Annotated[str, AfterValidator(_bounded)]
 
 class Message(BaseModel):
     """Fields every message carries."""
@@ -125,7 +147,7 @@ class ExperimentStop(Message):
     """Stop an experiment: no new trials, running trials are cancelled (USER_CANCELED)."""
 
     ROUTING_KEY: ClassVar[str] = "experiment.stop"
-    reason: str = Field(default="stopped by user", description="Why, for the record.")
+    reason: BoundedText = Field(default="stopped by user", description="Why, for the record.")
 
 
 class ExperimentResume(Message):
@@ -164,7 +186,7 @@ class ExperimentStatusChanged(Message):
 
     ROUTING_KEY: ClassVar[str] = "experiment.status"
     status: ExperimentStatus
-    reason: str | None = Field(default=None, description="Why (for ERROR and STOPPED especially).")
+    reason: BoundedText | None = Field(default=None, description="Why (for ERROR and STOPPED especially).")
 
 
 class ExperimentError(Message):
@@ -172,7 +194,7 @@ class ExperimentError(Message):
 
     ROUTING_KEY: ClassVar[str] = "experiment.error"
     service: str = Field(description="The service that failed.")
-    reason: str = Field(description="What went wrong, for the user.")
+    reason: BoundedText = Field(description="What went wrong, for the user.")
 
 
 # ---------------------------------------------------------------- search
@@ -203,7 +225,7 @@ class TrialStopRequested(Message):
 
     ROUTING_KEY: ClassVar[str] = "trial.stop_request"
     trial_id: str
-    reason: str = Field(description="Who asks and why (which assessor, or the user).")
+    reason: BoundedText = Field(description="Who asks and why (which assessor, or the user).")
     status: Literal[TrialStatus.EARLY_STOPPED, TrialStatus.USER_CANCELED] = Field(
         default=TrialStatus.EARLY_STOPPED, description="What the trial ends as."
     )
@@ -232,7 +254,7 @@ class TrialKill(Message):
     ROUTING_KEY: ClassVar[str] = "trial.kill"
     trial_id: str
     status: TrialStatus = Field(description="How the trial ends (EARLY_STOPPED, USER_CANCELED...).")
-    reason: str
+    reason: BoundedText
 
 
 class TrialStatusChanged(Message):
@@ -244,7 +266,8 @@ class TrialStatusChanged(Message):
     attempt: int = Field(default=1, ge=1)
     status: TrialStatus
     exit_code: int | None = None
-    error: str | None = Field(default=None, description="Failure reason; the stderr tail for a crash.")
+    error: BoundedText | None = Field(default=None,
+                                      description="Failure reason; the stderr tail for a crash.")
     job_url: str | None = Field(default=None, description="Where to see the job (AML portal URL).")
     backend_status: str | None = Field(default=None, description="The backend's own status word.")
     lost: bool = Field(
@@ -303,12 +326,16 @@ class TrialEnded(Message):
     final_value: float | None = Field(default=None, description="The final result, if one was reported.")
     last_intermediate: float | None = Field(default=None, description="The last intermediate result.")
     metric_count: int = Field(default=0, ge=0)
-    error: str | None = None
+    error: BoundedText | None = None
     lost: bool = Field(default=False, description="Its job was lost with no final result stored: the "
                                                   "dispatcher runs it again while attempts are left.")
 
 
 # ---------------------------------------------------------------- delayed work
+
+
+#: The furthest ahead a ticket may be due (watches re-check within minutes).
+MAX_TICKET_DELAY = timedelta(days=1)
 
 
 class Ticket(Message):
@@ -323,6 +350,14 @@ class Ticket(Message):
     @property
     def routing_key(self) -> str:
         return f"ticket.{self.purpose}"
+
+    @model_validator(mode="after")
+    def _due_soon(self) -> Ticket:
+        # A ticket waits in delay queues until it is due: one due in years would circle for ever.
+        due = self.due if self.due.tzinfo is not None else self.due.replace(tzinfo=UTC)
+        if due > datetime.now(UTC) + MAX_TICKET_DELAY:
+            raise ValueError(f"due {self.due.isoformat()} is more than {MAX_TICKET_DELAY} ahead")
+        return self
 
 
 def message_types() -> dict[str, type[Message]]:

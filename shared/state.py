@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
+    BoundedText,
     ExperimentStatus,
     TrialStatus,
 )
@@ -44,12 +45,13 @@ class TrialRecord(BaseModel):
     final_value: float | None = None
     last_intermediate: float | None = None
     metric_count: int = 0
-    error: str | None = None
+    error: BoundedText | None = None
     job_url: str | None = None
     kill_status: TrialStatus | None = Field(
         default=None, description="Set when the dispatcher asked for the trial to be killed."
     )
     kill_reason: str | None = None
+
     last_heartbeat: datetime | None = None
     job_ended: bool = Field(
         default=False, description="The backend reported the job's end; trial.ended is on its way."
@@ -90,7 +92,7 @@ class ExperimentState(BaseModel):
 
     experiment_id: str
     status: ExperimentStatus = ExperimentStatus.RUNNING
-    reason: str | None = None
+    reason: BoundedText | None = None
     optimize_mode: str = "maximize"
     started_at: datetime
     ended_at: datetime | None = None

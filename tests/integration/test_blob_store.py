@@ -11,6 +11,7 @@ import asyncio
 import json
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -193,3 +194,22 @@ async def test_a_conditional_write_whose_answer_was_lost_is_not_taken_for_a_conf
             await direct.write_json("exp/state.json", {"n": 3}, etag=etag, create_only=create_only)
         assert proxy.server is not None
         proxy.server.close()
+
+
+async def test_a_file_is_uploaded_in_blocks_keeping_its_tail(infra: Infra, fresh_container: str,
+                                                            tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    log.write_bytes(b"".join(b"line %06d\n" % i for i in range(3000)))  # 36,000 bytes
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        skipped = await store.upload_file_tail("whole.log", log, max_bytes=1 << 20, block_bytes=5000)
+        assert skipped == 0 and await store.read_bytes("whole.log") == log.read_bytes()
+        skipped = await store.upload_file_tail("tail.log", log, max_bytes=1100, block_bytes=512)
+        body = await store.read_bytes("tail.log") or b""
+        empty = tmp_path / "empty.log"
+        empty.write_bytes(b"")
+        await store.upload_file_tail("empty.log", empty, max_bytes=100)
+        assert await store.read_bytes("empty.log") == b""
+    assert skipped == 36000 - 1100
+    note, rest = body.split(b"\n", 1)
+    assert note == b"[tunebus: the first 34900 bytes of this log were left out]"
+    assert rest == log.read_bytes()[-1100:] and rest.endswith(b"line 002999\n")

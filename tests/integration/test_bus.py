@@ -103,7 +103,8 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(amqp_vhost: str) -
     assert sorted(handled) == [1, 2, 3, 4, 5]  # each exactly once, the failed one too
 
 
-async def _dead_letters(url: str, want: int, timeout: float = 30.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def _dead_letters(url: str, want: int,
+                        timeout: float = 30.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """The dead letters in the vhost, once there are ``want`` of them (or the bound passed)."""
     found: list[aio_pika.abc.AbstractIncomingMessage] = []
     connection = await aio_pika.connect(url)

@@ -4,8 +4,10 @@ and the deployment files (docker-compose, deploy/local) are well formed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -176,3 +178,28 @@ def test_deploy_local_env_follows_ports(tmp_path):
     )
     assert "export TUNEBUS_AMQP_URL='amqp://guest:guest@127.0.0.1:25999/'" in result.stdout
     assert "BlobEndpoint=http://127.0.0.1:15999/devstoreaccount1;" in result.stdout
+
+
+def test_deploy_local_takes_a_zombie_for_dead(tmp_path: Path) -> None:
+    # A killed process that its parent has not reaped yet still answers `kill -0`: `up` took
+    # such a service for alive and did not start it again.
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while _proc_state(zombie.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _proc_state(zombie.pid) == "Z"
+    script = (f'REPO_ROOT={REPO_ROOT}; source {REPO_ROOT}/deploy/lib/common.sh; '
+              f'pid_alive {zombie.pid} && echo zombie-alive || echo zombie-dead; '
+              f'pid_alive {os.getpid()} && echo self-alive || echo self-dead; '
+              f'pid_alive 999999999 && echo none-alive || echo none-dead')
+    try:
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "TUNEBUS_LOCAL_DIR": str(tmp_path)}).stdout.split()
+    finally:
+        zombie.wait()
+    assert out == ["zombie-dead", "self-alive", "none-dead"]
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

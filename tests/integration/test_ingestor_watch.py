@@ -133,3 +133,26 @@ async def test_a_heartbeat_of_an_unreadable_experiment_is_dropped_not_dead_lette
     ingestor = Ingestor(bus, store, poll_seconds=2.0)  # type: ignore[arg-type]
     await ingestor.on_heartbeat(TrialHeartbeat(experiment_id="nosuchexp", trial_ids=["t1"], replica="r1"))
     assert bus.tickets == [] and bus.published == []
+
+
+@pytest.mark.parametrize("final_stored", [True, False], ids=["final-stored", "nothing-stored"])
+async def test_a_lost_job_is_ended_from_what_it_stored(store: BlobStore, final_stored: bool) -> None:
+    # The dispatcher reports a local job lost (its submitter went silent). A trial that had
+    # written its final result finished: SUCCEEDED, not run again. One that had not is lost.
+    layout = await _experiment(store, "lost1", {"trainingService": {"platform": "local"}})
+    await store.write_bytes(layout.metric_blob("t1", 0), _metric_blob(0, 0.25))
+    if final_stored:
+        await store.write_bytes(layout.metric_blob("t1", 1), _metric_blob(1, 0.75, "FINAL"))
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0)  # type: ignore[arg-type]
+    await ingestor.on_status(TrialStatusChanged(experiment_id="lost1", trial_id="t1", parameter_id=0,
+                                                status=TrialStatus.FAILED, error="lost: no heartbeat",
+                                                lost=True))
+    [ended] = [m for m in bus.published if isinstance(m, TrialEnded)]
+    if final_stored:
+        assert (ended.status, ended.final_value, ended.lost, ended.error) == (TrialStatus.SUCCEEDED, 0.75,
+                                                                              False, None)
+    else:
+        assert (ended.status, ended.final_value, ended.lost) == (TrialStatus.FAILED, None, True)
+        assert "lost: no heartbeat" in (ended.error or "")
+    assert ended.metric_count == (2 if final_stored else 1)

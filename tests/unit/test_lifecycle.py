@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from services.dispatcher import lifecycle
 from services.dispatcher.lifecycle import Plan, Policy
 from shared.messages import (
+    MAX_ERROR_CHARS,
     ExperimentStatus,
     ExperimentStatusChanged,
     ExperimentUpdate,
@@ -341,8 +342,8 @@ def test_unanswered_suggestions_are_asked_again_then_the_experiment_errs() -> No
 def test_an_answer_resets_the_suggestion_clock() -> None:
     p = plan()
     state, _ = started(p)
-    lifecycle.apply_suggested(state, p, TrialSuggested(experiment_id=EXP, parameter_id=0, parameters={"x": 0}),
-                              T0 + timedelta(seconds=100))
+    answer = TrialSuggested(experiment_id=EXP, parameter_id=0, parameters={"x": 0})
+    lifecycle.apply_suggested(state, p, answer, T0 + timedelta(seconds=100))
     assert not of(tick(state, p, T0 + timedelta(seconds=150)), SuggestRequest)
     assert of(tick(state, p, T0 + timedelta(seconds=221)), SuggestRequest)
 
@@ -352,7 +353,7 @@ def test_many_slots_are_asked_for_in_batches() -> None:
     _, out = started(p)
     batches = [r.parameter_ids for r in of(out, SuggestRequest)]
     assert [len(b) for b in batches] == [32, 32, 32, 4]
-    assert sum(batches, []) == list(range(100))
+    assert [i for batch in batches for i in batch] == list(range(100))
 
 
 def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested() -> None:
@@ -612,3 +613,17 @@ def test_a_trial_run_again_starts_its_curve_afresh() -> None:
     assert (trial.last_intermediate, trial.metric_count) == (None, 0)
     lifecycle.apply_progress(state, progress(trial, 1, 0.2, attempt=2), T0)
     assert (trial.last_intermediate, trial.metric_count) == (0.2, 1)
+
+
+def test_a_huge_error_is_kept_to_its_bounded_tail() -> None:
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    huge = "x" * 1_000_000 + "the last line"
+    msg = TrialEnded(experiment_id=EXP, trial_id=trial_id, parameter_id=0, status=TrialStatus.FAILED,
+                     error=huge)
+    lifecycle.apply_ended(state, p, msg, T0)
+    error = state.trials[trial_id].error or ""
+    assert len(error) < MAX_ERROR_CHARS + 40 and error.endswith("the last line")
+    assert error.startswith(f"[{len(huge) - MAX_ERROR_CHARS} characters cut]")
