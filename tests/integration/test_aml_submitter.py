@@ -175,3 +175,24 @@ async def test_no_credential_fails_the_trial_naming_every_method(store: BlobStor
     assert time.monotonic() - started < 2 and bus.statuses()[-1].status == TrialStatus.FAILED
 
 
+
+
+async def test_a_submit_sent_again_adopts_the_run_and_watches_it_anew(store: BlobStore,
+                                                                     tmp_path: Path) -> None:
+    # The dispatcher heard nothing of the run for long (its watch ticket was lost with the
+    # broker): it sends trial.submit again. The claim says "started", yet the run is adopted
+    # (the same run, not a second one) and a new watch chain follows it to its end.
+    await _experiment(store, tmp_path, "exp-again")
+    submitter, bus = _submitter(store, tmp_path, _standin(tmp_path))
+    await submitter.on_submit(_submit("exp-again"))
+    [first_watch] = bus.tickets
+    bus.tickets.clear()  # lost with the broker
+    await submitter.on_submit(_submit("exp-again"))  # a plain duplicate: the claim stops it
+    assert not bus.tickets
+    await submitter.on_submit(_submit("exp-again").model_copy(update={"resubmit": True}))
+    [second_watch] = bus.tickets
+    assert second_watch.state["run_id"] == first_watch.state["run_id"]
+    runs = sorted(p.name for p in (tmp_path / "registry").iterdir() if p.is_dir())
+    assert runs == [first_watch.state["run_id"]]  # one run, never a second
+    end = await _drive(submitter, bus)
+    assert end.status == TrialStatus.SUCCEEDED
