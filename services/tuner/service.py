@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.bus import Bus, TransientError
+from shared.bus import Bus, PermanentError
 from shared.messages import (
     ExperimentError,
     ExperimentStatusChanged,
@@ -107,7 +107,8 @@ class TunerService:
         layout = Layout(experiment_id)
         found = await self.store.read_json(layout.experiment_doc)
         if found is None:
-            raise TransientError(f"{layout.experiment_doc} not found (yet)")
+            # The dispatcher writes it before it publishes anything of the experiment.
+            raise PermanentError(f"unknown experiment {experiment_id!r}: no {layout.experiment_doc}")
         doc = found[0]
         try:
             session = self._new_session(experiment_id, doc)
