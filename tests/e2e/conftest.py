@@ -95,7 +95,11 @@ class Stack:
         if result.returncode not in (0, 1) or not lines:
             raise AssertionError(f"create failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
                                  f"{self.logs()}")
-        return dict(json.loads(lines[-1]))
+        summary = dict(json.loads(lines[-1]))
+        # The README's exit codes: 1 when the experiment ended in ERROR, 0 for any other end.
+        expected = 1 if summary.get("status") == "ERROR" else 0
+        assert result.returncode == expected, f"exit {result.returncode} for {summary}:\n{result.stderr}"
+        return summary
 
 
 def shared_storage_endpoint(infra: Infra) -> str:
