@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared import limits
+
 __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_TRIAL_STATUSES",
@@ -135,13 +137,22 @@ class ExperimentResume(Message):
 
 
 class ExperimentUpdate(Message):
-    """Change an experiment's limits, as ``nnictl update``: while it runs, or before a resume."""
+    """Change an experiment's limits, as ``nnictl update``: while it runs, or before a resume.
+
+    The same caps as the experiment file (:mod:`shared.limits`): an update past them fails
+    validation, so the bus dead-letters it with the reason and the experiment is unchanged.
+    """
 
     ROUTING_KEY: ClassVar[str] = "experiment.update"
-    trial_concurrency: int | None = Field(default=None, ge=1, description="trialConcurrency.")
-    max_trial_number: int | None = Field(default=None, ge=1, description="maxTrialNumber.")
+    trial_concurrency: int | None = Field(
+        default=None, ge=1, le=limits.MAX_TRIAL_CONCURRENCY, description="trialConcurrency."
+    )
+    max_trial_number: int | None = Field(
+        default=None, ge=1, le=limits.MAX_TRIAL_NUMBER, description="maxTrialNumber."
+    )
     max_experiment_duration: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="maxExperimentDuration, in seconds."
+        default=None, gt=0, le=limits.MAX_DURATION_SECONDS, allow_inf_nan=False,
+        description="maxExperimentDuration, in seconds (at most 365 days).",
     )
 
     @model_validator(mode="after")

@@ -905,6 +905,7 @@ def cmd_update(args: argparse.Namespace, output: _Output) -> int:
     import asyncio
 
     experiment_id = _check_id(args.id)
+    from shared import limits
     from shared.config import parse_duration
     from shared.messages import ExperimentUpdate
     from shared.settings import CommonSettings
@@ -912,9 +913,11 @@ def cmd_update(args: argparse.Namespace, output: _Output) -> int:
     if args.concurrency is None and args.max_trial_number is None and args.max_experiment_duration is None:
         raise CliError("give at least one of --concurrency, --max-trial-number, --max-experiment-duration",
                        EXIT_USAGE)
-    for flag, value in (("--concurrency", args.concurrency), ("--max-trial-number", args.max_trial_number)):
-        if value is not None and value < 1:
-            raise CliError(f"{flag}: must be at least 1, got {value}", EXIT_USAGE)
+    for flag, value, cap in (("--concurrency", args.concurrency, limits.MAX_TRIAL_CONCURRENCY),
+                             ("--max-trial-number", args.max_trial_number, limits.MAX_TRIAL_NUMBER)):
+        if value is not None and not 1 <= value <= cap:
+            shown = str(value) if len(str(value)) <= 30 else str(value)[:27] + "..."
+            raise CliError(f"{flag}: must be between 1 and {cap}, got {shown}", EXIT_USAGE)
     try:
         duration = (None if args.max_experiment_duration is None
                     else parse_duration(args.max_experiment_duration))
