@@ -65,6 +65,7 @@ from pydantic.alias_generators import to_camel
 from shared import limits
 from shared.errors import ConfigError
 from shared.search_space import SearchSpaceError, validate_search_space
+from shared.secrets_mask import SECRET_MASK, is_secret_name, redact_secrets
 
 __all__ = [
     "BUILTIN_ASSESSORS",
@@ -92,8 +93,6 @@ BUILTIN_TUNERS: tuple[str, ...] = ("TPE", "Random", "Anneal", "GridSearch", "Evo
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")
 #: Training-service platforms tunebus runs.
 SUPPORTED_PLATFORMS: tuple[str, ...] = ("local", "aml")
-#: What :meth:`ExperimentConfig.normalized` shows instead of a secret.
-SECRET_MASK = "***"
 
 _TIME_UNITS = {"d": 24 * 3600.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -470,7 +469,6 @@ _TRAINING_SERVICE_ONLY = {"platform", "useactivegpu", "maxtrialnumberpergpu", "g
 # Values under these keys may use ${VAR} legitimately (shell commands, free-form data).
 _FREE_FORM = {"trialcommand", "classargs", "searchspace"}
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-_SECRET_KEYS = {"storageaccountkey"}
 
 
 def _unbounded_number(value: Any, path: str, depth: int) -> str | None:
@@ -499,19 +497,6 @@ def _unbounded_number(value: Any, path: str, depth: int) -> str | None:
 def _fold(key: str) -> str:
     """NNI's key matching: case and underscores do not matter."""
     return key.lower().replace("_", "")
-
-
-def redact_secrets(value: Any) -> Any:
-    """``value`` (JSON-like) with every secret's value, at any depth and in any spelling, masked.
-
-    For copies of raw documents that may hold a secret (a dead-lettered start message).
-    """
-    if isinstance(value, Mapping):
-        return {key: SECRET_MASK if isinstance(key, str) and _fold(key) in _SECRET_KEYS and item is not None
-                else redact_secrets(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_secrets(item) for item in value]
-    return value
 
 
 def _join(path: str, key: str | int) -> str:
@@ -717,7 +702,7 @@ def _placeholder_problems(value: Any, path: str, free_form: bool) -> Iterator[tu
         for match in _PLACEHOLDER.finditer(value):
             inner = match.group(1)
             if not free_form or inner.startswith("replace_to") or not inner.isidentifier():
-                secret = _fold(path.rsplit(".", 1)[-1]) in _SECRET_KEYS
+                secret = is_secret_name(path.rsplit(".", 1)[-1])
                 yield path, "placeholder not filled in" + ("" if secret else f": {match.group(0)}")
                 break
 
@@ -740,7 +725,7 @@ def _pydantic_problems(error: ValidationError, reader: _Reader) -> list[tuple[st
                 path = f"{path}.{cause.parameter}"
             problems.append((path, cause.reason))
             continue
-        problems.append((path, _reason(item, secret=bool(loc) and _fold(str(loc[-1])) in _SECRET_KEYS)))
+        problems.append((path, _reason(item, secret=bool(loc) and is_secret_name(str(loc[-1])))))
     return problems
 
 
