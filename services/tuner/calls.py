@@ -22,6 +22,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.secrets_mask import mask_secrets
@@ -45,9 +46,21 @@ def abandoned_threads() -> int:
     return _abandoned
 
 
+# Frames of tunebus itself and of the machinery between it and the user's code say nothing to
+# the user: a reason shows the user's frames and the error.
+_OWN_CODE = tuple(str(path) for path in (
+    Path(__file__).resolve().parent, Path(__file__).resolve().parents[2] / "shared",
+    Path(asyncio.__file__).resolve().parent, Path(concurrent.futures.__file__).resolve().parent,
+    Path(threading.__file__).resolve(),
+))
+
+
 def traceback_tail(exc: BaseException, limit: int = TRACEBACK_TAIL_CHARS) -> str:
-    """The end of ``exc``'s formatted traceback (where the user's code failed), secrets masked."""
-    text = "".join(traceback.format_exception(exc)).rstrip()
+    """The end of ``exc``'s traceback (the user's frames and the error), secrets masked."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(frame.filename).resolve()).startswith(_OWN_CODE)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
+    text = "".join([*lines, *traceback.format_exception_only(exc)]).rstrip()
     if len(text) > limit:
         text = "..." + text[-limit:].split("\n", 1)[-1]
     return mask_secrets(text)

@@ -180,7 +180,10 @@ class TunerService:
                                              if config.get(role))
             session = await calls.run(what, lambda: self._new_session(experiment_id, doc, calls))
             if record is not None:
-                await calls.run(f"{session.tuner_name}: import_data", lambda: self._replay(session, record))
+                await calls.run(f"{session.tuner_name}: import_data",
+                                lambda: self._replay(session, record, answer_requested=False))
+                await calls.run(f"{session.tuner_name}: generate_parameters",
+                                lambda: self._suggest(session, sorted(record.requested)))
         except AlgorithmFailed as exc:
             calls.close()
             await self._fail(experiment_id, exc)
@@ -225,8 +228,9 @@ class TunerService:
         await self.bus.publish(ExperimentError(experiment_id=experiment_id, service="tuner", reason=reason))
 
     @staticmethod
-    def _replay(session: _Session, state: ExperimentState) -> None:
-        """Rebuild a session's history from the dispatcher's record."""
+    def _replay(session: _Session, state: ExperimentState, *, answer_requested: bool = True) -> None:
+        """Rebuild a session's history from the dispatcher's record (and, unless told not to,
+        answer again the ids asked for: see below)."""
         records: list[dict[str, Any]] = []
         for trial in state.by_sequence():
             session.parameters[trial.sequence_id] = trial.parameters
@@ -245,7 +249,8 @@ class TunerService:
         # Ids asked for whose answers are not on record may have been answered by the process
         # that died: answer them again first, in order, so that a deterministic tuner (grid
         # search) hands out the same points for them and not again for later ids.
-        TunerService._suggest(session, sorted(state.requested))
+        if answer_requested:
+            TunerService._suggest(session, sorted(state.requested))
         log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
                  len(records), sum(r["value"] is not None for r in records))
 
