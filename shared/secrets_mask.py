@@ -60,9 +60,9 @@ _QUOTED_VALUE = re.compile(r"""(?P<quote>['"])(?P<value>[^'"\n]{1,4096})(?P=quot
 _BARE_VALUE = re.compile(r"""(?P<quote>)(?P<value>[^\s;&,'"<>}\]]+)""")
 # A SAS signature: sig=... in a query string (also URL-encoded inside another URL: sig%3D...).
 _SAS_SIG = re.compile(r"(?P<prefix>(?:^|[?&;\s]|%26|%3F)sig(?:=|%3D))(?P<value>[^&\s'\"<>;]+)", re.IGNORECASE)
-# user:password@ in a URL's authority.
+# user:password@ in a URL's authority (a "/" in an unencoded password included: masking too much is safe).
 _URL_PASSWORD = re.compile(
-    r"(?P<prefix>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/@]{0,256}:)(?P<value>[^\s/@]{1,1024})(?=@)"
+    r"(?P<prefix>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/@]{0,256}:)(?P<value>[^\s@]{1,256}+)(?=@)"
 )
 
 
@@ -95,8 +95,10 @@ def mask_secrets(text: str) -> str:
     """``text`` with every secret shape (see the module docstring) masked as ``***``."""
     if not text:
         return text
-    text = _URL_PASSWORD.sub(lambda m: m["prefix"] + SECRET_MASK, text)
-    text = _SAS_SIG.sub(lambda m: m["prefix"] + SECRET_MASK, text)
+    if "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: m["prefix"] + SECRET_MASK, text)
+    if "sig" in text.lower():  # cheap checks first: most lines have neither shape
+        text = _SAS_SIG.sub(lambda m: m["prefix"] + SECRET_MASK, text)
     return _mask_named_values(text)
 
 
