@@ -5,8 +5,9 @@ and validates each delivery into its message class (by routing key), calls the h
 acks only after the handler returned — that is, after its effects are durable. A delivery
 that does not parse, or whose handler raises :class:`PermanentError`, is copied to the
 dead-letter exchange with the reason in its headers and acked; the service keeps running.
-That copy has every secret in its JSON body masked (:func:`shared.config.redact_secrets`: a
-start message may carry a storage account key); one that RabbitMQ dead-letters itself (the
+That copy has every secret in its body and in its reason masked (:mod:`shared.secrets_mask`: a
+start message may carry a storage account key, a reason may quote a connection string or a SAS
+URL); one that RabbitMQ dead-letters itself (the
 delivery limit) keeps its body as it was, so publishers should not put keys in messages.
 Any other exception is treated as transient: the delivery is acked and a copy is parked in a
 delay queue (the same ones tickets use), so the consumer goes on with other messages at once
@@ -38,8 +39,8 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
-from shared.config import redact_secrets
 from shared.messages import Message, Ticket, message_types
+from shared.secrets_mask import mask_secrets, redact_secrets
 from shared.topology import (
     DEAD_LETTER_EXCHANGE,
     DELAY_BUCKETS,
@@ -113,12 +114,18 @@ def _routing_key(msg: Message) -> str:
 
 
 def _without_secrets(body: bytes) -> bytes:
-    """A JSON body with every secret masked; the body as is when it has none (or is not JSON)."""
+    """The body with every secret masked: as JSON if it parses, else as text; as is when it has
+    none (or is not text at all)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError, MemoryError):  # not JSON (or not JSON we can hold)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
         return body
-    clean = redact_secrets(doc)
+    try:
+        doc = json.loads(text)
+        clean = redact_secrets(doc)
+    except (RecursionError, ValueError, MemoryError):  # not JSON, or past what a parser takes
+        clean_text = mask_secrets(text)
+        return body if clean_text == text else clean_text.encode()
     return body if clean == doc else json.dumps(clean).encode()
 
 
@@ -244,7 +251,7 @@ class Bus:
                 _without_secrets(body),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 content_type="application/json",
-                headers={REASON_HEADER: reason[:4000], "x-tunebus-queue": queue,
+                headers={REASON_HEADER: mask_secrets(reason)[:4000], "x-tunebus-queue": queue,
                          "x-tunebus-service": self.service},
             ),
             routing_key=routing_key or "unrouted",

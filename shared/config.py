@@ -62,8 +62,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from shared import limits
 from shared.errors import ConfigError
 from shared.search_space import SearchSpaceError, validate_search_space
+from shared.secrets_mask import SECRET_MASK, is_secret_name, redact_secrets
 
 __all__ = [
     "BUILTIN_ASSESSORS",
@@ -91,8 +93,6 @@ BUILTIN_TUNERS: tuple[str, ...] = ("TPE", "Random", "Anneal", "GridSearch", "Evo
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")
 #: Training-service platforms tunebus runs.
 SUPPORTED_PLATFORMS: tuple[str, ...] = ("local", "aml")
-#: What :meth:`ExperimentConfig.normalized` shows instead of a secret.
-SECRET_MASK = "***"
 
 _TIME_UNITS = {"d": 24 * 3600.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -103,7 +103,8 @@ _TIME_UNITS = {"d": 24 * 3600.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 def parse_duration(value: Any) -> float:
     """Parse an NNI duration: seconds, or a number and a unit (``30s``, ``10m``, ``1h``, ``0.5d``).
 
-    Returns float seconds; raises ``ValueError`` unless the duration is a positive finite number.
+    Returns float seconds; raises ``ValueError`` unless the duration is positive and at most
+    :data:`shared.limits.MAX_DURATION_SECONDS` (365 days).
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a number of seconds or a string like 30m, got {value!r}")
@@ -119,10 +120,24 @@ def parse_duration(value: Any) -> float:
                 f"bad duration {value!r}: use seconds, or a number followed by s, m, h or d (e.g. 30m, 0.5d)"
             ) from None
     else:
-        seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range: far past the cap too
+            seconds = math.inf
+    if math.isnan(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {_short(value)}")
+    if seconds > limits.MAX_DURATION_SECONDS:
+        raise ValueError(
+            f"a duration must be at most {limits.describe_seconds(limits.MAX_DURATION_SECONDS)}, "
+            f"got {_short(value)}"
+        )
     return seconds
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length (a 400-digit number is no help in a message)."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _not_blank(value: str) -> str:
@@ -147,6 +162,8 @@ def _check_gpu_indices(value: list[int] | None) -> list[int] | None:
     if value is not None:
         if any(index < 0 for index in value):
             raise ValueError(f"negative GPU index in {value}")
+        if any(index > limits.MAX_GPU_INDEX for index in value):
+            raise ValueError(f"a GPU index must be at most {limits.MAX_GPU_INDEX}, got {_short(max(value))}")
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate GPU index in {value}")
     return value
@@ -164,8 +181,10 @@ def _resolve_path(value: Path, info: ValidationInfo, *, must_be_dir: bool = Fals
 
 
 StrictInt = Annotated[int, Strict()]
-PositiveInt = Annotated[int, Strict(), Field(ge=1)]
-NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+TrialConcurrency = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_TRIAL_CONCURRENCY)]
+TrialNumber = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_TRIAL_NUMBER)]
+TrialGpuNumber = Annotated[int, Strict(), Field(ge=0, le=limits.MAX_TRIAL_GPU_NUMBER)]
+TrialsPerGpu = Annotated[int, Strict(), Field(ge=1, le=limits.MAX_TRIAL_NUMBER_PER_GPU)]
 NonBlankStr = Annotated[str, AfterValidator(_not_blank)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 GpuIndices = Annotated[
@@ -214,6 +233,17 @@ class AlgorithmConfig(_Section):
     def _code_directory(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve_path(value, info, must_be_dir=True)
 
+    @field_validator("class_args")
+    @classmethod
+    def _bounded_class_args(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Each algorithm checks its own arguments' meaning (the tuner service does, for the
+        # built-ins); here every number, a custom algorithm's too, must at least be machine-sized.
+        if value is not None:
+            problem = _unbounded_number(value, "", 0)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _builtin_or_custom(self) -> AlgorithmConfig:
         if self.class_name is None:
@@ -250,7 +280,7 @@ class LocalConfig(_Section):
     use_active_gpu: bool | None = Field(
         default=None, description="Use GPUs that other processes use; required when trialGpuNumber > 0."
     )
-    max_trial_number_per_gpu: PositiveInt = Field(default=1, description="Trials sharing one GPU.")
+    max_trial_number_per_gpu: TrialsPerGpu = Field(default=1, description="Trials sharing one GPU.")
     gpu_indices: GpuIndices = Field(default=None, description="GPUs trials may use; none = all.")
     reuse_mode: bool = Field(default=False, description="Accepted for NNI compatibility; no effect.")
 
@@ -264,7 +294,7 @@ class AmlConfig(_Section):
     workspace_name: NonBlankStr = Field(description="Azure ML workspace.")
     compute_target: NonBlankStr = Field(description="Compute cluster the trials run on.")
     docker_image: NonBlankStr = Field(default="msranni/nni", description="Image of the trials' environment.")
-    max_trial_number_per_gpu: PositiveInt = Field(default=1, description="Trials sharing one GPU.")
+    max_trial_number_per_gpu: TrialsPerGpu = Field(default=1, description="Trials sharing one GPU.")
     use_active_gpu: bool = Field(default=False, description="Accepted as in the seed document; no effect.")
 
 
@@ -309,10 +339,10 @@ class ExperimentConfig(_Section):
     trial_code_directory: Path = Field(
         default=Path("."), validate_default=True, description="Folder uploaded as the trial code."
     )
-    trial_concurrency: PositiveInt = Field(description="Trials running at once.")
-    trial_gpu_number: NonNegativeInt = Field(default=0, description="GPUs per trial.")
+    trial_concurrency: TrialConcurrency = Field(description="Trials running at once.")
+    trial_gpu_number: TrialGpuNumber = Field(default=0, description="GPUs per trial.")
     max_experiment_duration: Duration | None = Field(default=None, description="Seconds; none = no limit.")
-    max_trial_number: PositiveInt | None = Field(default=None, description="Trials in all; none = no limit.")
+    max_trial_number: TrialNumber | None = Field(default=None, description="Trials in all; none = no limit.")
     max_trial_duration: Duration | None = Field(
         default=None, description="Seconds per trial; none = no limit."
     )
@@ -439,25 +469,34 @@ _TRAINING_SERVICE_ONLY = {"platform", "useactivegpu", "maxtrialnumberpergpu", "g
 # Values under these keys may use ${VAR} legitimately (shell commands, free-form data).
 _FREE_FORM = {"trialcommand", "classargs", "searchspace"}
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-_SECRET_KEYS = {"storageaccountkey"}
+
+
+def _unbounded_number(value: Any, path: str, depth: int) -> str | None:
+    """The first number in ``value`` past the classArgs caps, as a reason naming its path."""
+    if depth > limits.MAX_CLASS_ARG_DEPTH:
+        return f"{path}: nested deeper than {limits.MAX_CLASS_ARG_DEPTH} levels"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not limits.MIN_CLASS_ARG_INT <= value <= limits.MAX_CLASS_ARG_INT:
+        return f"{path}: integers must fit in 64 bits (-2**63 .. 2**63-1), got {_short(value)}"
+    if isinstance(value, float) and not abs(value) <= limits.MAX_CLASS_ARG_NUMBER:
+        cap = limits.MAX_CLASS_ARG_NUMBER
+        return f"{path}: numbers must be finite and at most {cap:g} in size, got {value!r}"
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, Mapping):
+        items = [(_join(path, str(key)), item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(_join(path, index), item) for index, item in enumerate(value)]
+    for item_path, item in items:
+        problem = _unbounded_number(item, item_path, depth + 1)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _fold(key: str) -> str:
     """NNI's key matching: case and underscores do not matter."""
     return key.lower().replace("_", "")
-
-
-def redact_secrets(value: Any) -> Any:
-    """``value`` (JSON-like) with every secret's value, at any depth and in any spelling, masked.
-
-    For copies of raw documents that may hold a secret (a dead-lettered start message).
-    """
-    if isinstance(value, Mapping):
-        return {key: SECRET_MASK if isinstance(key, str) and _fold(key) in _SECRET_KEYS and item is not None
-                else redact_secrets(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_secrets(item) for item in value]
-    return value
 
 
 def _join(path: str, key: str | int) -> str:
@@ -663,7 +702,7 @@ def _placeholder_problems(value: Any, path: str, free_form: bool) -> Iterator[tu
         for match in _PLACEHOLDER.finditer(value):
             inner = match.group(1)
             if not free_form or inner.startswith("replace_to") or not inner.isidentifier():
-                secret = _fold(path.rsplit(".", 1)[-1]) in _SECRET_KEYS
+                secret = is_secret_name(path.rsplit(".", 1)[-1])
                 yield path, "placeholder not filled in" + ("" if secret else f": {match.group(0)}")
                 break
 
@@ -686,7 +725,7 @@ def _pydantic_problems(error: ValidationError, reader: _Reader) -> list[tuple[st
                 path = f"{path}.{cause.parameter}"
             problems.append((path, cause.reason))
             continue
-        problems.append((path, _reason(item, secret=bool(loc) and _fold(str(loc[-1])) in _SECRET_KEYS)))
+        problems.append((path, _reason(item, secret=bool(loc) and is_secret_name(str(loc[-1])))))
     return problems
 
 

@@ -18,6 +18,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared import limits
+from shared.secrets_mask import mask_secrets
+
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_SUGGEST_BATCH",
@@ -70,10 +73,11 @@ def bounded_text(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
 
 
 def _bounded(text: str) -> str:
-    return bounded_text(text) or ""
+    return mask_secrets(bounded_text(text) or "")
 
 
-#: Free text from outside (errors, reasons), kept to :data:`MAX_ERROR_CHARS`.
+#: Free text from outside (errors, reasons), kept to :data:`MAX_ERROR_CHARS`, secrets masked (a
+#: trial's stderr may print a connection string).
 BoundedText = Annotated[str, AfterValidator(_bounded)]
 
 class Message(BaseModel):
@@ -158,13 +162,22 @@ class ExperimentResume(Message):
 
 
 class ExperimentUpdate(Message):
-    """Change an experiment's limits, as ``nnictl update``: while it runs, or before a resume."""
+    """Change an experiment's limits, as ``nnictl update``: while it runs, or before a resume.
+
+    The same caps as the experiment file (:mod:`shared.limits`): an update past them fails
+    validation, so the bus dead-letters it with the reason and the experiment is unchanged.
+    """
 
     ROUTING_KEY: ClassVar[str] = "experiment.update"
-    trial_concurrency: int | None = Field(default=None, ge=1, description="trialConcurrency.")
-    max_trial_number: int | None = Field(default=None, ge=1, description="maxTrialNumber.")
+    trial_concurrency: int | None = Field(
+        default=None, ge=1, le=limits.MAX_TRIAL_CONCURRENCY, description="trialConcurrency."
+    )
+    max_trial_number: int | None = Field(
+        default=None, ge=1, le=limits.MAX_TRIAL_NUMBER, description="maxTrialNumber."
+    )
     max_experiment_duration: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="maxExperimentDuration, in seconds."
+        default=None, gt=0, le=limits.MAX_DURATION_SECONDS, allow_inf_nan=False,
+        description="maxExperimentDuration, in seconds (at most 365 days).",
     )
 
     @model_validator(mode="after")

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared import limits
+
 if TYPE_CHECKING:  # numpy only types the samplers' rng; validation (the CLI's) must not load it
     import numpy as np
 
@@ -123,6 +125,16 @@ def flatten_search_space(space: Any) -> list[ParamSpec]:
     return out
 
 
+def _check_size(out: list[ParamSpec], names: tuple[str, ...], label: str) -> None:
+    # Checked while flattening, so an oversized space is refused before it is all read.
+    if len(out) >= limits.MAX_SEARCH_SPACE_PARAMETERS:
+        raise SearchSpaceError(
+            "<root>", f"more than {limits.MAX_SEARCH_SPACE_PARAMETERS} parameters (nested ones included)"
+        )
+    if len(names) > limits.MAX_SEARCH_SPACE_DEPTH:
+        raise SearchSpaceError(label, f"nested choices deeper than {limits.MAX_SEARCH_SPACE_DEPTH} levels")
+
+
 def _flatten_into(
     out: list[ParamSpec], space: Mapping[str, Any], path: ParamPath, names: tuple[str, ...]
 ) -> None:
@@ -132,6 +144,7 @@ def _flatten_into(
         label = "/".join((*names, str(key)))
         if not isinstance(key, str) or not key:
             raise SearchSpaceError(label, "parameter names must be non-empty strings")
+        _check_size(out, names, label)
         param = _parse_parameter((*path, key), label, spec)
         out.append(param)
         if param.nested:
@@ -163,6 +176,10 @@ def _parse_parameter(path: ParamPath, label: str, spec: Any) -> ParamSpec:
 def _parse_choice(path: ParamPath, label: str, options: list[Any]) -> ParamSpec:
     if not options:
         raise SearchSpaceError(label, "choice needs at least one option")
+    if len(options) > limits.MAX_CHOICE_OPTIONS:
+        raise SearchSpaceError(
+            label, f"choice has {len(options)} options; at most {limits.MAX_CHOICE_OPTIONS} are allowed"
+        )
     labelled = [isinstance(o, Mapping) and "_name" in o for o in options]
     nested = all(labelled)
     if any(labelled) and not nested:
@@ -182,6 +199,8 @@ def _parse_randint(path: ParamPath, label: str, args: list[Any]) -> ParamSpec:
     if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
         raise SearchSpaceError(label, f"randint bounds must be integers, got {args}")
     low, high = args
+    if max(abs(low), abs(high)) > limits.MAX_RANDINT_MAGNITUDE:
+        raise SearchSpaceError(label, f"randint bounds must be within ±2**53, got {_short(args)}")
     if low >= high:
         raise SearchSpaceError(label, f"low ({low}) must be < high ({high}); randint's high is exclusive")
     return ParamSpec(path, label, "randint", (low, high), True, size=high - low)
@@ -195,8 +214,11 @@ def _parse_numeric(path: ParamPath, label: str, type_: str, args: list[Any]) -> 
     if len(args) != len(expected):
         raise SearchSpaceError(label, f"{type_} needs [{', '.join(expected)}], got {len(args)} values")
     for name, arg in zip(expected, args, strict=True):
-        if isinstance(arg, bool) or not isinstance(arg, int | float) or not math.isfinite(arg):
-            raise SearchSpaceError(label, f"{name} must be a finite number, got {arg!r}")
+        if isinstance(arg, bool) or not isinstance(arg, int | float) or not _bounded(arg):
+            raise SearchSpaceError(
+                label, f"{name} must be a finite number of at most {limits.MAX_SEARCH_SPACE_NUMBER:g} "
+                       f"in size, got {_short(arg)}"
+            )
     q = float(args[2]) if quantized else None
     if q is not None and q <= 0:
         raise SearchSpaceError(label, f"q ({args[2]}) must be > 0")
@@ -214,6 +236,16 @@ def _parse_numeric(path: ParamPath, label: str, type_: str, args: list[Any]) -> 
         raise SearchSpaceError(label, f"low ({low}) must be > 0 for {type_}")
     ilow, ihigh = (math.log(low), math.log(high)) if log else (float(low), float(high))
     return ParamSpec(path, label, type_, tuple(args), False, low=ilow, high=ihigh, q=q, log=log)
+
+
+def _bounded(number: float) -> bool:
+    # abs() first: math.isfinite(10**400) raises OverflowError, a comparison does not.
+    return abs(number) <= limits.MAX_SEARCH_SPACE_NUMBER
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 # ---------------------------------------------------------------- internal values <-> user values

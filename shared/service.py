@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from shared.health import keep_touching
+from shared.secrets_mask import install_log_masking
 from shared.settings import CommonSettings
 
 __all__ = ["run_service", "setup_logging"]
@@ -19,6 +20,8 @@ def setup_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Log lines quote URLs, connection strings and errors: no secret shape reaches the log.
+    install_log_masking()
     # The Azure SDK logs every HTTP request at INFO.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)

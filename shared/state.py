@@ -13,7 +13,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
@@ -21,6 +21,7 @@ from shared.messages import (
     ExperimentStatus,
     TrialStatus,
 )
+from shared.secrets_mask import mask_secrets
 
 __all__ = ["ExperimentState", "OutboxEntry", "ReadySuggestion", "TrialRecord", "best_trial", "trial_id_for"]
 
@@ -66,6 +67,11 @@ class TrialRecord(BaseModel):
     def ended(self) -> bool:
         return self.status in TERMINAL_TRIAL_STATUSES
 
+    @field_serializer("error", "kill_reason")
+    def _masked(self, text: str | None) -> str | None:
+        # A stderr tail or a traceback may quote a connection string or a SAS URL: never stored.
+        return None if text is None else mask_secrets(text)
+
     def duration_seconds(self, now: datetime | None = None) -> float | None:
         if self.started_at is None:
             return None
@@ -85,6 +91,12 @@ class OutboxEntry(BaseModel):
 
     routing_key: str
     body: dict[str, Any]
+
+    @field_serializer("body")
+    def _masked(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The texts people read (a reason, an error) are stored masked, like the state's own.
+        return {key: mask_secrets(value) if key in ("reason", "error") and isinstance(value, str) else value
+                for key, value in body.items()}
 
 
 class ExperimentState(BaseModel):
@@ -122,6 +134,10 @@ class ExperimentState(BaseModel):
     ran_before_resume: float = Field(
         default=0.0, description="Seconds it ran before its last resume (stopped time does not count)."
     )
+
+    @field_serializer("reason")
+    def _masked(self, text: str | None) -> str | None:
+        return None if text is None else mask_secrets(text)
 
     def elapsed_seconds(self, now: datetime) -> float:
         """How long the experiment has run, for ``maxExperimentDuration``: not while it was stopped."""

@@ -17,6 +17,7 @@ alone), so no command imports the Azure SDK.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from shared.layout import Layout
+from shared.secrets_mask import install_log_masking, mask_secrets, redact_secrets
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -389,13 +391,36 @@ class _EventWatcher:
 # ---------------------------------------------------------------- output
 
 
+class _MaskedStream(io.TextIOBase):
+    """A text stream that masks secrets (``shared.secrets_mask``) in everything written to it:
+    every line the CLI prints (errors, reasons, configs, trial logs) goes through one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(mask_secrets(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+def _masked(stream: TextIO) -> TextIO:
+    return cast(TextIO, _MaskedStream(stream))
+
+
 @dataclass
 class _Output:
     """Where things go: stdout for results, stderr for notes; ``--json`` keeps stdout to one object."""
 
     json_mode: bool = False
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
+    out: TextIO = field(default_factory=lambda: _masked(sys.stdout))
+    err: TextIO = field(default_factory=lambda: _masked(sys.stderr))
 
     def note(self, text: str) -> None:
         """Information for people: stdout normally, stderr under --json."""
@@ -473,7 +498,7 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
         _print_config_error(args.config, exc, output)
         return EXIT_USAGE
     if args.dry_run:
-        print(json.dumps(config.normalized(), indent=2), file=output.out)
+        print(json.dumps(redact_secrets(config.normalized()), indent=2), file=output.out)
         return EXIT_OK
     experiment_id = _check_id(args.id) if args.id else new_experiment_id()
     archive = _build_archive(Path(config.trial_code_directory))
@@ -905,6 +930,7 @@ def cmd_update(args: argparse.Namespace, output: _Output) -> int:
     import asyncio
 
     experiment_id = _check_id(args.id)
+    from shared import limits
     from shared.config import parse_duration
     from shared.messages import ExperimentUpdate
     from shared.settings import CommonSettings
@@ -912,9 +938,11 @@ def cmd_update(args: argparse.Namespace, output: _Output) -> int:
     if args.concurrency is None and args.max_trial_number is None and args.max_experiment_duration is None:
         raise CliError("give at least one of --concurrency, --max-trial-number, --max-experiment-duration",
                        EXIT_USAGE)
-    for flag, value in (("--concurrency", args.concurrency), ("--max-trial-number", args.max_trial_number)):
-        if value is not None and value < 1:
-            raise CliError(f"{flag}: must be at least 1, got {value}", EXIT_USAGE)
+    for flag, value, cap in (("--concurrency", args.concurrency, limits.MAX_TRIAL_CONCURRENCY),
+                             ("--max-trial-number", args.max_trial_number, limits.MAX_TRIAL_NUMBER)):
+        if value is not None and not 1 <= value <= cap:
+            shown = str(value) if len(str(value)) <= 30 else str(value)[:27] + "..."
+            raise CliError(f"{flag}: must be between 1 and {cap}, got {shown}", EXIT_USAGE)
     try:
         duration = (None if args.max_experiment_duration is None
                     else parse_duration(args.max_experiment_duration))
@@ -1101,6 +1129,7 @@ def _quiet_libraries(verbose: bool) -> None:
     # itself, in one line. --verbose shows everything.
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        install_log_masking()
         return
     for name in ("aio_pika", "aiormq", "azure", "shared.bus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -5,16 +5,26 @@ the tuner and intermediate results (``trial.metric``) to the assessor, which may
 trial to be stopped early. Nothing here is the only copy: a restarted tuner rebuilds each
 experiment's history from its state document (parameters and results of every trial) and
 goes on; parameter ids are the dispatcher's, so none is ever repeated.
+
+Every call into an algorithm goes through the experiment's :mod:`calls <services.tuner.calls>`:
+off the event loop, and for a user's own (``className``) tuner or assessor, on a thread of its
+own with a time limit (``TUNEBUS_CUSTOM_CALL_TIMEOUT``). A call that raises or hangs ends its
+experiment in ERROR with the traceback's tail as the reason (``experiment.error``). Handlers of
+one experiment run one at a time, in queue order; different experiments' run side by side
+(``TUNEBUS_TUNER_CONCURRENCY``), so one slow experiment does not hold up the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import Field
 
 from shared.bus import Bus, PermanentError
 from shared.messages import (
@@ -29,6 +39,8 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.search_space import SearchSpaceError
+from shared.secrets_mask import mask_secrets
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
@@ -36,16 +48,53 @@ from shared.topology import TUNER_QUEUE
 
 from .algorithms import NoMoreTrials, TunerConfigError, create_tuner
 from .assessors import AssessorConfigError, AssessResult, create_assessor
+from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, GuardedCalls
 
 __all__ = ["TunerService", "TunerSettings"]
 
 log = logging.getLogger("tunebus.tuner")
 
 FINISHED_REMEMBERED = 10_000
+#: The longest reason an experiment.error carries (it is stored in state.json).
+MAX_REASON_CHARS = 4000
+# Errors a user fixes in the config: their message is the reason, no traceback.
+_CONFIG_ERRORS = (TunerConfigError, AssessorConfigError, SearchSpaceError)
 
 
 class TunerSettings(CommonSettings):
     """Tuner settings (``TUNEBUS_`` environment variables)."""
+
+    custom_call_timeout: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="Seconds each call into a custom tuner or assessor may take "
+                    "(TUNEBUS_CUSTOM_CALL_TIMEOUT).",
+    )
+    tuner_concurrency: int = Field(
+        default=16, ge=1, le=1000,
+        description="Experiments whose messages are handled at once (TUNEBUS_TUNER_CONCURRENCY).",
+    )
+
+
+class _ExperimentLocks:
+    """One asyncio lock per experiment with messages in hand, dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, experiment_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(experiment_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[experiment_id] = (lock, users + 1)
+        try:
+            async with lock:  # FIFO: an experiment's messages keep their queue order
+                yield
+        finally:
+            lock, users = self._locks[experiment_id]
+            if users == 1:
+                del self._locks[experiment_id]
+            else:
+                self._locks[experiment_id] = (lock, users - 1)
 
 
 def experiment_seed(experiment_id: str, class_args: dict[str, Any], start_seed: int | None) -> int:
@@ -63,6 +112,9 @@ class _Session:
 
     tuner: Any
     assessor: Any | None
+    calls: AlgorithmCalls = field(default_factory=BuiltinCalls)
+    tuner_name: str = "tuner"  # e.g. "custom tuner 'my_tuner.MyTuner'", for reasons
+    assessor_name: str = "assessor"
     parameters: dict[int, dict[str, Any]] = field(default_factory=dict)  # by parameter id
     finished: set[str] = field(default_factory=set)  # trial ids whose end the tuner has seen
     histories: dict[str, dict[int, float]] = field(default_factory=dict)  # trial -> seq -> value
@@ -82,9 +134,11 @@ def _learned_value(msg_status: TrialStatus, final: float | None, last: float | N
 class TunerService:
     """Holds a session per running experiment; handlers run one at a time (in queue order)."""
 
-    def __init__(self, bus: Bus, store: BlobStore) -> None:
+    def __init__(self, bus: Bus, store: BlobStore, *, custom_call_timeout: float = 60.0) -> None:
         self.bus = bus
         self.store = store
+        self.custom_call_timeout = custom_call_timeout
+        self._locks = _ExperimentLocks()
         self._sessions: dict[str, _Session] = {}
         self._failed: set[str] = set()
         # Experiments seen to finish: late messages for them must not rebuild a session.
@@ -92,11 +146,19 @@ class TunerService:
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {
-            SuggestRequest: self.on_suggest,
-            TrialEnded: self.on_ended,
-            TrialMetric: self.on_metric,
-            ExperimentStatusChanged: self.on_experiment_status,
+            SuggestRequest: self._one_at_a_time(self.on_suggest),
+            TrialEnded: self._one_at_a_time(self.on_ended),
+            TrialMetric: self._one_at_a_time(self.on_metric),
+            ExperimentStatusChanged: self._one_at_a_time(self.on_experiment_status),
         }
+
+    def _one_at_a_time(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """``handler``, serialized per experiment (handlers of different experiments overlap)."""
+        async def serialized(msg: Message) -> None:
+            async with self._locks.hold(msg.experiment_id):
+                await handler(msg)
+
+        return serialized
 
     # ------------------------------------------------------------------ sessions
 
@@ -110,22 +172,32 @@ class TunerService:
             # The dispatcher writes it before it publishes anything of the experiment.
             raise PermanentError(f"unknown experiment {experiment_id!r}: no {layout.experiment_doc}")
         doc = found[0]
-        try:
-            session = self._new_session(experiment_id, doc)
-        except (TunerConfigError, AssessorConfigError, ValueError) as exc:
-            self._failed.add(experiment_id)
-            log.error("experiment %s: %s", experiment_id, exc)
-            await self.bus.publish(ExperimentError(experiment_id=experiment_id, service="tuner",
-                                                   reason=str(exc)))
-            return None
+        calls = self._calls_for(experiment_id, doc["config"])
         state = await self.store.read_json(layout.state_doc)
-        if state is not None:
-            self._replay(session, ExperimentState.model_validate(state[0]))
+        record = None if state is None else ExperimentState.model_validate(state[0])
+        try:
+            config = doc["config"]
+            what = "loading " + " and ".join(_role_name(role, config[role]) for role in ("tuner", "assessor")
+                                             if config.get(role))
+            session = await calls.run(what, lambda: self._new_session(experiment_id, doc, calls))
+            if record is not None:
+                await calls.run(f"{session.tuner_name}: import_data",
+                                lambda: self._replay(session, record, answer_requested=False))
+                await calls.run(f"{session.tuner_name}: generate_parameters",
+                                lambda: self._suggest(session, sorted(record.requested)))
+        except AlgorithmFailed as exc:
+            calls.close()
+            await self._fail(experiment_id, exc)
+            return None
         self._sessions[experiment_id] = session
         return session
 
+    def _calls_for(self, experiment_id: str, config: dict[str, Any]) -> AlgorithmCalls:
+        custom = any((config.get(role) or {}).get("className") for role in ("tuner", "assessor"))
+        return GuardedCalls(experiment_id, self.custom_call_timeout) if custom else BuiltinCalls()
+
     @staticmethod
-    def _new_session(experiment_id: str, doc: dict[str, Any]) -> _Session:
+    def _new_session(experiment_id: str, doc: dict[str, Any], calls: AlgorithmCalls) -> _Session:
         config = doc["config"]
         spec = config["tuner"]
         class_args = dict(spec.get("classArgs") or {})
@@ -133,15 +205,33 @@ class TunerService:
             class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
         tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"],
                              class_name=spec.get("className"), code_directory=spec.get("codeDirectory"))
-        assessor_spec = config.get("assessor")
+        assessor_spec = config.get("assessor") or {}
         assessor = None
         if assessor_spec:
-            assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {})
-        return _Session(tuner=tuner, assessor=assessor)
+            assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {},
+                                       class_name=assessor_spec.get("className"),
+                                       code_directory=assessor_spec.get("codeDirectory"))
+        return _Session(tuner=tuner, assessor=assessor, calls=calls, tuner_name=_role_name("tuner", spec),
+                        assessor_name=_role_name("assessor", assessor_spec))
+
+    async def _fail(self, experiment_id: str, exc: AlgorithmFailed) -> None:
+        """End the experiment in ERROR (through the dispatcher): its algorithm failed."""
+        cause = exc.__cause__
+        reason = str(cause) if isinstance(cause, _CONFIG_ERRORS) else exc.reason
+        reason = mask_secrets(reason)
+        if len(reason) > MAX_REASON_CHARS:
+            reason = "..." + reason[-MAX_REASON_CHARS:]
+        self._failed.add(experiment_id)
+        session = self._sessions.pop(experiment_id, None)
+        if session is not None:
+            session.calls.close()
+        log.error("experiment %s: %s", experiment_id, reason)
+        await self.bus.publish(ExperimentError(experiment_id=experiment_id, service="tuner", reason=reason))
 
     @staticmethod
-    def _replay(session: _Session, state: ExperimentState) -> None:
-        """Rebuild a session's history from the dispatcher's record."""
+    def _replay(session: _Session, state: ExperimentState, *, answer_requested: bool = True) -> None:
+        """Rebuild a session's history from the dispatcher's record (and, unless told not to,
+        answer again the ids asked for: see below)."""
         records: list[dict[str, Any]] = []
         for trial in state.by_sequence():
             session.parameters[trial.sequence_id] = trial.parameters
@@ -160,7 +250,8 @@ class TunerService:
         # Ids asked for whose answers are not on record may have been answered by the process
         # that died: answer them again first, in order, so that a deterministic tuner (grid
         # search) hands out the same points for them and not again for later ids.
-        TunerService._suggest(session, sorted(state.requested))
+        if answer_requested:
+            TunerService._suggest(session, sorted(state.requested))
         log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
                  len(records), sum(r["value"] is not None for r in records))
 
@@ -170,7 +261,12 @@ class TunerService:
         session = await self._session(msg.experiment_id)
         if session is None:
             return
-        answers = await asyncio.to_thread(self._suggest, session, msg.parameter_ids)
+        try:
+            answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
+                                              lambda: self._suggest(session, msg.parameter_ids))
+        except AlgorithmFailed as exc:
+            await self._fail(msg.experiment_id, exc)
+            return
         await self.bus.publish_many(
             TrialSuggested(experiment_id=msg.experiment_id, parameter_id=pid, parameters=params)
             for pid, params in answers
@@ -203,12 +299,21 @@ class TunerService:
         session.finished.add(msg.trial_id)
         params = session.parameters.get(msg.parameter_id)
         value = _learned_value(msg.status, msg.final_value, msg.last_intermediate)
-        if params is not None and value is not None:
-            session.tuner.receive_trial_result(msg.parameter_id, params, value)
-        else:
-            session.tuner.trial_end(msg.parameter_id, False)
-        if session.assessor is not None:
-            session.assessor.trial_end(msg.trial_id, msg.status == TrialStatus.SUCCEEDED)
+        tuner, assessor = session.tuner, session.assessor
+        try:
+            if params is not None and value is not None:
+                await session.calls.run(f"{session.tuner_name}: receive_trial_result",
+                                        lambda: tuner.receive_trial_result(msg.parameter_id, params, value))
+            else:
+                await session.calls.run(f"{session.tuner_name}: trial_end",
+                                        lambda: tuner.trial_end(msg.parameter_id, False))
+            if assessor is not None:
+                succeeded = msg.status == TrialStatus.SUCCEEDED
+                await session.calls.run(f"{session.assessor_name}: trial_end",
+                                        lambda: assessor.trial_end(msg.trial_id, succeeded))
+        except AlgorithmFailed as exc:
+            await self._fail(msg.experiment_id, exc)
+            return
         session.histories.pop(msg.trial_id, None)
 
     async def on_metric(self, msg: TrialMetric) -> None:
@@ -224,7 +329,14 @@ class TunerService:
         if msg.trial_id in session.stop_requested:
             return
         values = [history[s] for s in sorted(history)]
-        if session.assessor.assess_trial(msg.trial_id, values) == AssessResult.Bad:
+        assessor = session.assessor
+        try:
+            verdict = await session.calls.run(f"{session.assessor_name}: assess_trial",
+                                              lambda: assessor.assess_trial(msg.trial_id, values))
+        except AlgorithmFailed as exc:
+            await self._fail(msg.experiment_id, exc)
+            return
+        if verdict == AssessResult.Bad:
             session.stop_requested.add(msg.trial_id)
             await self.bus.publish(TrialStopRequested(
                 experiment_id=msg.experiment_id, trial_id=msg.trial_id,
@@ -237,11 +349,20 @@ class TunerService:
             self._finished.pop(msg.experiment_id, None)
             self._failed.discard(msg.experiment_id)
         elif msg.status in ("DONE", "STOPPED", "ERROR"):
-            self._sessions.pop(msg.experiment_id, None)  # free the memory
+            session = self._sessions.pop(msg.experiment_id, None)  # free the memory
+            if session is not None:
+                session.calls.close()
             self._failed.discard(msg.experiment_id)
             self._finished[msg.experiment_id] = None
             while len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
+
+
+def _role_name(role: str, spec: dict[str, Any]) -> str:
+    """How a reason names the algorithm: ``tuner 'TPE'``, ``custom tuner 'my_tuner.MyTuner'``."""
+    if spec.get("className"):
+        return f"custom {role} '{spec['className']}'"
+    return f"{role} '{spec.get('name')}'"
 
 
 async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
@@ -250,8 +371,9 @@ async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")
     await bus.connect()
-    service = TunerService(bus, store)
-    await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=32)
+    service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout)
+    await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=max(32, settings.tuner_concurrency),
+                      concurrency=settings.tuner_concurrency)
     log.info("tuner consuming %s", TUNER_QUEUE.name)
 
     async def shutdown() -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from shared import limits
+
 from .args import ClassArgs
 from .base import BaseTuner
 from .custom import CustomTuner, load_custom_tuner
@@ -51,10 +53,14 @@ def _tpe(args: ClassArgs) -> BaseTuner:
     defaults = TpeSettings()
     settings = TpeSettings(
         constant_liar_type=tpe.one_of("constant_liar_type", defaults.constant_liar_type, [*LIAR_TYPES, None]),
-        n_startup_jobs=tpe.integer("n_startup_jobs", defaults.n_startup_jobs, low=0) or 0,
-        n_ei_candidates=tpe.integer("n_ei_candidates", defaults.n_ei_candidates, low=1) or 1,
-        linear_forgetting=tpe.integer("linear_forgetting", defaults.linear_forgetting, low=0) or 0,
-        prior_weight=tpe.number("prior_weight", defaults.prior_weight, low=0.0) or 0.0,
+        n_startup_jobs=tpe.integer("n_startup_jobs", defaults.n_startup_jobs, low=0,
+                                   high=limits.MAX_CLASS_ARG_COUNT) or 0,
+        n_ei_candidates=tpe.integer("n_ei_candidates", defaults.n_ei_candidates, low=1,
+                                    high=limits.MAX_CLASS_ARG_POPULATION) or 1,
+        linear_forgetting=tpe.integer("linear_forgetting", defaults.linear_forgetting, low=0,
+                                      high=limits.MAX_CLASS_ARG_COUNT) or 0,
+        prior_weight=tpe.number("prior_weight", defaults.prior_weight, low=0.0,
+                                high=limits.MAX_CLASS_ARG_WEIGHT) or 0.0,
         gamma=tpe.number("gamma", defaults.gamma, low=1e-6, high=1.0) or defaults.gamma,
     )
     tpe.reject_unknown()
@@ -78,7 +84,7 @@ def _anneal(args: ClassArgs) -> BaseTuner:
 
 def _evolution(args: ClassArgs) -> BaseTuner:
     minimize = args.optimize_mode(default="maximize")
-    size = args.integer("population_size", 32, low=2) or 32
+    size = args.integer("population_size", 32, low=2, high=limits.MAX_CLASS_ARG_POPULATION) or 32
     return EvolutionTuner(seed=args.integer("seed", None, low=0), minimize=minimize, population_size=size)
 
 

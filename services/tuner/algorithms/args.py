@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from shared import limits
 
 from .errors import TunerConfigError
 
@@ -38,26 +39,34 @@ class ClassArgs:
             raise self._error("optimize_mode", f"must be 'maximize' or 'minimize', got {value!r}")
         return value == "minimize"
 
-    def integer(self, key: str, default: int | None, low: int | None = None) -> int | None:
-        """An optional integer argument, at least ``low``."""
+    def integer(
+        self, key: str, default: int | None, low: int | None = None, high: int = limits.MAX_CLASS_ARG_INT
+    ) -> int | None:
+        """An optional integer argument in [low, high] (by default: anything fitting 64 bits)."""
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._error(key, f"must be an integer, got {value!r}")
+            raise self._error(key, f"must be an integer, got {_short(value)}")
         if low is not None and value < low:
-            raise self._error(key, f"must be >= {low}, got {value}")
+            raise self._error(key, f"must be >= {low}, got {_short(value)}")
+        if value > high:
+            raise self._error(key, f"must be <= {high}, got {_short(value)}")
         return value
 
-    def number(self, key: str, default: float | None, low: float, high: float = math.inf) -> float | None:
+    def number(
+        self, key: str, default: float | None, low: float, high: float = limits.MAX_CLASS_ARG_NUMBER
+    ) -> float | None:
         """An optional number in [low, high]."""
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self._error(key, f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._error(key, f"must be a number, got {_short(value)}")
+        if not abs(value) <= limits.MAX_CLASS_ARG_NUMBER:  # inf, nan, 10**400 (isfinite would overflow)
+            raise self._error(key, f"must be a finite number, got {_short(value)}")
         if not low <= value <= high:
-            raise self._error(key, f"must be between {low} and {high}, got {value}")
+            raise self._error(key, f"must be between {low:g} and {high:g}, got {_short(value)}")
         return float(value)
 
     def one_of(self, key: str, default: Any, options: Iterable[Any]) -> Any:
@@ -83,3 +92,9 @@ class ClassArgs:
         unknown = sorted(set(self.args) - self._read)
         if unknown:
             raise self._error(unknown[0], f"is not a known argument (known: {', '.join(sorted(self._read))})")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a 400-digit integer helps nobody)."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

@@ -22,7 +22,8 @@ ENUMERATION_LIMIT = 200_000
 def finite_values(spec: ParamSpec) -> list[float] | None:
     """Internal values giving each distinct user-facing value once, or None if there are infinitely many."""
     if spec.categorical:
-        return [float(i) for i in range(spec.size)]
+        # A wide randint is finite but too large to list: treat it as the continuous range it is.
+        return [float(i) for i in range(spec.size)] if spec.size <= ENUMERATION_LIMIT else None
     clip = spec.clip
     if clip is None or spec.q is None:
         return None

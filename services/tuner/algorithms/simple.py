@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,8 @@ class GridSearchTuner(BaseTuner):
             yield from self._walk(index + 1, partial, fresh)
             return
         if spec.categorical:
-            options = [(float(i), False) for i in range(spec.size)]
+            # Lazily: a randint may span billions of values.
+            options: Iterable[tuple[float, bool]] = ((float(i), False) for i in range(spec.size))
         else:
             old = self._old[index]
             options = [(self._value(index, c), j >= old) for j, c in enumerate(self._levels[index])]

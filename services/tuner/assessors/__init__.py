@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .curvefitting import CurvefittingAssessor
+from .custom import CustomAssessor, load_custom_assessor
 from .errors import AssessorConfigError
 from .medianstop import MedianstopAssessor
 from .result import AssessResult
@@ -21,6 +22,7 @@ __all__ = [
     "Assessor",
     "AssessorConfigError",
     "CurvefittingAssessor",
+    "CustomAssessor",
     "MedianstopAssessor",
     "create_assessor",
 ]
@@ -39,11 +41,20 @@ BUILTIN_ASSESSORS: dict[str, Callable[[Mapping[str, Any]], Assessor]] = {
 }
 
 
-def create_assessor(name: str, class_args: Mapping[str, Any] | None) -> Assessor:
-    """Build a built-in assessor (``Medianstop`` or ``Curvefitting``) from its classArgs.
+def create_assessor(
+    name: str | None,
+    class_args: Mapping[str, Any] | None,
+    *,
+    class_name: str | None = None,
+    code_directory: str | None = None,
+) -> Assessor:
+    """Build a built-in assessor (``Medianstop`` or ``Curvefitting``) from its classArgs, or the
+    user's own (``class_name`` in ``code_directory``).
 
     Raises :class:`AssessorConfigError` naming the assessor and the classArg at fault.
     """
+    if class_name:
+        return load_custom_assessor(class_name, code_directory, class_args or {})
     canonical = {key.lower(): key for key in BUILTIN_ASSESSORS}.get((name or "").lower())
     if canonical is None:
         raise AssessorConfigError(

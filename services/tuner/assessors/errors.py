@@ -4,9 +4,10 @@ from __future__ import annotations
 
 __all__ = ["AssessorConfigError", "check_int", "check_known", "check_mode", "check_number"]
 
-import math
 from collections.abc import Mapping
 from typing import Any
+
+from shared import limits
 
 
 class AssessorConfigError(ValueError):
@@ -37,13 +38,18 @@ def check_mode(assessor: str, args: Mapping[str, Any]) -> bool:
     return mode == "maximize"
 
 
-def check_int(assessor: str, args: Mapping[str, Any], key: str, default: int, low: int) -> int:
-    """An integer classArg of at least ``low``."""
+def check_int(
+    assessor: str, args: Mapping[str, Any], key: str, default: int, low: int,
+    high: int = limits.MAX_CLASS_ARG_COUNT,
+) -> int:
+    """An integer classArg in [low, high]."""
     value = args.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise AssessorConfigError(assessor, f"must be an integer, got {value!r}", key)
+        raise AssessorConfigError(assessor, f"must be an integer, got {_short(value)}", key)
     if value < low:
-        raise AssessorConfigError(assessor, f"must be >= {low}, got {value}", key)
+        raise AssessorConfigError(assessor, f"must be >= {low}, got {_short(value)}", key)
+    if value > high:
+        raise AssessorConfigError(assessor, f"must be <= {high}, got {_short(value)}", key)
     return value
 
 
@@ -52,8 +58,15 @@ def check_number(
 ) -> float:
     """A numeric classArg in [low, high]."""
     value = args.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AssessorConfigError(assessor, f"must be a number, got {value!r}", key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AssessorConfigError(assessor, f"must be a number, got {_short(value)}", key)
+    if not abs(value) <= limits.MAX_CLASS_ARG_NUMBER:  # inf, nan, 10**400 (isfinite would overflow)
+        raise AssessorConfigError(assessor, f"must be a finite number, got {_short(value)}", key)
     if not low <= value <= high:
         raise AssessorConfigError(assessor, f"must be between {low} and {high}, got {value}", key)
     return float(value)
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
