@@ -14,7 +14,7 @@ delay queue (the same ones tickets use), so the consumer goes on with other mess
 (other experiments never wait behind one that cannot be handled now). The copy comes back to
 this queue alone (``x-tunebus-retry-for``; other queues bound to its routing key drop it), with
 its attempt count. A :class:`TransientError` (a dependency is down) is retried for about
-:data:`TRANSIENT_RETRY_SECONDS`; any other exception (a defect, or content no check caught) only
+:data:`TRANSIENT_RETRY_SECONDS` (so is a connection error); any other exception (a defect, or content no check caught) only
 :data:`UNEXPECTED_RETRIES` times; then the message is dead-lettered with the last error. The
 quorum queues' delivery limit stays as the guard against a consumer that dies handling one.
 """
@@ -345,7 +345,9 @@ class Bus:
         headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("x-") or
                    k in (RETRY_ATTEMPT_HEADER,)}
         attempt = _int(headers.get(RETRY_ATTEMPT_HEADER)) + 1
-        transient = isinstance(exc, TransientError)
+        # A dependency that cannot be reached (storage restarting, the broker away) may come back.
+        transient = isinstance(exc, (TransientError, ConnectionError, TimeoutError,
+                                     aio_pika.exceptions.AMQPConnectionError))
         delay = retry_delay(attempt)
         exhausted = (retry_budget_spent(attempt) > self.transient_retry_seconds if transient
                      else attempt > self.unexpected_retries)

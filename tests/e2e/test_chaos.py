@@ -203,7 +203,9 @@ async def test_every_part_killed_while_an_experiment_runs_it_still_ends_done(dep
     assert [v for v, _ in killed] == list(VICTIMS), "the experiment ended before every kill landed"
     assert state.status == ExperimentStatus.DONE, f"{state.status}: {state.reason}\n{deployment.logs()}"
     assert sorted(t.sequence_id for t in state.trials.values()) == list(range(MAX_TRIALS))
-    assert state.trials_by_status() == {TrialStatus.SUCCEEDED.value: MAX_TRIALS}, state.trials_by_status()
+    unsuccessful = {t.trial_id: (t.status, t.attempt, t.error) for t in state.trials.values()
+                    if t.status != TrialStatus.SUCCEEDED}
+    assert not unsuccessful, f"{unsuccessful}\n{deployment.logs()}"
     for trial in state.trials.values():
         assert trial.final_value == pytest.approx(trial.parameters["x"]), trial  # its own result
         assert trial.metric_count == 2, trial  # one intermediate, one final: none counted twice
@@ -218,5 +220,7 @@ async def test_every_part_killed_while_an_experiment_runs_it_still_ends_done(dep
         "parts restarted by the supervisor": logs.count("starting it again"),
     }
     print(f"[chaos] recovered: {recovered}")
-    assert recovered["outbox republished"] >= 2, recovered  # two dispatcher kills at least
+    # Submitters were killed with trials running: those jobs were lost and ended from storage or
+    # run again. (An outbox republished shows a dispatcher kill between a write and its publish,
+    # which a kill may or may not hit: reported, not required.)
     assert recovered["trials run again"] + recovered["lost jobs finished from storage"] >= 1, recovered
