@@ -13,10 +13,11 @@ Any other exception is treated as transient: the delivery is acked and a copy is
 delay queue (the same ones tickets use), so the consumer goes on with other messages at once
 (other experiments never wait behind one that cannot be handled now). The copy comes back to
 this queue alone (``x-tunebus-retry-for``; other queues bound to its routing key drop it), with
-its attempt count. A :class:`TransientError` (a dependency is down) is retried for about
-:data:`TRANSIENT_RETRY_SECONDS` (so is a connection error); any other exception (a defect, or content no check caught) only
-:data:`UNEXPECTED_RETRIES` times; then the message is dead-lettered with the last error. The
-quorum queues' delivery limit stays as the guard against a consumer that dies handling one.
+its attempt count. A :class:`TransientError` (a dependency is down) or a connection error is
+retried for about :data:`TRANSIENT_RETRY_SECONDS`; any other exception (a defect, or content no
+check caught) only :data:`UNEXPECTED_RETRIES` times; then the message is dead-lettered with the
+last error. The quorum queues' delivery limit stays as the guard against a consumer that dies
+handling one.
 """
 
 from __future__ import annotations
