@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus import Bus, PermanentError, TransientError
+from shared.deployment import deployment_id
 from shared.messages import (
     Message,
     Ticket,
@@ -62,6 +63,8 @@ class SubmitterSettings(CommonSettings):
     max_jobs: int = 8
     heartbeat_seconds: float = 5.0
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
+    # Carried by every AML run id and tag (shared/deployment.py); absent: made once, kept in storage.
+    deployment_id: str | None = None
     # azureml-core calls block and are serialized per workspace client: submissions at once per
     # replica (scale replicas for more), and threads for status polls and cancels.
     aml_submit_threads: int = 1
@@ -263,7 +266,8 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
-def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus) -> AmlBackend:
+def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus,
+                 deployment: str) -> AmlBackend:
     """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
     options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
                          poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
@@ -283,7 +287,8 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
     azure_env = {k: v for k, v in os.environ.items()
                  if k.startswith(("AZURE_", "AZUREML_", "MSI_", "IDENTITY_")) or k == "PATH"}
     return AmlBackend(store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
-                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options)
+                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options,
+                      deployment_id=deployment, secrets=settings.known_secrets())
 
 
 async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
@@ -297,7 +302,7 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     submitter = Submitter(bus, store, work_dir, replica,
                           shared_storage_endpoint=settings.shared_storage_endpoint)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
-    aml = _aml_backend(settings, submitter, store, bus)
+    aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id))
     aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
