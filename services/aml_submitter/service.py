@@ -77,6 +77,9 @@ class SubmitterSettings(CommonSettings):
     aml_standin_submit_latency: float = 0.0
     aml_standin_queue_delay: float = 0.0
     aml_standin_prepare_delay: float = 0.0
+    # What exists in the stand-in's "workspace": compute names and images (comma-separated).
+    aml_standin_computes: str = "cpu-cluster,gpu-cluster"
+    aml_standin_images: str = "msranni/nni"
 
 
 @dataclass
@@ -277,6 +280,8 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
             submit_latency=settings.aml_standin_submit_latency,
             queue_delay=settings.aml_standin_queue_delay,
             prepare_delay=settings.aml_standin_prepare_delay,
+            computes=tuple(n.strip() for n in settings.aml_standin_computes.split(",") if n.strip()),
+            images=tuple(n.strip() for n in settings.aml_standin_images.split(",") if n.strip()),
         )
         log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN, NOT on "
                     "Azure ML (run registry %s). For tests only.", standin.registry)
