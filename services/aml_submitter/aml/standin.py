@@ -71,11 +71,13 @@ __all__ = [
     "Run",
     "RunAlreadyExists",
     "RunNotFound",
+    "RunSpec",
     "ServiceException",
     "SnapshotException",
     "StandinError",
     "StandinSettings",
     "Workspace",
+    "create_run",
     "inject_fault",
 ]
 
@@ -278,17 +280,14 @@ class Experiment:
         if status is not None:
             raise ExperimentExecutionException(status, "injected fault: the run was not created")
         run_id = run_id or f"{self.name}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
-        folder = settings.registry / run_id
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            raise RunAlreadyExists(run_id) from None
-        try:
-            _copy_snapshot(Path(config.source_directory), folder / "wd")
-        except SnapshotException:
-            shutil.rmtree(folder, ignore_errors=True)  # AML refuses before it creates the run
-            raise
-        self._start(folder, run_id, config)
+        run_config = config.run_config
+        create_run(settings, RunSpec(
+            run_id=run_id, experiment=self.name, workspace=self.workspace.name, target=str(run_config.target),
+            image=run_config.environment.docker.base_image,
+            command=config.command if isinstance(config.command, str) else " ".join(config.command),
+            environment_variables=dict(run_config.environment_variables or {}),
+            max_run_duration_seconds=run_config.max_run_duration_seconds,
+        ), Path(config.source_directory))
         time.sleep(max(0.0, settings.submit_latency - (time.monotonic() - started)))
         run = Run(self, run_id)
         # azureml-core sets tags by a separate call once the run exists: it can fail after that.
@@ -298,35 +297,50 @@ class Experiment:
         run.set_tags(dict(tags or {}))
         return run
 
-    def _start(self, folder: Path, run_id: str, config: Any) -> None:
-        """Write the run's spec as the SDK would send it, and start its runner process."""
-        settings = self.workspace.settings
-        run_config = config.run_config
-        spec = {
-            "run_id": run_id,
-            "experiment": self.name,
-            "workspace": self.workspace.name,
-            "target": str(run_config.target),
-            "image": run_config.environment.docker.base_image,
-            "image_known": run_config.environment.docker.base_image in settings.images,
-            "image_bin": settings.image_bin,
-            "command": config.command if isinstance(config.command, str) else " ".join(config.command),
-            "environment_variables": dict(run_config.environment_variables or {}),
-            "max_run_duration_seconds": run_config.max_run_duration_seconds,
-            "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay},
-        }
-        _write_json(folder / "spec.json", spec)
-        _write_json(folder / "tags.json", {})
-        _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
-                                            "submitted": time.time()})
-        with (folder / "runner.log").open("ab") as out:
-            runner = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "run", str(folder)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_minimal_env(),
-                start_new_session=True,  # the run outlives the replica, as an AML run does
-            )
-        # The runner writes its pid into state.json once it runs; until then this tells it.
-        _write_json(folder / "starter.json", {"runner_pid": runner.pid})
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is made of, as the SDK sends it (v1's ScriptRunConfig, v2's command job)."""
+
+    run_id: str
+    experiment: str
+    workspace: str
+    target: str
+    image: str
+    command: str
+    environment_variables: dict[str, str]
+    max_run_duration_seconds: int | None
+
+
+def create_run(settings: StandinSettings, spec: RunSpec, source: Path) -> None:
+    """Make the run: its folder, the snapshot copy (the SDK's rules), its spec, its runner process.
+
+    :class:`RunAlreadyExists` if the id is taken, :class:`SnapshotException` over the limits.
+    """
+    folder = settings.registry / spec.run_id
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise RunAlreadyExists(spec.run_id) from None
+    try:
+        _copy_snapshot(source, folder / "wd")
+    except SnapshotException:
+        shutil.rmtree(folder, ignore_errors=True)  # AML refuses before it creates the run
+        raise
+    document = {**asdict(spec), "image_known": spec.image in settings.images, "image_bin": settings.image_bin,
+                "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay}}
+    _write_json(folder / "spec.json", document)
+    _write_json(folder / "tags.json", {})
+    _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
+                                        "submitted": time.time()})
+    with (folder / "runner.log").open("ab") as out:
+        runner = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "run", str(folder)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_minimal_env(),
+            start_new_session=True,  # the run outlives the replica, as an AML run does
+        )
+    # The runner writes its pid into state.json once it runs; until then this tells it.
+    _write_json(folder / "starter.json", {"runner_pid": runner.pid})
 
 
 def _minimal_env() -> dict[str, str]:
