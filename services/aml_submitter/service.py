@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.bus import Bus, PermanentError, TransientError
 from shared.deployment import deployment_id
@@ -41,7 +41,14 @@ from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
-from .aml.backend import AmlBackend, AmlOptions, azureml_api, standin_api
+from .aml.backend import (
+    AmlBackend,
+    AmlOptions,
+    azure_ai_ml_api,
+    azureml_api,
+    standin_api,
+    standin_v2_api,
+)
 from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
@@ -63,6 +70,9 @@ class SubmitterSettings(CommonSettings):
     max_jobs: int = 8
     heartbeat_seconds: float = 5.0
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
+    # Which Azure ML SDK submits and watches: v1 (azureml-core, the default) or v2 (azure-ai-ml).
+    # See README "Azure ML SDK v1 or v2". Not to be switched while AML experiments run.
+    aml_sdk: Literal["v1", "v2"] = "v1"
     # Carried by every AML run id and tag (shared/deployment.py); absent: made once, kept in storage.
     deployment_id: str | None = None
     # azureml-core calls block and are serialized per workspace client: submissions at once per
@@ -283,11 +293,11 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
             computes=tuple(n.strip() for n in settings.aml_standin_computes.split(",") if n.strip()),
             images=tuple(n.strip() for n in settings.aml_standin_images.split(",") if n.strip()),
         )
-        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN, NOT on "
-                    "Azure ML (run registry %s). For tests only.", standin.registry)
-        api: Callable[[], Any] = partial(standin_api, standin)
+        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN (SDK %s), "
+                    "NOT on Azure ML (run registry %s). For tests only.", settings.aml_sdk, standin.registry)
+        api: Callable[[], Any] = partial(standin_v2_api if settings.aml_sdk == "v2" else standin_api, standin)
     else:
-        api = azureml_api
+        api = azure_ai_ml_api if settings.aml_sdk == "v2" else azureml_api
     # Credentials are the standard Azure variables, read once here (see aml/auth.py).
     azure_env = {k: v for k, v in os.environ.items()
                  if k.startswith(("AZURE_", "AZUREML_", "MSI_", "IDENTITY_")) or k == "PATH"}

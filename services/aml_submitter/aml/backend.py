@@ -81,9 +81,11 @@ __all__ = [
     "CancelNotConfirmedError",
     "ForeignRunError",
     "RetryPolicy",
+    "azure_ai_ml_api",
     "azureml_api",
     "failure_reason",
     "standin_api",
+    "standin_v2_api",
 ]
 
 log = logging.getLogger("tunebus.submitter.aml")
@@ -138,24 +140,47 @@ class ForeignRunError(PermanentSubmitError):
     """A run with this trial's run id exists but was not made by this deployment: never adopted."""
 
 
+def _build_script_run_config(job: JobRequest, target: AmlTarget, snapshot: Path) -> Any:
+    return build_script_run_config(job, target, snapshot, None)
+
+
 def azureml_api() -> SimpleNamespace:
-    """azureml-core's Workspace, ComputeTarget, Experiment and Run (imported on first use)."""
+    """SDK v1: azureml-core's Workspace, ComputeTarget, Experiment and Run (imported on first use)."""
     core = import_azureml()
     from azureml.core.compute import ComputeTarget
 
     return SimpleNamespace(Workspace=core.Workspace, ComputeTarget=ComputeTarget,
-                           Experiment=core.Experiment, Run=core.Run, standin=False)
+                           Experiment=core.Experiment, Run=core.Run, build_job=_build_script_run_config,
+                           auth_methods=None, standin=False, sdk="v1")
 
 
 def standin_api(settings: Any) -> SimpleNamespace:
-    """The stand-in's look-alikes (NOT Azure), bound to its registry and delays."""
+    """The v1 stand-in's look-alikes (NOT Azure), bound to its registry and delays."""
     from functools import partial
 
     from . import standin
 
     return SimpleNamespace(Workspace=partial(standin.Workspace, settings=settings),
                            ComputeTarget=standin.ComputeTarget, Experiment=standin.Experiment,
-                           Run=standin.Run, standin=True)
+                           Run=standin.Run, build_job=_build_script_run_config, auth_methods=None,
+                           standin=True, sdk="v1")
+
+
+def azure_ai_ml_api() -> SimpleNamespace:
+    """SDK v2: azure-ai-ml's MLClient behind the same interface (see :mod:`.v2`)."""
+    from .v2 import azure_ai_ml_api as v2
+
+    return v2()
+
+
+def standin_v2_api(settings: Any) -> SimpleNamespace:
+    """The v2 stand-in's MLClient (NOT Azure) behind the same interface."""
+    from functools import partial
+
+    from .standin_v2 import StandinMLClient
+    from .v2 import v2_api
+
+    return v2_api(partial(StandinMLClient, settings=settings), standin=True)
 
 
 def failure_reason(details: Mapping[str, Any]) -> str | None:
@@ -233,7 +258,8 @@ class AmlBackend:
         elif failure is not None and time.monotonic() - failure[0] < AUTH_FAILURE_TTL:
             raise failure[1]
         try:
-            auth, method, answer = resolve_auth(self.env, timeout=self.options.auth_timeout, probe=probe)
+            auth, method, answer = resolve_auth(self.env, timeout=self.options.auth_timeout, probe=probe,
+                                                methods=self.api.auth_methods)
         except NoCredentialError as exc:
             with self._lock:
                 self._auth_failure = (time.monotonic(), exc)
@@ -281,7 +307,7 @@ class AmlBackend:
         snapshot = self.work_dir / who.experiment_id / "aml-snapshots" / f"{who.trial_id}-{who.attempt}"
         shutil.rmtree(snapshot, ignore_errors=True)
         build_snapshot(job, snapshot, self.secrets)
-        return snapshot, build_script_run_config(job, target, snapshot, None)
+        return snapshot, self.api.build_job(job, target, snapshot)
 
     def _find_run(self, workspace: Any, run_id: str) -> Any | None:
         """The run with this id, None if Azure ML says 404; other errors are raised."""
@@ -348,10 +374,11 @@ class AmlBackend:
         raise exc
 
     def warm_up(self) -> None:
-        """Import azureml-core in the submission thread now, not at the first trial (about 1 s)."""
+        """Import the SDK in the submission thread now, not at the first trial (seconds)."""
         def load() -> None:
             try:
-                import_azureml()
+                _ = self.api  # v2's azure.ai.ml takes several seconds to import
+                import_azureml()  # v1's run config classes; v2's stand-in needs none of it
             except PermanentSubmitError as exc:
                 log.warning("%s", exc)
 
