@@ -204,7 +204,8 @@ def test_snapshots_over_the_sdks_file_limit_are_refused(tmp_path: Path,
     for i in range(standin.SNAPSHOT_MAX_FILES + 1):
         (source / f"f{i}").write_text("")
     run_config = SimpleNamespace(target="cpu-cluster", environment_variables={},
-                                 max_run_duration_seconds=None, environment=SimpleNamespace(docker=SimpleNamespace(base_image="msranni/nni")))
+                                 max_run_duration_seconds=None,
+                                 environment=SimpleNamespace(docker=SimpleNamespace(base_image="msranni/nni")))
     config = SimpleNamespace(source_directory=str(source), command="true", run_config=run_config)
     workspace = standin.Workspace("s", "r", "ws", settings=settings)
     with pytest.raises(standin.SnapshotException, match="file limit of 2000"):
