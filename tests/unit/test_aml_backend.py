@@ -109,8 +109,8 @@ def _make(tmp_path: Path, *, submit_errors: list[Exception] | None = None,
 
     def api() -> SimpleNamespace:
         real = standin_api(settings)
-        return SimpleNamespace(Workspace=real.Workspace, ComputeTarget=ComputeTarget, Experiment=Experiment,
-                               Run=real.Run, standin=True)
+        real.ComputeTarget, real.Experiment = ComputeTarget, Experiment
+        return real
 
     async def report(msg: TrialStatusChanged) -> None:
         harness.reports.append(msg)
@@ -445,7 +445,7 @@ async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_
 
     real_resolve = backend_module.resolve_auth
     monkeypatch.setattr(backend_module, "resolve_auth", lambda env, **kw: real_resolve(
-        env, methods=[method("msi"), method("cli")], **kw))
+        env, **{**kw, "methods": [method("msi"), method("cli")]}))
     h = _make(tmp_path)
     base = h.backend.api
 
@@ -454,8 +454,7 @@ async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_
             raise Forbidden(f"AuthorizationFailed: {auth} has no access to {name}")
         return base.Workspace(sub, rg, name)
 
-    h.backend._api = SimpleNamespace(Workspace=workspace, ComputeTarget=base.ComputeTarget,
-                                     Experiment=base.Experiment, Run=base.Run, standin=False)
+    h.backend._api = SimpleNamespace(**{**vars(base), "Workspace": workspace, "standin": False})
     await h.backend.submit(_job("true"))
     assert made == ["msi", "cli"] and h.backend._auth == "cli"
     h.backend._drop_credential(Forbidden("role removed"))  # as after a 403 while watching
