@@ -318,7 +318,7 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
                           shared_storage_endpoint=settings.shared_storage_endpoint)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
     aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id))
-    aml.warm_up()
+    await aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
     # AML runs are watched and cancelled by whichever replica takes the ticket or the kill.

@@ -373,16 +373,30 @@ class AmlBackend:
             raise SubmitError(f"AML run {run_id} exists (409) but cannot be read yet: {exc}") from exc
         raise exc
 
-    def warm_up(self) -> None:
-        """Import the SDK in the submission thread now, not at the first trial (seconds)."""
+    async def warm_up(self, timeout: float = 120.0) -> None:
+        """Import the SDK in the submission thread before the first trial needs it.
+
+        azureml-core takes about a second to import, azure-ai-ml several: a replica is not
+        ready to submit before that, so its start waits for it (bounded) rather than the
+        first trials. An SDK that is absent is logged here and reported per trial.
+        """
         def load() -> None:
             try:
-                _ = self.api  # v2's azure.ai.ml takes several seconds to import
-                import_azureml()  # v1's run config classes; v2's stand-in needs none of it
+                if self.api.sdk == "v2":
+                    from .v2 import import_azure_ai_ml
+
+                    import_azure_ai_ml()
+                    from azure.ai.ml.entities import Environment  # noqa: F401  (the job's parts)
+                else:
+                    import_azureml()
+                    from azureml.core.runconfig import DockerConfiguration  # noqa: F401
             except PermanentSubmitError as exc:
                 log.warning("%s", exc)
 
-        self._submit_pool.submit(load)
+        try:
+            await asyncio.wait_for(self._in(self._submit_pool, load), timeout)
+        except TimeoutError:
+            log.warning("importing the Azure ML SDK took over %.0f s; going on", timeout)
 
     def _run(self, coords: Mapping[str, str], run_id: str) -> Any:
         """The run object, loaded once per replica (``Run.get`` costs two service calls)."""
