@@ -436,7 +436,7 @@ class AmlBackend:
             run.cancel()
             time.sleep(self.options.cancel_check_seconds)
             status = str(run.get_status())
-            if attempt > 1 or not (is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED):
+            if not (is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED):
                 log.warning("AML run %s still %s after cancel %d/%d", run_id, status, attempt,
                             self.options.cancel_attempts)
         if is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED:
