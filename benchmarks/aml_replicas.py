@@ -1,4 +1,5 @@
-"""AML submitter replicas: 64 no-op trials at concurrency 32 on the AML stand-in, 1 replica vs 4.
+"""AML submitter replicas: 64 no-op trials at concurrency 32 on the AML stand-in, 1 replica vs 4,
+through SDK v1 (azureml-core) and SDK v2 (azure-ai-ml), each on its own stand-in.
 
 azureml-core's calls block, and one workspace client serializes them, so each submitter replica
 submits one run at a time (``TUNEBUS_AML_SUBMIT_THREADS=1``, the default) and a submission
@@ -15,7 +16,7 @@ is not running). Two times are taken: the experiment's own duration (the dispatc
 --wait --json`` to DONE (that plus the CLI's own start, about 1.5 s, the same for both).
 
     .venv/bin/python benchmarks/aml_replicas.py [--runs 3] [--trials 64] [--concurrency 32]
-        [--latency 1.0] [--replicas 1 4] [--keep]
+        [--latency 1.0] [--replicas 1 4] [--sdk v1 v2] [--keep]
 
 ``--keep`` keeps each run's folder (service logs, the stand-in's run registry); the services
 log at ``BENCH_LOG_LEVEL`` (WARNING by default).
@@ -130,13 +131,13 @@ def experiment_seconds(env: dict[str, str], experiment_id: str) -> float:
     return (ended - started).total_seconds()
 
 
-def measure(base_env: dict[str, str], replicas: int, args: argparse.Namespace,
+def measure(base_env: dict[str, str], replicas: int, sdk: str, args: argparse.Namespace,
             folder: Path) -> tuple[float, float]:
     """``tunebus create`` to DONE, and the experiment's own duration, with ``replicas`` submitters."""
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    run_dir = folder / f"{replicas}r-{vhost}"
+    run_dir = folder / f"{sdk}-{replicas}r-{vhost}"
     run_dir.mkdir()
     env = {**base_env,
            "TUNEBUS_AMQP_URL": base_env["TUNEBUS_AMQP_URL"].rstrip("/") + "/" + vhost,
@@ -145,6 +146,7 @@ def measure(base_env: dict[str, str], replicas: int, args: argparse.Namespace,
            "TUNEBUS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
     submitter_env = {
         "TUNEBUS_AML_STANDIN": "1",
+        "TUNEBUS_AML_SDK": sdk,
         "TUNEBUS_AML_STANDIN_SUBMIT_LATENCY": str(args.latency),
         "TUNEBUS_AML_SUBMIT_THREADS": "1",
         "TUNEBUS_AML_POLL_SECONDS": "0.2",  # one delay-queue hop: the last run's end is seen soon
@@ -166,7 +168,7 @@ def measure(base_env: dict[str, str], replicas: int, args: argparse.Namespace,
         elapsed = time.perf_counter() - started
         summary = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
         if summary.get("status") != "DONE" or summary.get("trials") != {"SUCCEEDED": args.trials}:
-            raise SystemExit(f"run with {replicas} replica(s) did not end DONE with {args.trials} "
+            raise SystemExit(f"run with {replicas} {sdk} replica(s) did not end DONE with {args.trials} "
                              f"SUCCEEDED:\n{result.stdout}\n{result.stderr}\nlogs in {run_dir}")
         return elapsed, experiment_seconds(env, str(summary["id"]))
     finally:
@@ -183,35 +185,39 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=1.0, help="stand-in seconds per submission")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--sdk", nargs="+", choices=["v1", "v2"], default=["v1", "v2"],
+                        help="the Azure ML SDK(s) the submitters use (TUNEBUS_AML_SDK)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (logs)")
     args = parser.parse_args()
     env = infra_env()
     folder = Path(tempfile.mkdtemp(prefix="tunebus-aml-bench-"))
-    cli: dict[int, list[float]] = {n: [] for n in args.replicas}
-    own: dict[int, list[float]] = {n: [] for n in args.replicas}
+    keys = [(sdk, n) for sdk in args.sdk for n in args.replicas]
+    cli: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+    own: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
     try:
         for run in range(args.runs):
-            for replicas in args.replicas:  # interleaved, so that drift hits both alike
-                wall, experiment = measure(env, replicas, args, folder)
-                cli[replicas].append(wall)
-                own[replicas].append(experiment)
-                print(f"run {run + 1}: {replicas} replica(s): experiment {experiment:.1f} s, "
+            for sdk, replicas in keys:  # interleaved, so that drift hits all alike
+                wall, experiment = measure(env, replicas, sdk, args, folder)
+                cli[(sdk, replicas)].append(wall)
+                own[(sdk, replicas)].append(experiment)
+                print(f"run {run + 1}: SDK {sdk}, {replicas} replica(s): experiment {experiment:.1f} s, "
                       f"tunebus create --wait {wall:.1f} s", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\n{args.trials} no-op trials, concurrency {args.concurrency}, {args.latency:g} s per submission, "
           f"1 submission thread per replica; median of {args.runs}:")
-    for label, times in (("experiment (started_at to ended_at)", own), ("tunebus create --wait", cli)):
-        medians = {n: statistics.median(ts) for n, ts in times.items()}
-        print(f"  {label}:")
-        for replicas, median in medians.items():
-            runs = ", ".join(f"{t:.1f}" for t in times[replicas])
-            print(f"    {replicas} replica(s): {median:.1f} s  (runs: {runs})")
-        if len(medians) >= 2:
-            first, last = args.replicas[0], args.replicas[-1]
-            ratio = medians[first] / medians[last]
-            print(f"    ratio {first} -> {last} replicas: {ratio:.2f}x less wall time")
+    for sdk in args.sdk:
+        for label, times in (("experiment (started_at to ended_at)", own), ("tunebus create --wait", cli)):
+            medians = {n: statistics.median(times[(sdk, n)]) for n in args.replicas}
+            print(f"  SDK {sdk}, {label}:")
+            for replicas, median in medians.items():
+                runs = ", ".join(f"{t:.1f}" for t in times[(sdk, replicas)])
+                print(f"    {replicas} replica(s): {median:.1f} s  (runs: {runs})")
+            if len(medians) >= 2:
+                first, last = args.replicas[0], args.replicas[-1]
+                ratio = medians[first] / medians[last]
+                print(f"    ratio {first} -> {last} replicas: {ratio:.2f}x less wall time")
 
 
 if __name__ == "__main__":

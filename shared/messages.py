@@ -144,7 +144,8 @@ class ExperimentStart(Message):
     code_blob: str | None = Field(
         default=None, description="Blob path of the uploaded trial code archive (tar.gz); none = no code."
     )
-    seed: int | None = Field(default=None, description="Experiment seed; derived from the id when absent.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="Experiment seed; derived from the id when absent.")
 
 
 class ExperimentStop(Message):

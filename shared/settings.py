@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "CommonSettings"]
@@ -30,3 +33,21 @@ class CommonSettings(BaseSettings):
     # The blob endpoint of a sharedStorage account, ``{account}`` standing for its name:
     # e.g. http://127.0.0.1:10000/{account} for Azurite, or a sovereign cloud's endpoint.
     shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT
+
+    def known_secrets(self) -> dict[str, str]:
+        """The deployment's secrets, by name (none may be uploaded as trial code).
+
+        The storage account key (unless it is Azurite's public development key), the broker's
+        password (unless RabbitMQ's default ``guest``) and ``AZURE_CLIENT_SECRET``.
+        """
+        found: dict[str, str] = {}
+        fields = dict(part.split("=", 1) for part in self.storage_connection_string.split(";") if "=" in part)
+        key = fields.get("AccountKey")
+        if key and key not in AZURITE_CONNECTION_STRING:
+            found["the deployment's storage AccountKey (TUNEBUS_STORAGE_CONNECTION_STRING)"] = key
+        password = urlsplit(self.amqp_url).password
+        if password and password != "guest":
+            found["the broker password (TUNEBUS_AMQP_URL)"] = password
+        if os.environ.get("AZURE_CLIENT_SECRET"):
+            found["AZURE_CLIENT_SECRET"] = os.environ["AZURE_CLIENT_SECRET"]
+        return found

@@ -501,12 +501,13 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
         print(json.dumps(redact_secrets(config.normalized()), indent=2), file=output.out)
         return EXIT_OK
     experiment_id = _check_id(args.id) if args.id else new_experiment_id()
-    archive = _build_archive(Path(config.trial_code_directory))
     from shared.settings import CommonSettings
 
+    settings = CommonSettings()
+    archive = _build_archive(config, Path(args.config), _known_secrets(config, settings))
     run = _CreateRun(experiment_id)
     try:
-        return asyncio.run(_create(CommonSettings(), config, archive, run, args, output))
+        return asyncio.run(_create(settings, config, archive, run, args, output))
     except KeyboardInterrupt:
         if run.progress is not None:
             run.progress.end_line()
@@ -519,11 +520,34 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
         return EXIT_INTERRUPTED
 
 
-def _build_archive(code_dir: Path) -> bytes:
-    from tunebus.code_archive import CodeArchiveError, build_code_archive
+def _known_secrets(config: Any, settings: CommonSettings) -> dict[str, str]:
+    """The secrets this create knows, by name: none of their values may be uploaded as code."""
+    found = settings.known_secrets()
+    key = config.secrets().shared_storage_account_key
+    if key is not None:
+        found["sharedStorage.storageAccountKey"] = key.get_secret_value()
+    return found
 
+
+def _build_archive(config: Any, config_path: Path, secrets: dict[str, str]) -> bytes:
+    """The code archive: never the config file itself, no secret's value, within the platform's limits."""
+    from tunebus.code_archive import (
+        AML_RUNTIME_FILES,
+        AML_SNAPSHOT_MAX_BYTES,
+        AML_SNAPSHOT_MAX_FILES,
+        MAX_ARCHIVE_BYTES,
+        CodeArchiveError,
+        build_code_archive,
+    )
+
+    limits: dict[str, int] = {}
+    if config.training_service.platform == "aml":
+        # tunebus adds its own few files (the nni shim, the run script) to every AML snapshot.
+        limits = {"max_files": AML_SNAPSHOT_MAX_FILES - AML_RUNTIME_FILES,
+                  "max_bytes": min(MAX_ARCHIVE_BYTES, AML_SNAPSHOT_MAX_BYTES)}
     try:
-        return build_code_archive(code_dir)
+        return build_code_archive(Path(config.trial_code_directory), exclude=[config_path],
+                                  secrets=secrets, **limits)
     except (CodeArchiveError, OSError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 

@@ -7,6 +7,11 @@ a trailing ``/`` for folders only, a leading or inner ``/`` to anchor at the cod
 and ``!`` to re-include (a file inside an excluded folder stays excluded, as in git).
 
 The archive is the same bytes for the same files: entries sorted, owners and times zeroed.
+
+No secret leaves in it: files named in ``exclude`` (the experiment's config file, which may
+hold a storage key) are never packed, and packing refuses (:class:`SecretInCodeError`,
+naming the file and the secret) when any packed file contains the value of a known secret.
+An archive may also be held to a file count (Azure ML's snapshot limit, see ``max_files``).
 """
 
 from __future__ import annotations
@@ -18,15 +23,21 @@ import re
 import stat
 import tarfile
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 __all__ = [
+    "AML_RUNTIME_FILES",
+    "AML_SNAPSHOT_MAX_BYTES",
+    "AML_SNAPSHOT_MAX_FILES",
     "DEFAULT_EXCLUDES",
     "IGNORE_FILES",
     "MAX_ARCHIVE_BYTES",
+    "MIN_SECRET_CHARS",
     "CodeArchiveError",
     "IgnoreRules",
+    "SecretInCodeError",
     "build_code_archive",
     "extract_code_archive",
 ]
@@ -35,10 +46,23 @@ __all__ = [
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
 IGNORE_FILES = (".nniignore", ".amlignore")
 DEFAULT_EXCLUDES = ("__pycache__/", ".git/")
+#: Azure ML's snapshot limits (azureml-core 1.61, ``azureml/_restclient/constants.py``:
+#: SNAPSHOT_MAX_FILES, SNAPSHOT_MAX_SIZE_BYTES); checked at ``tunebus create`` for platform aml.
+AML_SNAPSHOT_MAX_FILES = 2000
+AML_SNAPSHOT_MAX_BYTES = 300 * 1024 * 1024
+#: Files tunebus adds to every AML snapshot (the nni shim, the run script, .amlignore), rounded up.
+AML_RUNTIME_FILES = 32
+#: Secret values shorter than this are not searched for: they would match ordinary text.
+MIN_SECRET_CHARS = 8
+_SCAN_CHUNK = 1024 * 1024
 
 
 class CodeArchiveError(ValueError):
     """The code folder cannot be archived (too big), or an archive is unsafe to extract."""
+
+
+class SecretInCodeError(CodeArchiveError):
+    """A file to pack holds the value of a secret (a storage key, a client secret)."""
 
 
 # ---------------------------------------------------------------- ignore patterns
@@ -153,7 +177,7 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _collect(code_dir: Path, rules: IgnoreRules) -> list[_Entry]:
+def _collect(code_dir: Path, rules: IgnoreRules, excluded: frozenset[Path] = frozenset()) -> list[_Entry]:
     """Every entry to archive, sorted; folders are pruned as soon as they are excluded."""
     root = code_dir.resolve()
     entries: list[_Entry] = []
@@ -176,7 +200,7 @@ def _collect(code_dir: Path, rules: IgnoreRules) -> list[_Entry]:
         dirnames[:] = kept_dirs
         for name in sorted(filenames):
             path, rel = base / name, rel_base + name
-            if rules.ignored(rel, is_dir=False):
+            if rules.ignored(rel, is_dir=False) or path.resolve() in excluded:
                 continue
             if path.is_symlink() and _inside(path.resolve(), root):
                 entries.append(_Entry(rel, path, "symlink", link_target=os.readlink(path)))
@@ -219,20 +243,68 @@ def _tar_info(entry: _Entry) -> tarfile.TarInfo:
     return info
 
 
-def build_code_archive(code_dir: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES) -> bytes:
+def _holds(path: Path, needles: list[bytes]) -> bytes | None:
+    """The first of ``needles`` found in the file, read in chunks (a needle may span two)."""
+    overlap = max(len(n) for n in needles) - 1
+    tail = b""
+    with path.open("rb") as source:
+        while chunk := source.read(_SCAN_CHUNK):
+            window = tail + chunk
+            for needle in needles:
+                if needle in window:
+                    return needle
+            tail = window[-overlap:] if overlap else b""
+    return None
+
+
+def _check_no_secret(code_dir: Path, entries: list[_Entry], secrets: Mapping[str, str]) -> None:
+    by_value = {value.encode(): name for name, value in secrets.items()
+                if value and len(value) >= MIN_SECRET_CHARS}
+    if not by_value:
+        return
+    needles = list(by_value)
+    for entry in entries:
+        if entry.kind != "file":
+            continue
+        found = _holds(entry.path, needles)
+        if found is not None:
+            raise SecretInCodeError(
+                f"{code_dir / entry.rel} contains the value of {by_value[found]}; tunebus never uploads "
+                f"a secret (it would reach Azure ML's snapshot and the code archive): remove it from "
+                f"that file or list the file in {code_dir / '.nniignore'}"
+            )
+
+
+def _too_many(code_dir: Path, count: int, limit: int) -> CodeArchiveError:
+    return CodeArchiveError(
+        f"trial code directory {code_dir} holds {count} files, over the limit of {limit} "
+        f"(Azure ML's snapshot limit, with tunebus's own files); list what trials do not need "
+        f"in {code_dir / '.nniignore'}"
+    )
+
+
+def build_code_archive(code_dir: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int | None = None,
+                       exclude: Iterable[Path] = (), secrets: Mapping[str, str] | None = None) -> bytes:
     """A tar.gz of ``code_dir`` (paths relative to it), minus what the ignore files exclude.
 
-    Raises :class:`CodeArchiveError` when the files to archive add up to more than
-    ``max_bytes``, naming the size and the largest entries, and NotADirectoryError when
-    ``code_dir`` is not a folder.
+    ``exclude`` names files never packed (the experiment's config file); ``secrets`` maps a
+    secret's name to its value, and no packed file may contain a value. Raises
+    :class:`CodeArchiveError` when the files add up to more than ``max_bytes`` (naming the size
+    and the largest entries) or number more than ``max_files``, :class:`SecretInCodeError`
+    naming the file and the secret, and NotADirectoryError when ``code_dir`` is not a folder.
     """
     code_dir = Path(code_dir)
     if not code_dir.is_dir():
         raise NotADirectoryError(f"trial code directory {code_dir} is not a folder")
-    entries = _collect(code_dir, IgnoreRules.for_code_dir(code_dir))
+    excluded = frozenset(Path(p).resolve() for p in exclude)
+    entries = _collect(code_dir, IgnoreRules.for_code_dir(code_dir), excluded)
     total = sum(e.size for e in entries)
     if total > max_bytes:
         raise _too_big(code_dir, entries, total, max_bytes)
+    files = sum(1 for e in entries if e.kind != "dir")
+    if max_files is not None and files > max_files:
+        raise _too_many(code_dir, files, max_files)
+    _check_no_secret(code_dir, entries, secrets or {})
     buffer = io.BytesIO()
     # mtime=0 and no file name in the gzip header: the same files give the same bytes.
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz, \

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from shared.bus import Bus, PermanentError, TransientError
+from shared.deployment import deployment_id
 from shared.messages import (
     Message,
     Ticket,
@@ -43,7 +44,14 @@ from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
-from .aml.backend import AmlBackend, AmlOptions, azureml_api, standin_api
+from .aml.backend import (
+    AmlBackend,
+    AmlOptions,
+    azure_ai_ml_api,
+    azureml_api,
+    standin_api,
+    standin_v2_api,
+)
 from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
@@ -67,6 +75,11 @@ class SubmitterSettings(CommonSettings):
     # A local trial's stdout and stderr keep their last this many bytes each when uploaded.
     log_max_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
     aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
+    # Which Azure ML SDK submits and watches: v1 (azureml-core, the default) or v2 (azure-ai-ml).
+    # See README "Azure ML SDK v1 or v2". Not to be switched while AML experiments run.
+    aml_sdk: Literal["v1", "v2"] = "v1"
+    # Carried by every AML run id and tag (shared/deployment.py); absent: made once, kept in storage.
+    deployment_id: str | None = None
     # azureml-core calls block and are serialized per workspace client: submissions at once per
     # replica (scale replicas for more), and threads for status polls and cancels.
     aml_submit_threads: int = 1
@@ -79,6 +92,9 @@ class SubmitterSettings(CommonSettings):
     aml_standin_submit_latency: float = 0.0
     aml_standin_queue_delay: float = 0.0
     aml_standin_prepare_delay: float = 0.0
+    # What exists in the stand-in's "workspace": compute names and images (comma-separated).
+    aml_standin_computes: str = "cpu-cluster,gpu-cluster"
+    aml_standin_images: str = "msranni/nni"
 
 
 @dataclass
@@ -281,7 +297,8 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
-def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus) -> AmlBackend:
+def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus,
+                 deployment: str) -> AmlBackend:
     """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
     options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
                          poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
@@ -291,17 +308,20 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
             submit_latency=settings.aml_standin_submit_latency,
             queue_delay=settings.aml_standin_queue_delay,
             prepare_delay=settings.aml_standin_prepare_delay,
+            computes=tuple(n.strip() for n in settings.aml_standin_computes.split(",") if n.strip()),
+            images=tuple(n.strip() for n in settings.aml_standin_images.split(",") if n.strip()),
         )
-        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN, NOT on "
-                    "Azure ML (run registry %s). For tests only.", standin.registry)
-        api: Callable[[], Any] = partial(standin_api, standin)
+        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN (SDK %s), "
+                    "NOT on Azure ML (run registry %s). For tests only.", settings.aml_sdk, standin.registry)
+        api: Callable[[], Any] = partial(standin_v2_api if settings.aml_sdk == "v2" else standin_api, standin)
     else:
-        api = azureml_api
+        api = azure_ai_ml_api if settings.aml_sdk == "v2" else azureml_api
     # Credentials are the standard Azure variables, read once here (see aml/auth.py).
     azure_env = {k: v for k, v in os.environ.items()
                  if k.startswith(("AZURE_", "AZUREML_", "MSI_", "IDENTITY_")) or k == "PATH"}
     return AmlBackend(store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
-                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options)
+                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options,
+                      deployment_id=deployment, secrets=settings.known_secrets())
 
 
 async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
@@ -316,8 +336,8 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
                           shared_storage_endpoint=settings.shared_storage_endpoint,
                           log_max_bytes=settings.log_max_bytes)
     submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
-    aml = _aml_backend(settings, submitter, store, bus)
-    aml.warm_up()
+    aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id))
+    await aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
     # AML runs are watched and cancelled by whichever replica takes the ticket or the kill.

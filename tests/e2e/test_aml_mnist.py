@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.aml_submitter.aml import standin
 from shared.bus import Bus
 from shared.messages import ExperimentStop, TrialStatus
 from shared.topology import DELAY_QUEUES
@@ -59,10 +60,21 @@ FILLED = {
 }
 
 
-def _use_standin_submitters(stack: Stack, replicas: int) -> None:
+def _use_standin_submitters(stack: Stack, replicas: int, sdk: str = "v1") -> None:
     """Replace the stack's plain submitter (which would try real Azure) with stand-in ones."""
     stack.kill("aml_submitter", 0, signal.SIGTERM)
-    stack.start("aml_submitter", replicas=replicas, **STANDIN_ENV)
+    stack.start("aml_submitter", replicas=replicas, **STANDIN_ENV, TUNEBUS_AML_SDK=sdk)
+
+
+def _registry(stack: Stack) -> Path:
+    """The stand-in's run registry (the submitters' default: under their work folder)."""
+    return Path(stack.env["TUNEBUS_WORK_DIR"]) / "aml-standin"
+
+
+def _runs(stack: Stack) -> dict[str, str]:
+    """Each stand-in run's id and last status."""
+    return {p.name: json.loads((p / "state.json").read_text())["status"]
+            for p in _registry(stack).iterdir() if p.is_dir()}
 
 
 def _filled_config(folder: Path, shared: SharedStorage, **overrides: Any) -> Path:
@@ -82,12 +94,20 @@ def _filled_config(folder: Path, shared: SharedStorage, **overrides: Any) -> Pat
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torch is not installed (make venv installs torch==2.13.0, the CPU build)")
+@pytest.mark.parametrize("sdk", [
+    "v1",
+    pytest.param("v2", marks=pytest.mark.skipif(importlib.util.find_spec("azure.ai.ml") is None,
+                                                reason="azure-ai-ml (the aml extra) is not installed")),
+])
 async def test_mnist_example_on_the_aml_standin_ends_done(stack: Stack, shared_storage: SharedStorage,
-                                                         tmp_path: Path) -> None:
-    _use_standin_submitters(stack, replicas=1)
+                                                         tmp_path: Path, sdk: str) -> None:
+    _use_standin_submitters(stack, replicas=1, sdk=sdk)
     example = tmp_path / "mnist-pytorch"
     shutil.copytree(EXAMPLE, example)
     config = _filled_config(example, shared_storage, maxTrialNumber=3, trialConcurrency=2)
+    # Azure ML as it fails: a throttled submit, and one that fails after its run exists.
+    standin.inject_fault(_registry(stack), "submit", 429)
+    standin.inject_fault(_registry(stack), "tags", 503)
 
     summary = await asyncio.to_thread(stack.create, config, timeout=240)
 
@@ -100,8 +120,13 @@ async def test_mnist_example_on_the_aml_standin_ends_done(stack: Stack, shared_s
     for trial in state.trials.values():
         assert trial.status == TrialStatus.SUCCEEDED
         assert trial.metric_count == 9  # 8 epochs' intermediate results and the final one
-        assert trial.job_url and trial.job_url.startswith("standin://not-azure/tunebus-ws/")
-    assert "NOT on Azure ML" in stack.log("aml_submitter-1")  # it says what it is
+        prefix = ("standin://not-azure/v2/tunebus-ws/jobs/" if sdk == "v2"
+                  else "standin://not-azure/tunebus-ws/")
+        assert trial.job_url and trial.job_url.startswith(prefix)
+    # It says what it is.
+    assert f"LOCAL STAND-IN (SDK {sdk}), NOT on Azure ML" in stack.log("aml_submitter-1")
+    assert list(_runs(stack).values()) == ["Completed"] * 3  # no orphan run from the failed calls
+    assert not json.loads((_registry(stack) / "faults.json").read_text())  # both faults did happen
 
 
 TRIAL = """import time, nni
@@ -162,9 +187,14 @@ async def _only_experiment(stack: Stack) -> str | None:
     return next(iter(ids)) if len(ids) == 1 else None
 
 
+@pytest.mark.parametrize("sdk", [
+    "v1",
+    pytest.param("v2", marks=pytest.mark.skipif(importlib.util.find_spec("azure.ai.ml") is None,
+                                                reason="azure-ai-ml (the aml extra) is not installed")),
+])
 async def test_stopping_an_experiment_cancels_its_aml_runs(stack: Stack, shared_storage: SharedStorage,
-                                                          tmp_path: Path) -> None:
-    _use_standin_submitters(stack, replicas=2)
+                                                          tmp_path: Path, sdk: str) -> None:
+    _use_standin_submitters(stack, replicas=2, sdk=sdk)
     folder = tmp_path / "exp"
     folder.mkdir()
     (folder / "search_space.json").write_text('{"x": {"_type": "uniform", "_value": [0, 1]}}')
@@ -174,14 +204,14 @@ async def test_stopping_an_experiment_cancels_its_aml_runs(stack: Stack, shared_
 
     create = asyncio.create_task(asyncio.to_thread(stack.create, config, timeout=120))
     experiment_id = await _running_experiment(stack, create)
+    standin.inject_fault(_registry(stack), "cancel")  # one cancel is lost: it is confirmed and sent again
     await _publish_stop(stack, experiment_id)
 
     summary = await create
     assert summary["status"] == "STOPPED", (summary, stack.logs())
     state = await wait_finished(stack, experiment_id)
     assert {t.status for t in state.trials.values()} == {TrialStatus.USER_CANCELED}
-    registry = Path(stack.env["TUNEBUS_WORK_DIR"]) / "aml-standin"
-    statuses = {p.name: json.loads((p / "state.json").read_text())["status"] for p in registry.iterdir()}
+    statuses = _runs(stack)
     assert statuses and set(statuses.values()) == {"Canceled"}, statuses  # the runs were cancelled
 
 

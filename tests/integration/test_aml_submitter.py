@@ -50,7 +50,8 @@ def _config() -> dict[str, Any]:
         "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600,
         "tuner": {"name": "Random"},
         "trainingService": {"platform": "aml", "subscriptionId": "sub", "resourceGroup": "rg",
-                            "workspaceName": "ws", "computeTarget": "cpu-cluster", "dockerImage": "img"},
+                            "workspaceName": "ws", "computeTarget": "cpu-cluster",
+                            "dockerImage": "msranni/nni"},
     }
 
 
@@ -77,6 +78,7 @@ def _submitter(store: BlobStore, tmp_path: Path, api: Any, env: dict[str, str] |
         store=store, report=submitter.report, publish_ticket=bus.publish_ticket, work_dir=tmp_path / "work",
         api=api, env=env or {}, options=AmlOptions(poll_seconds=0.05, auth_timeout=10,
                                                    retry=RetryPolicy(attempts=3, base=0.01)),
+        deployment_id="itest1",
     )
     return submitter, bus
 
@@ -122,7 +124,7 @@ async def test_an_aml_trial_runs_and_writes_its_metrics_through_the_sas(store: B
     metrics = await store.list(Layout("exp-ok").metrics_prefix("trial1"))
     assert [Path(m).name for m in metrics] == ["000000.json", "000001.json"]
     doc = await store.read_json(Layout("exp-ok").trial_doc("trial1"))
-    assert doc is not None and doc[0]["runs"]["1"]["run_id"] == "tunebus_exp-ok_trial1_1"
+    assert doc is not None and doc[0]["runs"]["1"]["run_id"] == "tunebus_itest1_exp-ok_trial1_1"
     # A redelivered submit starts nothing more.
     await submitter.on_submit(_submit("exp-ok"))
     assert len(list((tmp_path / "registry").iterdir())) == 1

@@ -63,7 +63,7 @@ def test_the_first_method_that_works_wins_and_later_ones_are_not_tried() -> None
             return f"auth-{name}"
         return AuthMethod(name, make)
 
-    auth, name = resolve_auth({}, methods=[method("a", False), method("b", True), method("c", True)])
+    auth, name, _ = resolve_auth({}, methods=[method("a", False), method("b", True), method("c", True)])
     assert (auth, name) == ("auth-b", "b")
     assert tried == ["a", "b"]
 
@@ -87,3 +87,44 @@ def test_secrets_are_not_in_the_message() -> None:
         resolve_auth(env, methods=[AuthMethod("sp", leaky)])
     assert "s3cr3t-value" not in str(caught.value)
     assert "Invalid client secret" in str(caught.value)
+
+
+def test_a_credential_with_a_token_but_no_access_is_passed_over() -> None:
+    """A managed identity without a role yields a token; the workspace refuses it (403): next."""
+
+    class Forbidden(Exception):
+        status_code = 403
+
+    def probe(auth: Any) -> str:
+        if auth == "auth-msi":
+            raise Forbidden("AuthorizationFailed: identity has no access to workspace ws")
+        return f"workspace via {auth}"
+
+    methods = [AuthMethod("managed identity", lambda env: "auth-msi"),
+               AuthMethod("Azure CLI login", lambda env: "auth-cli")]
+    auth, name, workspace = resolve_auth({}, methods=methods, probe=probe)
+    assert (auth, name, workspace) == ("auth-cli", "Azure CLI login", "workspace via auth-cli")
+    with pytest.raises(NoCredentialError) as caught:
+        resolve_auth({}, methods=methods[:1], probe=probe)
+    assert "managed identity: a token, but the workspace refused it" in str(caught.value)
+    assert "AuthorizationFailed" in str(caught.value)
+
+
+def test_cli_tokens_are_kept_until_shortly_before_they_expire(tmp_path: Any) -> None:
+    from services.aml_submitter.aml.auth import TOKEN_REFRESH_MARGIN, _az_token_getter
+
+    calls = tmp_path / "calls"
+    az = tmp_path / "az"
+    az.write_text(f"""#!/bin/sh
+echo x >> {calls}
+n=$(wc -l < {calls})
+echo '{{"accessToken": "token-'$n'", "expires_on": 10000}}'
+""")
+    az.chmod(0o755)
+    now = [1000.0]
+    get = _az_token_getter(str(az), 10, clock=lambda: now[0])
+    assert get("https://management.azure.com/") == "token-1"
+    assert get("https://management.azure.com/") == "token-1"  # cached, no second process
+    now[0] = 10000 - TOKEN_REFRESH_MARGIN + 1  # about to expire
+    assert get("https://management.azure.com/") == "token-2"
+    assert calls.read_text().count("x") == 2

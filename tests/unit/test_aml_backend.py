@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import (
     AmlBackend,
     AmlOptions,
+    CancelNotConfirmedError,
     RetryPolicy,
     failure_reason,
     standin_api,
@@ -108,8 +110,8 @@ def _make(tmp_path: Path, *, submit_errors: list[Exception] | None = None,
 
     def api() -> SimpleNamespace:
         real = standin_api(settings)
-        return SimpleNamespace(Workspace=real.Workspace, ComputeTarget=ComputeTarget, Experiment=Experiment,
-                               Run=real.Run, standin=True)
+        real.ComputeTarget, real.Experiment = ComputeTarget, Experiment
+        return real
 
     async def report(msg: TrialStatusChanged | TrialHeartbeat) -> None:
         if isinstance(msg, TrialHeartbeat):
@@ -122,7 +124,8 @@ def _make(tmp_path: Path, *, submit_errors: list[Exception] | None = None,
 
     opts = AmlOptions(poll_seconds=0.05, retry=RetryPolicy(attempts=4, base=0.01, cap=0.05), **options)
     backend = AmlBackend(store=store, report=report, publish_ticket=publish_ticket,  # type: ignore[arg-type]
-                         work_dir=tmp_path / "work", api=api, env={}, options=opts)
+                         work_dir=tmp_path / "work", api=api, env={}, options=opts,
+                         deployment_id="dep1")
     harness = Harness(backend, store)
     return harness
 
@@ -131,7 +134,8 @@ def _job(command: str, trial_id: str = "tr1", attempt: int = 1) -> JobRequest:
     config = {
         "trialCommand": command, "trialConcurrency": 1,
         "trainingService": {"platform": "aml", "subscriptionId": "s", "resourceGroup": "r",
-                            "workspaceName": "ws", "computeTarget": "cpu", "dockerImage": "img"},
+                            "workspaceName": "ws", "computeTarget": "cpu-cluster",
+                            "dockerImage": "msranni/nni"},
     }
     return JobRequest(TrialIdentity(EXP, trial_id, 4, attempt), {"x": 1}, config, None,
                       "http://127.0.0.1:1/devstoreaccount1/c?sig=x")
@@ -144,8 +148,8 @@ async def test_submit_reports_waiting_records_the_run_and_watches_it_to_success(
     assert waiting.status == TrialStatus.WAITING and waiting.job_url
     assert waiting.job_url.startswith("standin://")
     doc = h.store.docs[Layout(EXP).trial_doc("tr1")][0]
-    assert doc["platform"] == "aml" and doc["runs"]["1"]["run_id"] == "tunebus_exp1_tr1_1"
-    assert h.tickets[0].purpose == "aml.watch" and h.tickets[0].state["run_id"] == "tunebus_exp1_tr1_1"
+    assert doc["platform"] == "aml" and doc["runs"]["1"]["run_id"] == "tunebus_dep1_exp1_tr1_1"
+    assert h.tickets[0].purpose == "aml.watch" and h.tickets[0].state["run_id"] == "tunebus_dep1_exp1_tr1_1"
     end = await h.drive()
     assert end.status == TrialStatus.SUCCEEDED and end.error is None
     assert end.job_url == waiting.job_url and end.backend_status == "Completed"
@@ -209,7 +213,7 @@ async def test_a_repeated_submission_finds_the_run_instead_of_making_another(tmp
     await h.backend.submit(_job("sleep 0.3"))
     await h.backend.submit(_job("sleep 0.3"))  # e.g. redelivered after a crash
     runs = [p.name for p in (tmp_path / "registry").iterdir()]
-    assert runs == ["tunebus_exp1_tr1_1"]
+    assert runs == ["tunebus_dep1_exp1_tr1_1"]
     assert [r.status for r in h.reports] == [TrialStatus.WAITING, TrialStatus.WAITING]
 
 
@@ -260,7 +264,7 @@ async def test_another_replica_watches_a_run_it_did_not_submit(tmp_path: Path) -
 async def test_not_responding_for_too_long_fails_the_trial(tmp_path: Path) -> None:
     h = _make(tmp_path, not_responding_limit=0.3)
     await h.backend.submit(_job("sleep 60"))
-    state_path = tmp_path / "registry" / "tunebus_exp1_tr1_1" / "state.json"
+    state_path = tmp_path / "registry" / "tunebus_dep1_exp1_tr1_1" / "state.json"
     for _ in range(500):
         if standin._read_json(state_path)["status"] == "Running":
             break
@@ -310,3 +314,170 @@ def test_retry_delays_grow_and_are_capped() -> None:
     values = [policy.delay(n) for n in range(1, 8)]
     assert 0.8 <= values[0] <= 1.2 and 1.6 <= values[1] <= 2.4
     assert max(values) <= 12.0
+
+
+# ---------------------------------------------------------------- as the SDK really fails
+
+
+def _runs(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "registry").iterdir() if p.is_dir())
+
+
+def _sdk_execution_error(status: int) -> Exception:
+    """azureml-core's own ExperimentExecutionException, as ``_raise_request_error`` builds it."""
+    from azureml.exceptions import ExperimentExecutionException
+
+    return ExperimentExecutionException(json.dumps({"status_code": status, "url": "https://x/run",
+                                                    "error_details": {"error": {"code": "Throttled"}}}))
+
+
+async def test_a_429_from_the_sdk_then_success(tmp_path: Path) -> None:
+    h = _make(tmp_path, submit_errors=[_sdk_execution_error(429)])
+    await h.backend.submit(_job("true"))
+    assert h.submits == 2 and h.reports[0].status == TrialStatus.WAITING
+    assert _runs(tmp_path) == ["tunebus_dep1_exp1_tr1_1"]
+
+
+async def test_a_400_from_the_sdk_fails_the_trial_at_once(tmp_path: Path) -> None:
+    h = _make(tmp_path, submit_errors=[_sdk_execution_error(400)])
+    with pytest.raises(PermanentSubmitError, match="400"):
+        await h.backend.submit(_job("true"))
+    assert h.submits == 1
+
+
+async def test_a_crash_between_submit_and_record_adopts_the_run(tmp_path: Path) -> None:
+    h = _make(tmp_path)
+    await h.backend.submit(_job("sleep 0.3"))
+    del h.store.docs[Layout(EXP).trial_doc("tr1")]  # as if the replica died before recording it
+    again = _make(tmp_path)  # the replica that gets the redelivery
+    await again.backend.submit(_job("sleep 0.3"))
+    assert again.submits == 0  # looked up first: found, adopted, not submitted again
+    doc = again.store.docs[Layout(EXP).trial_doc("tr1")][0]
+    assert doc["runs"]["1"]["run_id"] == "tunebus_dep1_exp1_tr1_1"
+    assert _runs(tmp_path) == ["tunebus_dep1_exp1_tr1_1"]
+    assert (await again.drive()).status == TrialStatus.SUCCEEDED
+
+
+async def test_a_409_after_a_lookup_that_missed_the_run_adopts_it(tmp_path: Path) -> None:
+    h = _make(tmp_path)
+    await h.backend.submit(_job("sleep 0.3"))
+    del h.store.docs[Layout(EXP).trial_doc("tr1")]
+    again = _make(tmp_path)
+    standin.inject_fault(tmp_path / "registry", "get", 404)  # the first look-up does not see it yet
+    await again.backend.submit(_job("sleep 0.3"))
+    assert again.submits == 1  # submitted, got the SDK's 409, looked again: adopted
+    assert again.reports[0].status == TrialStatus.WAITING
+    assert _runs(tmp_path) == ["tunebus_dep1_exp1_tr1_1"]
+
+
+async def test_a_failure_after_the_run_exists_leaves_no_orphan(tmp_path: Path) -> None:
+    h = _make(tmp_path)
+    standin.inject_fault(tmp_path / "registry", "tags", 503)  # the tags call after the run exists
+    await h.backend.submit(_job("true"))
+    assert h.submits == 1  # not submitted a second time: the run was found and adopted
+    doc = h.store.docs[Layout(EXP).trial_doc("tr1")][0]
+    assert doc["runs"]["1"]["run_id"] == "tunebus_dep1_exp1_tr1_1"  # recorded: watched, cancellable
+    workspace = standin.Workspace("s", "r", "ws", settings=standin.StandinSettings(tmp_path / "registry"))
+    tags = standin.Run.get(workspace, "tunebus_dep1_exp1_tr1_1").get_tags()
+    assert tags["tunebus.deployment"] == "dep1" and tags["tunebus.trial_id"] == "tr1"  # set on adoption
+    assert (await h.drive()).status == TrialStatus.SUCCEEDED
+
+
+async def test_another_deployments_run_is_never_adopted(tmp_path: Path) -> None:
+    ours = _make(tmp_path)
+    await ours.backend.submit(_job("sleep 0.3"))
+    theirs = _make(tmp_path)  # same workspace, same experiment and trial ids, another deployment
+    theirs.backend.deployment_id = "dep2"
+    await theirs.backend.submit(_job("sleep 0.3"))
+    assert theirs.submits == 1
+    assert _runs(tmp_path) == ["tunebus_dep1_exp1_tr1_1", "tunebus_dep2_exp1_tr1_1"]
+    # A run that carries our run id but another deployment's tag is refused, not adopted.
+    workspace = standin.Workspace("s", "r", "ws", settings=standin.StandinSettings(tmp_path / "registry"))
+    standin.Run.get(workspace, "tunebus_dep1_exp1_tr1_1").set_tags({"tunebus.deployment": "dep9"})
+    del ours.store.docs[Layout(EXP).trial_doc("tr1")]
+    with pytest.raises(PermanentSubmitError, match="belongs to deployment 'dep9'"):
+        await ours.backend.submit(_job("sleep 0.3"))
+
+
+async def _running(h: Harness) -> None:
+    while not any(r.status == TrialStatus.RUNNING for r in h.reports):
+        ticket = h.tickets.pop(0).model_copy(update={"due": datetime.now(UTC)})
+        await h.backend.on_watch(ticket)
+
+
+async def test_a_cancel_that_does_not_take_is_sent_again(tmp_path: Path) -> None:
+    h = _make(tmp_path, cancel_check_seconds=0.2)
+    await h.backend.submit(_job("sleep 60"))
+    await _running(h)
+    standin.inject_fault(tmp_path / "registry", "cancel", times=1)  # the first cancel is lost
+    await h.backend.on_kill(TrialKill(experiment_id=EXP, trial_id="tr1", status=TrialStatus.SYS_CANCELED,
+                                      reason="maxTrialDuration exceeded"))
+    end = await h.drive()
+    assert (end.status, end.error) == (TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded")
+
+
+async def test_a_cancel_that_never_takes_is_a_named_error(tmp_path: Path) -> None:
+    h = _make(tmp_path, cancel_check_seconds=0.05, cancel_attempts=3)
+    await h.backend.submit(_job("sleep 60"))
+    await _running(h)
+    standin.inject_fault(tmp_path / "registry", "cancel", times=3)
+    with pytest.raises(CancelNotConfirmedError, match=r"tunebus_dep1_exp1_tr1_1 is still Running after 3"):
+        await h.backend.on_kill(TrialKill(experiment_id=EXP, trial_id="tr1", status=TrialStatus.USER_CANCELED,
+                                          reason="stopped"))
+    await h.backend.on_kill(TrialKill(experiment_id=EXP, trial_id="tr1", status=TrialStatus.USER_CANCELED,
+                                      reason="stopped"))  # the redelivery: this one takes
+    assert (await h.drive()).status == TrialStatus.USER_CANCELED
+
+
+async def test_amls_own_limit_is_past_tunebus_and_its_cancel_says_so(tmp_path: Path) -> None:
+    h = _make(tmp_path)
+    job = _job("sleep 60")
+    job.config["maxTrialDuration"] = 1.0
+    await h.backend.submit(job)
+    assert h.tickets[0].state["aml_limit"] == 1 + 3600  # tunebus's kill comes first
+    workspace = standin.Workspace("s", "r", "ws", settings=standin.StandinSettings(tmp_path / "registry"))
+    await _running(h)
+    standin.Run.get(workspace, "tunebus_dep1_exp1_tr1_1").cancel()  # cancelled in Azure ML, not by tunebus
+    end = await h.drive()
+    assert end.status == TrialStatus.USER_CANCELED
+    assert end.error and "not by tunebus" in end.error and "3601 s" in end.error
+
+
+async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_one_refused_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.aml_submitter.aml import backend as backend_module
+    from services.aml_submitter.aml.auth import AuthMethod
+
+    class Forbidden(Exception):
+        status_code = 403
+
+    refused = {"msi"}
+    made: list[str] = []
+
+    def method(name: str) -> AuthMethod:
+        def make(env: Any) -> str:
+            made.append(name)
+            return name
+        return AuthMethod(name, make)
+
+    real_resolve = backend_module.resolve_auth
+    monkeypatch.setattr(backend_module, "resolve_auth", lambda env, **kw: real_resolve(
+        env, **{**kw, "methods": [method("msi"), method("cli")]}))
+    h = _make(tmp_path)
+    base = h.backend.api
+
+    def workspace(sub: str, rg: str, name: str, auth: Any = None) -> Any:
+        if auth in refused:
+            raise Forbidden(f"AuthorizationFailed: {auth} has no access to {name}")
+        return base.Workspace(sub, rg, name)
+
+    h.backend._api = SimpleNamespace(**{**vars(base), "Workspace": workspace, "standin": False})
+    await h.backend.submit(_job("true"))
+    assert made == ["msi", "cli"] and h.backend._auth == "cli"
+    h.backend._drop_credential(Forbidden("role removed"))  # as after a 403 while watching
+    refused.add("cli")
+    with pytest.raises(PermanentSubmitError) as caught:
+        await h.backend.submit(_job("true", trial_id="tr2"))
+    message = str(caught.value)
+    assert "msi: a token, but the workspace refused it" in message
+    assert "cli: a token, but the workspace refused it" in message

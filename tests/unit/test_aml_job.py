@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 
 from services.aml_submitter.aml.job import (
+    RUN_SCRIPT,
     RUNTIME_FOLDER,
     AmlTarget,
     aml_experiment_name,
+    aml_time_limit,
     build_script_run_config,
     build_snapshot,
+    run_command,
     run_id_for,
     run_tags,
-    wrapped_command,
 )
 from services.aml_submitter.backend import JobRequest, PermanentSubmitError
 from services.aml_submitter.trial_env import TrialIdentity
@@ -92,14 +94,20 @@ def test_snapshot_without_code_still_has_the_shim(tmp_path: Path) -> None:
 def test_the_shim_is_importable_from_any_folder_the_command_goes_to(code_dir: Path, tmp_path: Path) -> None:
     snapshot = build_snapshot(_job(code_dir), tmp_path / "snap")
     env = {"PATH": os.environ["PATH"], "TUNEBUS_PARAMETERS": json.dumps({"lr": 0.5})}
-    command = wrapped_command(
-        f"cd sub && {sys.executable} -c 'import nni, os; print(nni.get_next_parameter()[\"lr\"], "
-        "os.environ[\"NNI_OUTPUT_DIR\"])'"
-    )
-    out = subprocess.run(["bash", "-c", command], cwd=snapshot, env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    job = _job(code_dir)
+    command = (f"cd sub && {sys.executable} -c 'import nni, os; print(nni.get_next_parameter()[\"lr\"], "
+               "os.environ[\"NNI_OUTPUT_DIR\"])'")
+    job.config["trialCommand"] = command
+    snapshot = build_snapshot(job, tmp_path / "snap2")
+    # Started from another folder and through `sh -c`: the run script goes to its own folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run(["sh", "-c", f"bash {snapshot / RUN_SCRIPT}"], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "0.5"
     assert out[1] == str(snapshot / "outputs") and (snapshot / "outputs").is_dir()
+    assert run_command() == f"bash {RUN_SCRIPT}"
+    assert (snapshot / RUN_SCRIPT).read_text().rstrip().endswith(command)
 
 
 def test_script_run_config_carries_image_target_command_env_and_limit(code_dir: Path, tmp_path: Path) -> None:
@@ -118,9 +126,10 @@ def test_script_run_config_carries_image_target_command_env_and_limit(code_dir: 
     assert run_config.environment.python.user_managed_dependencies is True
     assert run_config.environment.python.interpreter_path == "python3"
     assert run_config.docker.use_docker is True
-    assert run_config.max_run_duration_seconds == 600  # 599.5 s rounded up
-    assert config.command.endswith("python3 trial.py --epochs 2")
-    assert f"$PWD/{RUNTIME_FOLDER}" in config.command
+    # 599.5 s rounded up, then an hour more: tunebus's own limit (SYS_CANCELED, with a reason) comes first
+    assert run_config.max_run_duration_seconds == 600 + 3600
+    assert config.command == f"bash {RUN_SCRIPT}"
+    assert (snapshot / RUN_SCRIPT).read_text().rstrip().endswith("python3 trial.py --epochs 2")
     env = run_config.environment_variables
     assert env["NNI_PLATFORM"] == "aml"
     assert env["NNI_EXP_ID"] == "exp42" and env["NNI_TRIAL_JOB_ID"] == "trialab"
@@ -151,7 +160,7 @@ def test_no_account_key_in_the_job_definition_or_tags(code_dir: Path, tmp_path: 
     # What azureml-core sends to the service as the run's definition.
     definition = json.dumps(_serialize_to_dict(config.run_config), default=str)
     assert "gpu-cluster" in definition and "NNI_TRIAL_JOB_ID" in definition  # the save did save it
-    everything = definition + config.command + json.dumps(run_tags(job)) + json.dumps(dict(
+    everything = definition + config.command + json.dumps(run_tags(job, "dep1")) + json.dumps(dict(
         config.run_config.environment_variables))
     assert ACCOUNT_KEY not in everything
     assert not any(ACCOUNT_KEY.encode() in p.read_bytes() for p in snapshot.rglob("*") if p.is_file())
@@ -159,12 +168,19 @@ def test_no_account_key_in_the_job_definition_or_tags(code_dir: Path, tmp_path: 
 
 def test_tags_names_and_run_id() -> None:
     job = _job(None)
-    assert run_tags(job) == {
-        "tunebus.experiment_id": "exp42", "tunebus.trial_id": "trialab", "tunebus.sequence_id": "7",
+    assert run_tags(job, "dep1") == {
+        "tunebus.deployment": "dep1", "tunebus.experiment_id": "exp42", "tunebus.trial_id": "trialab",
+        "tunebus.sequence_id": "7",
         "tunebus.attempt": "2", "tunebus.parameters": '{"layers":[64,32],"lr":0.01}',
     }
     assert aml_experiment_name("exp42") == "tunebus-exp42"
-    assert run_id_for(job.who) == "tunebus_exp42_trialab_2"  # fixed: a resubmission finds the run
+    assert run_id_for(job.who, "dep1") == "tunebus_dep1_exp42_trialab_2"  # fixed: a resubmission finds it
+
+
+def test_amls_limit_is_well_past_tunebuss() -> None:
+    assert aml_time_limit(None) is None and aml_time_limit(0) is None
+    assert aml_time_limit(60) == 60 + 3600  # at least an hour later
+    assert aml_time_limit(10 * 3600) == 20 * 3600  # and at least twice as long
 
 
 def test_target_from_config_and_missing_fields() -> None:
@@ -182,6 +198,13 @@ def test_code_over_the_size_limit_fails_the_trial(code_dir: Path, tmp_path: Path
 
     monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 10)
     monkeypatch.setattr(archive.build_code_archive, "__defaults__", None)
-    monkeypatch.setattr(archive.build_code_archive, "__kwdefaults__", {"max_bytes": 10})
+    defaults = dict(archive.build_code_archive.__kwdefaults__ or {})
+    monkeypatch.setattr(archive.build_code_archive, "__kwdefaults__", {**defaults, "max_bytes": 10})
     with pytest.raises(PermanentSubmitError, match="over the"):
         build_snapshot(_job(code_dir), tmp_path / "snap")
+
+
+def test_a_secret_of_the_service_in_the_code_fails_the_trial(code_dir: Path, tmp_path: Path) -> None:
+    (code_dir / "notes.txt").write_text("client secret: ZmFrZS1jbGllbnQtc2VjcmV0\n")
+    with pytest.raises(PermanentSubmitError, match=r"notes.txt contains the value of AZURE_CLIENT_SECRET"):
+        build_snapshot(_job(code_dir), tmp_path / "snap", {"AZURE_CLIENT_SECRET": "ZmFrZS1jbGllbnQtc2VjcmV0"})

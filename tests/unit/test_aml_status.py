@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.aml_submitter.aml.errors import is_conflict, is_transient, status_code_of
+from services.aml_submitter.aml.errors import (
+    is_auth_error,
+    is_conflict,
+    is_not_found,
+    is_transient,
+    status_code_of,
+)
 from services.aml_submitter.aml.status import AmlRunStatus, is_terminal, trial_status_for
 from shared.messages import TrialStatus
 
@@ -21,11 +27,20 @@ EXPECTED = {
     "Failed": TrialStatus.FAILED,
     "Canceled": TrialStatus.USER_CANCELED,
     "NotResponding": TrialStatus.RUNNING,  # watched on; failed only after NOT_RESPONDING_LIMIT
+    "Unapproved": TrialStatus.WAITING,  # quota approval pending
+    "Pausing": TrialStatus.RUNNING,
+    "Paused": TrialStatus.RUNNING,  # not an end: the slot stays taken
 }
 
 
 def test_the_table_covers_every_aml_status() -> None:
     assert set(EXPECTED) == {s.value for s in AmlRunStatus}
+
+
+def test_every_status_of_the_sdk_is_known() -> None:
+    """azureml-core's own list (all fifteen words), not a list written from memory."""
+    constants = pytest.importorskip("azureml._restclient.constants")
+    assert set(constants.RunStatus.list()) == {s.value for s in AmlRunStatus}
 
 
 @pytest.mark.parametrize(("aml", "trial"), sorted(EXPECTED.items()))
@@ -40,8 +55,8 @@ def test_a_canceled_run_ends_as_its_kill_asked() -> None:
 
 
 def test_an_unknown_status_is_not_final() -> None:
-    assert trial_status_for("Paused") == TrialStatus.WAITING
-    assert not is_terminal("Paused")
+    assert trial_status_for("Hibernating") == TrialStatus.WAITING
+    assert not is_terminal("Hibernating")
 
 
 class _HttpError(Exception):
@@ -107,3 +122,81 @@ def test_conflict() -> None:
     assert is_conflict(_HttpError("Conflict", 409))
     assert is_conflict(Exception("Run tunebus_x_y_1 already exists"))
     assert not is_conflict(_HttpError("Bad Request", 400))
+
+
+# ---------------------------------------------------------------- the SDK's own exceptions
+
+
+def _execution_error(status: int) -> Exception:
+    """What azureml-core's ``_raise_request_error`` raises: the status only inside a JSON message."""
+    exceptions = pytest.importorskip("azureml.exceptions")
+    common = pytest.importorskip("azureml._base_sdk_common.common")
+
+    class Response:  # what get_http_exception_response_string reads of a requests.Response
+        url = "https://eastus.api.azureml.ms/execution/v1.0/.../experiments/tunebus-e/run"
+        status_code = status
+        text = '{"error": {"code": "Throttled", "message": "slow down"}}'
+
+        def json(self) -> dict[str, object]:
+            return {"error": {"code": "Throttled", "message": "slow down"}}
+
+    error = exceptions.ExperimentExecutionException(common.get_http_exception_response_string(Response()))
+    assert not hasattr(error, "status_code")  # the premise: nothing but the message
+    return error
+
+
+def _compute_error(status: int) -> Exception:
+    exceptions = pytest.importorskip("azureml.exceptions")
+    return exceptions.ComputeTargetException(
+        "Received bad response from Resource Provider:\n"
+        f"Response Code: {status}\nHeaders: {{}}\nContent: b'...'"
+    )
+
+
+@pytest.mark.parametrize(("status", "transient"), [(429, True), (500, True), (503, True), (400, False),
+                                                    (403, False), (404, False)])
+def test_execution_service_errors_by_the_status_in_the_message(status: int, transient: bool) -> None:
+    error = _execution_error(status)
+    assert status_code_of(error) == status
+    assert is_transient(error) is transient
+
+
+def test_a_conflict_from_the_execution_service_is_recognised() -> None:
+    assert is_conflict(_execution_error(409))
+
+
+@pytest.mark.parametrize(("status", "transient"), [(429, True), (502, True), (400, False)])
+def test_compute_target_errors_by_the_status_in_the_message(status: int, transient: bool) -> None:
+    assert is_transient(_compute_error(status)) is transient
+
+
+def test_a_missing_cluster_is_permanent() -> None:
+    exceptions = pytest.importorskip("azureml.exceptions")
+    error = exceptions.ComputeTargetException(
+        "ComputeTargetNotFound: Compute Target with name gpu not found in provided workspace")
+    assert status_code_of(error) is None
+    assert not is_transient(error)
+
+
+def test_run_history_errors_carry_the_status_as_an_attribute() -> None:
+    """``Run.get`` of a missing run: a ServiceException with ``status_code`` 404."""
+    restclient = pytest.importorskip("azureml._restclient.exceptions")
+    models = pytest.importorskip("azureml._restclient.models")
+
+    class Response:
+        status_code = 404
+        headers: dict[str, str] = {}
+        reason = "Not Found"
+        text = "{}"
+
+        def json(self) -> dict[str, object]:
+            return {}
+
+        def raise_for_status(self) -> None:
+            raise RuntimeError("404 Not Found")
+
+    inner = models.ErrorResponseException(lambda *_: None, Response())
+    error = restclient.ServiceException(inner)
+    assert status_code_of(error) == 404
+    assert is_not_found(error) and not is_transient(error)
+    assert is_auth_error(_HttpError("Forbidden", 403)) and not is_auth_error(error)

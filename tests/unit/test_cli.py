@@ -320,3 +320,75 @@ def test_show_gives_the_limits_as_updated() -> None:
     assert lines["concurrency"] == "8"
     assert lines["max trials"] == "40"  # not updated: the config's
     assert lines["max duration"] == "2h00m"
+
+
+# ---------------------------------------------------------------- create: no secret uploaded
+
+AML_WITH_KEY = """\
+    searchSpaceFile: search_space.json
+    trialCommand: python3 trial.py
+    trialCodeDirectory: .
+    trialConcurrency: 1
+    tuner:
+      name: TPE
+    trainingService:
+      platform: aml
+      subscriptionId: s
+      resourceGroup: r
+      workspaceName: w
+      computeTarget: cpu-cluster
+    sharedStorage:
+      storageType: AzureBlob
+      storageAccountName: acct
+      containerName: c
+      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
+      localMountPoint: /mnt/data
+      remoteMountPoint: /tmp/data
+      localMounted: usermount
+"""
+
+
+def test_create_never_packs_its_config_file(tmp_path: Path, unreachable: dict[str, str]) -> None:
+    """The config (with the key) sits in the code folder: it is left out, so create goes on to connect."""
+    config = write_config(tmp_path, AML_WITH_KEY)
+    from shared.config import load_experiment_config
+    from shared.settings import CommonSettings
+
+    loaded = load_experiment_config(config)
+    archive = cli._build_archive(loaded, config, cli._known_secrets(loaded, CommonSettings()))
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert "config.yml" not in tar.getnames() and "trial.py" in tar.getnames()
+
+
+@pytest.mark.parametrize("where", ["copy", "env"])
+def test_create_refuses_code_holding_a_secret_exit_2_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], unreachable: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    config = write_config(tmp_path, AML_WITH_KEY)
+    if where == "copy":  # a second copy of the config, under another name
+        (tmp_path / "config_backup.yml").write_text(config.read_text())
+        secret_name = "sharedStorage.storageAccountKey"
+    else:
+        monkeypatch.setenv("AZURE_CLIENT_SECRET", "sp-secret-value-123")
+        (tmp_path / "run.sh").write_text("export AZURE_CLIENT_SECRET=sp-secret-value-123\n")
+        secret_name = "AZURE_CLIENT_SECRET"
+    assert cli.main(["create", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert secret_name in err and ("config_backup.yml" in err or "run.sh" in err)
+    assert "c2VjcmV0" not in err and "sp-secret-value-123" not in err
+    assert "cannot reach" not in err  # refused before connecting to anything
+
+
+def test_create_checks_amls_snapshot_file_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                unreachable: dict[str, str]) -> None:
+    config = write_config(tmp_path, AML_WITH_KEY)
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(2000):
+        (many / f"f{i}.txt").write_text("")
+    assert cli.main(["create", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "files, over the limit of" in err and "Azure ML's snapshot limit" in err

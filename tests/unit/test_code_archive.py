@@ -12,6 +12,7 @@ import pytest
 from tunebus.code_archive import (
     CodeArchiveError,
     IgnoreRules,
+    SecretInCodeError,
     build_code_archive,
     extract_code_archive,
 )
@@ -183,3 +184,46 @@ def test_inner_relative_link_is_allowed(tmp_path: Path) -> None:
 def test_garbage_is_not_an_archive(tmp_path: Path) -> None:
     with pytest.raises(CodeArchiveError, match="not a valid code archive"):
         extract_code_archive(b"definitely not gzip", tmp_path / "dest")
+
+
+# ---------------------------------------------------------------- no secret in an archive
+
+KEY = "c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U="
+
+
+def test_an_excluded_file_is_never_packed(code_dir: Path) -> None:
+    config = write(code_dir, "config_aml.yml", f"storage_account_key: {KEY}\n")
+    assert "config_aml.yml" in names(build_code_archive(code_dir))
+    assert "config_aml.yml" not in names(build_code_archive(code_dir, exclude=[config]))
+
+
+def test_a_secrets_value_in_any_file_refuses_the_archive_naming_file_and_secret(code_dir: Path) -> None:
+    write(code_dir, "lib/settings.py", f"KEY = '{KEY}'\n")
+    with pytest.raises(SecretInCodeError) as caught:
+        build_code_archive(code_dir, secrets={"sharedStorage.storageAccountKey": KEY})
+    message = str(caught.value)
+    assert str(code_dir / "lib/settings.py") in message and "sharedStorage.storageAccountKey" in message
+    assert KEY not in message  # the message names the secret, never shows it
+
+
+def test_a_secret_spanning_two_read_chunks_is_found(code_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunebus.code_archive as archive
+
+    monkeypatch.setattr(archive, "_SCAN_CHUNK", 16)
+    write(code_dir, "data/blob.txt", "x" * 10 + KEY + "y" * 40)
+    with pytest.raises(SecretInCodeError, match=r"blob\.txt contains the value of AZURE_CLIENT_SECRET"):
+        build_code_archive(code_dir, secrets={"AZURE_CLIENT_SECRET": KEY})
+
+
+def test_ignored_files_may_hold_secrets_and_short_values_are_not_searched(code_dir: Path) -> None:
+    write(code_dir, ".nniignore", "secrets/\n")
+    write(code_dir, "secrets/key.txt", KEY)
+    write(code_dir, "trial.py", "x = 'guest'\n")
+    build_code_archive(code_dir, secrets={"key": KEY, "short": "guest"})
+
+
+def test_a_file_count_limit(code_dir: Path) -> None:
+    count = len([n for n in names(build_code_archive(code_dir)) if "." in n.rsplit("/", 1)[-1]])
+    with pytest.raises(CodeArchiveError, match=r"holds \d+ files, over the limit of 3"):
+        build_code_archive(code_dir, max_files=3)
+    build_code_archive(code_dir, max_files=count + 10)

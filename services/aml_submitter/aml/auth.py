@@ -9,10 +9,14 @@ The submitter is a service: nobody is there to type a device code. It tries, in 
 3. the **Azure CLI** login of the user it runs as (``AzureCliAuthentication`` where azure-cli is
    installed beside azureml-core, else the ``az`` executable's ``az account get-access-token``).
 
-Each is tried by actually getting a token, within a time limit (the managed-identity endpoint
-retries for minutes when there is none). ``InteractiveLoginAuthentication`` — azureml-core's
+Each is tried by actually getting a token *and then* by the caller's ``probe`` (the backend
+loads the workspace with it), within a time limit (the managed-identity endpoint retries for
+minutes when there is none): a credential that yields a token but has no role on the
+workspace (a managed identity nobody granted access) is passed over for the next one, with
+the workspace's answer as its reason. ``InteractiveLoginAuthentication`` — azureml-core's
 default when no ``auth`` is given — is never used. When none works, the error lists what was
-tried, why each failed and how to fix it.
+tried, why each failed and how to fix it. The backend drops the credential it uses at the
+first authentication error (401/403) and goes through the chain again.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..backend import PermanentSubmitError
@@ -123,15 +129,38 @@ def _managed_identity(env: Mapping[str, str]) -> Any:
     return _verified(MsiAuthentication(cloud=_cloud(env), identity_config=config))
 
 
-def _az_token_getter(az: str, timeout: float) -> Callable[[str], str]:
+#: A cached CLI token is fetched again this long before it expires.
+TOKEN_REFRESH_MARGIN = 300.0
+
+
+def _az_token_getter(az: str, timeout: float,
+                     clock: Callable[[], float] = time.time) -> Callable[[str], str]:
+    """``get_token_for_audience`` for ``TokenAuthentication``: ``az account get-access-token``.
+
+    azureml-core calls it for every request; each call is a process start (about a second),
+    so a token is kept until ``TOKEN_REFRESH_MARGIN`` before its ``expires_on``, then fetched anew.
+    """
+    cache: dict[str, tuple[str, float]] = {}
+    lock = threading.Lock()
+
     def get_token_for_audience(resource: str) -> str:
+        with lock:
+            cached = cache.get(resource)
+            if cached is not None and clock() < cached[1] - TOKEN_REFRESH_MARGIN:
+                return cached[0]
         result = subprocess.run(
             [az, "account", "get-access-token", "--resource", resource, "--output", "json"],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
         )
         if result.returncode != 0:
             raise RuntimeError((result.stderr or result.stdout).strip() or f"az exited {result.returncode}")
-        return str(json.loads(result.stdout)["accessToken"])
+        answer = json.loads(result.stdout)
+        token = str(answer["accessToken"])
+        expires = answer.get("expires_on")  # epoch seconds (az >= 2.54); absent: do not cache
+        if expires is not None:
+            with lock:
+                cache[resource] = (token, float(expires))
+        return token
 
     return get_token_for_audience
 
@@ -194,16 +223,33 @@ def _within(timeout: float, make: Callable[[Mapping[str, str]], Any], env: Mappi
     return outcome["auth"]
 
 
-def resolve_auth(env: Mapping[str, str], *, timeout: float = DEFAULT_AUTH_TIMEOUT,
-                 methods: list[AuthMethod] | None = None) -> tuple[Any, str]:
-    """The first credential that works, and the method's name; :class:`NoCredentialError` if none.
+def _no_probe(auth: Any) -> None:
+    return None
 
-    Blocking (it may wait up to ``timeout`` per method): call it from a worker thread.
+
+def _probe_with(probe: Callable[[Any], Any], auth: Any, env: Mapping[str, str]) -> Any:
+    return probe(auth)
+
+
+def resolve_auth(env: Mapping[str, str], *, timeout: float = DEFAULT_AUTH_TIMEOUT,
+                 methods: list[AuthMethod] | None = None,
+                 probe: Callable[[Any], Any] = _no_probe) -> tuple[Any, str, Any]:
+    """The first credential that works: (credential, the method's name, what ``probe`` returned).
+
+    "Works" means it yields a token and ``probe(credential)`` (e.g. loading the workspace)
+    returns; :class:`NoCredentialError` naming every method's cause if none does.
+    Blocking (it may wait up to ``timeout`` per method and probe): call it from a worker thread.
     """
     attempts: list[AuthAttempt] = []
     for method in methods if methods is not None else default_methods():
         try:
-            return _within(timeout, method.make, env), method.name
+            auth = _within(timeout, method.make, env)
         except Exception as exc:
             attempts.append(AuthAttempt(method.name, _reason(exc)))
+            continue
+        try:
+            return auth, method.name, _within(timeout, partial(_probe_with, probe, auth), env)
+        except Exception as exc:
+            reason = "a token, but the workspace refused it: " + _reason(exc)
+            attempts.append(AuthAttempt(method.name, reason))
     raise NoCredentialError(attempts)

@@ -1,10 +1,16 @@
 """The AML backend: one Azure ML run per trial attempt, watched by tickets, cancelled by any replica.
 
 Submitting (``trial.submit``, on the replica that took the delivery):
-    credential → ``Workspace`` → ``ComputeTarget`` → snapshot + ``ScriptRunConfig`` →
-    ``Experiment(ws, "tunebus-<exp>").submit(config, tags, run_id=…)``; the run id is fixed per
-    trial attempt, so a submission repeated after a crash finds the run instead of making a
-    second one. The run is recorded in the trial's blob (``Layout.trial_doc``), WAITING is
+    credential → ``Workspace`` → ``Run.get(run id)`` first: a run that exists (an earlier
+    attempt of this submission got through, then the replica crashed before recording it) is
+    adopted; only on a 404 → ``ComputeTarget`` → snapshot + ``ScriptRunConfig`` →
+    ``Experiment(ws, "tunebus-<exp>").submit(config, tags, run_id=…)``. After *any* submit error
+    the run is looked up again: azureml-core sets tags after the run exists (separate calls,
+    which it retries for minutes), a 409 means an earlier submit got through, and a response can
+    be lost on the way back; a run that exists is adopted (its tags set again), never left an
+    orphan. The run id is fixed per trial attempt and carries the deployment's id
+    (:mod:`shared.deployment`), so a run of another deployment sharing the workspace is never
+    adopted. The run is recorded in the trial's blob (``Layout.trial_doc``), WAITING is
     reported with the portal URL, and an ``aml.watch`` ticket is published.
 
 Watching (``aml.watch`` tickets, on any replica): load the run by id, map its status
@@ -13,16 +19,21 @@ re-publish the ticket until the run ends. Nothing lives in a replica's memory: a
 killed mid-experiment leaves its tickets in the queues for the others.
 
 Cancelling (``trial.kill`` on the shared ``tunebus.aml-kill`` queue, any replica): record the
-kill in the trial's blob and ``run.cancel()``; the watcher then reports the end with the
-status the kill asked for. A kill that arrives while the run is being submitted is found by
+kill in the trial's blob and ``run.cancel()``, then *confirm* it: ``Run.cancel`` ignores the
+HTTP result, so the status is read again (CancelRequested or an end confirms it), the cancel
+re-sent, and after ``cancel_attempts`` a :class:`CancelNotConfirmedError` names the run (the
+kill delivery is retried). The watcher then reports the end with the status the kill asked for.
+A kill that arrives while the run is being submitted is found by
 the submitter in the trial's blob right after it submits.
 
 azureml-core is blocking, and its calls on one workspace client are serialized: they run in
 two bounded thread pools — submissions (``TUNEBUS_AML_SUBMIT_THREADS``, 1 by default) and
 status polls / cancels (``TUNEBUS_AML_POLL_THREADS``) — never on the event loop.
-Throttling (429), 5xx and network errors are retried with exponential back-off and then
-handed back as :class:`SubmitError` (the delivery is retried); anything else fails the trial
-with the reason (:class:`PermanentSubmitError`).
+Throttling (429), 5xx and network errors (by the HTTP status the SDK wrote into its message,
+:mod:`.errors`) are retried with exponential back-off and then handed back as
+:class:`SubmitError` (the delivery is retried); an authentication error drops the credential
+(the next attempt signs in again); anything else fails the trial with the reason
+(:class:`PermanentSubmitError`).
 """
 
 from __future__ import annotations
@@ -57,10 +68,12 @@ from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from ..backend import JobRequest, PermanentSubmitError, Reporter, SubmitError
 from ..trial_env import TrialIdentity
 from .auth import DEFAULT_AUTH_TIMEOUT, NoCredentialError, resolve_auth
-from .errors import is_conflict, is_transient
+from .errors import is_auth_error, is_conflict, is_not_found, is_transient
 from .job import (
+    DEPLOYMENT_TAG,
     AmlTarget,
     aml_experiment_name,
+    aml_time_limit,
     build_script_run_config,
     build_snapshot,
     import_azureml,
@@ -69,7 +82,18 @@ from .job import (
 )
 from .status import NOT_RESPONDING_LIMIT, AmlRunStatus, is_terminal, trial_status_for
 
-__all__ = ["AmlBackend", "AmlOptions", "RetryPolicy", "azureml_api", "failure_reason", "standin_api"]
+__all__ = [
+    "AmlBackend",
+    "AmlOptions",
+    "CancelNotConfirmedError",
+    "ForeignRunError",
+    "RetryPolicy",
+    "azure_ai_ml_api",
+    "azureml_api",
+    "failure_reason",
+    "standin_api",
+    "standin_v2_api",
+]
 
 log = logging.getLogger("tunebus.submitter.aml")
 
@@ -112,26 +136,59 @@ class AmlOptions:
     retry: RetryPolicy = RetryPolicy()
     not_responding_limit: float = NOT_RESPONDING_LIMIT
     heartbeat_seconds: float = 60.0  # how often a watched run's heartbeat is published
+    cancel_attempts: int = 3  # cancels sent before a cancel that does not take is an error
+    cancel_check_seconds: float = 2.0  # wait after each cancel before reading the status again
+
+
+class CancelNotConfirmedError(TransientError):
+    """Azure ML still reports the run active after every cancel sent: it may still be billing."""
+
+
+class ForeignRunError(PermanentSubmitError):
+    """A run with this trial's run id exists but was not made by this deployment: never adopted."""
+
+
+def _build_script_run_config(job: JobRequest, target: AmlTarget, snapshot: Path) -> Any:
+    return build_script_run_config(job, target, snapshot, None)
 
 
 def azureml_api() -> SimpleNamespace:
-    """azureml-core's Workspace, ComputeTarget, Experiment and Run (imported on first use)."""
+    """SDK v1: azureml-core's Workspace, ComputeTarget, Experiment and Run (imported on first use)."""
     core = import_azureml()
     from azureml.core.compute import ComputeTarget
 
     return SimpleNamespace(Workspace=core.Workspace, ComputeTarget=ComputeTarget,
-                           Experiment=core.Experiment, Run=core.Run, standin=False)
+                           Experiment=core.Experiment, Run=core.Run, build_job=_build_script_run_config,
+                           auth_methods=None, standin=False, sdk="v1")
 
 
 def standin_api(settings: Any) -> SimpleNamespace:
-    """The stand-in's look-alikes (NOT Azure), bound to its registry and delays."""
+    """The v1 stand-in's look-alikes (NOT Azure), bound to its registry and delays."""
     from functools import partial
 
     from . import standin
 
     return SimpleNamespace(Workspace=partial(standin.Workspace, settings=settings),
                            ComputeTarget=standin.ComputeTarget, Experiment=standin.Experiment,
-                           Run=standin.Run, standin=True)
+                           Run=standin.Run, build_job=_build_script_run_config, auth_methods=None,
+                           standin=True, sdk="v1")
+
+
+def azure_ai_ml_api() -> SimpleNamespace:
+    """SDK v2: azure-ai-ml's MLClient behind the same interface (see :mod:`.v2`)."""
+    from .v2 import azure_ai_ml_api as v2
+
+    return v2()
+
+
+def standin_v2_api(settings: Any) -> SimpleNamespace:
+    """The v2 stand-in's MLClient (NOT Azure) behind the same interface."""
+    from functools import partial
+
+    from .standin_v2 import StandinMLClient
+    from .v2 import v2_api
+
+    return v2_api(partial(StandinMLClient, settings=settings), standin=True)
 
 
 def failure_reason(details: Mapping[str, Any]) -> str | None:
@@ -162,8 +219,11 @@ class AmlBackend:
 
     def __init__(self, *, store: BlobStore, report: Reporter, publish_ticket: TicketPublisher,
                  work_dir: Path, api: Callable[[], SimpleNamespace], env: Mapping[str, str],
-                 options: AmlOptions | None = None) -> None:
+                 deployment_id: str, options: AmlOptions | None = None,
+                 secrets: Mapping[str, str] | None = None) -> None:
         self.store = store
+        self.deployment_id = deployment_id
+        self.secrets = dict(secrets or {})  # the service's own: never in a snapshot
         self.report = report
         self.publish_ticket = publish_ticket
         self.work_dir = work_dir
@@ -190,32 +250,56 @@ class AmlBackend:
                 self._api = self._api_factory()
             return self._api
 
-    def _credential(self) -> Any:
-        if self.api.standin:
-            return None  # the stand-in has no service to authenticate to
+    def _credential(self, probe: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """(credential, what ``probe`` made with it): the first credential the workspace answers.
+
+        A credential that only yields a token (a managed identity without a role on the
+        workspace) is not enough: ``probe`` (loading the workspace) must work with it too.
+        """
         with self._lock:
-            if self._auth is not None:
-                return self._auth
-            if self._auth_failure is not None and time.monotonic() - self._auth_failure[0] < AUTH_FAILURE_TTL:
-                raise self._auth_failure[1]
+            auth = self._auth
+            failure = self._auth_failure
+        if auth is not None:
+            try:
+                return auth, probe(auth)
+            except Exception as exc:
+                if not is_auth_error(exc):
+                    raise
+                self._drop_credential(exc)
+        elif failure is not None and time.monotonic() - failure[0] < AUTH_FAILURE_TTL:
+            raise failure[1]
         try:
-            auth, method = resolve_auth(self.env, timeout=self.options.auth_timeout)
+            auth, method, answer = resolve_auth(self.env, timeout=self.options.auth_timeout, probe=probe,
+                                                methods=self.api.auth_methods)
         except NoCredentialError as exc:
             with self._lock:
                 self._auth_failure = (time.monotonic(), exc)
             raise
         log.info("AML credential: %s", method)
         with self._lock:
-            self._auth = auth
-        return auth
+            self._auth, self._auth_failure = auth, None
+        return auth, answer
+
+    def _drop_credential(self, exc: BaseException) -> None:
+        """Forget the credential and everything loaded with it: the next call signs in again."""
+        log.warning("AML credential refused (%s): signing in again at the next call", exc)
+        with self._lock:
+            self._auth = None
+            self._workspaces.clear()
+            self._compute.clear()
+            self._runs.clear()
 
     def _workspace(self, target: AmlTarget) -> Any:
         key = target.workspace_key
         with self._lock:
             if key in self._workspaces:
                 return self._workspaces[key]
-        workspace = self.api.Workspace(target.subscription_id, target.resource_group, target.workspace_name,
-                                       auth=self._credential())
+
+        def load(auth: Any) -> Any:
+            return self.api.Workspace(target.subscription_id, target.resource_group, target.workspace_name,
+                                      auth=auth)
+
+        workspace = load(None) if self.api.standin else self._credential(load)[1]
         with self._lock:
             return self._workspaces.setdefault(key, workspace)
 
@@ -233,37 +317,97 @@ class AmlBackend:
         who = job.who
         snapshot = self.work_dir / who.experiment_id / "aml-snapshots" / f"{who.trial_id}-{who.attempt}"
         shutil.rmtree(snapshot, ignore_errors=True)
-        build_snapshot(job, snapshot)
-        return snapshot, build_script_run_config(job, target, snapshot, None)
+        build_snapshot(job, snapshot, self.secrets)
+        return snapshot, self.api.build_job(job, target, snapshot)
+
+    def _find_run(self, workspace: Any, run_id: str) -> Any | None:
+        """The run with this id, None if Azure ML says 404; other errors are raised."""
+        try:
+            return self.api.Run.get(workspace, run_id)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def _adopt(self, run: Any, job: JobRequest) -> tuple[str, str]:
+        """Take over a run that exists: ours only if it carries this deployment's tag (or none yet).
+
+        A run made by this submission whose tags never got set (the SDK sets them after the run
+        exists) has no tags: they are set now. A run with another deployment's tag is refused.
+        """
+        tags = dict(run.get_tags() or {})
+        owner = tags.get(DEPLOYMENT_TAG)
+        if owner not in (None, self.deployment_id):
+            raise ForeignRunError(f"AML run {run.id} belongs to deployment {owner!r}, not to this one "
+                                  f"({self.deployment_id!r}): not adopted")
+        if owner is None:
+            try:
+                run.set_tags(run_tags(job, self.deployment_id))
+            except Exception as exc:  # the run is ours either way; the tags only help people find it
+                log.warning("AML run %s: setting its tags failed: %r", run.id, exc)
+        log.info("AML run %s exists already (submitted before): adopted", run.id)
+        return str(run.id), str(run.get_portal_url())
 
     def _submit_blocking(self, job: JobRequest, target: AmlTarget, config: Any) -> tuple[str, str]:
-        """Submit the run (or find it, if this attempt was submitted before); (run id, portal URL)."""
+        """Submit the run, or adopt it if this attempt exists already; (run id, portal URL)."""
         workspace = self._workspace(target)
-        self._compute_target(target, workspace)  # fails (permanently) when the cluster does not exist
         who = job.who
-        run_id = run_id_for(who)
+        run_id = run_id_for(who, self.deployment_id)
+        existing = self._find_run(workspace, run_id)
+        if existing is not None:
+            return self._adopt(existing, job)
+        self._compute_target(target, workspace)  # fails (permanently) when the cluster does not exist
         experiment = self.api.Experiment(workspace, aml_experiment_name(who.experiment_id))
         if self.api.standin:
             log.warning("AML STAND-IN, NOT AZURE ML: trial %s/%s runs on this machine",
                         who.experiment_id, who.trial_id)
         try:
-            run = experiment.submit(config, tags=run_tags(job), run_id=run_id)
+            run = experiment.submit(config, tags=run_tags(job, self.deployment_id), run_id=run_id)
         except Exception as exc:
-            if not is_conflict(exc):
-                raise
-            log.info("run %s exists already (submitted before): watching it", run_id)
-            run = self.api.Run.get(workspace, run_id)
+            return self._after_submit_error(exc, workspace, job, run_id)
         return str(run.id), str(run.get_portal_url())
 
-    def warm_up(self) -> None:
-        """Import azureml-core in the submission thread now, not at the first trial (about 1 s)."""
+    def _after_submit_error(self, exc: Exception, workspace: Any, job: JobRequest,
+                            run_id: str) -> tuple[str, str]:
+        """After a failed submit: adopt the run if it exists after all, else raise what happened."""
+        try:
+            found = self._find_run(workspace, run_id)
+        except Exception as lookup:
+            # Unknown whether the run exists: retry (the next attempt looks it up first).
+            raise SubmitError(f"submitting failed ({type(exc).__name__}: {exc}) and looking the run "
+                              f"up failed too ({type(lookup).__name__}: {lookup})") from exc
+        if found is not None:
+            log.warning("submitting AML run %s raised %s, but the run exists: adopted", run_id,
+                        type(exc).__name__)
+            return self._adopt(found, job)
+        if is_conflict(exc):  # it exists, but is not visible yet
+            raise SubmitError(f"AML run {run_id} exists (409) but cannot be read yet: {exc}") from exc
+        raise exc
+
+    async def warm_up(self, timeout: float = 120.0) -> None:
+        """Import the SDK in the submission thread before the first trial needs it.
+
+        azureml-core takes about a second to import, azure-ai-ml several: a replica is not
+        ready to submit before that, so its start waits for it (bounded) rather than the
+        first trials. An SDK that is absent is logged here and reported per trial.
+        """
         def load() -> None:
             try:
-                import_azureml()
+                if self.api.sdk == "v2":
+                    from .v2 import import_azure_ai_ml
+
+                    import_azure_ai_ml()
+                    from azure.ai.ml.entities import Environment  # noqa: F401  (the job's parts)
+                else:
+                    import_azureml()
+                    from azureml.core.runconfig import DockerConfiguration  # noqa: F401
             except PermanentSubmitError as exc:
                 log.warning("%s", exc)
 
-        self._submit_pool.submit(load)
+        try:
+            await asyncio.wait_for(self._in(self._submit_pool, load), timeout)
+        except TimeoutError:
+            log.warning("importing the Azure ML SDK took over %.0f s; going on", timeout)
 
     def _run(self, coords: Mapping[str, str], run_id: str) -> Any:
         """The run object, loaded once per replica (``Run.get`` costs two service calls)."""
@@ -290,11 +434,26 @@ class AmlBackend:
         return status, dict(run.get_details())
 
     def _cancel_blocking(self, coords: Mapping[str, str], run_id: str) -> str:
+        """Cancel the run and confirm it took; the status it had. :class:`CancelNotConfirmedError` if not.
+
+        ``Run.cancel`` ignores the service's answer: only a later status (CancelRequested, or
+        an end) shows that the cancel was accepted, so each cancel is followed by a check.
+        """
         run = self._run(coords, run_id)
-        status = str(run.get_status())
-        if not is_terminal(status):
+        first = status = str(run.get_status())
+        for attempt in range(1, self.options.cancel_attempts + 1):
+            if is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED:
+                return first
             run.cancel()
-        return status
+            time.sleep(self.options.cancel_check_seconds)
+            status = str(run.get_status())
+            if not (is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED):
+                log.warning("AML run %s still %s after cancel %d/%d", run_id, status, attempt,
+                            self.options.cancel_attempts)
+        if is_terminal(status) or status == AmlRunStatus.CANCEL_REQUESTED:
+            return first
+        raise CancelNotConfirmedError(f"AML run {run_id} is still {status} after "
+                                      f"{self.options.cancel_attempts} cancels: it may still be billing")
 
     async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -347,7 +506,10 @@ class AmlBackend:
         log.info("trial %s/%s attempt %d: AML run %s (%s)", who.experiment_id, who.trial_id, who.attempt,
                  run_id, portal_url)
         if doc.get("kill"):  # a kill came in while submitting: nobody else knew the run yet
-            await self._in(self._poll_pool, self._cancel_blocking, coords, run_id)
+            try:
+                await self._in(self._poll_pool, self._cancel_blocking, coords, run_id)
+            except Exception as exc:  # the run is recorded: a redelivery adopts it and cancels again
+                raise SubmitError(f"cancelling AML run {run_id} (killed while submitting): {exc}") from exc
         await self.report(TrialStatusChanged(
             experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
             attempt=who.attempt, status=TrialStatus.WAITING, job_url=portal_url,
@@ -358,7 +520,8 @@ class AmlBackend:
             due=datetime.now(UTC) + timedelta(seconds=self.options.poll_seconds),
             state={"run_id": run_id, "attempt": who.attempt, "parameter_id": who.sequence_id,
                    "last_status": AmlRunStatus.NOT_STARTED.value, "job_url": portal_url,
-                   "workspace": coords, "reported_running": False, "errors": 0},
+                   "workspace": coords, "reported_running": False, "errors": 0,
+                   "aml_limit": aml_time_limit(job.config.get("maxTrialDuration"))},
         ))
 
     async def _submit_with_retries(self, job: JobRequest, target: AmlTarget) -> tuple[str, str]:
@@ -385,7 +548,10 @@ class AmlBackend:
                 raise
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
-                if not is_transient(exc):
+                auth_refused = is_auth_error(exc) and not isinstance(exc, SubmitError)
+                if auth_refused:
+                    self._drop_credential(exc)  # the next attempt signs in again, maybe otherwise
+                if not (is_transient(exc) or isinstance(exc, SubmitError) or auth_refused):
                     raise PermanentSubmitError(f"Azure ML refused the run: {reason}") from exc
                 if attempt == policy.attempts:
                     raise SubmitError(f"Azure ML still failing after {attempt} attempts: {reason}") from exc
@@ -462,19 +628,26 @@ class AmlBackend:
             error = failure_reason(details or {})
             if status == AmlRunStatus.CANCELED and kill and not error:
                 error = kill.get("reason")
+            elif status == AmlRunStatus.CANCELED and not error:
+                limit = state.get("aml_limit")
+                error = "cancelled in Azure ML, not by tunebus"
+                if limit:
+                    error += f": in the studio, or by Azure ML's own time limit ({limit} s from submission)"
             await self._report_end(who, trial_status, error, job_url, status)
             return True
         if status == AmlRunStatus.NOT_RESPONDING:
             since = float(state.setdefault("not_responding_since", time.time()))
             if time.time() - since > self.options.not_responding_limit:
+                limit = self.options.not_responding_limit
+                outcome = "cancelled"
                 try:
                     await self._in(self._poll_pool, self._cancel_blocking, state["workspace"],
                                    state["run_id"])
-                except Exception as exc:  # the trial fails either way; the run may be gone already
-                    log.warning("cancelling unresponsive AML run %s: %r", state["run_id"], exc)
-                limit = self.options.not_responding_limit
+                except Exception as exc:  # the trial fails either way; say the run may live on
+                    log.error("cancelling unresponsive AML run %s: %r", state["run_id"], exc)
+                    outcome = f"cancel NOT confirmed ({type(exc).__name__}: {exc})"
                 await self._report_end(who, TrialStatus.FAILED,
-                                       f"AML run NotResponding for over {limit:.0f} s; cancelled",
+                                       f"AML run NotResponding for over {limit:.0f} s; {outcome}",
                                        job_url, status)
                 return True
         else:
@@ -495,6 +668,8 @@ class AmlBackend:
                             exc: Exception) -> None:
         errors = int(state.get("errors", 0)) + 1
         state["errors"] = errors
+        if is_auth_error(exc):
+            self._drop_credential(exc)
         reason = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
         if not is_transient(exc) and errors >= WATCH_PERMANENT_LIMIT:
             await self._report_end(who, TrialStatus.FAILED,
@@ -541,8 +716,10 @@ class AmlBackend:
         try:
             status = await self._in(self._poll_pool, self._cancel_blocking, doc["workspace"],
                                     latest["run_id"])
+        except CancelNotConfirmedError:
+            raise  # transient: the delivery comes back and the cancel is sent again
         except Exception as exc:
-            if is_transient(exc):
+            if is_transient(exc) or is_auth_error(exc):
                 raise TransientError(f"cancelling AML run {latest['run_id']}: {exc}") from exc
             raise PermanentError(f"cannot cancel AML run {latest['run_id']}: {exc}") from exc
         log.info("cancelled AML run %s of trial %s/%s (%s; it was %s)", latest["run_id"], msg.experiment_id,

@@ -17,32 +17,49 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebus.code_archive import IGNORE_FILES, build_code_archive, extract_code_archive
+from tunebus.code_archive import (
+    AML_RUNTIME_FILES,
+    AML_SNAPSHOT_MAX_FILES,
+    IGNORE_FILES,
+    build_code_archive,
+    extract_code_archive,
+)
 
 from ..backend import JobRequest, PermanentSubmitError
 from ..trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 
 __all__ = [
+    "DEPLOYMENT_TAG",
     "OUTPUT_DIR",
     "RUNTIME_FOLDER",
+    "RUN_SCRIPT",
     "AmlTarget",
     "aml_experiment_name",
+    "aml_time_limit",
     "build_script_run_config",
     "build_snapshot",
     "import_azureml",
+    "run_command",
     "run_id_for",
+    "run_script",
     "run_tags",
-    "wrapped_command",
 ]
 
 #: Folder of the snapshot holding the ``nni`` shim (first on the trial's PYTHONPATH).
 RUNTIME_FOLDER = ".tunebus"
 #: NNI_OUTPUT_DIR of an AML trial, relative to the run's working folder; AML keeps ./outputs.
 OUTPUT_DIR = "outputs"
+#: The run script, relative to the snapshot folder.
+RUN_SCRIPT = f"{RUNTIME_FOLDER}/run.sh"
+#: The tag naming the deployment (see :mod:`shared.deployment`) that made a run.
+DEPLOYMENT_TAG = "tunebus.deployment"
+#: Azure ML's own limit is set this far past ``maxTrialDuration`` (at least; see aml_time_limit).
+AML_LIMIT_MARGIN = 3600
 _TAG_CHARS = 4000
 
 
@@ -94,16 +111,21 @@ def aml_experiment_name(experiment_id: str) -> str:
     return f"tunebus-{experiment_id}"
 
 
-def run_id_for(who: TrialIdentity) -> str:
-    """The AML run id of a trial attempt: fixed, so that submitting it twice cannot make two runs."""
-    return f"tunebus_{who.experiment_id}_{who.trial_id}_{who.attempt}"
+def run_id_for(who: TrialIdentity, deployment: str) -> str:
+    """The AML run id of a trial attempt: fixed, so that submitting it twice cannot make two runs.
+
+    Run ids are unique per workspace: the deployment's id keeps two deployments sharing a
+    workspace (and re-using an experiment id) from ever adopting each other's runs.
+    """
+    return f"tunebus_{deployment}_{who.experiment_id}_{who.trial_id}_{who.attempt}"
 
 
-def run_tags(job: JobRequest) -> dict[str, str]:
-    """Tags that make a run findable in the AML studio: trial, sequence, attempt, parameters."""
+def run_tags(job: JobRequest, deployment: str) -> dict[str, str]:
+    """Tags that make a run findable in the AML studio: deployment, trial, sequence, attempt, parameters."""
     who = job.who
     parameters = json.dumps(job.parameters, separators=(",", ":"), sort_keys=True)
     return {
+        DEPLOYMENT_TAG: deployment,
         "tunebus.experiment_id": who.experiment_id,
         "tunebus.trial_id": who.trial_id,
         "tunebus.sequence_id": str(who.sequence_id),
@@ -112,27 +134,56 @@ def run_tags(job: JobRequest) -> dict[str, str]:
     }
 
 
-def wrapped_command(trial_command: str) -> str:
-    """The trial command, run from the snapshot folder with the shim on PYTHONPATH.
+def run_script(trial_command: str) -> str:
+    """The run script's text: to the snapshot folder, the shim on PYTHONPATH, then the trial command.
 
-    AML runs a command given as a string through a shell, in the snapshot's folder.
+    The trial command is the script's last line, run by bash as NNI runs it; the script finds
+    its folder from its own path, not from where AML started it.
     """
     return (
-        f'export PYTHONPATH="$PWD/{RUNTIME_FOLDER}${{PYTHONPATH:+:$PYTHONPATH}}" '
-        f'NNI_OUTPUT_DIR="$PWD/{OUTPUT_DIR}"; mkdir -p "$NNI_OUTPUT_DIR"; {trial_command}'
+        "#!/usr/bin/env bash\n"
+        "# Written by tunebus: runs the trial command from the snapshot's folder.\n"
+        'cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 97\n'
+        f'export PYTHONPATH="$PWD/{RUNTIME_FOLDER}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
+        f'export NNI_OUTPUT_DIR="$PWD/{OUTPUT_DIR}"\n'
+        'mkdir -p "$NNI_OUTPUT_DIR"\n'
+        f"{trial_command}\n"
     )
 
 
-def build_snapshot(job: JobRequest, dest: Path) -> Path:
-    """Fill ``dest`` with the trial's snapshot: code (ignore rules applied) and the nni shim.
+def run_command() -> str:
+    """The command AML runs: the snapshot's run script, with bash."""
+    return f"bash {RUN_SCRIPT}"
 
-    Blocking (it copies files): call it from a worker thread.
+
+def aml_time_limit(max_trial_duration: float | None) -> int | None:
+    """Azure ML's own ``max_run_duration_seconds``: well past tunebus's ``maxTrialDuration``.
+
+    AML's clock starts at submission (queueing and image pull count), tunebus's when the trial
+    runs: with the same number AML's could fire first and end the trial USER_CANCELED with no
+    reason. Doubled and at least an hour later, tunebus's kill (SYS_CANCELED, "maxTrialDuration
+    exceeded") comes first; AML's stays as the safety net for runs nobody watches any more.
+    """
+    if not max_trial_duration:
+        return None
+    limit = math.ceil(float(max_trial_duration))
+    return limit + max(AML_LIMIT_MARGIN, limit)
+
+
+def build_snapshot(job: JobRequest, dest: Path, secrets: Mapping[str, str] | None = None) -> Path:
+    """Fill ``dest`` with the trial's snapshot: code (ignore rules applied), the nni shim, the run script.
+
+    ``secrets`` (name → value) are the service's own: no snapshot file may hold one (the code
+    was checked at ``tunebus create`` against what the CLI knew; this checks what the
+    submitter knows). Blocking (it copies files): call it from a worker thread.
     """
     dest.mkdir(parents=True, exist_ok=True)
     if job.code_dir is not None:
         try:
-            extract_code_archive(build_code_archive(job.code_dir), dest)
-        except ValueError as exc:  # CodeArchiveError: too big, unsafe
+            archive = build_code_archive(job.code_dir, max_files=AML_SNAPSHOT_MAX_FILES - AML_RUNTIME_FILES,
+                                         secrets=secrets)
+            extract_code_archive(archive, dest)
+        except ValueError as exc:  # CodeArchiveError: too big, too many files, a secret, unsafe
             raise PermanentSubmitError(str(exc)) from exc
         # The rules are applied; AML must not apply them again (they could drop .tunebus).
         for name in IGNORE_FILES:
@@ -142,6 +193,7 @@ def build_snapshot(job: JobRequest, dest: Path) -> Path:
     shutil.rmtree(runtime, ignore_errors=True)
     shutil.copytree(TRIAL_RUNTIME_DIR / "nni", runtime / "nni",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / RUN_SCRIPT).write_text(run_script(str(job.config["trialCommand"])))
     return dest
 
 
@@ -158,13 +210,13 @@ def build_script_run_config(job: JobRequest, target: AmlTarget, snapshot: Path, 
     environment.docker.base_image = target.docker_image
     environment.python.user_managed_dependencies = True  # the image's own python, nothing installed
     environment.python.interpreter_path = "python3"
-    limit = job.config.get("maxTrialDuration")
+    limit = aml_time_limit(job.config.get("maxTrialDuration"))
     kwargs: dict[str, Any] = {}
     if limit:
-        kwargs["max_run_duration_seconds"] = math.ceil(float(limit))
+        kwargs["max_run_duration_seconds"] = limit
     config = core.ScriptRunConfig(
         source_directory=str(snapshot),
-        command=wrapped_command(str(job.config["trialCommand"])),
+        command=run_command(),
         compute_target=getattr(compute_target, "name", None) or target.compute_target,
         environment=environment,
         docker_runtime_config=DockerConfiguration(use_docker=True),

@@ -5,13 +5,28 @@ every submission saying that trials do not run on Azure ML. It replaces exactly 
 the AML backend talks to — ``Workspace``, ``ComputeTarget``, ``Experiment``, ``Run`` — with
 the same constructor and method names, and receives the real ``ScriptRunConfig`` the backend
 built. ``Experiment.submit`` copies the config's snapshot (``source_directory``) to a run
-folder and starts a *runner* process there which walks the run through AML's statuses::
+folder by the SDK's rules (at most 2,000 files and 300 MB, symbolic links followed, file modes
+not kept: an executable bit does not survive, as in an AML snapshot) and starts a *runner*
+process there which walks the run through AML's statuses, in AML's order::
 
-    NotStarted → Queued → Preparing → Starting → Running → Finalizing → Completed | Failed
+    NotStarted → Starting → Preparing → Queued → Running → Finalizing → Completed | Failed
                                              (cancel) → CancelRequested → Canceled
 
-and runs the config's ``command`` with ``bash -c`` in the copy, with the config's runtime
-environment variables, on this machine (the machine's Python stands in for the image's).
+and runs the config's ``command`` with ``bash -c`` in the copy, with a minimal environment:
+only what the "image" and the job give (``PATH`` with the image's bin folder, ``HOME``, the
+run's variables), never the submitter's own. Strict where AML is:
+
+- a compute name not in ``computes`` is ``ComputeTargetException("ComputeTargetNotFound: ...")``;
+- an image not in ``images`` fails the run at Preparing (AML cannot pull it); a known image
+  is this machine's Python (``sys.executable``'s folder first on PATH);
+- errors have the SDK's shapes: ``Run.get`` of a missing run a ``ServiceException`` with a
+  ``status_code`` of 404; ``Experiment.submit`` an ``ExperimentExecutionException`` whose HTTP
+  status is only inside its JSON message (409 for a run id in use);
+- tags are set by a call after the run exists, as azureml-core does;
+- faults can be injected (:func:`inject_fault`): an HTTP error on ``submit`` before the run
+  exists, on the tags call after it exists, on ``Run.get``, or a cancel that silently does
+  nothing (azureml-core's ``Run.cancel`` ignores the service's answer).
+
 Delays: ``submit_latency`` (how long the blocking ``submit`` call takes in all, as
 azureml-core's takes about a second), ``queue_delay``, ``prepare_delay`` — the submitter's
 ``TUNEBUS_AML_STANDIN_*`` settings.
@@ -30,6 +45,7 @@ This file imports only the standard library: the runner is started as
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -39,20 +55,30 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "PORTAL_SCHEME",
+    "SNAPSHOT_MAX_BYTES",
+    "SNAPSHOT_MAX_FILES",
     "ComputeTarget",
+    "ComputeTargetException",
     "Experiment",
+    "ExperimentExecutionException",
     "Run",
     "RunAlreadyExists",
     "RunNotFound",
+    "RunSpec",
+    "ServiceException",
+    "SnapshotException",
     "StandinError",
     "StandinSettings",
     "Workspace",
+    "create_run",
+    "inject_fault",
 ]
 
 log = logging.getLogger("tunebus.submitter.aml.standin")
@@ -64,32 +90,117 @@ _TAIL_CHARS = 3000
 _POLL = 0.05
 
 
+#: The SDK's snapshot limits (azureml-core 1.61, ``_restclient/constants.py``).
+SNAPSHOT_MAX_FILES = 2000
+SNAPSHOT_MAX_BYTES = 300 * 1024 * 1024
+#: The folders a known image puts on PATH after its own (a minimal image's).
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+FAULT_CALLS = ("submit", "tags", "get", "cancel")
+
+
 class StandinError(Exception):
-    """An error of the stand-in's 'service', with the HTTP status AML would answer."""
-
-    status_code = 400
+    """An error of the stand-in's 'service' (the base of the SDK-shaped ones below)."""
 
 
-class RunNotFound(StandinError):
+class ServiceException(StandinError):
+    """Shaped like azureml's run-history ``ServiceException``: the HTTP status as ``status_code``."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(f"ServiceException:\n\tCode: {status_code}\n\tMessage: {message}")
+        self.status_code = status_code
+
+
+class RunNotFound(ServiceException):
     """No run with that id in the registry (AML: 404)."""
 
-    status_code = 404
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"Run {run_id} not found", 404)
 
 
-class RunAlreadyExists(StandinError):
-    """A run with that id exists already (AML: 409 Conflict)."""
+class ExperimentExecutionException(StandinError):
+    """Shaped like azureml's: the HTTP status only inside a JSON message, no attribute."""
 
-    status_code = 409
+    def __init__(self, status: int, message: str, url: str = "standin://not-azure/execution") -> None:
+        super().__init__(json.dumps({"error_details": {"error": {"message": message}},
+                                     "status_code": status, "url": url}, indent=4, sort_keys=True))
+
+
+class RunAlreadyExists(ExperimentExecutionException):
+    """A run with that id exists already (AML: 409 Conflict, inside the message)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(409, f"Run {run_id} already exists")
+
+
+class ComputeTargetException(StandinError):
+    """Shaped like azureml's: a missing cluster has no status, a service error has one in the text."""
+
+
+class SnapshotException(StandinError):
+    """The snapshot is over the SDK's limits (file count or size)."""
 
 
 @dataclass(frozen=True)
 class StandinSettings:
-    """Where the run registry lives and how slow the stand-in 'service' is (seconds)."""
+    """Where the run registry lives, what exists in the 'workspace', how slow it is (seconds)."""
 
     registry: Path
     submit_latency: float = 0.0
     queue_delay: float = 0.0
     prepare_delay: float = 0.0
+    computes: tuple[str, ...] = ("cpu-cluster", "gpu-cluster")
+    images: tuple[str, ...] = ("msranni/nni",)
+    # The bin folder a known image's python lives in: this machine's interpreter stands in.
+    image_bin: str = field(default_factory=lambda: os.path.dirname(sys.executable))
+
+
+# ---------------------------------------------------------------- injected faults
+
+
+@contextlib.contextmanager
+def _faults_file(registry: Path) -> Iterator[Path]:
+    """The registry's fault list, locked (replicas in other processes share it)."""
+    registry.mkdir(parents=True, exist_ok=True)
+    path = registry / "faults.json"
+    with (registry / ".faults.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def inject_fault(registry: Path, call: str, status: int = 503, times: int = 1) -> None:
+    """Make the next ``times`` calls of ``call`` fail with HTTP ``status`` (a cancel: do nothing).
+
+    ``call``: ``submit`` (before the run exists), ``tags`` (after it exists), ``get`` or ``cancel``.
+    """
+    if call not in FAULT_CALLS:
+        raise ValueError(f"unknown call {call!r}: one of {', '.join(FAULT_CALLS)}")
+    with _faults_file(registry) as path:
+        faults = json.loads(path.read_text()) if path.exists() else []
+        faults += [{"call": call, "status": status}] * times
+        _write_json_list(path, faults)
+
+
+def _take_fault(registry: Path, call: str) -> int | None:
+    """The status of the next fault injected for ``call`` (and forget it), or None."""
+    if not (registry / "faults.json").exists():
+        return None
+    with _faults_file(registry) as path:
+        faults = json.loads(path.read_text()) if path.exists() else []
+        for i, fault in enumerate(faults):
+            if fault["call"] == call:
+                del faults[i]
+                _write_json_list(path, faults)
+                return int(fault["status"])
+    return None
+
+
+def _write_json_list(path: Path, items: list[Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(items))
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- files of one run
@@ -138,9 +249,12 @@ class Workspace:
 
 
 class ComputeTarget:
-    """Stands in for ``azureml.core.compute.ComputeTarget``: every name exists (this machine)."""
+    """Stands in for ``azureml.core.compute.ComputeTarget``: the names in ``settings.computes`` exist."""
 
     def __init__(self, workspace: Workspace, name: str) -> None:
+        if name not in workspace.settings.computes:
+            raise ComputeTargetException(f"ComputeTargetNotFound: Compute Target with name {name} not found "
+                                         f"in provided workspace")
         self.workspace = workspace
         self.name = name
 
@@ -162,39 +276,98 @@ class Experiment:
         settings = self.workspace.settings
         log.warning("AML STAND-IN (not Azure ML): submitting run %s of experiment %s to this machine",
                     run_id, self.name)
+        status = _take_fault(settings.registry, "submit")
+        if status is not None:
+            raise ExperimentExecutionException(status, "injected fault: the run was not created")
         run_id = run_id or f"{self.name}_{int(time.time())}_{uuid.uuid4().hex[:8]}"
-        folder = settings.registry / run_id
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            raise RunAlreadyExists(f"run {run_id} already exists") from None
-        shutil.copytree(config.source_directory, folder / "wd", symlinks=True)
         run_config = config.run_config
-        spec = {
-            "run_id": run_id,
-            "experiment": self.name,
-            "workspace": self.workspace.name,
-            "target": str(run_config.target),
-            "image": run_config.environment.docker.base_image,
-            "command": config.command if isinstance(config.command, str) else " ".join(config.command),
-            "environment_variables": dict(run_config.environment_variables or {}),
-            "max_run_duration_seconds": run_config.max_run_duration_seconds,
-            "tags": dict(tags or {}),
-            "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay},
-        }
-        _write_json(folder / "spec.json", spec)
-        _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
-                                            "submitted": time.time()})
-        with (folder / "runner.log").open("ab") as out:
-            runner = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "run", str(folder)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # the run outlives the replica, as an AML run does
-            )
-        # The runner writes its pid into state.json once it runs; until then this tells it.
-        _write_json(folder / "starter.json", {"runner_pid": runner.pid})
+        create_run(settings, RunSpec(
+            run_id=run_id, experiment=self.name, workspace=self.workspace.name, target=str(run_config.target),
+            image=run_config.environment.docker.base_image,
+            command=config.command if isinstance(config.command, str) else " ".join(config.command),
+            environment_variables=dict(run_config.environment_variables or {}),
+            max_run_duration_seconds=run_config.max_run_duration_seconds,
+        ), Path(config.source_directory))
         time.sleep(max(0.0, settings.submit_latency - (time.monotonic() - started)))
-        return Run(self, run_id)
+        run = Run(self, run_id)
+        # azureml-core sets tags by a separate call once the run exists: it can fail after that.
+        status = _take_fault(settings.registry, "tags")
+        if status is not None:
+            raise ServiceException("injected fault: setting the tags failed (the run exists)", status)
+        run.set_tags(dict(tags or {}))
+        return run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is made of, as the SDK sends it (v1's ScriptRunConfig, v2's command job)."""
+
+    run_id: str
+    experiment: str
+    workspace: str
+    target: str
+    image: str
+    command: str
+    environment_variables: dict[str, str]
+    max_run_duration_seconds: int | None
+
+
+def create_run(settings: StandinSettings, spec: RunSpec, source: Path) -> None:
+    """Make the run: its folder, the snapshot copy (the SDK's rules), its spec, its runner process.
+
+    :class:`RunAlreadyExists` if the id is taken, :class:`SnapshotException` over the limits.
+    """
+    folder = settings.registry / spec.run_id
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise RunAlreadyExists(spec.run_id) from None
+    try:
+        _copy_snapshot(source, folder / "wd")
+    except SnapshotException:
+        shutil.rmtree(folder, ignore_errors=True)  # AML refuses before it creates the run
+        raise
+    document = {**asdict(spec), "image_known": spec.image in settings.images, "image_bin": settings.image_bin,
+                "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay}}
+    _write_json(folder / "spec.json", document)
+    _write_json(folder / "tags.json", {})
+    _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
+                                        "submitted": time.time()})
+    with (folder / "runner.log").open("ab") as out:
+        runner = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "run", str(folder)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=_minimal_env(),
+            start_new_session=True,  # the run outlives the replica, as an AML run does
+        )
+    # The runner writes its pid into state.json once it runs; until then this tells it.
+    _write_json(folder / "starter.json", {"runner_pid": runner.pid})
+
+
+def _minimal_env() -> dict[str, str]:
+    """What the runner process itself gets: nothing of the submitter's settings or credentials."""
+    return {"PATH": _BASE_PATH, "LANG": "C.UTF-8"}
+
+
+def _copy_snapshot(source: Path, dest: Path) -> None:
+    """Copy as the SDK snapshots: links followed, modes dropped, within its file and size limits."""
+    files: list[tuple[Path, Path]] = []
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(source, followlinks=True):
+        for name in filenames:
+            path = Path(dirpath) / name
+            files.append((path, dest / path.relative_to(source)))
+            total += path.stat().st_size
+    if len(files) > SNAPSHOT_MAX_FILES:
+        raise SnapshotException(f"While attempting to take snapshot of {source}\n"
+                                f"Your project exceeds the file limit of {SNAPSHOT_MAX_FILES}.")
+    if total > SNAPSHOT_MAX_BYTES:
+        raise SnapshotException(f"While attempting to take snapshot of {source}\nYour total snapshot size "
+                                f"exceeds the limit of {SNAPSHOT_MAX_BYTES / (1024 * 1024):.1f} MB.")
+    dest.mkdir(parents=True)
+    for path, target in files:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)  # content only: no mode, no link
+        target.chmod(0o644)
 
 
 class Run:
@@ -208,9 +381,12 @@ class Run:
     @staticmethod
     def get(workspace: Workspace, run_id: str) -> Run:
         """The run with that id (any replica's), or :class:`RunNotFound`."""
+        status = _take_fault(workspace.settings.registry, "get")
+        if status is not None:
+            raise ServiceException("injected fault", status)
         folder = workspace.settings.registry / run_id
         if not (folder / "spec.json").exists():
-            raise RunNotFound(f"run {run_id} not found")
+            raise RunNotFound(run_id)
         spec = _read_json(folder / "spec.json")
         return Run(Experiment(workspace, spec["experiment"]), run_id)
 
@@ -218,7 +394,7 @@ class Run:
         try:
             return _read_json(self._folder / "state.json")
         except FileNotFoundError:
-            raise RunNotFound(f"run {self.id} not found") from None
+            raise RunNotFound(self.id) from None
 
     def _runner_pid(self, state: dict[str, Any]) -> int | None:
         pid = state.get("runner_pid")
@@ -254,7 +430,7 @@ class Run:
             "target": spec["target"],
             "startTimeUtc": state.get("started"),
             "endTimeUtc": state.get("ended"),
-            "tags": spec["tags"],
+            "tags": self.get_tags(),
             "properties": {"tunebus.standin": "true"},
             "logFiles": {"user_logs/std_log.txt": str(self._folder / "std_log.txt")},
         }
@@ -267,10 +443,27 @@ class Run:
         ws = self.experiment.workspace
         return f"{PORTAL_SCHEME}not-azure/{ws.name}/{self.experiment.name}/runs/{self.id}"
 
+    def get_tags(self) -> dict[str, str]:
+        """The run's tags (set after the run exists: empty until then)."""
+        try:
+            return {str(k): str(v) for k, v in _read_json(self._folder / "tags.json").items()}
+        except FileNotFoundError:
+            return {}
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Add or replace tags, as ``Run.set_tags`` does."""
+        _write_json(self._folder / "tags.json", {**self.get_tags(), **tags})
+
     def cancel(self) -> None:
-        """Ask the run to stop: CancelRequested, then Canceled once its command is gone."""
+        """Ask the run to stop: CancelRequested, then Canceled once its command is gone.
+
+        Like azureml-core's, it returns nothing whatever the service answered: an injected
+        ``cancel`` fault makes it do nothing at all, silently.
+        """
         state = self._state()
         if state["status"] in _TERMINAL:
+            return
+        if _take_fault(self.experiment.workspace.settings.registry, "cancel") is not None:
             return
         (self._folder / "cancel").write_text(str(time.time()))
         # The runner watches for that file; a signal makes it quicker, once the runner has
@@ -324,12 +517,10 @@ class _Runner:
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
 
     def environment(self) -> dict[str, str]:
-        # As on AML, the trial sees none of the service's settings or Azure credentials.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBUS_", "AZURE_"))}
-        env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
-        env.pop("PYTHONPATH", None)
+        # Only what the image and the job give, as in an AML container: never the host's.
+        env = {"PATH": f"{self.spec['image_bin']}{os.pathsep}{_BASE_PATH}", "HOME": str(self.folder),
+               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
         env.update(self.spec["environment_variables"])
-        env["PYTHONUNBUFFERED"] = "1"
         env["AZUREML_RUN_ID"] = self.spec["run_id"]
         return env
 
@@ -361,13 +552,18 @@ class _Runner:
     def main(self) -> None:
         signal.signal(signal.SIGTERM, self.on_term)
         delays = self.spec.get("delays") or {}
-        self.set("Queued")  # with this process's pid: from now on a cancel may signal it
-        self.wait(float(delays.get("queue") or 0))
+        self.set("Starting")  # with this process's pid: from now on a cancel may signal it
         if not self.canceled:
             self.set("Preparing")
             self.wait(float(delays.get("prepare") or 0))
+        if not self.canceled and not self.spec.get("image_known"):
+            self.set("Failed", ended=time.time(), error=(
+                f"ImagePullFailed: the image {self.spec['image']!r} cannot be pulled (the stand-in knows "
+                "only the images in TUNEBUS_AML_STANDIN_IMAGES)"))
+            return
         if not self.canceled:
-            self.set("Starting")
+            self.set("Queued")
+            self.wait(float(delays.get("queue") or 0))
         code: int | None = None
         if not self.canceled:
             self.set("Running", started=time.time())

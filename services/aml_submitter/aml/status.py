@@ -1,11 +1,13 @@
 """Azure ML run statuses and what they mean for a tunebus trial.
 
-AML reports a run as one of these words (``azureml.core.RunStatus`` and the REST API):
+AML reports a run as one of these words (``azureml._restclient.constants.RunStatus`` in
+azureml-core 1.61, all fifteen, and SDK v2's job statuses, which use the same words):
 
 ==================  ==================  =====================================================
 AML status          tunebus trial       why
 ==================  ==================  =====================================================
 NotStarted          WAITING             accepted, not yet scheduled
+Unapproved          WAITING             waiting for a quota approval before it may be scheduled
 Queued              WAITING             waiting for a node of the compute cluster
 Preparing           WAITING             building / pulling the image, downloading the snapshot
 Provisioning        WAITING             the cluster is scaling up a node for it
@@ -15,6 +17,9 @@ Finalizing          RUNNING             the command ended; AML uploads outputs. 
                                         the outcome (Completed or Failed) is still to come
 CancelRequested     RUNNING             cancel accepted; the command may still run and write
                                         metrics until AML reports Canceled
+Pausing             RUNNING             being paused (it has run; its slot is still taken)
+Paused              RUNNING             paused, may resume: not an end, the slot stays taken and
+                                        tunebus's maxTrialDuration keeps counting
 Completed           SUCCEEDED           the command exited 0
 Failed              FAILED              the command (or the environment) failed
 Canceled            USER_CANCELED       cancelled (tunebus reports the status the kill asked for)
@@ -52,6 +57,7 @@ class AmlRunStatus(StrEnum):
     """Every status an Azure ML run reports."""
 
     NOT_STARTED = "NotStarted"
+    UNAPPROVED = "Unapproved"
     QUEUED = "Queued"
     PREPARING = "Preparing"
     PROVISIONING = "Provisioning"
@@ -63,18 +69,20 @@ class AmlRunStatus(StrEnum):
     FAILED = "Failed"
     CANCELED = "Canceled"
     NOT_RESPONDING = "NotResponding"
+    PAUSING = "Pausing"
+    PAUSED = "Paused"
 
 
 #: Seconds a run may stay NotResponding before the trial is failed (and the run cancelled).
 NOT_RESPONDING_LIMIT = 30 * 60.0
 
 WAITING_STATUSES = frozenset({
-    AmlRunStatus.NOT_STARTED, AmlRunStatus.QUEUED, AmlRunStatus.PREPARING,
+    AmlRunStatus.NOT_STARTED, AmlRunStatus.UNAPPROVED, AmlRunStatus.QUEUED, AmlRunStatus.PREPARING,
     AmlRunStatus.PROVISIONING, AmlRunStatus.STARTING,
 })
 ACTIVE_STATUSES = frozenset({
     AmlRunStatus.RUNNING, AmlRunStatus.FINALIZING, AmlRunStatus.CANCEL_REQUESTED,
-    AmlRunStatus.NOT_RESPONDING,
+    AmlRunStatus.NOT_RESPONDING, AmlRunStatus.PAUSING, AmlRunStatus.PAUSED,
 })
 TERMINAL_STATUSES = frozenset({AmlRunStatus.COMPLETED, AmlRunStatus.FAILED, AmlRunStatus.CANCELED})
 
