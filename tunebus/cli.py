@@ -105,13 +105,15 @@ def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def experiment_summary(state: ExperimentState) -> dict[str, Any]:
-    """The one-object JSON summary of an experiment: id, status, trials by status, best trial."""
+    """The one-object JSON summary of an experiment: id, status (and why, when there is a reason),
+    trials by status, best trial."""
     from shared.state import best_trial
 
     best = best_trial(state)
     return {
         "id": state.experiment_id,
         "status": state.status.value,
+        "reason": state.reason,
         "trials": _ordered_counts(state.trials_by_status()),
         "best": None if best is None else {
             "trial_id": best.trial_id, "value": best.final_value, "parameters": best.parameters,
@@ -121,7 +123,7 @@ def experiment_summary(state: ExperimentState) -> dict[str, Any]:
 
 def pending_summary(experiment_id: str) -> dict[str, Any]:
     """The summary of an experiment the dispatcher has not started yet."""
-    return {"id": experiment_id, "status": PENDING_STATUS, "trials": {}, "best": None}
+    return {"id": experiment_id, "status": PENDING_STATUS, "reason": None, "trials": {}, "best": None}
 
 
 def format_seconds(seconds: float) -> str:

@@ -134,7 +134,10 @@ class Dispatcher:
         doc, etag = found
         experiment = await self.store.read_json(layout.experiment_doc)
         if experiment is None:
-            raise TransientError(f"{layout.experiment_doc} missing while state exists")
+            # experiment.json is written before the state: only a start that was rejected (its
+            # ERROR state is all there is) has none. Nothing can happen to it any more.
+            raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected: "
+                                 f"{doc.get('reason') if isinstance(doc, dict) else None})")
         state = ExperimentState.model_validate(doc)
         plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
         loaded = _Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),

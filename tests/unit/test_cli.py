@@ -235,6 +235,7 @@ def test_summary_is_one_json_object_with_counts_and_best() -> None:
     assert summary == {
         "id": "abcd1234",
         "status": "DONE",
+        "reason": None,
         "trials": {"RUNNING": 1, "SUCCEEDED": 2, "FAILED": 1, "EARLY_STOPPED": 1},
         "best": {"trial_id": "tr001", "value": 0.97, "parameters": {"C": 1, "kernel": "rbf"}},
     }
@@ -248,10 +249,10 @@ def test_summary_best_follows_optimize_mode_and_may_be_null() -> None:
                           mode="minimize")
     assert cli.experiment_summary(minimize)["best"]["trial_id"] == "tr001"
     empty = state_with()
-    assert cli.experiment_summary(empty) == {"id": "abcd1234", "status": "RUNNING", "trials": {},
-                                             "best": None}
-    assert cli.pending_summary("abcd1234") == {"id": "abcd1234", "status": "INITIALIZED", "trials": {},
-                                               "best": None}
+    assert cli.experiment_summary(empty) == {"id": "abcd1234", "status": "RUNNING", "reason": None,
+                                             "trials": {}, "best": None}
+    assert cli.pending_summary("abcd1234") == {"id": "abcd1234", "status": "INITIALIZED", "reason": None,
+                                               "trials": {}, "best": None}
 
 
 def test_progress_line_and_summary_text() -> None:
