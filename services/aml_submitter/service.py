@@ -34,7 +34,7 @@ from shared.results import (
     SharedStorageAccount,
     SharedStorageError,
     results_account,
-    shared_storage_metrics_url,
+    shared_storage_results_url,
 )
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -81,6 +81,7 @@ class _Experiment:
     config: dict[str, Any]
     code_dir: Path | None
     shared_storage: SharedStorageAccount | None  # where trials write metrics; None: the deployment's
+    results_store: BlobStore | None = None  # on the sharedStorage container, opened on first use
 
 
 class Submitter:
@@ -136,13 +137,32 @@ class Submitter:
             self._experiments[experiment_id] = loaded
             return loaded
 
-    def _metrics_url(self, experiment: _Experiment) -> str:
-        """A trial's write-only SAS container URL, made now (signing is local and cheap), so
-        that it lives for this trial's time limit plus a margin however long the experiment runs."""
+    async def _results_url(self, experiment: _Experiment, who: TrialIdentity) -> str:
+        """The attempt's results credential: its results blob, created now (empty) if it is not
+        there yet, and its URL with an append-only SAS scoped to that blob alone. Made per
+        attempt (signing is local and cheap), so that it lives for this trial's time limit plus
+        a margin however long the experiment runs."""
+        path = Layout(who.experiment_id).results_blob(who.trial_id, who.attempt)
+        if experiment.shared_storage is None:
+            await self.store.create_append_blob(path)
+        else:
+            if experiment.results_store is None:
+                experiment.results_store = experiment.shared_storage.open_store()
+            await experiment.results_store.create_append_blob(path)
+        return self._results_sas_url(experiment, path)
+
+    def _results_sas_url(self, experiment: _Experiment, path: str) -> str:
+        """The URL of results blob ``path`` with its append-only SAS (signing only, no I/O)."""
         lifetime = sas_lifetime(experiment.config)
         if experiment.shared_storage is None:
-            return self.store.write_only_sas_url(lifetime)
-        return shared_storage_metrics_url(experiment.shared_storage, lifetime)
+            return self.store.results_sas_url(path, lifetime)
+        return shared_storage_results_url(experiment.shared_storage, path, lifetime)
+
+    async def close(self) -> None:
+        """Close the stores opened on experiments' sharedStorage accounts."""
+        for experiment in self._experiments.values():
+            if experiment.results_store is not None:
+                await experiment.results_store.close()
 
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
@@ -226,7 +246,7 @@ class Submitter:
             return
         who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)
         job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir,
-                         self._metrics_url(experiment))
+                         await self._results_url(experiment, who))
         try:
             await backend.submit(job)
         except PermanentSubmitError as exc:
@@ -314,6 +334,7 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
         await bus.close()
         for backend in submitter.backends.values():
             await backend.close()
+        await submitter.close()
         await store.close()
 
     return shutdown

@@ -2,19 +2,20 @@
 
 Handlers are thin: load the experiment's state (cached, ETag-checked), apply the pure
 lifecycle function, write the state with the resulting messages in its outbox, publish them,
-ack. A crash after the write republishes the outbox when the experiment is next loaded.
+ack. A crash after the write republishes the outbox when the experiment is next loaded —
+only after checking it (:mod:`.outbox`): a state document that does not validate, or an
+outbox entry the dispatcher would not have written, ends that experiment in ERROR instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.bus import Bus, PermanentError, TransientError, parse_message
+from shared.bus import Bus, PermanentError, TransientError
 from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
 from shared.messages import (
@@ -43,6 +44,7 @@ from shared.topology import DISPATCHER_QUEUE
 
 from . import lifecycle
 from .lifecycle import Plan, Policy
+from .outbox import CorruptState, checked_outbox, checked_state
 
 __all__ = ["Dispatcher", "DispatcherSettings"]
 
@@ -112,29 +114,57 @@ class Dispatcher:
         if cached is not None:
             return cached
         layout = Layout(experiment_id)
-        found = await self.store.read_json(layout.state_doc)
+        found = await self.store.read_document(layout.state_doc)
         if found is None:
             return None
-        doc, etag = found
+        body, etag = found
         experiment = await self.store.read_json(layout.experiment_doc)
         if experiment is None:
             raise TransientError(f"{layout.experiment_doc} missing while state exists")
-        state = ExperimentState.model_validate(doc)
         plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
+        try:
+            state = checked_state(body, experiment_id)
+            outbox = checked_outbox(state)
+        except CorruptState as exc:
+            return await self._end_corrupt(experiment_id, body, etag, plan, str(exc))
         loaded = _Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),
                          state.model_dump_json())
         self._cache[experiment_id] = loaded
-        if state.outbox:
+        if outbox:
             # Decided before a crash, maybe never published: publish again (consumers dedupe).
-            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(state.outbox))
-            await self.bus.publish_many(
-                parse_message(e.routing_key, json.dumps(e.body).encode()) for e in state.outbox
-            )
+            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(outbox))
+            await self.bus.publish_many(outbox)
         if state.requested and not state.finished:
             # Answers may have been consumed by the last process and lost with it before they
             # were recorded: ask again. The tuner answers an id it knows with the same values.
             await self.bus.publish(SuggestRequest(experiment_id=experiment_id,
                                                   parameter_ids=list(state.requested)))
+        return loaded
+
+    async def _end_corrupt(self, experiment_id: str, body: bytes, etag: str, plan: Plan,
+                           problem: str) -> _Loaded:
+        """End an experiment whose stored state the dispatcher did not write, in ERROR, saying why.
+
+        Nothing of its outbox is published. If the state itself validates (only its outbox is
+        forged), its running trials are cancelled as for any error; otherwise the document is
+        replaced by an ERROR state (its trials cannot be known from it).
+        """
+        reason = f"the stored state was not written by the dispatcher: {problem}"
+        log.error("experiment %s: %s", experiment_id, reason)
+        now = lifecycle.utcnow()
+        try:
+            state = checked_state(body, experiment_id)
+        except CorruptState:
+            state = ExperimentState(experiment_id=experiment_id, started_at=now, ended_at=now,
+                                    status=ExperimentStatus.ERROR, reason=reason)
+            out: list[Message] = [ExperimentStatusChanged(experiment_id=experiment_id,
+                                                          status=ExperimentStatus.ERROR, reason=reason)]
+        else:
+            state.outbox = []
+            out = [] if state.finished else lifecycle.apply_error(state, reason, now)
+        loaded = _Loaded(state, etag, plan, body.decode("utf-8", "replace"))
+        self._cache[experiment_id] = loaded
+        await self._commit(loaded, out)
         return loaded
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
