@@ -119,8 +119,9 @@ async def test_an_aml_trial_runs_and_writes_its_metrics_through_the_sas(store: B
     assert claim is not None and claim[0]["state"] == "started"
     end = await _drive(submitter, bus)
     assert end.status == TrialStatus.SUCCEEDED, end.error
-    metrics = await store.list(Layout("exp-ok").metrics_prefix("trial1"))
-    assert [Path(m).name for m in metrics] == ["000000.json", "000001.json"]
+    results = await store.read_bytes(Layout("exp-ok").results_blob("trial1"))
+    assert results is not None and [line[:14] for line in results.splitlines()] == [
+        b'{"sequence":0,', b'{"sequence":1,']
     doc = await store.read_json(Layout("exp-ok").trial_doc("trial1"))
     assert doc is not None and doc[0]["runs"]["1"]["run_id"] == "tunebus_exp-ok_trial1_1"
     # A redelivered submit starts nothing more.

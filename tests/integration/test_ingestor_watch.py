@@ -176,7 +176,8 @@ async def test_a_results_blob_over_the_byte_cap_is_read_up_to_it(store: BlobStor
     layout = await _experiment(store, "big", {"trainingService": {"platform": "local"}})
     await _append(store, layout.results_blob("t1"), _record(0, 0.5) + b" " * 5000 + b"\n")
     bus = RecordingBus()
-    ingestor = Ingestor(bus, store, poll_seconds=2.0, limits=ResultsLimits(max_bytes=2048))  # type: ignore[arg-type]
+    ingestor = Ingestor(bus, store, poll_seconds=2.0,  # type: ignore[arg-type]
+                        limits=ResultsLimits(max_bytes=2048))
     await ingestor.on_status(TrialStatusChanged(experiment_id="big", trial_id="t1", parameter_id=0,
                                                 status=TrialStatus.SUCCEEDED))
     ended = bus.published[-1]
