@@ -154,7 +154,8 @@ async def test_a_heartbeat_of_an_unreadable_experiment_is_dropped_not_dead_lette
     (b"x" * 70_000 + b"\n", "over the 65536-byte limit"),
     (b"".join(_record(i, 0.5) for i in range(30)), "more than 20 results records"),
 ], ids=["10**400", "nan", "nested", "superscript", "oversized", "too-many"])
-async def test_hostile_results_end_the_trial_failed_naming_why(store: BlobStore, content: bytes, says: str) -> None:
+async def test_hostile_results_end_the_trial_failed_naming_why(store: BlobStore, content: bytes,
+                                                               says: str) -> None:
     from services.metric_ingestor.metrics import ResultsLimits
 
     layout = await _experiment(store, "hostile", {"trainingService": {"platform": "local"}})
