@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from .aml.backend import AmlBackend, AmlOptions, azureml_api, standin_api
 from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
+from .sandbox import ALWAYS_PASSED, DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from .trial_env import TrialIdentity, sas_lifetime
 
 __all__ = ["Submitter", "SubmitterSettings"]
@@ -57,6 +59,11 @@ class SubmitterSettings(CommonSettings):
     """Submitter settings (``TUNEBUS_`` environment variables)."""
 
     work_dir: str = "/tmp/tunebus-trials"
+    local_trials: bool = True  # TUNEBUS_LOCAL_TRIALS=0: this deployment runs Azure ML trials only
+    trial_user: str = DEFAULT_TRIAL_USER  # who local (and stand-in) trials run as when this runs as root
+    # Comma-separated names of this process's variables that local trials also get (besides
+    # PATH, HOME, LANG, LC_*, TZ, CUDA_VISIBLE_DEVICES): e.g. HTTPS_PROXY,HF_HOME.
+    trial_env_passthrough: str = ""
     # trial.submit deliveries this replica takes at once. Small, so that replicas share the work:
     # AML submissions are serialized per replica (aml_submit_threads); local spawns take ms.
     max_jobs: int = 8
@@ -235,8 +242,10 @@ class Submitter:
             return
         platform = str((experiment.config.get("trainingService") or {}).get("platform", "local"))
         backend = self.backends.get(platform)
-        if backend is None:
-            raise PermanentError(f"this submitter has no backend for platform {platform!r}")
+        if backend is None:  # the trial must end, saying why (a dead letter would leave it hanging)
+            why = " (TUNEBUS_LOCAL_TRIALS=0)" if platform == "local" else ""
+            await self._report_failed(msg, f"this deployment runs no {platform!r} trials{why}")
+            return
         # AML submissions are idempotent (a fixed run id per attempt): a claim left "starting" by
         # a replica that died is taken over at once, before the delivery limit dead-letters it.
         stale_after = getattr(backend, "claim_stale_seconds", CLAIM_STALE_SECONDS)
@@ -283,7 +292,28 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
-def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus) -> AmlBackend:
+def _sandbox(settings: SubmitterSettings) -> tuple[Sandbox | None, str | None]:
+    """How trials are sandboxed here, or why they cannot be (every local trial then fails so)."""
+    try:
+        return Sandbox.for_this_process(settings.trial_user, settings.trial_env_passthrough.split(",")), None
+    except SandboxError as exc:
+        return None, str(exc)
+
+
+def _standin_sandbox(sandbox: Sandbox | None, work_dir: Path) -> dict[str, Any]:
+    """The stand-in's runs sandboxed like local trials (see StandinSettings.sandbox)."""
+    if sandbox is None:
+        raise SandboxError("the AML stand-in runs trials like local ones, and those cannot be sandboxed")
+    venv_bin = Path(sys.executable).parent
+    path_first, pythonpath = sandbox.trial_interpreter(venv_bin, work_dir / ".trial-python")
+    user = sandbox.user
+    return {"prefix": sandbox.prefix(), "owner": None if user is None else [user.uid, user.gid],
+            "path_first": str(path_first), "pythonpath": pythonpath,
+            "allowed": [*ALWAYS_PASSED, *sandbox.passthrough]}
+
+
+def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus,
+                 sandbox: Sandbox | None) -> AmlBackend:
     """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
     options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
                          poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
@@ -293,6 +323,7 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
             submit_latency=settings.aml_standin_submit_latency,
             queue_delay=settings.aml_standin_queue_delay,
             prepare_delay=settings.aml_standin_prepare_delay,
+            sandbox=_standin_sandbox(sandbox, Path(settings.work_dir)),
         )
         log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN, NOT on "
                     "Azure ML (run registry %s). For tests only.", standin.registry)
@@ -308,6 +339,9 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
 
 async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     """Connect, declare, start the backends and consumers; returns the shutdown function."""
+    if not make_non_dumpable():
+        log.warning("could not make this process non-dumpable: trials of its user may read its /proc files")
+    sandbox, sandbox_error = _sandbox(settings)
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="aml-submitter")
@@ -316,8 +350,13 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     work_dir = Path(settings.work_dir)
     submitter = Submitter(bus, store, work_dir, replica,
                           shared_storage_endpoint=settings.shared_storage_endpoint)
-    submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
-    aml = _aml_backend(settings, submitter, store, bus)
+    if settings.local_trials:
+        local = LocalBackend(work_dir, submitter.report, submitter.upload_logs, sandbox=sandbox,
+                             sandbox_error=sandbox_error)
+        submitter.backends["local"] = local
+        log.info("local trials run %s", f"as user {sandbox.user.name}" if sandbox and sandbox.user
+                 else "as this process's user (not root)" if sandbox else f"never: {sandbox_error}")
+    aml = _aml_backend(settings, submitter, store, bus, sandbox)
     aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)

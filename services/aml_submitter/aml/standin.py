@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,11 @@ class StandinSettings:
     submit_latency: float = 0.0
     queue_delay: float = 0.0
     prepare_delay: float = 0.0
+    # How runs are sandboxed like local trials (the submitter's sandbox, see ../sandbox.py):
+    # "prefix" (setpriv argv), "owner" ([uid, gid] the run folder is given to, or None),
+    # "path_first" (interpreter folder), "pythonpath" (extra entries), "allowed" (variable names
+    # passed from this environment, besides LC_*). Empty: no sandbox (unit tests of the stand-in).
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- files of one run
@@ -181,20 +186,32 @@ class Experiment:
             "max_run_duration_seconds": run_config.max_run_duration_seconds,
             "tags": dict(tags or {}),
             "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay},
+            "sandbox": settings.sandbox,
         }
         _write_json(folder / "spec.json", spec)
         _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
                                             "submitted": time.time()})
+        owner = settings.sandbox.get("owner")
+        if owner:  # the run's folder is the trial's (it writes ./outputs), as a job's is on AML
+            for path in (folder / "wd", *(folder / "wd").rglob("*")):
+                os.chown(path, owner[0], owner[1], follow_symlinks=False)
         with (folder / "runner.log").open("ab") as out:
             runner = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "run", str(folder)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # the run outlives the replica, as an AML run does
+                env=_allowed_environment(settings.sandbox) if settings.sandbox else None,
             )
         # The runner writes its pid into state.json once it runs; until then this tells it.
         _write_json(folder / "starter.json", {"runner_pid": runner.pid})
         time.sleep(max(0.0, settings.submit_latency - (time.monotonic() - started)))
         return Run(self, run_id)
+
+
+def _allowed_environment(sandbox: dict[str, Any]) -> dict[str, str]:
+    """This process's variables a run may see: the sandbox's allowed names and LC_*."""
+    allowed = set(sandbox.get("allowed") or ())
+    return {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
 
 
 class Run:
@@ -325,10 +342,18 @@ class _Runner:
 
     def environment(self) -> dict[str, str]:
         # As on AML, the trial sees none of the service's settings or Azure credentials.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBUS_", "AZURE_"))}
-        env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
-        env.pop("PYTHONPATH", None)
+        sandbox = self.spec.get("sandbox") or {}
+        if sandbox:
+            env = _allowed_environment(sandbox)
+            env["PATH"] = f"{sandbox['path_first']}{os.pathsep}{env.get('PATH', os.defpath)}"
+            env["HOME"] = str(self.folder / "wd")
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEBUS_", "AZURE_"))}
+            env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+            env.pop("PYTHONPATH", None)
         env.update(self.spec["environment_variables"])
+        if sandbox.get("pythonpath"):  # after the job's own (the command prepends the shim)
+            env["PYTHONPATH"] = os.pathsep.join(sandbox["pythonpath"])
         env["PYTHONUNBUFFERED"] = "1"
         env["AZUREML_RUN_ID"] = self.spec["run_id"]
         return env
@@ -338,7 +363,9 @@ class _Runner:
         limit = self.spec.get("max_run_duration_seconds")
         deadline = time.monotonic() + float(limit) if limit else None
         with (self.folder / "std_log.txt").open("wb") as out:
-            child = subprocess.Popen(["bash", "-c", self.spec["command"]], cwd=wd, env=self.environment(),
+            prefix = list((self.spec.get("sandbox") or {}).get("prefix") or [])
+            child = subprocess.Popen([*prefix, "bash", "-c", self.spec["command"]], cwd=wd,
+                                     env=self.environment(),
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
             while (code := child.poll()) is None:
