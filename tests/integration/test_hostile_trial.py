@@ -56,8 +56,8 @@ async def _experiment(store: BlobStore, work_dir: Path, experiment_id: str, plat
     code.mkdir()
     shutil.copy(HOSTILE, code / "trial.py")
     layout = Layout(experiment_id)
-    config = {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}}, "trialCommand": "python3 trial.py",
-              "trialConcurrency": 1, "maxTrialDuration": 600, "tuner": {"name": "Random"},
+    config = {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
+              "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600, "tuner": {"name": "Random"},
               "trainingService": platform}
     await store.write_bytes(layout.code_archive, build_code_archive(code))
     await store.write_json(layout.experiment_doc, {"config": config, "code_blob": layout.code_archive})
@@ -88,7 +88,8 @@ def _submitter(store: BlobStore, work_dir: Path, platform: str) -> tuple[Submitt
         settings = standin.StandinSettings(registry=work_dir / "work" / "registry",
                                            sandbox=_standin_sandbox(sandbox, work_dir / "work"))
         submitter.backends["aml"] = AmlBackend(
-            store=store, report=submitter.report, publish_ticket=bus.publish_ticket, work_dir=work_dir / "work",
+            store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
+            work_dir=work_dir / "work",
             api=lambda: standin_api(settings), env={},
             options=AmlOptions(poll_seconds=0.05, auth_timeout=10, retry=RetryPolicy(attempts=2, base=0.01)))
     return submitter, bus
