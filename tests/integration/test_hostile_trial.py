@@ -57,7 +57,8 @@ async def _experiment(store: BlobStore, work_dir: Path, experiment_id: str, plat
     shutil.copy(HOSTILE, code / "trial.py")
     layout = Layout(experiment_id)
     config = {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
-              "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600, "tuner": {"name": "Random"},
+              "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600,
+              "tuner": {"name": "Random"},
               "trainingService": platform}
     await store.write_bytes(layout.code_archive, build_code_archive(code))
     await store.write_json(layout.experiment_doc, {"config": config, "code_blob": layout.code_archive})
