@@ -176,7 +176,10 @@ class LocalBackend:
         await self._interpreter_for_trials()
         output_dir = self.work_dir / who.experiment_id / "trials" / who.trial_id / f"attempt-{who.attempt}"
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.sandbox.hand_over(output_dir)
+        try:
+            self.sandbox.hand_over(output_dir)
+        except SandboxError as exc:
+            raise PermanentSubmitError(str(exc)) from exc
         gpu_count = int(job.config.get("trialGpuNumber") or 0)
         try:
             gpus = await self.gpus.acquire(gpu_count, job.config.get("trainingService") or {}) \

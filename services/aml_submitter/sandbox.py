@@ -164,7 +164,17 @@ class Sandbox:
             f"{version}: make the venv's interpreter readable by it (a world-searchable path)")
 
     def hand_over(self, folder: Path) -> None:
-        """Give the trial's output folder to the trial user (it writes there, and only there)."""
-        if self.user is not None:
-            os.chown(folder, self.user.uid, self.user.gid)
-            os.chmod(folder, 0o700)
+        """Give the trial's output folder to the trial user (it writes there, and only there).
+
+        SandboxError names a folder above it that the trial user cannot pass through.
+        """
+        if self.user is None:
+            return
+        for above in folder.resolve().parents:
+            mode = above.stat().st_mode
+            if not mode & 0o001 and above.stat().st_uid != self.user.uid:
+                raise SandboxError(f"the trial user {self.user.name!r} cannot reach its work folder: {above} "
+                                   "is not searchable by others (give the submitter a work dir "
+                                   "outside private folders, TUNEBUS_WORK_DIR)")
+        os.chown(folder, self.user.uid, self.user.gid)
+        os.chmod(folder, 0o700)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +37,16 @@ from tests.integration.fakes import RecordingBus
 from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
+    runs trials as that user, and pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 TRIAL = """import nni
 params = nni.get_next_parameter()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,16 @@ from services.aml_submitter.trial_env import TrialIdentity
 from shared.messages import TrialStatus, TrialStatusChanged
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
+    runs trials as that user, and pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _job(command: str, code_dir: Path, trial: str = "t1") -> JobRequest:
