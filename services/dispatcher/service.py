@@ -267,7 +267,7 @@ class Dispatcher:
         stored = await read_secrets(self.store, experiment_id)
         if stored.shared_storage_account_key is None:
             raise PermanentError(
-                "sharedStorage.storageAccountKey: required (the trials' write-only SAS URLs of the "
+                "sharedStorage.storageAccountKey: required (the trials' results SAS URLs of the "
                 "sharedStorage container are signed with it); give it in the experiment file")
 
     async def _record_rejected(self, msg: ExperimentStart, reason: str) -> None:

@@ -1,5 +1,5 @@
 """The submitter service's AML path against Azurite and the stand-in (NOT Azure): claims, the trial
-writing its metrics through the write-only SAS, and how submission errors end a trial."""
+writing its metrics through its results URL (append-only SAS), and how submission errors end a trial."""
 
 from __future__ import annotations
 
