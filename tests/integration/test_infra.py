@@ -184,5 +184,6 @@ def test_deploy_local_env_follows_ports(tmp_path):
                            text=True, check=True)
     assert "export TUNEBUS_AMQP_URL='amqp://tunebus-admin:admin-pw@127.0.0.1:25999/'" in admin.stdout
     (tmp_path / "credentials" / "amqp-tunebus-cli").unlink()
-    missing = subprocess.run([str(REPO_ROOT / "deploy/local"), "env"], env=env, capture_output=True, text=True)
+    missing = subprocess.run([str(REPO_ROOT / "deploy/local"), "env"], env=env, capture_output=True,
+                             text=True, check=False)
     assert missing.returncode != 0 and "deploy/local up" in missing.stderr

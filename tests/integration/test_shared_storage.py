@@ -1,5 +1,6 @@
 """An experiment with an AzureBlob ``sharedStorage``, against Azurite: the submitter gives a local
-trial an append-only SAS of its results blob in *that* container, the trial writes its metrics there, and the ingestor
+trial an append-only SAS of its results blob in *that* container, the trial writes its metrics there,
+and the ingestor
 reads them from there (and not from the deployment's container, which keeps the end marker)."""
 
 from __future__ import annotations
