@@ -126,10 +126,25 @@ class Sandbox:
         return []
 
     def can_run(self, executable: Path) -> bool:
-        """Whether a trial can start ``executable`` (the trial user may lack search permission)."""
+        """Whether a trial can start ``executable`` (the trial user may lack search permission).
+
+        Through ``/bin/sh`` as trials do: setpriv itself still holds root's capabilities when it
+        execs its command, so ``setpriv ... python`` would start where the trial's shell cannot.
+        """
+        probe = 'exec "$0" -c "import sys; sys.exit(sys.prefix == sys.base_prefix)"'  # a venv's own
         try:
-            done = subprocess.run([*self.prefix(), str(executable), "-c", ""], env={}, cwd="/",
+            done = subprocess.run([*self.prefix(), "/bin/sh", "-c", probe, str(executable)], env={}, cwd="/",
                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    def _runs_plain(self, executable: Path) -> bool:
+        """Whether the trial user can start ``executable`` (an interpreter that is no venv's)."""
+        try:
+            done = subprocess.run([*self.prefix(), "/bin/sh", "-c", 'exec "$0" -c ""', str(executable)],
+                                  env={}, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0
@@ -146,7 +161,7 @@ class Sandbox:
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
             candidate = Path(folder) / version
-            if candidate.exists() and self.can_run(candidate):
+            if candidate.exists() and self._runs_plain(candidate):
                 spare_dir.mkdir(parents=True, exist_ok=True)
                 os.chmod(spare_dir, 0o755)
                 for name in ("python", "python3", version):
