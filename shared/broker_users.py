@@ -48,7 +48,9 @@ from shared.topology import (
 __all__ = ["ADMIN_USER", "USERS", "BrokerUser", "definitions", "ensure_password"]
 
 ADMIN_USER = "tunebus-admin"
-_TOPOLOGY = r"^(tunebus\..*|amq\.gen-.*)$"  # amq.gen-*: the CLI's server-named watch queue
+_TOPOLOGY = r"^tunebus\..*$"
+# The CLI's watch queue: exclusive, named by aio-pika (amq_<hex>) or by the server (amq.gen-*).
+_CLI_ENTITIES = r"^(tunebus\..*|amq_[0-9a-f]+|amq\.gen-.*)$"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class BrokerUser:
     consumes: tuple[str, ...]  # queue names (documentation: read cannot be narrower, see above)
     publishes: tuple[str, ...]  # routing keys on the events exchange
     binds: tuple[str, ...] = ()  # routing keys it binds a queue of its own to (the CLI's watch)
+    entities: str = _TOPOLOGY  # the exchanges and queues it may configure, write and read
 
     def publish_regex(self) -> str:
         return "^(" + "|".join(re.escape(k) for k in self.publishes) + ")$"
@@ -75,11 +78,12 @@ USERS: tuple[BrokerUser, ...] = (
                ("trial.status", "trial.heartbeat", "ticket.aml.watch")),
     BrokerUser("tunebus-ingestor", (INGESTOR_QUEUE.name,),
                ("trial.metric", "trial.progress", "trial.ended", "ticket.ingest.watch")),
-    BrokerUser("tunebus-cli", ("amq.gen-<watch>",),
+    BrokerUser("tunebus-cli", ("amq_<watch>",),
                ("experiment.start", "experiment.stop", "experiment.resume", "experiment.update",
                 "trial.stop_request"),
                binds=("experiment.status", "trial.status", "trial.ended", "trial.metric", "trial.progress",
-                      "trial.suggested", "trial.submit", "experiment.error")),
+                      "trial.suggested", "trial.submit", "experiment.error"),
+               entities=_CLI_ENTITIES),
 )
 
 
@@ -110,8 +114,8 @@ def definitions(folder: Path, vhost: str = "/") -> dict[str, Any]:
     topics: list[dict[str, Any]] = []
     for user in USERS:
         users.append(_user(user.name, ensure_password(folder, user.name), ""))
-        permissions.append({"user": user.name, "vhost": vhost, "configure": _TOPOLOGY, "write": _TOPOLOGY,
-                            "read": _TOPOLOGY})
+        permissions.append({"user": user.name, "vhost": vhost, "configure": user.entities,
+                            "write": user.entities, "read": user.entities})
         binds = "^(" + "|".join(re.escape(k) for k in (*user.binds, *_bound_keys(user))) + ")$"
         topics.append({"user": user.name, "vhost": vhost, "exchange": EVENTS_EXCHANGE,
                        "write": user.publish_regex(), "read": binds})
