@@ -69,7 +69,9 @@ trainingService:
 def infra_env() -> dict[str, str]:
     """Environment pointing at the local RabbitMQ and Azurite (started if needed)."""
     subprocess.run([str(DEPLOY_LOCAL), "up", "--infra-only"], check=True, stdout=subprocess.DEVNULL)
-    exports = subprocess.run([str(DEPLOY_LOCAL), "env"], check=True, capture_output=True, text=True).stdout
+    # The operators' account: each run gets a vhost of its own, which it grants itself.
+    exports = subprocess.run([str(DEPLOY_LOCAL), "env", "--admin"], check=True, capture_output=True,
+                             text=True).stdout
     env = dict(os.environ)
     for line in exports.splitlines():
         key, value = line.removeprefix("export ").split("=", 1)
@@ -136,7 +138,7 @@ def measure(base_env: dict[str, str], replicas: int, sdk: str, args: argparse.Na
     """``tunebus create`` to DONE, and the experiment's own duration, with ``replicas`` submitters."""
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    rabbitmqctl("set_permissions", "-p", vhost, "tunebus-admin", ".*", ".*", ".*")
     run_dir = folder / f"{sdk}-{replicas}r-{vhost}"
     run_dir.mkdir()
     env = {**base_env,

@@ -59,12 +59,13 @@ class Layout:
         root = self.trial_root(trial_id)
         return root if attempt == 1 else f"{root}/attempt-{attempt}"
 
-    def metrics_prefix(self, trial_id: str, attempt: int = 1) -> str:
-        return f"{self.attempt_root(trial_id, attempt)}/metrics/"
+    def results_blob(self, trial_id: str, attempt: int = 1) -> str:
+        """The attempt's results: one append blob, one line-framed record per report.
 
-    def metric_blob(self, trial_id: str, sequence: int, attempt: int = 1) -> str:
-        # Zero-padded so that a listing is already in report order.
-        return f"{self.metrics_prefix(trial_id, attempt)}{sequence:06d}.json"
+        The submitter creates it before the trial starts; the trial gets a SAS scoped to this
+        blob alone that may only append to it (:func:`shared.storage.results_sas_token`).
+        """
+        return f"{self.attempt_root(trial_id, attempt)}/results.jsonl"
 
     def log_blob(self, trial_id: str, stream: str, attempt: int = 1) -> str:
         return f"{self.attempt_root(trial_id, attempt)}/{stream}.log"

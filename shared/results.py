@@ -1,13 +1,14 @@
 """Where a trial's metrics go: the deployment's container, or the experiment's sharedStorage.
 
 An experiment whose config has ``sharedStorage: {storageType: AzureBlob, ...}`` has its
-trials' metrics written to *that* account and container, at the same paths as in the
-deployment's container (``experiments/<exp>/trials/<trial>/metrics/<seq>.json``, see
-:class:`shared.storage.Layout`); without one they go to the deployment's container.
+trials' results written to *that* account and container, at the same paths as in the
+deployment's container (``experiments/<exp>/trials/<trial>/results.jsonl``, see
+:meth:`shared.storage.Layout.results_blob`); without one they go to the deployment's container.
 
-* The submitter gives each trial (local and aml) a write-only, expiring SAS URL of that
-  container (:func:`shared_storage_metrics_url`), signed with the account key.
-* The metric ingestor reads the metrics there (:meth:`SharedStorageAccount.open_store`).
+* The submitter creates each attempt's results blob there and gives the trial (local and aml)
+  the URL of that one blob with an append-only, expiring SAS (:func:`shared_storage_results_url`),
+  signed with the account key.
+* The metric ingestor reads the results there (:meth:`SharedStorageAccount.open_store`).
 * Everything else stays in the deployment's container: ``experiment.json``, ``secrets.json``,
   the state document, trial documents, claims, the trials' logs and ``ended.json`` markers.
 
@@ -25,10 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from shared.config import SECRET_MASK, ExperimentSecrets
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
-from shared.storage import BlobStore, Layout, account_connection_string, write_only_sas_token
+from shared.storage import BlobStore, Layout, account_connection_string, results_sas_token
 
 __all__ = [
     "SharedStorageAccount",
@@ -37,7 +39,7 @@ __all__ = [
     "results_account",
     "shared_storage_account",
     "shared_storage_endpoint",
-    "shared_storage_metrics_url",
+    "shared_storage_results_url",
     "shared_storage_section",
 ]
 
@@ -97,20 +99,20 @@ def shared_storage_account(config: Mapping[str, Any], secrets: ExperimentSecrets
     if key is None:
         raise SharedStorageError(
             f"sharedStorage account {account!r} has no storageAccountKey: tunebus signs the trials' "
-            "write-only SAS URLs with it (give it in the experiment file)")
+            "results SAS URLs with it (give it in the experiment file)")
     return SharedStorageAccount(account, container, shared_storage_endpoint(account, endpoint_template),
                                 key.get_secret_value())
 
 
-def shared_storage_metrics_url(account: SharedStorageAccount, lifetime: timedelta, *,
+def shared_storage_results_url(account: SharedStorageAccount, blob: str, lifetime: timedelta, *,
                                now: datetime | None = None) -> str:
-    """The container URL with a SAS that may create and write blobs only, for ``lifetime``.
+    """The URL of ``blob`` in the account's container with a SAS that may only append to it.
 
-    The same rules as :meth:`shared.storage.BlobStore.write_only_sas_url`: no read, list or
-    delete; the key signs and never leaves this process, only the token does.
+    The same rules as :meth:`shared.storage.BlobStore.results_sas_url`: one blob, append only,
+    expiring after ``lifetime``; the key signs and never leaves this process, only the token does.
     """
-    token = write_only_sas_token(account.name, account.container, account.key, lifetime, now=now)
-    return f"{account.container_url}?{token}"
+    token = results_sas_token(account.name, account.container, blob, account.key, lifetime, now=now)
+    return f"{account.container_url}/{quote(blob, safe='/~')}?{token}"
 
 
 async def read_secrets(store: BlobStore, experiment_id: str,

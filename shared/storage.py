@@ -6,11 +6,13 @@ experiments/<exp>/secrets.json             the config's secrets (sharedStorage a
 experiments/<exp>/code.tar.gz              the trial code snapshot
 experiments/<exp>/state.json               the dispatcher's state document (ETag-conditional writes)
 experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
-experiments/<exp>/trials/<trial>/metrics/<seq>.json  one metric, written by the trial itself
+experiments/<exp>/trials/<trial>/results.jsonl   the attempt's results: an append blob, one
+                                                line per report, appended by the trial itself
 experiments/<exp>/trials/<trial>/stdout.log, stderr.log
 ```
+(A second attempt of a trial has its own ``trials/<trial>/attempt-<n>/`` folder.)
 
-With an AzureBlob ``sharedStorage`` the trial's ``metrics/`` folder is in that account and
+With an AzureBlob ``sharedStorage`` the trial's ``results.jsonl`` is in that account and
 container instead, at the same path (see :mod:`shared.results`); everything else stays here.
 
 :class:`BlobStore` speaks the Blob REST API over one keep-alive aiohttp session, signing with
@@ -32,7 +34,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from yarl import URL
 
 from shared.blob_rest import (
@@ -56,7 +58,7 @@ __all__ = [
     "Layout",
     "account_connection_string",
     "parse_connection_string",
-    "write_only_sas_token",
+    "results_sas_token",
 ]
 
 #: Start a SAS this long before now: the clocks of the signer and Azure Storage differ.
@@ -88,19 +90,22 @@ def account_connection_string(account: str, key: str, endpoint: str) -> str:
             f"BlobEndpoint={endpoint.rstrip('/')};")
 
 
-def write_only_sas_token(account: str, container: str, key: str, lifetime: timedelta, *,
-                         now: datetime | None = None) -> str:
-    """A container SAS token that may create and write blobs only (no read, list or delete).
+def results_sas_token(account: str, container: str, blob: str, key: str, lifetime: timedelta, *,
+                      now: datetime | None = None) -> str:
+    """A SAS token for one blob (``sr=b``) that may only append to it (``sp=a``).
 
-    It starts :data:`SAS_CLOCK_SKEW` before ``now`` and expires ``lifetime`` after it. The key
-    signs it and stays with the caller: only the token goes to a trial.
+    What a trial gets: with it, Append Block on that blob works and nothing else does — no
+    read, list, delete, create or overwrite (Put Blob needs ``c`` or ``w``), on no other blob.
+    The blob must exist (the submitter creates it). It starts :data:`SAS_CLOCK_SKEW` before
+    ``now`` and expires ``lifetime`` after it; the key signs it and stays with the caller.
     """
     now = now or datetime.now(UTC)
-    return generate_container_sas(
+    return generate_blob_sas(
         account_name=account,
         container_name=container,
+        blob_name=blob,
         account_key=key,
-        permission=ContainerSasPermissions(create=True, write=True),
+        permission=BlobSasPermissions(add=True),
         start=now - SAS_CLOCK_SKEW,
         expiry=now + lifetime,
     )
@@ -115,6 +120,12 @@ class _Reply:
     @property
     def code(self) -> str | None:
         return self.headers.get("x-ms-error-code")
+
+
+def _size_from_416(reply: _Reply) -> int:
+    """The blob size a 416 reply states (``Content-Range: bytes */<size>``), 0 when it does not."""
+    total = reply.headers.get("content-range", "").rpartition("/")[2]
+    return int(total) if total.isascii() and total.isdigit() else 0
 
 
 class BlobStore:
@@ -238,6 +249,13 @@ class BlobStore:
 
     # ------------------------------------------------------------------ JSON documents
 
+    async def read_document(self, path: str) -> tuple[bytes, str] | None:
+        """``(content, etag)``, unparsed, or None if the blob does not exist."""
+        found = await self._get(path)
+        if found is None:
+            return None
+        return found.body, found.headers.get("etag", "")
+
     async def read_json(self, path: str) -> tuple[Any, str] | None:
         """``(document, etag)``, or None if the blob does not exist."""
         found = await self._get(path)
@@ -261,16 +279,48 @@ class BlobStore:
         """:meth:`write_json` for a document already serialised; returns the new ETag."""
         return await self._put(path, body, "application/json", etag=etag, create_only=create_only)
 
+    # ------------------------------------------------------------------ append blobs
+
+    async def create_append_blob(self, path: str) -> bool:
+        """Create an empty append blob unless one exists; True if this call created it."""
+        headers = {"x-ms-blob-type": "AppendBlob", "if-none-match": "*"}
+        reply = await self._request("PUT", path, None, headers)
+        if reply.status in (409, 412):  # BlobAlreadyExists: a repeated submit keeps what is there
+            return False
+        self._check(reply, "Put Blob (append)", name=path)
+        return True
+
+    async def read_range(self, path: str, start: int, length: int) -> tuple[bytes, int] | None:
+        """At most ``length`` bytes of the blob from offset ``start``, and the blob's whole size;
+        None if it does not exist. A ``start`` at or past the end gives ``(b'', size)``."""
+        if length <= 0:
+            raise ValueError(f"read_range wants a positive length, got {length}")
+        headers = {"x-ms-range": f"bytes={start}-{start + length - 1}"}
+        reply = await self._request("GET", path, None, headers)
+        if reply.status == 404 and reply.code == "ContainerNotFound":
+            raise ContainerNotFoundError("Get Blob (range)", repr(path), 404, reply.code,
+                                         error_message(reply.body))
+        if reply.status == 404:
+            return None
+        if reply.status == 416:  # InvalidRange: nothing at or after start
+            return b"", _size_from_416(reply)
+        self._check(reply, "Get Blob (range)", name=path)
+        if reply.status == 206:
+            total = reply.headers.get("content-range", "").rpartition("/")[2]
+            size = int(total) if total.isascii() and total.isdigit() else start + len(reply.body)
+            return reply.body[:length], size
+        return reply.body[start:start + length], len(reply.body)  # a server that ignored the range
+
     # ------------------------------------------------------------------ SAS
 
-    def write_only_sas_url(self, lifetime: timedelta) -> str:
-        """A container URL whose SAS can create and write blobs only (no read, list or delete).
+    def results_sas_url(self, path: str, lifetime: timedelta) -> str:
+        """The URL of blob ``path`` with a SAS that may only append to it, for ``lifetime``.
 
-        This is all a trial gets: it can add its metrics and logs, and nothing else.
+        This is all a trial gets: it can add its own results, and nothing else.
         """
         key = base64.b64encode(self.account.key).decode("ascii")  # as the connection string gave it
-        token = write_only_sas_token(self.account.name, self.container_name, key, lifetime)
-        return f"{self.container_url}?{token}"
+        token = results_sas_token(self.account.name, self.container_name, path, key, lifetime)
+        return f"{self.container_url}/{quote(path, safe='/~')}?{token}"
 
     # ------------------------------------------------------------------ transport
 

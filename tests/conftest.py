@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -51,7 +51,7 @@ class Infra:
     """A running broker and blob service, and how to reach them."""
 
     amqp_url: str
-    """``amqp://guest:guest@host:port/`` (default vhost)."""
+    """``amqp://<admin user>:<password>@host:port/`` (default vhost; guest in the docker image)."""
     storage_connection_string: str
     """Azurite connection string with the well-known development account."""
     container: str
@@ -60,6 +60,8 @@ class Infra:
     """``local``, ``docker`` or ``external``: where the infrastructure came from."""
     rabbitmqctl: Callable[..., None] | None = field(default=None, repr=False)
     """Runs ``rabbitmqctl ARGS`` against the broker, where we own it."""
+    credentials_dir: Path | None = None
+    """deploy/local's generated broker passwords (``amqp-<user>``), where it made the broker."""
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a service or CLI subprocess pointed at this infrastructure."""
@@ -148,7 +150,9 @@ def _local_infra(state_dir: Path) -> Iterator[Infra]:
     try:
         _run_deploy_local(env, "up", "--infra-only")
         exports = dict(
-            line.removeprefix("export ").split("=", 1) for line in _run_deploy_local(env, "env").splitlines()
+            # The operators' account: tests declare vhosts and publish every routing key.
+            line.removeprefix("export ").split("=", 1)
+            for line in _run_deploy_local(env, "env", "--admin").splitlines()
         )
 
         def rabbitmqctl(*args: str) -> None:
@@ -160,6 +164,7 @@ def _local_infra(state_dir: Path) -> Iterator[Infra]:
             container=DEFAULT_CONTAINER,
             mode="local",
             rabbitmqctl=rabbitmqctl,
+            credentials_dir=state_dir / "credentials",
         )
     finally:
         subprocess.run([str(DEPLOY_LOCAL), "down"], env=env, capture_output=True, timeout=120, check=False)
@@ -263,11 +268,12 @@ def fresh_container(infra: Infra) -> Iterator[str]:
 
 @pytest.fixture
 def amqp_vhost(infra: Infra) -> Iterator[str]:
-    """AMQP URL of a vhost created for this test alone (guest has full rights), deleted after."""
+    """AMQP URL of a vhost created for this test alone (the infra's user has full rights), deleted after."""
     if infra.rabbitmqctl is None:
         pytest.skip("amqp_vhost needs rabbitmqctl; the external infrastructure gives none")
     name = f"t-{uuid.uuid4().hex[:12]}"
     infra.rabbitmqctl("add_vhost", name)
-    infra.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    user = urlsplit(infra.amqp_url).username or "guest"
+    infra.rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
     yield infra.amqp_url.rstrip("/") + "/" + quote(name, safe="")
     infra.rabbitmqctl("delete_vhost", name)

@@ -16,7 +16,19 @@ HEALTH_MAX_AGE=15
 AZURITE_ACCOUNT=devstoreaccount1
 AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
-amqp_url() { printf 'amqp://guest:guest@127.0.0.1:%s/' "$AMQP_PORT"; }
+# Generated broker passwords (one file per user, mode 600), never in the repository.
+CREDENTIALS_DIR="$STATE_DIR/credentials"
+
+# amqp_url [USER]: the broker URL of USER (default: the CLI's), with its generated password.
+amqp_url() {
+    local user="${1:-tunebus-cli}" file
+    file="$CREDENTIALS_DIR/amqp-$user"
+    [[ -r "$file" ]] || die "no broker password for $user in $CREDENTIALS_DIR (run 'deploy/local up' first)"
+    printf 'amqp://%s:%s@127.0.0.1:%s/' "$user" "$(<"$file")" "$AMQP_PORT"
+}
+
+# amqp_url_masked: where the broker is, without any password (for log lines).
+amqp_url_masked() { printf 'amqp://127.0.0.1:%s/' "$AMQP_PORT"; }
 
 storage_connection_string() {
     printf 'DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=http://127.0.0.1:%s/%s;' \

@@ -74,9 +74,23 @@ amqp_ready() {
     [[ "$first" == 1 ]]
 }
 
+# rabbit_users: one user per service, the CLI's and the operators' (shared/broker_users.py),
+# with generated passwords under $CREDENTIALS_DIR; guest deleted. Idempotent, two rabbitmqctl calls.
+rabbit_users() {
+    local python="${TUNEBUS_PYTHON:-$REPO_ROOT/.venv/bin/python}" defs
+    [[ -x "$python" ]] || python="$(command -v python3)" || die "no python for shared/broker_users.py"
+    defs="$RABBIT_DIR/users.json"
+    (umask 077; cd "$REPO_ROOT" && "$python" -m shared.broker_users "$CREDENTIALS_DIR" >"$defs") \
+        || die "could not generate the broker's users"
+    rabbit_ctl import_definitions "$defs" >/dev/null || die "could not import the broker's users"
+    rm -f "$defs"
+    rabbit_ctl delete_user guest >/dev/null 2>&1 || true   # gone already
+}
+
 rabbit_up() {
     if is_running rabbitmq; then
         wait_for "$UP_TIMEOUT" rabbitmq amqp_ready
+        rabbit_users
         return 0
     fi
     if rabbit_node_pid >/dev/null; then
@@ -91,6 +105,7 @@ rabbit_up() {
     log "starting RabbitMQ node $RABBIT_NODE on 127.0.0.1:$AMQP_PORT"
     (rabbit_env; cd "$RABBIT_DIR"; start_background rabbitmq "$(rabbit_bin rabbitmq-server)")
     wait_for "$UP_TIMEOUT" rabbitmq amqp_ready
+    rabbit_users
 }
 
 # rabbit_ctl ARGS...: rabbitmqctl against this node (the `ctl` subcommand, tests' vhosts).

@@ -24,6 +24,25 @@ started_service_instances() {
 
 health_file() { printf '%s/%s.health' "$RUN_DIR" "$1"; }
 
+# service_broker_user MODULE: the broker account of a service (shared/broker_users.py).
+service_broker_user() {
+    case "$1" in
+        metric_ingestor) printf 'tunebus-ingestor' ;;
+        aml_submitter) printf 'tunebus-submitter' ;;
+        *) printf 'tunebus-%s' "$1" ;;
+    esac
+}
+
+# ensure_trial_user: the unprivileged account local trials run as (root submitters switch to it).
+TRIAL_USER="${TUNEBUS_TRIAL_USER:-tunebus-trial}"
+ensure_trial_user() {
+    (( EUID == 0 )) || return 0   # a non-root submitter runs trials as itself
+    getent passwd "$TRIAL_USER" >/dev/null && return 0
+    log "creating the unprivileged user $TRIAL_USER that local trials run as"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$TRIAL_USER" \
+        || die "could not create user $TRIAL_USER (trials never run as root)"
+}
+
 # health_age INSTANCE: seconds since the instance last touched its health file (fails if none).
 health_age() {
     local file mtime
@@ -47,7 +66,7 @@ service_start() {
     log "starting $instance (python -m services.$module)"
     (
         cd "$REPO_ROOT"
-        export TUNEBUS_AMQP_URL; TUNEBUS_AMQP_URL="$(amqp_url)"
+        export TUNEBUS_AMQP_URL; TUNEBUS_AMQP_URL="$(amqp_url "$(service_broker_user "$module")")"
         export TUNEBUS_STORAGE_CONNECTION_STRING; TUNEBUS_STORAGE_CONNECTION_STRING="$(storage_connection_string)"
         export TUNEBUS_STORAGE_CONTAINER="$STORAGE_CONTAINER"
         export TUNEBUS_HEALTH_FILE; TUNEBUS_HEALTH_FILE="$(health_file "$instance")"
@@ -62,6 +81,7 @@ services_up() {
     local submitters="$1" instance
     local -a instances
     [[ -x "$SERVICE_PYTHON" ]] || die "$SERVICE_PYTHON not found; run 'make venv' first"
+    ensure_trial_user
     mapfile -t instances < <(service_instances "$submitters")
     # Bytecode for the services, the CLI and the trials' nni shim: nothing else writes it when
     # PYTHONDONTWRITEBYTECODE is set or the install is editable. Up-to-date files are skipped.

@@ -33,7 +33,7 @@ class JobRequest:
     parameters: dict[str, Any]
     config: dict[str, Any]  # the experiment's wire-form config
     code_dir: Path | None  # the experiment's code, unpacked (None: no code uploaded)
-    metrics_url: str  # container URL with a write-only SAS
+    metrics_url: str  # the attempt's results blob URL with an append-only SAS (sr=b, sp=a)
 
 
 class Backend(Protocol):

@@ -5,7 +5,9 @@ interpreter first on PATH (so ``python3 trial.py`` starts in milliseconds and se
 packages as tunebus), the ``nni`` shim first on PYTHONPATH, and GPUs through
 ``CUDA_VISIBLE_DEVICES``. A trial dies with its submitter (PR_SET_PDEATHSIG): a replica that
 is killed leaves no orphan writing metrics nobody collects; the dispatcher sees its
-heartbeats stop and runs the trial again.
+heartbeats stop and runs the trial again. Each trial is sandboxed (:mod:`.sandbox`): an
+allowlisted environment, the unprivileged trial user when the submitter is root, no new
+privileges, its output folder its own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from shared.messages import TrialStatus, TrialStatusChanged
 
 from .backend import JobRequest, PermanentSubmitError, Reporter
 from .gpus import GpuAllocator
+from .sandbox import Sandbox, SandboxError, allowlisted_environment
 from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 
 __all__ = ["LocalBackend", "compile_trial_runtime", "stderr_tail"]
@@ -60,20 +62,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-# util-linux's setpriv sets the parent-death signal and execs the shell. It spares the
-# submitter a preexec_fn, which forces a full fork of this (100+ MB) process per trial
-# (~9 ms and ~4 ms of CPU) instead of a vfork (<1 ms).
-_SETPRIV = shutil.which("setpriv")
-
-
 async def _spawn(command: str, cwd: Path, env: dict[str, str], out: IO[bytes],
-                 err: IO[bytes]) -> asyncio.subprocess.Process:
-    """Start ``command`` under /bin/sh in a session of its own, to die with this process."""
+                 err: IO[bytes], prefix: list[str]) -> asyncio.subprocess.Process:
+    """Start ``command`` under /bin/sh in a session of its own, to die with this process.
+
+    ``prefix`` is the sandbox's util-linux ``setpriv`` (user, no new privileges, parent-death
+    signal). It also spares the submitter a preexec_fn, which forces a full fork of this (100+
+    MB) process per trial (~9 ms and ~4 ms of CPU) instead of a vfork (<1 ms).
+    """
     common: dict[str, Any] = dict(cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                   start_new_session=True)
-    if _SETPRIV is not None:
-        return await asyncio.create_subprocess_exec(
-            _SETPRIV, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", command, **common)
+    if prefix:
+        return await asyncio.create_subprocess_exec(*prefix, "/bin/sh", "-c", command, **common)
     return await asyncio.create_subprocess_shell(command, preexec_fn=_die_with_parent, **common)
 
 
@@ -95,6 +95,7 @@ class _Running:
     job: JobRequest
     proc: asyncio.subprocess.Process
     output_dir: Path
+    log_dir: Path  # the submitter's, beside output_dir: the trial cannot swap its logs for links
     gpus: list[int] = field(default_factory=list)
     kill_status: TrialStatus | None = None
     kill_reason: str | None = None
@@ -106,12 +107,22 @@ class LocalBackend:
     platform = "local"
 
     def __init__(self, work_dir: Path, report: Reporter, upload_logs: LogUploader,
-                 gpus: GpuAllocator | None = None, interpreter_dir: Path | None = None) -> None:
+                 gpus: GpuAllocator | None = None, interpreter_dir: Path | None = None,
+                 sandbox: Sandbox | None = None, sandbox_error: str | None = None) -> None:
         self.work_dir = work_dir
         self.report = report
         self.upload_logs = upload_logs
         self.gpus = gpus or GpuAllocator.detect()
-        self.interpreter_dir = interpreter_dir or Path(sys.executable).parent
+        self.venv_bin = interpreter_dir or Path(sys.executable).parent
+        self._sandbox_error = sandbox_error
+        try:
+            self.sandbox = sandbox or Sandbox.for_this_process()
+        except SandboxError as exc:
+            self._sandbox_error = str(exc)
+        if self._sandbox_error is not None:  # every local trial fails with it, instead of running as root
+            self.sandbox = Sandbox(None)
+            log.error("local trials are refused: %s", self._sandbox_error)
+        self._interpreter: tuple[Path, list[str]] | None = None
         self._running: dict[tuple[str, str], _Running] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         if not compile_trial_runtime():
@@ -124,15 +135,33 @@ class LocalBackend:
             out.setdefault(exp, []).append(trial)
         return out
 
-    def _base_environment(self, job: JobRequest, gpus: list[int] | None) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in [k for k in env if k.startswith("TUNEBUS_")]:
-            del env[key]  # the service's own settings (storage keys among them) stay with it
-        env["PATH"] = f"{self.interpreter_dir}{os.pathsep}{env.get('PATH', '')}"
+    async def _interpreter_for_trials(self) -> tuple[Path, list[str]]:
+        """Where trials find ``python3`` (checked once, as the trial user), and extra PYTHONPATH."""
+        if self._sandbox_error is not None:
+            raise PermanentSubmitError(self._sandbox_error)
+        if self._interpreter is None:
+            try:
+                self._interpreter = await asyncio.to_thread(
+                    self.sandbox.trial_interpreter, self.venv_bin, self.work_dir / ".trial-python")
+            except SandboxError as exc:
+                self._sandbox_error = str(exc)
+                raise PermanentSubmitError(str(exc)) from exc
+        return self._interpreter
+
+    def _base_environment(self, job: JobRequest, gpus: list[int] | None, output_dir: Path) -> dict[str, str]:
+        # An allowlist, not a denylist: the service's settings, storage keys, broker passwords and
+        # cloud credentials stay with it, whatever their names.
+        env = allowlisted_environment(os.environ, self.sandbox.passthrough)
+        assert self._interpreter is not None
+        interpreter_dir, site = self._interpreter
+        env["PATH"] = f"{interpreter_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
+        if self.sandbox.user is not None:
+            env["HOME"] = str(output_dir)  # the one folder the trial user may write
         pythonpath = [str(TRIAL_RUNTIME_DIR)]
         if job.code_dir is not None:
             pythonpath.append(str(job.code_dir))
-        if env.get("PYTHONPATH"):
+        pythonpath += site
+        if env.get("PYTHONPATH"):  # only when the deployment passes it through
             pythonpath.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(pythonpath)
         env["PYTHONUNBUFFERED"] = "1"
@@ -145,27 +174,36 @@ class LocalBackend:
         key = (who.experiment_id, who.trial_id)
         if key in self._running:
             return  # already running here (a duplicate submit)
+        await self._interpreter_for_trials()
         output_dir = self.work_dir / who.experiment_id / "trials" / who.trial_id / f"attempt-{who.attempt}"
         output_dir.mkdir(parents=True, exist_ok=True)
+        # Logs live beside the trial's folder, not in it: in its own folder a trial could replace
+        # stdout.log by a link to any file, which this (root) process would then upload as its log.
+        log_dir = output_dir.with_name(f"attempt-{who.attempt}.logs")
+        log_dir.mkdir(exist_ok=True)
+        try:
+            self.sandbox.hand_over(output_dir)
+        except SandboxError as exc:
+            raise PermanentSubmitError(str(exc)) from exc
         gpu_count = int(job.config.get("trialGpuNumber") or 0)
         try:
             gpus = await self.gpus.acquire(gpu_count, job.config.get("trainingService") or {}) \
                 if gpu_count else None
         except ValueError as exc:
             raise PermanentSubmitError(str(exc)) from exc
-        env = self._base_environment(job, gpus)
+        env = self._base_environment(job, gpus, output_dir)
         env.update(trial_environment(who, job.parameters, metrics_url=job.metrics_url,
                                      output_dir=str(output_dir), platform="local"))
         command = job.config["trialCommand"]
         cwd = job.code_dir or output_dir
         try:
-            with (output_dir / "stdout.log").open("wb") as out, (output_dir / "stderr.log").open("wb") as err:
-                proc = await _spawn(command, cwd, env, out, err)
+            with (log_dir / "stdout.log").open("wb") as out, (log_dir / "stderr.log").open("wb") as err:
+                proc = await _spawn(command, cwd, env, out, err, self.sandbox.prefix())
         except OSError as exc:
             if gpus:
                 self.gpus.release(gpus)
             raise PermanentSubmitError(f"cannot start trial command {command!r}: {exc}") from exc
-        running = _Running(job, proc, output_dir, gpus or [])
+        running = _Running(job, proc, output_dir, log_dir, gpus or [])
         self._running[key] = running
         log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
                  proc.pid)
@@ -190,14 +228,14 @@ class LocalBackend:
             status, error = TrialStatus.SUCCEEDED, None
         else:
             status = TrialStatus.FAILED
-            tail = stderr_tail(running.output_dir / "stderr.log")
+            tail = stderr_tail(running.log_dir / "stderr.log")
             error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
         await self._report_end(TrialStatusChanged(
             experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
             attempt=who.attempt, status=status, exit_code=code, error=error, backend_status=f"exit {code}",
         ))
         try:
-            await asyncio.wait_for(self.upload_logs(who, running.output_dir), LOG_UPLOAD_TIMEOUT)
+            await asyncio.wait_for(self.upload_logs(who, running.log_dir), LOG_UPLOAD_TIMEOUT)
         except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
             log.warning("uploading the logs of trial %s/%s failed: %r", *key, exc)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from shared.results import (
     SharedStorageAccount,
     SharedStorageError,
     results_account,
-    shared_storage_metrics_url,
+    shared_storage_results_url,
 )
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -55,6 +56,7 @@ from .aml.backend import (
 from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
+from .sandbox import ALWAYS_PASSED, DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from .trial_env import TrialIdentity, sas_lifetime
 
 __all__ = ["Submitter", "SubmitterSettings"]
@@ -68,6 +70,11 @@ class SubmitterSettings(CommonSettings):
     """Submitter settings (``TUNEBUS_`` environment variables)."""
 
     work_dir: str = "/tmp/tunebus-trials"
+    local_trials: bool = True  # TUNEBUS_LOCAL_TRIALS=0: this deployment runs Azure ML trials only
+    trial_user: str = DEFAULT_TRIAL_USER  # who local (and stand-in) trials run as when this runs as root
+    # Comma-separated names of this process's variables that local trials also get (besides
+    # PATH, HOME, LANG, LC_*, TZ, CUDA_VISIBLE_DEVICES): e.g. HTTPS_PROXY,HF_HOME.
+    trial_env_passthrough: str = ""
     # trial.submit deliveries this replica takes at once. Small, so that replicas share the work:
     # AML submissions are serialized per replica (aml_submit_threads); local spawns take ms.
     max_jobs: int = 8
@@ -102,6 +109,7 @@ class _Experiment:
     config: dict[str, Any]
     code_dir: Path | None
     shared_storage: SharedStorageAccount | None  # where trials write metrics; None: the deployment's
+    results_store: BlobStore | None = None  # on the sharedStorage container, opened on first use
 
 
 class Submitter:
@@ -167,13 +175,32 @@ class Submitter:
             self._experiments[experiment_id] = loaded
             return loaded
 
-    def _metrics_url(self, experiment: _Experiment) -> str:
-        """A trial's write-only SAS container URL, made now (signing is local and cheap), so
-        that it lives for this trial's time limit plus a margin however long the experiment runs."""
+    async def _results_url(self, experiment: _Experiment, who: TrialIdentity) -> str:
+        """The attempt's results credential: its results blob, created now (empty) if it is not
+        there yet, and its URL with an append-only SAS scoped to that blob alone. Made per
+        attempt (signing is local and cheap), so that it lives for this trial's time limit plus
+        a margin however long the experiment runs."""
+        path = Layout(who.experiment_id).results_blob(who.trial_id, who.attempt)
+        if experiment.shared_storage is None:
+            await self.store.create_append_blob(path)
+        else:
+            if experiment.results_store is None:
+                experiment.results_store = experiment.shared_storage.open_store()
+            await experiment.results_store.create_append_blob(path)
+        return self._results_sas_url(experiment, path)
+
+    def _results_sas_url(self, experiment: _Experiment, path: str) -> str:
+        """The URL of results blob ``path`` with its append-only SAS (signing only, no I/O)."""
         lifetime = sas_lifetime(experiment.config)
         if experiment.shared_storage is None:
-            return self.store.write_only_sas_url(lifetime)
-        return shared_storage_metrics_url(experiment.shared_storage, lifetime)
+            return self.store.results_sas_url(path, lifetime)
+        return shared_storage_results_url(experiment.shared_storage, path, lifetime)
+
+    async def close(self) -> None:
+        """Close the stores opened on experiments' sharedStorage accounts."""
+        for experiment in self._experiments.values():
+            if experiment.results_store is not None:
+                await experiment.results_store.close()
 
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
@@ -244,8 +271,10 @@ class Submitter:
             return
         platform = str((experiment.config.get("trainingService") or {}).get("platform", "local"))
         backend = self.backends.get(platform)
-        if backend is None:
-            raise PermanentError(f"this submitter has no backend for platform {platform!r}")
+        if backend is None:  # the trial must end, saying why (a dead letter would leave it hanging)
+            why = " (TUNEBUS_LOCAL_TRIALS=0)" if platform == "local" else ""
+            await self._report_failed(msg, f"this deployment runs no {platform!r} trials{why}")
+            return
         # AML submissions are idempotent (a fixed run id per attempt): a claim left "starting" by
         # a replica that died is taken over at once, before the delivery limit dead-letters it.
         stale_after = getattr(backend, "claim_stale_seconds", CLAIM_STALE_SECONDS)
@@ -260,7 +289,7 @@ class Submitter:
             return
         who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)
         job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir,
-                         self._metrics_url(experiment))
+                         await self._results_url(experiment, who))
         try:
             await backend.submit(job)
         except PermanentSubmitError as exc:
@@ -297,8 +326,28 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
+def _sandbox(settings: SubmitterSettings) -> tuple[Sandbox | None, str | None]:
+    """How trials are sandboxed here, or why they cannot be (every local trial then fails so)."""
+    try:
+        return Sandbox.for_this_process(settings.trial_user, settings.trial_env_passthrough.split(",")), None
+    except SandboxError as exc:
+        return None, str(exc)
+
+
+def _standin_sandbox(sandbox: Sandbox | None, work_dir: Path) -> dict[str, Any]:
+    """The stand-in's runs sandboxed like local trials (see StandinSettings.sandbox)."""
+    if sandbox is None:
+        raise SandboxError("the AML stand-in runs trials like local ones, and those cannot be sandboxed")
+    venv_bin = Path(sys.executable).parent
+    path_first, pythonpath = sandbox.trial_interpreter(venv_bin, work_dir / ".trial-python")
+    user = sandbox.user
+    return {"prefix": sandbox.prefix(), "owner": None if user is None else [user.uid, user.gid],
+            "path_first": str(path_first), "pythonpath": pythonpath,
+            "allowed": [*ALWAYS_PASSED, *sandbox.passthrough]}
+
+
 def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus,
-                 deployment: str) -> AmlBackend:
+                 deployment: str, sandbox: Sandbox | None) -> AmlBackend:
     """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
     options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
                          poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
@@ -310,6 +359,7 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
             prepare_delay=settings.aml_standin_prepare_delay,
             computes=tuple(n.strip() for n in settings.aml_standin_computes.split(",") if n.strip()),
             images=tuple(n.strip() for n in settings.aml_standin_images.split(",") if n.strip()),
+            sandbox=_standin_sandbox(sandbox, Path(settings.work_dir)),
         )
         log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN (SDK %s), "
                     "NOT on Azure ML (run registry %s). For tests only.", settings.aml_sdk, standin.registry)
@@ -326,6 +376,9 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
 
 async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     """Connect, declare, start the backends and consumers; returns the shutdown function."""
+    if not make_non_dumpable():
+        log.warning("could not make this process non-dumpable: trials of its user may read its /proc files")
+    sandbox, sandbox_error = _sandbox(settings)
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="aml-submitter")
@@ -335,8 +388,14 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
     submitter = Submitter(bus, store, work_dir, replica,
                           shared_storage_endpoint=settings.shared_storage_endpoint,
                           log_max_bytes=settings.log_max_bytes)
-    submitter.backends["local"] = LocalBackend(work_dir, submitter.report, submitter.upload_logs)
-    aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id))
+    if settings.local_trials:
+        local = LocalBackend(work_dir, submitter.report, submitter.upload_logs, sandbox=sandbox,
+                             sandbox_error=sandbox_error)
+        submitter.backends["local"] = local
+        log.info("local trials run %s", f"as user {sandbox.user.name}" if sandbox and sandbox.user
+                 else "as this process's user (not root)" if sandbox else f"never: {sandbox_error}")
+    aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id),
+                       sandbox)
     await aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
@@ -353,6 +412,7 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
         await bus.close()
         for backend in submitter.backends.values():
             await backend.close()
+        await submitter.close()
         await store.close()
 
     return shutdown

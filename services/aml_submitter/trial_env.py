@@ -1,8 +1,8 @@
 """What a trial gets from its environment, whichever backend runs it.
 
 NNI's own variables (so NNI trial code and tools keep working) plus tunebus's: the
-parameters, and where to write metrics — a container URL with a write-only, expiring SAS.
-No account key ever reaches a trial.
+parameters, and where to write results — the URL of the attempt's own results blob with an
+append-only, expiring SAS scoped to that blob. No account key ever reaches a trial.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-from shared.storage import Layout
 
 __all__ = ["TRIAL_RUNTIME_DIR", "TrialIdentity", "sas_lifetime", "trial_environment"]
 
@@ -52,7 +50,6 @@ def sas_lifetime(config: dict[str, Any]) -> timedelta:
 def trial_environment(who: TrialIdentity, parameters: dict[str, Any], *, metrics_url: str,
                       output_dir: str, platform: str) -> dict[str, str]:
     """The environment variables a trial runs with (added to the backend's base environment)."""
-    layout = Layout(who.experiment_id)
     return {
         "NNI_PLATFORM": platform,
         "NNI_EXP_ID": who.experiment_id,
@@ -62,5 +59,4 @@ def trial_environment(who: TrialIdentity, parameters: dict[str, Any], *, metrics
         "TUNEBUS_TRIAL_ATTEMPT": str(who.attempt),
         "TUNEBUS_PARAMETERS": json.dumps(parameters, separators=(",", ":")),
         "TUNEBUS_METRICS_URL": metrics_url,
-        "TUNEBUS_METRICS_PREFIX": layout.metrics_prefix(who.trial_id, who.attempt),
     }

@@ -2,20 +2,21 @@
 
 Handlers are thin: load the experiment's state (cached, ETag-checked), apply the pure
 lifecycle function, write the state with the resulting messages in its outbox, publish them,
-ack. A crash after the write republishes the outbox when the experiment is next loaded.
+ack. A crash after the write republishes the outbox when the experiment is next loaded —
+only after checking it (:mod:`.outbox`): a state document that does not validate, or an
+outbox entry the dispatcher would not have written, ends that experiment in ERROR instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.bus import Bus, PermanentError, TransientError, parse_message
+from shared.bus import Bus, PermanentError, TransientError
 from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
 from shared.layout import ACTIVE_PREFIX, active_marker
@@ -44,6 +45,7 @@ from shared.topology import DISPATCHER_QUEUE
 
 from . import lifecycle
 from .lifecycle import Plan, Policy
+from .outbox import CorruptState, checked_outbox, checked_state
 
 __all__ = ["Dispatcher", "DispatcherSettings"]
 
@@ -128,31 +130,59 @@ class Dispatcher:
         if cached is not None:
             return cached
         layout = Layout(experiment_id)
-        found = await self.store.read_json(layout.state_doc)
+        found = await self.store.read_document(layout.state_doc)
         if found is None:
             return None
-        doc, etag = found
+        body, etag = found
         experiment = await self.store.read_json(layout.experiment_doc)
         if experiment is None:
             # experiment.json is written before the state: only a start that was rejected (its
             # ERROR state is all there is) has none. Nothing can happen to it any more.
-            raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected: "
-                                 f"{doc.get('reason') if isinstance(doc, dict) else None})")
-        state = ExperimentState.model_validate(doc)
+            raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected; "
+                                 "its state says why)")
         plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
+        try:
+            state = checked_state(body, experiment_id)
+            outbox = checked_outbox(state)
+        except CorruptState as exc:
+            return await self._end_corrupt(experiment_id, body, etag, plan, str(exc))
         loaded = _Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),
                          state.model_dump_json())
         self._cache[experiment_id] = loaded
-        if state.outbox:
+        if outbox:
             # Decided before a crash, maybe never published: publish again (consumers dedupe).
-            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(state.outbox))
-            await self.bus.publish_many(
-                parse_message(e.routing_key, json.dumps(e.body).encode()) for e in state.outbox
-            )
+            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(outbox))
+            await self.bus.publish_many(outbox)
         if state.requested and not state.finished:
             # Answers may have been consumed by the last process and lost with it before they
             # were recorded: ask again. The tuner answers an id it knows with the same values.
             await self.bus.publish_many(lifecycle.suggest_requests(experiment_id, list(state.requested)))
+        return loaded
+
+    async def _end_corrupt(self, experiment_id: str, body: bytes, etag: str, plan: Plan,
+                           problem: str) -> _Loaded:
+        """End an experiment whose stored state the dispatcher did not write, in ERROR, saying why.
+
+        Nothing of its outbox is published. If the state itself validates (only its outbox is
+        forged), its running trials are cancelled as for any error; otherwise the document is
+        replaced by an ERROR state (its trials cannot be known from it).
+        """
+        reason = f"the stored state was not written by the dispatcher: {problem}"
+        log.error("experiment %s: %s", experiment_id, reason)
+        now = lifecycle.utcnow()
+        try:
+            state = checked_state(body, experiment_id)
+        except CorruptState:
+            state = ExperimentState(experiment_id=experiment_id, started_at=now, ended_at=now,
+                                    status=ExperimentStatus.ERROR, reason=reason)
+            out: list[Message] = [ExperimentStatusChanged(experiment_id=experiment_id,
+                                                          status=ExperimentStatus.ERROR, reason=reason)]
+        else:
+            state.outbox = []
+            out = [] if state.finished else lifecycle.apply_error(state, reason, now)
+        loaded = _Loaded(state, etag, plan, body.decode("utf-8", "replace"))
+        self._cache[experiment_id] = loaded
+        await self._commit(loaded, out)
         return loaded
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
@@ -261,7 +291,7 @@ class Dispatcher:
         stored = await read_secrets(self.store, experiment_id)
         if stored.shared_storage_account_key is None:
             raise PermanentError(
-                "sharedStorage.storageAccountKey: required (the trials' write-only SAS URLs of the "
+                "sharedStorage.storageAccountKey: required (the trials' results SAS URLs of the "
                 "sharedStorage container are signed with it); give it in the experiment file")
 
     async def _record_rejected(self, msg: ExperimentStart, reason: str) -> None:
@@ -353,6 +383,9 @@ class Dispatcher:
         for name in await self.store.list(ACTIVE_PREFIX):
             experiment_id = name.removeprefix(ACTIVE_PREFIX)
             cached = self._cache.get(experiment_id)
+            if cached is not None and cached.state.finished:
+                await self.store.delete(name)  # ended (its marker outlived a crash, or a corrupt state)
+                continue
             if cached is not None and cached.state.ticked_at is not None and (
                     now - cached.state.ticked_at).total_seconds() < self.policy.tick_stall:
                 continue

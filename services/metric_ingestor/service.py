@@ -14,19 +14,25 @@ an ``ended.json`` marker (assessor experiments) or the experiment's state (check
 check and every tenth).
 Message ids are derived from (trial, attempt, sequence), so consumers recognise repeats.
 
-Metrics are read where the trials wrote them: the experiment's AzureBlob ``sharedStorage``
-container if it has one, else the deployment's (:mod:`.results`). The ``ended.json`` markers
-and everything else the ingestor reads or writes stay in the deployment's container.
+Metrics are read from the attempt's results blob alone (``.../results.jsonl``, the one blob
+the trial's credential can append to) where the trial wrote it: the experiment's AzureBlob
+``sharedStorage`` container if it has one, else the deployment's (:mod:`.results`). A watch
+reads it incrementally (a range from the last whole line it consumed); the end reads it from
+the start, at most ``results_max_bytes``. Whatever the blob holds ends as metrics or named
+problems (:mod:`.metrics`); a trial whose results had problems ends FAILED, naming them.
+The ``ended.json`` markers and everything else the ingestor reads or writes stay in the
+deployment's container.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import Field
 
 from shared.bus import Bus, PermanentError
 from shared.messages import (
@@ -46,7 +52,7 @@ from shared.state import ExperimentState
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
 
-from .metrics import InvalidMetric, ParsedMetric, parse_metric_blob, sequence_of
+from .metrics import ParsedMetric, ResultsLimits, ResultsRead, parse_results
 from .results import ResultsStores
 
 __all__ = ["Ingestor", "IngestorSettings"]
@@ -66,14 +72,25 @@ class IngestorSettings(CommonSettings):
     metric_poll_seconds: float = 2.0  # a running trial's metrics, when an assessor judges them
     progress_poll_seconds: float = 10.0  # otherwise (for people watching)
     max_concurrent: int = 16
+    # Caps on one trial attempt's results blob (hostile input: the trial writes it).
+    results_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    results_max_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    results_max_record_bytes: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    error_max_chars: int = Field(default=4000, ge=200, le=100_000)  # a trial's error text
+
+    def results_limits(self) -> ResultsLimits:
+        return ResultsLimits(self.results_max_bytes, self.results_max_records, self.results_max_record_bytes)
 
 
 class Ingestor:
     """Stateless: everything it needs is in the message, the ticket or blob storage."""
 
     def __init__(self, bus: Bus, store: BlobStore, poll_seconds: float,
-                 results: ResultsStores | None = None, *, progress_seconds: float = 10.0) -> None:
+                 results: ResultsStores | None = None, *, progress_seconds: float = 10.0,
+                 limits: ResultsLimits | None = None, error_max_chars: int = 4000) -> None:
         self.bus = bus
+        self.limits = limits or ResultsLimits()
+        self.error_max_chars = error_max_chars
         self.store = store  # the deployment's: markers, state
         self.poll_seconds = poll_seconds
         self.progress_seconds = progress_seconds
@@ -86,32 +103,27 @@ class Ingestor:
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {TrialStatusChanged: self.on_status, Ticket: self.on_ticket, TrialHeartbeat: self.on_heartbeat}
 
-    async def _read_metrics(self, experiment_id: str, trial_id: str, attempt: int,
-                            after: int = -1) -> tuple[list[ParsedMetric], list[str]]:
-        """Valid metrics with sequence > ``after``, in order, and the problems found."""
-        layout = Layout(experiment_id)
-        problems: list[str] = []
+    async def _read_results(self, experiment_id: str, trial_id: str, attempt: int, *,
+                            offset: int = 0, complete: bool) -> ResultsRead:
+        """The attempt's results from byte ``offset`` (at most up to ``limits.max_bytes``).
+
+        ``consumed`` of the answer counts from ``offset``. Never raises on the blob's content;
+        a missing blob (the trial never reported) or container reads as no results.
+        """
+        path = Layout(experiment_id).results_blob(trial_id, attempt)
+        room = self.limits.max_bytes - offset
+        if room <= 0:
+            return ResultsRead()  # a watch read all it may; the end names the excess
         async with self.results.use(experiment_id) as store:
             try:
-                names = await store.list(layout.metrics_prefix(trial_id, attempt))
+                found = await store.read_range(path, offset, room)
             except ContainerNotFoundError:  # a sharedStorage container nobody created
-                names = []
-                problems.append(f"metrics container {store.container_name!r} does not exist")
-            wanted = []
-            for name in names:
-                try:
-                    if sequence_of(name) > after:
-                        wanted.append(name)
-                except InvalidMetric as exc:
-                    problems.append(str(exc))
-            bodies = await asyncio.gather(*(store.read_bytes(n) for n in wanted))
-        metrics: list[ParsedMetric] = []
-        for name, body in zip(wanted, bodies, strict=True):
-            try:
-                metrics.append(parse_metric_blob(name, body or b""))
-            except InvalidMetric as exc:
-                problems.append(str(exc))
-        return metrics, problems
+                return ResultsRead(problems=[f"results container {store.container_name!r} does not exist"])
+        if found is None:
+            return ResultsRead()  # never created or never reported to
+        data, size = found
+        return parse_results(data, self.limits, complete=complete and size <= self.limits.max_bytes,
+                             base_offset=offset, total_size=size if complete else None)
 
     def _metric_message(self, experiment_id: str, trial_id: str, attempt: int, parameter_id: int,
                         metric: ParsedMetric) -> TrialMetric:
@@ -198,8 +210,11 @@ class Ingestor:
         if state_check and not await self._still_current(msg, attempt):
             return  # ended, superseded (lost, run again), or the experiment is over
         published = int(msg.state.get("published", -1))
-        metrics, _ = await self._read_metrics(msg.experiment_id, msg.trial_id, attempt, published)
-        intermediate = [m for m in metrics if m.kind == MetricKind.PERIODICAL]
+        offset = int(msg.state.get("offset", 0))
+        read = await self._read_results(msg.experiment_id, msg.trial_id, attempt, offset=offset,
+                                        complete=False)
+        offset += read.consumed  # problems are reported with the trial's end, which reads it all again
+        intermediate = [m for m in read.metrics if m.kind == MetricKind.PERIODICAL and m.sequence > published]
         if intermediate:
             parameter_id = int(msg.state.get("parameter_id", 0))
             last = intermediate[-1]
@@ -216,7 +231,7 @@ class Ingestor:
         await self.bus.publish_ticket(Ticket(
             experiment_id=msg.experiment_id, purpose="ingest.watch", trial_id=msg.trial_id,
             due=datetime.now(UTC) + timedelta(seconds=interval),
-            state={**msg.state, "published": published, "checks": checks},
+            state={**msg.state, "published": published, "offset": offset, "checks": checks},
         ))
 
     async def _still_current(self, msg: Ticket, attempt: int) -> bool:
@@ -228,25 +243,42 @@ class Ingestor:
         trial = state.trials.get(msg.trial_id or "")
         return not state.finished and trial is not None and trial.attempt == attempt and not trial.ended
 
+    def _error_text(self, job_error: str | None, problems: list[str]) -> str | None:
+        """The trial's error: the job's, then the results' problems, within ``error_max_chars``."""
+        lines = [e for e in (job_error, *problems[:20]) if e]
+        if len(problems) > 20:
+            lines.append(f"... and {len(problems) - 20} more problems with the results")
+        text = "\n".join(lines)
+        if len(text) > self.error_max_chars:
+            text = text[: self.error_max_chars - 15] + " ...[truncated]"
+        return text or None
+
     async def _finish(self, msg: TrialStatusChanged) -> None:
-        metrics, problems = await self._read_metrics(msg.experiment_id, msg.trial_id, msg.attempt)
+        read = await self._read_results(msg.experiment_id, msg.trial_id, msg.attempt, complete=True)
+        metrics = read.metrics
         parameter_id = msg.parameter_id
         finals = [m for m in metrics if m.kind == MetricKind.FINAL]
         intermediate = [m for m in metrics if m.kind == MetricKind.PERIODICAL]
-        errors = [e for e in (msg.error, *problems) if e]
-        status, lost = msg.status, msg.lost
+        status, lost, job_error = msg.status, msg.lost, msg.error
         if lost and finals:
             # Its submitter was lost after the trial reported its final result: it finished.
             log.info("trial %s/%s attempt %d: job lost after its final result; SUCCEEDED from storage",
                      msg.experiment_id, msg.trial_id, msg.attempt)
-            status, lost, errors = TrialStatus.SUCCEEDED, False, problems
+            status, lost, job_error = TrialStatus.SUCCEEDED, False, None
+        # Results with problems fail a trial that would have SUCCEEDED (a killed one keeps its
+        # status): its valid metrics still count, the problems are named in its error.
+        if read.problems and status == TrialStatus.SUCCEEDED:
+            status = TrialStatus.FAILED
+        if read.problems:
+            log.warning("trial %s/%s attempt %d: %d problem(s) with its results, first: %s",
+                        msg.experiment_id, msg.trial_id, msg.attempt, len(read.problems), read.problems[0])
         ended = TrialEnded(
             message_id=f"{msg.experiment_id}-{msg.trial_id}-{msg.attempt}-ended",
             experiment_id=msg.experiment_id, trial_id=msg.trial_id, parameter_id=parameter_id,
             attempt=msg.attempt, status=status,
             final_value=finals[0].value if finals else None,
             last_intermediate=intermediate[-1].value if intermediate else None,
-            metric_count=len(metrics), error="\n".join(errors) or None, lost=lost,
+            metric_count=len(metrics), error=self._error_text(job_error, read.problems), lost=lost,
         )
         await self.bus.publish_many([
             *(self._metric_message(msg.experiment_id, msg.trial_id, msg.attempt, parameter_id, m)
@@ -273,7 +305,8 @@ async def start(settings: IngestorSettings) -> Callable[[], Awaitable[None]]:
     await bus.connect()
     results = ResultsStores(store, endpoint_template=settings.shared_storage_endpoint)
     ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results,
-                        progress_seconds=settings.progress_poll_seconds)
+                        progress_seconds=settings.progress_poll_seconds, limits=settings.results_limits(),
+                        error_max_chars=settings.error_max_chars)
     await bus.consume(INGESTOR_QUEUE, ingestor.handlers(), concurrency=settings.max_concurrent)
     log.info("metric ingestor consuming %s", INGESTOR_QUEUE.name)
 

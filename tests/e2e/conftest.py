@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,13 +139,24 @@ def shared_storage(infra: Infra) -> Iterator[SharedStorage]:
 
 
 @pytest.fixture
-def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path) -> Iterator[Stack]:
+def trial_work_dir() -> Iterator[Path]:
+    """The submitters' work folder, where trials can reach it: a root submitter runs them as the
+    unprivileged trial user, and pytest's own tmp folders are private to root."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-e2e-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path,
+          trial_work_dir: Path) -> Iterator[Stack]:
     """The four services, one replica each, isolated on their own vhost and container."""
     env = infra.env(
         TUNEBUS_AMQP_URL=amqp_vhost,
         TUNEBUS_STORAGE_CONTAINER=fresh_container,
         TUNEBUS_SHARED_STORAGE_ENDPOINT=shared_storage_endpoint(infra),  # sharedStorage on Azurite
-        TUNEBUS_WORK_DIR=str(tmp_path / "work"),
+        TUNEBUS_WORK_DIR=str(trial_work_dir / "work"),
         TUNEBUS_LOG_LEVEL="INFO",
         # Short enough that a test sees a lost trial retried within seconds.
         TUNEBUS_HEARTBEAT_SECONDS="1",

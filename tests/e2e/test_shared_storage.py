@@ -71,11 +71,11 @@ async def test_metrics_go_to_the_shared_container_and_the_key_travels_nowhere(
     state = await wait_finished(stack, experiment_id)
     assert all(t.metric_count == 2 for t in state.trials.values()), stack.logs()
     async with _store(stack, shared_storage.container) as shared, _store(stack) as deployment:
-        in_shared = [n for n in await shared.list(layout.root + "/") if "/metrics/" in n]
-        in_deployment = [n for n in await deployment.list(layout.root + "/") if "/metrics/" in n]
+        in_shared = [n for n in await shared.list(layout.root + "/") if n.endswith("/results.jsonl")]
+        in_deployment = [n for n in await deployment.list(layout.root + "/") if n.endswith("/results.jsonl")]
         experiment_doc = await deployment.read_bytes(layout.experiment_doc)
         secrets = await deployment.read_json(layout.secrets_doc)
-    assert len(in_shared) == 6 and in_deployment == []  # 3 trials, 2 metrics each
+    assert len(in_shared) == 3 and in_deployment == []  # 3 trials, one results blob each
     assert experiment_doc is not None and shared_storage.key.encode() not in experiment_doc
     assert json.loads(experiment_doc)["config"]["sharedStorage"]["containerName"] == shared_storage.container
     assert secrets is not None and secrets[0] == {"sharedStorageAccountKey": shared_storage.key}

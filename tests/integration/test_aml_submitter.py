@@ -1,5 +1,5 @@
 """The submitter service's AML path against Azurite and the stand-in (NOT Azure): claims, the trial
-writing its metrics through the write-only SAS, and how submission errors end a trial."""
+writing its metrics through its results URL (append-only SAS), and how submission errors end a trial."""
 
 from __future__ import annotations
 
@@ -121,8 +121,9 @@ async def test_an_aml_trial_runs_and_writes_its_metrics_through_the_sas(store: B
     assert claim is not None and claim[0]["state"] == "started"
     end = await _drive(submitter, bus)
     assert end.status == TrialStatus.SUCCEEDED, end.error
-    metrics = await store.list(Layout("exp-ok").metrics_prefix("trial1"))
-    assert [Path(m).name for m in metrics] == ["000000.json", "000001.json"]
+    results = await store.read_bytes(Layout("exp-ok").results_blob("trial1"))
+    assert results is not None and [line[:14] for line in results.splitlines()] == [
+        b'{"sequence":0,', b'{"sequence":1,']
     doc = await store.read_json(Layout("exp-ok").trial_doc("trial1"))
     assert doc is not None and doc[0]["runs"]["1"]["run_id"] == "tunebus_itest1_exp-ok_trial1_1"
     # A redelivered submit starts nothing more.

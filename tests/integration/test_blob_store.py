@@ -113,22 +113,29 @@ async def test_an_unreachable_service_is_retried_then_reported(monkeypatch: pyte
             await store.read_json("x.json")
 
 
-async def test_the_write_only_sas_writes_but_cannot_read_or_list(infra: Infra, fresh_container: str) -> None:
+async def test_the_results_sas_appends_but_cannot_read_list_or_overwrite(infra: Infra,
+                                                                          fresh_container: str) -> None:
     import aiohttp
 
     async with BlobStore(infra.storage_connection_string, fresh_container) as store:
-        url = store.write_only_sas_url(timedelta(minutes=5))
+        assert await store.create_append_blob("m/results.jsonl") is True
+        assert await store.create_append_blob("m/results.jsonl") is False  # kept as it is
+        url = store.results_sas_url("m/results.jsonl", timedelta(minutes=5))
         base, _, sas = url.partition("?")
-        assert base == store.container_url
+        assert base == f"{store.container_url}/m/results.jsonl"
         async with aiohttp.ClientSession() as http:
-            put = await http.put(f"{base}/m/000000.json?{sas}", data=b'{"v":1}',
-                                 headers={"x-ms-blob-type": "BlockBlob"})
-            assert put.status == 201
-            get = await http.get(f"{base}/m/000000.json?{sas}")
+            append = await http.put(f"{base}?{sas}&comp=appendblock", data=b'{"v":1}\n')
+            assert append.status == 201
+            put = await http.put(f"{base}?{sas}", data=b"x", headers={"x-ms-blob-type": "BlockBlob"})
+            assert put.status == 403
+            get = await http.get(f"{base}?{sas}")
             assert get.status == 403
-            listing = await http.get(f"{base}?restype=container&comp=list&{sas}")
+            listing = await http.get(f"{store.container_url}?restype=container&comp=list&{sas}")
             assert listing.status == 403
-        assert await store.read_bytes("m/000000.json") == b'{"v":1}'
+        assert await store.read_range("m/results.jsonl", 0, 100) == (b'{"v":1}\n', 8)
+        assert await store.read_range("m/results.jsonl", 5, 2) == (b"1}", 8)
+        assert await store.read_range("m/results.jsonl", 8, 100) == (b"", 8)
+        assert await store.read_range("m/nothing", 0, 100) is None
 
 
 class _ResponseDroppingProxy:

@@ -33,9 +33,16 @@ async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
         yield blob_store
 
 
-def _metric_blob(sequence: int, value: float, kind: str = "PERIODICAL") -> bytes:
+def _record(sequence: int, value: object, kind: str = "PERIODICAL") -> bytes:
     return json.dumps({"sequence": sequence, "kind": kind, "value": value,
-                       "time": "2026-01-01T00:00:00Z"}).encode()
+                       "time": "2026-01-01T00:00:00Z"}).encode() + b"\n"
+
+
+async def _append(store: BlobStore, path: str, data: bytes) -> None:
+    """What a trial does with its URL: Append Block (the store signs with the key here)."""
+    await store.create_append_blob(path)
+    reply = await store._request("PUT", path, {"comp": "appendblock"}, {}, data)
+    assert reply.status == 201, reply.status
 
 
 def _due_now(ticket: Ticket) -> Ticket:
@@ -72,8 +79,10 @@ async def test_a_trial_is_watched_from_its_start_and_its_results_published_while
     wait = (ticket.due - datetime.now(UTC)).total_seconds()
     assert interval - 0.5 < wait <= interval
 
+    results = layout.results_blob("t1")
     for sequence, value in enumerate([0.25, 0.5]):
-        await store.write_bytes(layout.metric_blob("t1", sequence), _metric_blob(sequence, value))
+        await _append(store, results, _record(sequence, value))
+    await _append(store, results, b'{"sequence":2,"kind":"PERI')  # half a line: read later
     await ingestor.on_ticket(_due_now(ticket))
     assert [(m.sequence, m.value, m.attempt) for m in bus.published if isinstance(m, TrialMetric)] == [
         (0, 0.25, 1), (1, 0.5, 1)]
@@ -81,11 +90,13 @@ async def test_a_trial_is_watched_from_its_start_and_its_results_published_while
     assert (progress.metric_count, progress.last_intermediate) == (2, 0.5)
     follow = bus.tickets[-1]
     assert follow.state["published"] == 1 and len(bus.tickets) == 2
+    assert follow.state["offset"] == len(_record(0, 0.25) + _record(1, 0.5)), "next read: after the last line"
 
-    await store.write_bytes(layout.metric_blob("t1", 2), _metric_blob(2, 0.75, "FINAL"))
+    await _append(store, results, b'ODICAL","value":0.6}\n' + _record(3, 0.75, "FINAL"))
     ended = running.model_copy(update={"status": TrialStatus.SUCCEEDED, "message_id": "m2"})
     await ingestor.on_status(ended)
     assert isinstance(bus.published[-1], TrialEnded) and bus.published[-1].final_value == 0.75
+    assert bus.published[-1].status == TrialStatus.SUCCEEDED and bus.published[-1].metric_count == 4
     marker = await store.read_json(layout.attempt_root("t1") + "/ended.json")
     assert (marker is not None) == ("assessor" in config)  # a marker stops other replicas' watches
     await ingestor.on_ticket(_due_now(follow))
@@ -135,14 +146,53 @@ async def test_a_heartbeat_of_an_unreadable_experiment_is_dropped_not_dead_lette
     assert bus.tickets == [] and bus.published == []
 
 
+@pytest.mark.parametrize(("content", "says"), [
+    (b'{"sequence":0,"kind":"FINAL","value":1' + b"0" * 400 + b"}\n", "too large for a float"),
+    (b'{"sequence":0,"kind":"FINAL","value":NaN}\n', "not finite"),
+    (b'{"sequence":0,"kind":"FINAL","value":' + b"[" * 20000 + b"]" * 20000 + b"}\n", "nested too deeply"),
+    ('{"sequence":"²³","kind":"FINAL","value":1}\n'.encode(), "sequence must be an int"),
+    (b"x" * 70_000 + b"\n", "over the 65536-byte limit"),
+    (b"".join(_record(i, 0.5) for i in range(30)), "more than 20 results records"),
+], ids=["10**400", "nan", "nested", "superscript", "oversized", "too-many"])
+async def test_hostile_results_end_the_trial_failed_naming_why(store: BlobStore, content: bytes,
+                                                               says: str) -> None:
+    from services.metric_ingestor.metrics import ResultsLimits
+
+    layout = await _experiment(store, "hostile", {"trainingService": {"platform": "local"}})
+    await _append(store, layout.results_blob("t1"), content)
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0,  # type: ignore[arg-type]
+                        limits=ResultsLimits(max_records=20), error_max_chars=300)
+    await ingestor.on_status(TrialStatusChanged(experiment_id="hostile", trial_id="t1", parameter_id=0,
+                                                status=TrialStatus.SUCCEEDED))
+    ended = bus.published[-1]
+    assert isinstance(ended, TrialEnded)
+    assert ended.status == TrialStatus.FAILED and ended.error is not None and says in ended.error
+    assert len(ended.error) <= 300
+
+
+async def test_a_results_blob_over_the_byte_cap_is_read_up_to_it(store: BlobStore) -> None:
+    from services.metric_ingestor.metrics import ResultsLimits
+
+    layout = await _experiment(store, "big", {"trainingService": {"platform": "local"}})
+    await _append(store, layout.results_blob("t1"), _record(0, 0.5) + b" " * 5000 + b"\n")
+    bus = RecordingBus()
+    ingestor = Ingestor(bus, store, poll_seconds=2.0,  # type: ignore[arg-type]
+                        limits=ResultsLimits(max_bytes=2048))
+    await ingestor.on_status(TrialStatusChanged(experiment_id="big", trial_id="t1", parameter_id=0,
+                                                status=TrialStatus.SUCCEEDED))
+    ended = bus.published[-1]
+    assert isinstance(ended, TrialEnded) and ended.status == TrialStatus.FAILED
+    assert ended.metric_count == 1 and "only the first 2048 were read" in (ended.error or "")
+
+
 @pytest.mark.parametrize("final_stored", [True, False], ids=["final-stored", "nothing-stored"])
 async def test_a_lost_job_is_ended_from_what_it_stored(store: BlobStore, final_stored: bool) -> None:
     # The dispatcher reports a local job lost (its submitter went silent). A trial that had
     # written its final result finished: SUCCEEDED, not run again. One that had not is lost.
     layout = await _experiment(store, "lost1", {"trainingService": {"platform": "local"}})
-    await store.write_bytes(layout.metric_blob("t1", 0), _metric_blob(0, 0.25))
-    if final_stored:
-        await store.write_bytes(layout.metric_blob("t1", 1), _metric_blob(1, 0.75, "FINAL"))
+    records = _record(0, 0.25) + (_record(1, 0.75, "FINAL") if final_stored else b"")
+    await _append(store, layout.results_blob("t1"), records)
     bus = RecordingBus()
     ingestor = Ingestor(bus, store, poll_seconds=2.0)  # type: ignore[arg-type]
     await ingestor.on_status(TrialStatusChanged(experiment_id="lost1", trial_id="t1", parameter_id=0,

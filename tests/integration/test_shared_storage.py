@@ -1,11 +1,14 @@
 """An experiment with an AzureBlob ``sharedStorage``, against Azurite: the submitter gives a local
-trial a write-only SAS of *that* container, the trial writes its metrics there, and the ingestor
+trial an append-only SAS of its results blob in *that* container, the trial writes its metrics there,
+and the ingestor
 reads them from there (and not from the deployment's container, which keeps the end marker)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +18,7 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobClient, BlobServiceClient
 
 from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter
@@ -35,6 +38,16 @@ from tests.integration.fakes import RecordingBus
 from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
+    runs trials as that user, and pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 TRIAL = """import nni
 params = nni.get_next_parameter()
@@ -123,19 +136,19 @@ async def test_metrics_go_to_the_shared_storage_container_and_are_read_from_ther
         await local.close()
     assert end.status == TrialStatus.SUCCEEDED, end.error
 
-    # The trial's URL is the shared container's, write-only, and carries no key.
-    url = submitter._metrics_url(await submitter._experiment(experiment_id))
-    assert url.split("?")[0].endswith(f"/{shared.container}") and shared.key not in url
-    trial_view = ContainerClient.from_container_url(url)
-    _forbidden(lambda: list(trial_view.list_blobs()))
-    metric = layout.metric_blob("trial1", 0)
-    _forbidden(lambda: trial_view.download_blob(metric).readall())
+    # The trial's URL is its results blob in the shared container, append-only, with no key.
+    results = layout.results_blob("trial1")
+    url = submitter._results_sas_url(await submitter._experiment(experiment_id), results)
+    assert url.split("?")[0].endswith(f"/{shared.container}/{results}") and shared.key not in url
+    trial_view = BlobClient.from_blob_url(url)
+    _forbidden(lambda: trial_view.download_blob().readall())
+    _forbidden(lambda: trial_view.upload_blob(b"x", overwrite=True))
 
-    # The metrics are in the shared container, not in the deployment's.
+    # The results are in the shared container, not in the deployment's.
     async with BlobStore(store.connection_string, shared.container) as shared_store:
-        assert [Path(n).name for n in await shared_store.list(layout.metrics_prefix("trial1"))] == [
-            "000000.json", "000001.json"]
-    assert await store.list(layout.metrics_prefix("trial1")) == []
+        found = await shared_store.read_bytes(results)
+        assert found is not None and len(found.splitlines()) == 2
+    assert await store.read_bytes(results) is None
 
     # The ingestor reads them from there (no assessor: no watch, so no end marker either).
     ingestor_bus = RecordingBus()

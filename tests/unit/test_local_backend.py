@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,16 @@ from services.aml_submitter.trial_env import TrialIdentity
 from shared.messages import TrialStatus, TrialStatusChanged
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
+    runs trials as that user, and pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _job(command: str, code_dir: Path, trial: str = "t1") -> JobRequest:
@@ -55,14 +68,15 @@ async def test_a_trial_runs_with_its_environment_and_its_exit_is_reported(tmp_pa
     script = ("import os, sys; "
               "print(os.environ['NNI_TRIAL_JOB_ID'], os.environ['NNI_TRIAL_SEQ_ID'], "
               "os.environ['TUNEBUS_PARAMETERS'], 'TUNEBUS_STORAGE_CONNECTION_STRING' in os.environ, "
-              "sys.executable)")
+              "'%d.%d' % sys.version_info[:2], os.getuid())")
     await backend.submit(_job(f'python3 -c "{script}"', tmp_path))
     await asyncio.wait_for(rec.ended.wait(), 30)
     assert [r.status for r in rec.reports] == [TrialStatus.RUNNING, TrialStatus.SUCCEEDED]
     assert rec.reports[-1].exit_code == 0 and rec.reports[-1].parameter_id == 3
     out = (rec.uploads[0] / "stdout.log").read_text().split()
     assert out[:4] == ["t1", "3", '{"x":0.5}', "False"]  # no service secret reaches a trial
-    assert Path(out[4]).parent == Path(sys.executable).parent  # the venv's interpreter, not a shim
+    assert out[4] == f"{sys.version_info[0]}.{sys.version_info[1]}"  # the venv's python or its version
+    assert out[5] != "0", "a trial never runs as root"
     assert backend.running() == {}
 
 

@@ -20,7 +20,7 @@ from shared.results import (
     read_secrets,
     shared_storage_account,
     shared_storage_endpoint,
-    shared_storage_metrics_url,
+    shared_storage_results_url,
 )
 from shared.storage import ConcurrentWriteError, Layout
 
@@ -49,6 +49,9 @@ class FakeStore:
 
     async def read_json(self, path: str) -> tuple[Any, str] | None:
         return None if path not in self.blobs else (json.loads(json.dumps(self.blobs[path])), "etag")
+
+    async def read_document(self, path: str) -> tuple[bytes, str] | None:
+        return None if path not in self.blobs else (json.dumps(self.blobs[path]).encode(), "etag")
 
     async def write_json(self, path: str, doc: Any, *, etag: str | None = None,
                          create_only: bool = False) -> str:
@@ -175,16 +178,18 @@ def test_shared_storage_account_needs_the_key_and_uses_the_endpoint_template() -
         "https://acct.blob.core.chinacloudapi.cn")
 
 
-def test_the_metrics_url_is_write_only_expiring_and_carries_no_key() -> None:
+def test_the_results_url_is_one_blob_append_only_expiring_and_carries_no_key() -> None:
     wire = parse_experiment_config(wire_config(**SHARED)).to_wire()
     account = shared_storage_account(wire, ExperimentSecrets.from_document({"sharedStorageAccountKey": KEY}))
     assert account is not None
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    url = shared_storage_metrics_url(account, timedelta(hours=2), now=now)
+    url = shared_storage_results_url(account, "experiments/e/trials/t/results.jsonl", timedelta(hours=2),
+                                     now=now)
     parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == account.container_url
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
+        account.container_url + "/experiments/e/trials/t/results.jsonl")
     query = parse_qs(parts.query)
-    assert query["sp"] == ["cw"] and query["sr"] == ["c"]
+    assert query["sp"] == ["a"] and query["sr"] == ["b"]
     assert query["se"] == ["2030-01-01T02:00:00Z"]
     assert KEY not in url
 

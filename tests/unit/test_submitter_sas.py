@@ -21,11 +21,12 @@ def test_a_trial_submitted_late_in_a_long_experiment_gets_a_sas_that_outlives_it
     store = BlobStore(AZURITE_CONNECTION_STRING, "tunebus")  # no I/O: signing is local
     submitter = Submitter(bus=None, store=store, work_dir=tmp_path, replica="r1")  # type: ignore[arg-type]
     experiment = _Experiment(config={"maxTrialDuration": 600}, code_dir=None, shared_storage=None)
-    url = submitter._metrics_url(experiment)
+    url = submitter._results_sas_url(experiment, "experiments/e/trials/t/results.jsonl")
     expected = datetime.now(UTC) + timedelta(seconds=600) + timedelta(hours=1)
     assert abs((_expiry(url) - expected).total_seconds()) < 60
     query = parse_qs(urlsplit(url).query)
-    assert query["sp"] == ["cw"]  # create and write only
+    assert query["sp"] == ["a"] and query["sr"] == ["b"]  # append only, to that one blob
+    assert urlsplit(url).path == "/devstoreaccount1/tunebus/experiments/e/trials/t/results.jsonl"
 
 
 def test_without_a_trial_limit_the_sas_does_not_end_with_the_experiment_s_duration() -> None:
@@ -41,6 +42,7 @@ def test_without_a_trial_limit_the_sas_does_not_end_with_the_experiment_s_durati
 
 def test_a_development_storage_connection_string_signs_sas_urls_too() -> None:
     # UseDevelopmentStorage=true names no AccountKey field: the key is Azurite's well-known one.
-    url = BlobStore("UseDevelopmentStorage=true", "tunebus").write_only_sas_url(timedelta(minutes=5))
-    assert url.startswith("http://127.0.0.1:10000/devstoreaccount1/tunebus?")
-    assert parse_qs(urlsplit(url).query)["sp"] == ["cw"]
+    store = BlobStore("UseDevelopmentStorage=true", "tunebus")
+    url = store.results_sas_url("a b/results.jsonl", timedelta(minutes=5))
+    assert url.startswith("http://127.0.0.1:10000/devstoreaccount1/tunebus/a%20b/results.jsonl?")
+    assert parse_qs(urlsplit(url).query)["sp"] == ["a"]

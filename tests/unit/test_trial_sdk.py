@@ -22,13 +22,13 @@ from tunebus.trial_runtime import RUNTIME_DIR
 from tunebus.trial_runtime.nni import MetricReportError, TrialRuntime, _blob, _metric_document, _parse_json
 from tunebus.trial_runtime.nni.utils import merge_parameter
 
-PREFIX = "experiments/exp1/trials/tr1/metrics/"
-SAS = "sv=2021-08-06&sp=cw&sig=c2VjcmV0%2Bsig%3D"
+BLOB = "experiments/exp1/trials/tr1/results.jsonl"
+SAS = "sv=2021-08-06&sr=b&sp=a&sig=c2VjcmV0%2Bsig%3D"
 
 
 @dataclass
 class Put:
-    """One PUT the fake blob service received."""
+    """One PUT (an Append Block) the fake blob service received."""
 
     path: str
     query: str
@@ -41,6 +41,7 @@ class Put:
 
     @property
     def doc(self) -> Any:
+        assert self.body.endswith(b"\n") and self.body.count(b"\n") == 1, "one record, one line"
         return json.loads(self.body)
 
 
@@ -89,7 +90,7 @@ def blob_service() -> Iterator[FakeBlobService]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
-    service.url = f"http://127.0.0.1:{server.server_port}/devstoreaccount1/tunebus?{SAS}"
+    service.url = f"http://127.0.0.1:{server.server_port}/devstoreaccount1/tunebus/{BLOB}?{SAS}"
     yield service
     server.shutdown()
     server.server_close()
@@ -104,7 +105,6 @@ def trial_env(url: str, **extra: str) -> dict[str, str]:
         "NNI_OUTPUT_DIR": "/tmp/out",
         "TUNEBUS_PARAMETERS": json.dumps({"lr": 0.01, "act": "relu", "layers": {"_name": "deep", "n": 3}}),
         "TUNEBUS_METRICS_URL": url,
-        "TUNEBUS_METRICS_PREFIX": PREFIX,
     }
     env.update(extra)
     return env
@@ -124,15 +124,15 @@ def test_identity_and_parameters(blob_service: FakeBlobService) -> None:
     assert rt.get_current_parameter("lr") == 0.01
 
 
-def test_each_report_is_one_blob_in_order(blob_service: FakeBlobService) -> None:
+def test_each_report_is_one_append_to_the_results_blob_in_order(blob_service: FakeBlobService) -> None:
     rt = TrialRuntime(trial_env(blob_service.url))
     rt.get_next_parameter()
     rt.report(0.5, "PERIODICAL")
     rt.report(3, "PERIODICAL")
     rt.report({"default": 0.97, "loss": 0.1, "per_class": [0.9, 1.0]}, "FINAL")
 
-    assert [p.blob for p in blob_service.puts] == [f"{PREFIX}{n:06d}.json" for n in range(3)]
-    assert all(p.query == SAS for p in blob_service.puts), "the SAS query must be sent untouched"
+    assert [p.blob for p in blob_service.puts] == [BLOB] * 3
+    assert all(p.query == f"{SAS}&comp=appendblock" for p in blob_service.puts), "the SAS is sent untouched"
     docs = [p.doc for p in blob_service.puts]
     assert [(d["sequence"], d["kind"], d["value"]) for d in docs] == [
         (0, "PERIODICAL", 0.5),
@@ -143,9 +143,8 @@ def test_each_report_is_one_blob_in_order(blob_service: FakeBlobService) -> None
     for doc in docs:
         assert datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).utcoffset() is not None
     for put in blob_service.puts:
-        assert put.headers["x-ms-blob-type"] == "BlockBlob"
+        assert "x-ms-blob-type" not in put.headers, "an append never (re)creates the blob"
         assert put.headers["x-ms-version"] == "2021-08-06"
-        assert put.headers["content-type"] == "application/json"
 
 
 def test_numpy_scalars_are_plain_numbers_on_the_wire(blob_service: FakeBlobService) -> None:
@@ -169,6 +168,8 @@ def test_numpy_scalars_are_plain_numbers_on_the_wire(blob_service: FakeBlobServi
         ({"default": None}, TypeError, "metric['default']"),
         (float("nan"), ValueError, "finite"),
         ({"default": float("inf")}, ValueError, "finite"),
+        (10 ** 400, ValueError, "too large for a float"),
+        ({"default": -(10 ** 5000)}, ValueError, "too large for a float"),
     ],
 )
 def test_bad_metric_is_rejected_before_anything_is_written(
@@ -179,7 +180,7 @@ def test_bad_metric_is_rejected_before_anything_is_written(
         rt.report(metric, "FINAL")
     assert blob_service.puts == []
     rt.report(0.9, "FINAL")  # the trial can still report, with the first sequence number
-    assert [p.blob for p in blob_service.puts] == [f"{PREFIX}000000.json"]
+    assert [p.doc["sequence"] for p in blob_service.puts] == [0]
 
 
 def test_second_final_result_is_rejected(blob_service: FakeBlobService) -> None:
@@ -195,7 +196,7 @@ def test_transient_errors_are_retried(blob_service: FakeBlobService) -> None:
     rt = TrialRuntime(trial_env(blob_service.url))
     rt.report(0.5, "PERIODICAL")
     assert blob_service.requests == 3
-    assert [p.blob for p in blob_service.stored()] == [f"{PREFIX}000000.json"]
+    assert [p.doc["sequence"] for p in blob_service.stored()] == [0]
 
 
 def test_client_error_fails_loudly_naming_status_and_blob(blob_service: FakeBlobService) -> None:
@@ -205,24 +206,25 @@ def test_client_error_fails_loudly_naming_status_and_blob(blob_service: FakeBlob
         rt.report(0.5, "PERIODICAL")
     message = str(info.value)
     assert "403" in message and "AuthenticationFailed" in message
-    assert f"{PREFIX}000000.json" in message
+    assert BLOB in message
     assert "sig=" not in message, "the SAS signature must not leak into errors"
     assert blob_service.requests == 1, "a 4xx is not retried"
     rt.report(0.6, "PERIODICAL")  # the failed report did not use up its sequence number
-    assert blob_service.stored()[0].blob == f"{PREFIX}000000.json"
+    assert blob_service.stored()[0].doc["sequence"] == 0
 
 
 def test_unreachable_storage_gives_up_after_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_blob, "RETRY_DELAYS", (0.0, 0.0))
-    rt = TrialRuntime(trial_env("http://127.0.0.1:9/devstoreaccount1/tunebus?sig=x"))
+    rt = TrialRuntime(trial_env("http://127.0.0.1:9/devstoreaccount1/tunebus/a/results.jsonl?sig=x"))
     with pytest.raises(MetricReportError, match="after 3 attempts"):
         rt.report(0.5, "FINAL")
 
 
 def test_missing_variable_is_named(blob_service: FakeBlobService) -> None:
     env = trial_env(blob_service.url)
-    del env["TUNEBUS_METRICS_PREFIX"]
-    with pytest.raises(RuntimeError, match="TUNEBUS_METRICS_PREFIX"):
+    env["NNI_PLATFORM"] = "local"
+    del env["TUNEBUS_METRICS_URL"]
+    with pytest.raises(RuntimeError, match="TUNEBUS_METRICS_URL"):
         TrialRuntime(env).report(0.5, "FINAL")
     del env["TUNEBUS_PARAMETERS"]
     with pytest.raises(RuntimeError, match="TUNEBUS_PARAMETERS"):

@@ -8,7 +8,8 @@ from any folder the trial command changes to, and never clashes with the user's 
 
 The job runs the configured docker image as is (``user_managed_dependencies``: the image's
 own ``python3``, nothing installed by AML), with the trial's environment variables (identity,
-parameters, write-only metrics URL) as the run's runtime variables. No account key is part of
+parameters, and its results URL: one append blob, append-only SAS) as the run's runtime
+variables. No account key is part of
 any of it.
 """
 

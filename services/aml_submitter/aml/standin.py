@@ -152,6 +152,11 @@ class StandinSettings:
     images: tuple[str, ...] = ("msranni/nni",)
     # The bin folder a known image's python lives in: this machine's interpreter stands in.
     image_bin: str = field(default_factory=lambda: os.path.dirname(sys.executable))
+    # How runs are sandboxed like local trials (the submitter's sandbox, see ../sandbox.py):
+    # "prefix" (setpriv argv), "owner" ([uid, gid] the run folder is given to, or None),
+    # "path_first" (interpreter folder), "pythonpath" (extra entries), "allowed" (variable names
+    # passed from this environment, besides LC_*). Empty: no sandbox (unit tests of the stand-in).
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- injected faults
@@ -328,11 +333,16 @@ def create_run(settings: StandinSettings, spec: RunSpec, source: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)  # AML refuses before it creates the run
         raise
     document = {**asdict(spec), "image_known": spec.image in settings.images, "image_bin": settings.image_bin,
-                "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay}}
+                "delays": {"queue": settings.queue_delay, "prepare": settings.prepare_delay},
+                "sandbox": settings.sandbox}
     _write_json(folder / "spec.json", document)
     _write_json(folder / "tags.json", {})
     _write_json(folder / "state.json", {"status": "NotStarted", "runner_pid": None, "error": None,
                                         "submitted": time.time()})
+    owner = settings.sandbox.get("owner")
+    if owner:  # the run's folder is the trial's (it writes ./outputs), as a job's is on AML
+        for path in (folder / "wd", *(folder / "wd").rglob("*")):
+            os.chown(path, owner[0], owner[1], follow_symlinks=False)
     with (folder / "runner.log").open("ab") as out:
         runner = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "run", str(folder)],
@@ -517,10 +527,16 @@ class _Runner:
             time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
 
     def environment(self) -> dict[str, str]:
-        # Only what the image and the job give, as in an AML container: never the host's.
-        env = {"PATH": f"{self.spec['image_bin']}{os.pathsep}{_BASE_PATH}", "HOME": str(self.folder),
+        # Only what the image and the job give, as in an AML container: never the host's. A
+        # sandboxed run (as local trials are) gets an interpreter its user can run, and its folder.
+        sandbox = self.spec.get("sandbox") or {}
+        interpreter = sandbox.get("path_first") or self.spec["image_bin"]
+        home = self.folder / "wd" if sandbox.get("owner") else self.folder
+        env = {"PATH": f"{interpreter}{os.pathsep}{_BASE_PATH}", "HOME": str(home),
                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
         env.update(self.spec["environment_variables"])
+        if sandbox.get("pythonpath"):  # after the job's own (the command prepends the shim)
+            env["PYTHONPATH"] = os.pathsep.join(sandbox["pythonpath"])
         env["AZUREML_RUN_ID"] = self.spec["run_id"]
         return env
 
@@ -529,7 +545,9 @@ class _Runner:
         limit = self.spec.get("max_run_duration_seconds")
         deadline = time.monotonic() + float(limit) if limit else None
         with (self.folder / "std_log.txt").open("wb") as out:
-            child = subprocess.Popen(["bash", "-c", self.spec["command"]], cwd=wd, env=self.environment(),
+            prefix = list((self.spec.get("sandbox") or {}).get("prefix") or [])
+            child = subprocess.Popen([*prefix, "bash", "-c", self.spec["command"]], cwd=wd,
+                                     env=self.environment(),
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
             while (code := child.poll()) is None:

@@ -7,15 +7,16 @@ does not call.
 Two modes, chosen from the environment when first needed:
 
 * **tunebus** (``TUNEBUS_METRICS_URL`` or ``NNI_PLATFORM`` set, as the submitter does): the
-  parameters come from ``TUNEBUS_PARAMETERS`` and every report is written as one blob
-  ``<TUNEBUS_METRICS_PREFIX><seq:06d>.json`` through the write-only SAS container URL in
-  ``TUNEBUS_METRICS_URL``. A missing variable is an error that names it.
+  parameters come from ``TUNEBUS_PARAMETERS`` and every report is appended as one line (a JSON
+  record with its sequence number) to the attempt's results blob, whose URL with an
+  append-only SAS is ``TUNEBUS_METRICS_URL``. A missing variable is an error that names it.
 * **standalone** (none of those set): like NNI without its runtime. ``get_next_parameter()``
   warns and returns ``{}`` (or the JSON in ``TUNEBUS_PARAMETERS`` if set, handy for debugging
   one parameter set), the ids are ``'STANDALONE'`` / ``0`` and reports are logged to stdout.
 
 A metric is a number, or a dict whose ``'default'`` is a number (the value the tuner
-optimises; the other keys are kept for display). Anything else raises TypeError/ValueError.
+optimises; the other keys are kept for display). Anything else raises TypeError/ValueError,
+and so does a number no float can hold (NaN, infinities, ints beyond ±1.8e308).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class MetricReportError(RuntimeError):
 def _checked_number(value: Any, what: str) -> int | float:
     """``value`` as a plain int/float, or TypeError/ValueError saying what is wrong."""
     if type(value) is int:
+        try:
+            float(value)  # the tuner optimises floats: 10**400 has no value there
+        except OverflowError:
+            raise ValueError(f"{what} is an int too large for a float ({value.bit_length()} bits)") from None
         return value
     if type(value) is float and value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
         return value
@@ -70,6 +75,8 @@ def _checked_number(value: Any, what: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a number, got {type(value).__name__}: {value!r:.80}")
     plain: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
+    if type(plain) is int:
+        return _checked_number(plain, what)
     if isinstance(plain, float) and not math.isfinite(plain):
         raise ValueError(f"{what} must be a finite number, got {plain}")
     return plain
@@ -142,14 +149,15 @@ class _ScannerContext:
 
 
 def _metric_document(sequence: int, kind: str, value: Any, time: str) -> bytes:
-    """The JSON of one metric blob. A plain number (the usual metric) is written without
-    ``json``; ``repr`` of a finite float and ``str`` of an int are JSON numbers."""
+    """One results record: a JSON object on one line, newline included. A plain number (the
+    usual metric) is written without ``json``; ``repr`` of a finite float and ``str`` of an int
+    are JSON numbers. ``json.dumps`` escapes newlines inside strings, so a record is one line."""
     if type(value) is float or type(value) is int:
-        return f'{{"sequence":{sequence},"kind":"{kind}","value":{value!r},"time":"{time}"}}'.encode()
+        return f'{{"sequence":{sequence},"kind":"{kind}","value":{value!r},"time":"{time}"}}\n'.encode()
     import json
 
     return json.dumps({"sequence": sequence, "kind": kind, "value": value, "time": time},
-                      separators=(",", ":")).encode()
+                      separators=(",", ":")).encode() + b"\n"
 
 
 def _utc_now_iso() -> str:
@@ -261,13 +269,11 @@ class TrialRuntime:
 
     def _write(self, kind: str, value: Any) -> None:
         if self._writer is None:
-            from ._blob import BlobWriter
+            from ._blob import ResultsWriter
 
-            self._writer = BlobWriter(self._require("TUNEBUS_METRICS_URL"))
-        prefix = self._require("TUNEBUS_METRICS_PREFIX")
-        sequence = self._next_sequence
-        body = _metric_document(sequence, kind, value, _utc_now_iso())
-        self._writer.put(f"{prefix}{sequence:06d}.json", body)
+            self._writer = ResultsWriter(self._require("TUNEBUS_METRICS_URL"))
+        body = _metric_document(self._next_sequence, kind, value, _utc_now_iso())
+        self._writer.append(body)
 
 
 _runtime: TrialRuntime | None = None

