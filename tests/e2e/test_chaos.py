@@ -94,11 +94,13 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
+def deployment(trial_work_dir: Path) -> Iterator[Deployment]:
+    # Under a folder the trial user can enter (trials run as it, in the state dir's work/).
+    state_dir = trial_work_dir / "local"
     amqp_port = _free_port(21000, 29999, also_free_at_offset=20000)
     env = {
         **os.environ,
-        "TUNEBUS_LOCAL_DIR": str(tmp_path / "local"),
+        "TUNEBUS_LOCAL_DIR": str(state_dir),
         "TUNEBUS_AMQP_PORT": str(amqp_port),
         "TUNEBUS_BLOB_PORT": str(_free_port(11000, 19999)),
         "TUNEBUS_AZURITE_DIR": os.environ.get("TUNEBUS_AZURITE_DIR", str(REPO_ROOT / ".local" / "azurite")),
@@ -114,7 +116,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         "TUNEBUS_MAX_ATTEMPTS": "5",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    stack = Deployment(env, tmp_path / "local")
+    stack = Deployment(env, state_dir)
     try:
         stack.run("up", "--submitters", "2", "--supervise")
         exports = dict(line.removeprefix("export ").split("=", 1) for line in stack.run("env").splitlines())

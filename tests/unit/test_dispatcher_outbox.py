@@ -12,6 +12,7 @@ from services.dispatcher.lifecycle import Policy
 from services.dispatcher.outbox import CorruptState, checked_outbox, checked_state
 from services.dispatcher.service import Dispatcher
 from shared.messages import (
+    ExperimentError,
     ExperimentStart,
     ExperimentStatus,
     ExperimentStatusChanged,
@@ -53,6 +54,15 @@ class FakeStore:
     async def write_json(self, path: str, doc: Any, *, etag: str | None = None,
                          create_only: bool = False) -> str:
         return await self.write_document(path, json.dumps(doc, default=str).encode(), etag=etag)
+
+    async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
+        self.blobs[path] = data
+
+    async def delete(self, path: str) -> None:
+        self.blobs.pop(path, None)
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(p for p in self.blobs if p.startswith(prefix))
 
 
 class FakeBus:
@@ -160,3 +170,29 @@ async def test_a_corrupt_state_ends_that_experiment_in_error_and_no_other() -> N
     errors = [m for m in bus.published
               if isinstance(m, ExperimentStatusChanged) and m.status == ExperimentStatus.ERROR]
     assert [m.experiment_id for m in errors] == ["exp1"]
+
+
+async def test_a_started_experiment_is_marked_active_and_its_marker_goes_with_its_end() -> None:
+    from shared.layout import active_marker
+    from shared.messages import ExperimentStop, Ticket
+
+    dispatcher, store, bus = await started()
+    assert active_marker("exp1") in store.blobs  # what a restarted dispatcher lists
+    bus.published.clear()
+    await dispatcher.watch_experiments()  # never ticked yet: it is re-armed
+    [rearm] = [m for m in bus.published if isinstance(m, Ticket)]
+    assert rearm.state == {"rearm": True} and rearm.experiment_id == "exp1"
+    await dispatcher.on_stop(ExperimentStop(experiment_id="exp1"))  # nothing runs: STOPPED at once
+    assert json.loads(store.blobs[Layout("exp1").state_doc])["status"] == "STOPPED"
+    assert active_marker("exp1") not in store.blobs
+
+
+async def test_a_marker_left_by_an_ended_experiment_is_removed_by_the_watchdog() -> None:
+    from shared.layout import active_marker
+
+    dispatcher, store, bus = await started()
+    await dispatcher.on_error(ExperimentError(experiment_id="exp1", service="tuner", reason="boom"))
+    store.blobs[active_marker("exp1")] = b""  # as if a crash came between the end and the delete
+    bus.published.clear()
+    await dispatcher.watch_experiments()
+    assert active_marker("exp1") not in store.blobs and not bus.published

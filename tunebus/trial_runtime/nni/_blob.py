@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RETRY_DELAYS", "ResultsWriter"]
 
-#: Seconds to wait before each retry; its length is the number of retries.
-RETRY_DELAYS = (0.1, 0.3, 0.7, 1.5, 3.0)
+#: Seconds to wait before each retry; its length is the number of retries. About half a minute
+#: in all: storage that restarts (a deployment's Azurite, a blip in Azure) does not fail the trial.
+RETRY_DELAYS = (0.1, 0.3, 0.7, 1.5, 3.0, 5.0, 10.0, 10.0)
 
 _HEADERS = {"x-ms-version": "2021-08-06"}
 _TRANSIENT_STATUS = frozenset({408, 429})
