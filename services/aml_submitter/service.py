@@ -36,6 +36,7 @@ from shared.results import (
     results_account,
     shared_storage_metrics_url,
 )
+from shared.service import Running
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
@@ -286,8 +287,8 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
                       work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options)
 
 
-async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start the backends and consumers; returns the shutdown function."""
+async def start(settings: SubmitterSettings) -> Running:
+    """Connect, declare, start the backends and consumers; returns its shutdown and health checks."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="aml-submitter")
@@ -316,4 +317,4 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
             await backend.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})

@@ -29,6 +29,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.service import Running
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
@@ -243,8 +244,8 @@ class TunerService:
                 del self._finished[next(iter(self._finished))]
 
 
-async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start consuming; returns the shutdown function."""
+async def start(settings: TunerSettings) -> Running:
+    """Connect, declare, start consuming; returns its shutdown and health checks."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")
@@ -257,4 +258,4 @@ async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
         await bus.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})
