@@ -10,7 +10,7 @@
 # to pull the real one); `docker pull` works -> the real image; otherwise a stand-in is built from
 # Debian bookworm packages and tagged with the SAME NAME, so the project's real Dockerfile and
 # compose file are what is built and run:
-#   python:3.11-slim                               Debian's Python 3.11 in a venv on PATH
+#   python:3.11-slim                               this machine's CPython >= 3.11.4, stdlib only
 #   rabbitmq:3.13-management                       Debian's rabbitmq-server 3.10 + management
 #   mcr.microsoft.com/azure-storage/azurite:3.35.0 Debian's Node.js + azurite@3.35.0 from npm
 # Their base is `debootstrap --variant=minbase bookworm` imported as tunebus-standin/debian:bookworm.
@@ -19,7 +19,8 @@
 # proxy as this machine does; they are for this machine only: never push them.
 #
 # Environment: TUNEBUS_DEBIAN_MIRROR (default: the bookworm mirror apt uses here),
-# TUNEBUS_CA_BUNDLE; HTTP(S)_PROXY/NO_PROXY pass through to the builds when set.
+# TUNEBUS_CA_BUNDLE, TUNEBUS_STANDIN_PYTHON (a CPython 3.11.4+ to copy; default: pyenv's
+# 3.11.x, else python3.11 on PATH); HTTP(S)_PROXY/NO_PROXY pass through to the builds when set.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -58,6 +59,33 @@ debian_mirror() {
     printf '%s' "${found:-http://deb.debian.org/debian}"
 }
 
+# standin_python_prefix: the install prefix of a CPython 3.11 >= 3.11.4 on this machine (Debian's
+# 3.11.2 lacks tarfile's extraction filters), built with a shared libpython or a static one.
+standin_python_prefix() {
+    local candidate
+    for candidate in ${TUNEBUS_STANDIN_PYTHON:-} /root/.pyenv/versions/3.11.*/bin/python3.11 \
+            "$(command -v python3.11 || true)"; do
+        [[ -x "$candidate" ]] || continue
+        if "$candidate" -c 'import sys, tarfile; assert (3, 11, 4) <= sys.version_info[:3] < (3, 12); tarfile.data_filter' \
+                2>/dev/null; then
+            "$candidate" -c 'import sys; print(sys.base_prefix)'
+            return 0
+        fi
+    done
+    die "no CPython 3.11.4+ found for the python:3.11-slim stand-in; set TUNEBUS_STANDIN_PYTHON"
+}
+
+# copy_python PREFIX DEST: the interpreter, libpython, headers and standard library (no
+# site-packages, no test suite) of PREFIX, laid out as under /usr/local.
+copy_python() {
+    local prefix="$1" dest="$2"
+    mkdir -p "$dest"
+    (cd "$prefix" && tar -c --exclude='lib/python3.11/site-packages' --exclude='lib/python3.11/test' \
+        --exclude='lib/python3.11/idlelib' --exclude='lib/python3.11/tkinter' \
+        bin/python3.11 $(ls -d lib/libpython3.11.so* lib/libpython3.so 2>/dev/null) include/python3.11 lib/python3.11) \
+        | tar -C "$dest" -x
+}
+
 # proxy_build_args: --build-arg for each proxy variable set here (Docker's predefined args).
 proxy_build_args() {
     local name
@@ -93,6 +121,12 @@ build_standin() {
     [[ -r "$CA_BUNDLE" ]] || die "CA bundle $CA_BUNDLE not readable (set TUNEBUS_CA_BUNDLE)"
     context="$(mktemp -d /tmp/tunebus-standin-context.XXXXXX)"
     cp "$CA_BUNDLE" "$context/ca-certificates.crt"
+    if [[ "$dockerfile" == python.Dockerfile ]]; then
+        local prefix
+        prefix="$(standin_python_prefix)"
+        log "the python stand-in's interpreter: $prefix ($("$prefix/bin/python3.11" -V))"
+        copy_python "$prefix" "$context/cpython"
+    fi
     mapfile -t args < <(proxy_build_args)
     for arg in "$@"; do args+=(--build-arg "$arg"); done
     log "building STAND-IN $image from $dockerfile"
