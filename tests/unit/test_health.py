@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.health import failing_checks, is_healthy, keep_touching
@@ -56,7 +57,17 @@ async def test_health_file_not_touched_while_a_dependency_fails(tmp_path: Path) 
     assert not (tmp_path / "health").exists(), "removed when the service stops"
 
 
-async def test_health_file_goes_stale_when_a_dependency_fails_and_fresh_when_it_answers(tmp_path: Path) -> None:
+async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.02) + 1):
+        if condition() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def test_health_file_goes_stale_while_a_dependency_fails_and_fresh_again(tmp_path: Path) -> None:
     up = asyncio.Event()
     up.set()
 
@@ -67,8 +78,7 @@ async def test_health_file_goes_stale_when_a_dependency_fails_and_fresh_when_it_
     path = tmp_path / "health"
     task = asyncio.create_task(keep_touching(path, interval=0.05, checks={"broker": broker}, timeout=0.1))
     try:
-        while not path.exists():
-            await asyncio.sleep(0.02)
+        assert await _eventually(path.exists)
         up.clear()
         await asyncio.sleep(0.1)  # a round in flight may still touch it
         stale_since = path.stat().st_mtime
@@ -76,10 +86,7 @@ async def test_health_file_goes_stale_when_a_dependency_fails_and_fresh_when_it_
         assert path.stat().st_mtime == stale_since
         assert not is_healthy(path, max_age=0.2)
         up.set()
-        deadline = time.monotonic() + 5
-        while not is_healthy(path, max_age=0.2) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert is_healthy(path, max_age=0.2)
+        assert await _eventually(lambda: is_healthy(path, max_age=0.2))
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
