@@ -65,7 +65,8 @@ start_dockerd() {
         (( $(now_s) < deadline )) || { tail -n 20 "$DOCKERD_LOG" >&2; die "dockerd not answering after 90s"; }
         sleep 0.5
     done
-    printf 'started %s\n' "$pid"
+    # dockerd's own pid file: $! may be setsid's pid where setsid had to fork.
+    printf 'started %s\n' "$(cat /var/run/docker.pid 2>/dev/null || echo "$pid")"
 }
 
 cmd_up() {

@@ -183,6 +183,8 @@ def stack(docker_engine: None, steps: Steps) -> Iterator[Compose]:
     try:
         with steps.step(f"build {IMAGE} (TRIAL_REQUIREMENTS={TRIAL_REQUIREMENTS})"):
             compose.run("build", timeout=1500)
+            # Compose builds the shared image once per service; the superseded builds dangle.
+            _run(["docker", "image", "prune", "-f", "--filter", "label=org.tunebus.image=tunebus"])
         size = int(_run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout)
         print(f"[compose-test] {IMAGE}: {size / 1e6:.0f} MB", flush=True)
         with steps.step("up -d, every healthcheck passing"):
