@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DEMO_CONFIG ?= examples/sklearn-digits/config.yml
 
-.PHONY: venv lint test demo up infra down status bench clean
+.PHONY: venv lint test compose-test demo up infra down status bench clean
 
 # Then the project's bytecode: an editable install never writes it, and with
 # PYTHONDONTWRITEBYTECODE set (as on this machine) every CLI call and service start would
@@ -44,6 +44,13 @@ test: venv
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); \
 	if [ $$lint_rc -ne 0 ]; then echo "ruff check failed (see above)" >&2; exit $$lint_rc; fi; \
 	if [ $$type_rc -ne 0 ]; then echo "mypy failed (see above)" >&2; exit $$type_rc; fi
+
+# The stack in Docker, for real (tests/compose; README: Deployment): installs docker.io and a
+# compose if missing, starts dockerd if none answers (stopped again after), pulls the base images
+# or builds stand-ins where no registry answers, builds the image, then up, experiments from the
+# host, scale, kills, down/up, the AML stand-in; `down -v` at the end. Prints each step's time.
+compose-test: venv
+	$(VENV)/bin/pytest -s -q --timeout 2400 -p no:cacheprovider tests/compose $(PYTEST_ARGS)
 
 # The whole stack locally, then one experiment end to end; exits with the CLI's status.
 demo: venv

@@ -202,6 +202,17 @@ class Bus:
         if self._connection is not None:
             await self._connection.close()
 
+    async def check(self) -> None:
+        """Return when the broker answers on this bus's connection now, raise when not: a
+        channel opened and closed is one round trip each (the health check)."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise ConnectionError("not connected to the broker")
+        if connection.reconnecting:
+            raise ConnectionError("reconnecting to the broker")
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.close()
+
     def _require_channel(self) -> AbstractChannel:
         if self._channel is None:
             raise RuntimeError("Bus.connect() was not called")

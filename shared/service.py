@@ -6,13 +6,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
-from shared.health import keep_touching
+from shared.health import HealthCheck, keep_touching
 from shared.secrets_mask import install_log_masking
 from shared.settings import CommonSettings
 
-__all__ = ["run_service", "setup_logging"]
+__all__ = ["Running", "run_service", "setup_logging"]
+
+
+@dataclass(frozen=True)
+class Running:
+    """What a service's ``start()`` returns: how to stop it, and what its health depends on."""
+
+    shutdown: Callable[[], Awaitable[None]]
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    """Named dependency checks (broker, storage) that must pass for the health file to be touched."""
 
 
 def setup_logging(level: str) -> None:
@@ -28,14 +38,14 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
 
 
-async def _serve(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
-                 settings: CommonSettings) -> None:
+async def _serve(start: Callable[[], Awaitable[Running]], settings: CommonSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    shutdown = await start()
-    health = asyncio.create_task(keep_touching(settings.health_file)) if settings.health_file else None
+    running = await start()
+    health = (asyncio.create_task(keep_touching(settings.health_file, checks=running.checks))
+              if settings.health_file else None)
     try:
         await stop.wait()
     finally:
@@ -44,12 +54,11 @@ async def _serve(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
             health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health
-        await shutdown()
+        await running.shutdown()
 
 
-def run_service(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
-                settings: CommonSettings) -> None:
-    """Run ``start()`` (which connects and starts consuming, returning its shutdown coroutine
-    function) until SIGTERM/SIGINT, touching the health file meanwhile."""
+def run_service(start: Callable[[], Awaitable[Running]], settings: CommonSettings) -> None:
+    """Run ``start()`` (which connects and starts consuming) until SIGTERM/SIGINT, touching the
+    health file meanwhile while its checks pass; then the shutdown it returned."""
     setup_logging(settings.log_level)
     asyncio.run(_serve(start, settings))

@@ -164,6 +164,12 @@ class BlobStore:
             return
         self._check(reply, "Create Container", repr(self.container_name))
 
+    async def check(self) -> None:
+        """Return when the container answers (Get Container Properties), raise when not: the
+        health check. A missing container fails it too: the services cannot work without it."""
+        reply = await self._request("GET", "", {"restype": "container"})
+        self._check(reply, "Get Container Properties", repr(self.container_name))
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

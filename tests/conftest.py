@@ -5,7 +5,9 @@ fixture built on it); unit-test runs never pay for it. Where it comes from, in o
 
 1. ``TUNEBUS_TEST_AMQP_URL`` and ``TUNEBUS_TEST_STORAGE_CONNECTION_STRING`` are set: use that
    stack (fast edit-test loops against a running ``deploy/local up --infra-only``).
-2. A Docker engine answers (and ``TUNEBUS_TEST_INFRA`` is not ``local``): testcontainers.
+2. ``TUNEBUS_TEST_INFRA=docker``: testcontainers (the official images, or the stand-ins of
+   ``deploy/images/build-standins.sh``). Only when asked for: a Docker engine that merely
+   answers (``make compose-test`` starts one on CI) does not switch the suite to it.
 3. Otherwise ``deploy/local up --infra-only`` in a private temporary state dir on free ports,
    stopped at session end. It installs RabbitMQ (apt) and Azurite (npm) if missing; CI does
    that beforehand (``deploy/local install``) so the first test's timeout is not spent there.
@@ -74,6 +76,11 @@ class Infra:
         }
 
 
+# tests/compose builds images and runs the stack in Docker (minutes): collected only when named,
+# `pytest tests/compose` (`make compose-test`), never by a plain `pytest` (`make test`).
+collect_ignore = ["compose"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INFRA_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -91,19 +98,12 @@ def _external_infra() -> Infra | None:
     return Infra(amqp_url, storage, DEFAULT_CONTAINER, "external")
 
 
-def _docker_engine_answers() -> bool:
-    if os.environ.get("TUNEBUS_TEST_INFRA", "").lower() == "local":
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+def _docker_requested() -> bool:
+    """``TUNEBUS_TEST_INFRA=docker``; ``local`` or unset means deploy/local; anything else is a typo."""
+    mode = os.environ.get("TUNEBUS_TEST_INFRA", "local").strip().lower() or "local"
+    if mode not in ("local", "docker"):
+        raise pytest.UsageError(f"TUNEBUS_TEST_INFRA must be 'local' or 'docker', not {mode!r}")
+    return mode == "docker"
 
 
 def _port_is_free(port: int) -> bool:
@@ -228,7 +228,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     external = _external_infra()
     if external is not None:
         sources: Iterator[Infra] = iter([external])
-    elif _docker_engine_answers():
+    elif _docker_requested():
         sources = _docker_infra()
     else:
         sources = _local_infra(tmp_path_factory.mktemp("tunebus-local"))

@@ -41,6 +41,7 @@ from shared.results import (
     results_account,
     shared_storage_results_url,
 )
+from shared.service import Running
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
@@ -374,8 +375,8 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
                       deployment_id=deployment, secrets=settings.known_secrets())
 
 
-async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start the backends and consumers; returns the shutdown function."""
+async def start(settings: SubmitterSettings) -> Running:
+    """Connect, declare, start the backends and consumers; returns its shutdown and health checks."""
     if not make_non_dumpable():
         log.warning("could not make this process non-dumpable: trials of its user may read its /proc files")
     sandbox, sandbox_error = _sandbox(settings)
@@ -415,4 +416,4 @@ async def start(settings: SubmitterSettings) -> Callable[[], Awaitable[None]]:
         await submitter.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})

@@ -38,6 +38,7 @@ from shared.messages import (
     TrialSuggested,
 )
 from shared.results import read_secrets
+from shared.service import Running
 from shared.settings import CommonSettings
 from shared.state import ExperimentState, OutboxEntry
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -401,8 +402,8 @@ class Dispatcher:
             await asyncio.sleep(interval)
 
 
-async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start consuming; returns the shutdown function."""
+async def start(settings: DispatcherSettings) -> Running:
+    """Connect, declare, start consuming; returns its shutdown and health checks."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="dispatcher")
@@ -417,4 +418,4 @@ async def start(settings: DispatcherSettings) -> Callable[[], Awaitable[None]]:
         await bus.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})

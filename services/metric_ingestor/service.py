@@ -47,6 +47,7 @@ from shared.messages import (
     TrialStatus,
     TrialStatusChanged,
 )
+from shared.service import Running
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
@@ -297,8 +298,8 @@ class Ingestor:
             pass  # a redelivered end: already recorded
 
 
-async def start(settings: IngestorSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start consuming; returns the shutdown function."""
+async def start(settings: IngestorSettings) -> Running:
+    """Connect, declare, start consuming; returns its shutdown and health checks."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="metric-ingestor")
@@ -315,4 +316,4 @@ async def start(settings: IngestorSettings) -> Callable[[], Awaitable[None]]:
         await results.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})

@@ -41,6 +41,7 @@ from shared.messages import (
 )
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
+from shared.service import Running
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
@@ -365,8 +366,8 @@ def _role_name(role: str, spec: dict[str, Any]) -> str:
     return f"{role} '{spec.get('name')}'"
 
 
-async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
-    """Connect, declare, start consuming; returns the shutdown function."""
+async def start(settings: TunerSettings) -> Running:
+    """Connect, declare, start consuming; returns its shutdown and health checks."""
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")
@@ -380,4 +381,4 @@ async def start(settings: TunerSettings) -> Callable[[], Awaitable[None]]:
         await bus.close()
         await store.close()
 
-    return shutdown
+    return Running(shutdown, {"broker": bus.check, "storage": store.check})

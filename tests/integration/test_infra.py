@@ -5,6 +5,7 @@ and the deployment files (docker-compose, deploy/local) are well formed."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -214,3 +215,24 @@ def test_deploy_local_takes_a_zombie_for_dead(tmp_path: Path) -> None:
 def _proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_standin_images_carry_the_names_the_deployment_files_use():
+    """build-standins.sh tags its stand-ins with exactly the names the Dockerfile and compose pull."""
+    script = (REPO_ROOT / "deploy/images/build-standins.sh").read_text()
+    names = dict(re.findall(r"^(PYTHON_IMAGE|RABBITMQ_IMAGE|AZURITE_VERSION)=(\S+)$", script, re.MULTILINE))
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    dockerfile = (REPO_ROOT / "deploy/Dockerfile").read_text()
+    assert f"FROM {names['PYTHON_IMAGE']}\n" in dockerfile
+    assert compose["rabbitmq"]["image"] == names["RABBITMQ_IMAGE"]
+    azurite = f"mcr.microsoft.com/azure-storage/azurite:{names['AZURITE_VERSION']}"
+    assert compose["azurite"]["image"] == azurite
+    assert 'AZURITE_IMAGE="mcr.microsoft.com/azure-storage/azurite:$AZURITE_VERSION"' in script
+
+
+def test_compose_passes_trial_requirements_and_ports_from_the_environment():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    build_args = compose["aml-submitter"]["build"]["args"]
+    assert build_args["TRIAL_REQUIREMENTS"] == "${TUNEBUS_TRIAL_REQUIREMENTS:-}"
+    assert compose["rabbitmq"]["ports"][0] == "127.0.0.1:${TUNEBUS_AMQP_PORT:-5672}:5672"
+    assert compose["azurite"]["ports"][0] == "127.0.0.1:${TUNEBUS_BLOB_PORT:-10000}:10000"
