@@ -70,7 +70,8 @@ class BrokerUser:
 USERS: tuple[BrokerUser, ...] = (
     BrokerUser("tunebus-dispatcher", (DISPATCHER_QUEUE.name,),
                ("experiment.status", "suggest.request", "trial.submit", "trial.kill", "trial.ended",
-                "ticket.dispatcher.tick")),
+                # trial.status: a lost job's end, or an end the ingestor never got, sent again
+                "trial.status", "ticket.dispatcher.tick")),
     BrokerUser("tunebus-tuner", (TUNER_QUEUE.name,),
                ("trial.suggested", "trial.stop_request", "experiment.error")),
     BrokerUser("tunebus-submitter",

@@ -20,6 +20,7 @@ from shared.messages import (
     SuggestRequest,
     TrialEnded,
     TrialKill,
+    TrialStatusChanged,
     TrialSubmit,
 )
 from shared.state import ExperimentState, OutboxEntry
@@ -29,7 +30,8 @@ __all__ = ["DISPATCHER_ROUTING_KEYS", "CorruptState", "checked_outbox", "checked
 #: Every routing key the dispatcher publishes (lifecycle's messages, and its own tick).
 DISPATCHER_ROUTING_KEYS = frozenset({
     ExperimentStatusChanged.ROUTING_KEY, SuggestRequest.ROUTING_KEY, TrialSubmit.ROUTING_KEY,
-    TrialKill.ROUTING_KEY, TrialEnded.ROUTING_KEY, "ticket.dispatcher.tick",
+    TrialKill.ROUTING_KEY, TrialEnded.ROUTING_KEY, TrialStatusChanged.ROUTING_KEY,
+    "ticket.dispatcher.tick",
 })
 _REASON_CHARS = 1000
 

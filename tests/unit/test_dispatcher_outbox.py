@@ -196,3 +196,22 @@ async def test_a_marker_left_by_an_ended_experiment_is_removed_by_the_watchdog()
     bus.published.clear()
     await dispatcher.watch_experiments()
     assert active_marker("exp1") not in store.blobs and not bus.published
+
+
+def test_the_broker_lets_the_dispatcher_publish_every_key_it_republishes() -> None:
+    # Its outbox check and its broker account name the same keys: a key missing from the
+    # account would close its channel (ACCESS_REFUSED) the first time a liveness rule fires.
+    from services.dispatcher.outbox import DISPATCHER_ROUTING_KEYS
+    from shared.broker_users import USERS
+
+    [dispatcher] = [u for u in USERS if u.name == "tunebus-dispatcher"]
+    assert set(dispatcher.publishes) == DISPATCHER_ROUTING_KEYS
+
+
+def test_a_lost_jobs_end_sent_again_passes_the_outbox_check() -> None:
+    from shared.messages import TrialStatusChanged
+
+    state = a_state_with_a_trial()
+    state.outbox = [entry(TrialStatusChanged(experiment_id="exp1", trial_id="tr1", parameter_id=0,
+                                             status=TrialStatus.FAILED, error="lost", lost=True))]
+    assert [type(m) for m in checked_outbox(state)] == [TrialStatusChanged]
