@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,10 @@ class LocalBackend:
             await asyncio.wait_for(self.upload_logs(who, running.log_dir), LOG_UPLOAD_TIMEOUT)
         except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
             log.warning("uploading the logs of trial %s/%s failed: %r", *key, exc)
+        finally:
+            # Nothing of a finished trial stays on this machine's disk (its logs are uploaded).
+            for folder in (running.log_dir, running.output_dir):
+                await asyncio.to_thread(shutil.rmtree, folder, True)
 
     async def _report_end(self, ended: TrialStatusChanged) -> None:
         """The end of a trial must get out: retry the report (same message id) with back-off."""

@@ -132,22 +132,19 @@ class Submitter:
     async def report(self, msg: TrialStatusChanged | TrialHeartbeat) -> None:
         await self.bus.publish(msg)
 
-    async def upload_logs(self, who: TrialIdentity, output_dir: Path) -> None:
-        """Upload a finished local trial's stdout and stderr (their last ``log_max_bytes``, in
-        blocks), then delete its output folder: nothing of it stays on the submitter's disk."""
+    async def upload_logs(self, who: TrialIdentity, log_dir: Path) -> None:
+        """Upload a finished local trial's stdout and stderr (in ``log_dir``): their last
+        ``log_max_bytes`` each, in blocks, so memory stays bounded whatever their size."""
         layout = Layout(who.experiment_id)
-        try:
-            for stream in ("stdout", "stderr"):
-                path = output_dir / f"{stream}.log"
-                if path.exists() and path.stat().st_size:
-                    skipped = await self.store.upload_file_tail(
-                        layout.log_blob(who.trial_id, stream, who.attempt), path,
-                        max_bytes=self.log_max_bytes, content_type="text/plain")
-                    if skipped:
-                        log.info("trial %s/%s: its %s was cut to its last %d bytes (%d left out)",
-                                 who.experiment_id, who.trial_id, stream, self.log_max_bytes, skipped)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, output_dir, True)
+        for stream in ("stdout", "stderr"):
+            path = log_dir / f"{stream}.log"
+            if path.exists() and path.stat().st_size:
+                skipped = await self.store.upload_file_tail(
+                    layout.log_blob(who.trial_id, stream, who.attempt), path,
+                    max_bytes=self.log_max_bytes, content_type="text/plain")
+                if skipped:
+                    log.info("trial %s/%s: its %s was cut to its last %d bytes (%d left out)",
+                             who.experiment_id, who.trial_id, stream, self.log_max_bytes, skipped)
 
     # ------------------------------------------------------------------ experiments
 

@@ -189,8 +189,8 @@ def test_cli_create_uploads_and_publishes_without_the_azure_sdk(infra: Infra, am
                                 text=True, timeout=120)
         lines = result.stdout.strip().splitlines()
         assert lines[-1] == "0 []", result.stderr
-        assert json.loads(lines[-2]) == {"id": "cli-rest", "status": "INITIALIZED", "trials": {},
-                                         "best": None}
+        assert json.loads(lines[-2]) == {"id": "cli-rest", "status": "INITIALIZED", "reason": None,
+                                         "trials": {}, "best": None}
         with BlobRestClient.from_connection_string(infra.storage_connection_string, container) as rest:
             archive = rest.get_blob("experiments/cli-rest/code.tar.gz")
             assert archive is not None and archive[:2] == b"\x1f\x8b"

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 HOSTILE = Path(__file__).resolve().parents[1] / "hostile" / "hostile_trial.py"
 CANARY = "canary-client-secret-7f3e9a"
 AML = {"platform": "aml", "subscriptionId": "sub", "resourceGroup": "rg", "workspaceName": "ws",
-       "computeTarget": "cpu-cluster", "dockerImage": "img"}
+       "computeTarget": "cpu-cluster", "dockerImage": "msranni/nni"}
 
 
 @pytest.fixture
@@ -91,14 +91,19 @@ def _submitter(store: BlobStore, work_dir: Path, platform: str) -> tuple[Submitt
         submitter.backends["aml"] = AmlBackend(
             store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
             work_dir=work_dir / "work",
-            api=lambda: standin_api(settings), env={},
+            api=lambda: standin_api(settings), env={}, deployment_id="hostile",
             options=AmlOptions(poll_seconds=0.05, auth_timeout=10, retry=RetryPolicy(attempts=2, base=0.01)))
     return submitter, bus
 
 
-def _trial_stdout(work_dir: Path, platform: str) -> str:
-    if platform == "local":
-        return (work_dir / "work" / "hx" / "trials" / "t1" / "attempt-1.logs" / "stdout.log").read_text()
+async def _trial_stdout(store: BlobStore, work_dir: Path, platform: str) -> str:
+    if platform == "local":  # uploaded once the trial ended (its folders are then deleted)
+        deadline = time.monotonic() + 60
+        while (body := await store.read_bytes(Layout("hx").log_blob("t1", "stdout"))) is None:
+            assert time.monotonic() < deadline, "the trial's stdout was never uploaded"
+            await asyncio.sleep(0.2)
+        assert not (work_dir / "work" / "hx" / "trials" / "t1" / "attempt-1").exists()
+        return body.decode()
     [log] = (work_dir / "work" / "registry").glob("*/std_log.txt")
     return log.read_text()
 
@@ -124,11 +129,13 @@ async def test_a_hostile_trial_gets_nowhere(store: BlobStore, infra: Infra, work
             experiment_id="hx", trial_id="t1", sequence_id=0,
             parameters={"secrets": secrets, "sibling": "sibling", "amqp": f"{amqp.hostname}:{amqp.port}"}))
         end = await _end(submitter, bus)
+        assert end.status == TrialStatus.SUCCEEDED, end.error
+        stdout = await _trial_stdout(store, work_dir, platform)
     finally:
         for backend in submitter.backends.values():
             await backend.close()
     assert end.status == TrialStatus.SUCCEEDED, end.error
-    found: dict[str, Any] = json.loads(_trial_stdout(work_dir, platform).strip().splitlines()[-1])
+    found: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     assert len(found) >= 20
     succeeded = {attempt: outcome for attempt, outcome in found.items() if not outcome.startswith("refused")}
     assert succeeded == {}, f"the hostile trial got through: {succeeded}"
