@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,7 @@ class DispatcherSettings(CommonSettings):
     ended_timeout: float = 30.0
     remote_silence_timeout: float = 600.0
     suggest_timeout: float = 120.0
+    max_reasks: int = 5
     tick_stall: float = 10.0
     # How often every replica lists the running experiments and re-arms any whose tick chain
     # was lost (with a broker crash); also how a restarted dispatcher finds its experiments.
@@ -71,11 +72,8 @@ class DispatcherSettings(CommonSettings):
     suggestion_lookahead: int = 1  # suggestions asked for beyond the free slots
 
     def policy(self) -> Policy:
-        return Policy(tick_seconds=self.tick_seconds, heartbeat_timeout=self.heartbeat_timeout,
-                      kill_grace=self.kill_grace, max_attempts=self.max_attempts,
-                      claim_timeout=self.claim_timeout, ended_timeout=self.ended_timeout,
-                      remote_silence_timeout=self.remote_silence_timeout,
-                      suggest_timeout=self.suggest_timeout, tick_stall=self.tick_stall)
+        """The lifecycle's timings, from the settings of the same names."""
+        return Policy(**{f.name: getattr(self, f.name) for f in fields(Policy)})
 
 
 @dataclass

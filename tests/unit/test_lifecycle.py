@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.dispatcher import lifecycle
 from services.dispatcher.lifecycle import Plan, Policy
 from shared.messages import (
@@ -627,3 +629,11 @@ def test_a_huge_error_is_kept_to_its_bounded_tail() -> None:
     error = state.trials[trial_id].error or ""
     assert len(error) < MAX_ERROR_CHARS + 40 and error.endswith("the last line")
     assert error.startswith(f"[{len(huge) - MAX_ERROR_CHARS} characters cut]")
+
+
+def test_the_dispatchers_settings_give_every_timing_of_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.dispatcher.service import DispatcherSettings
+
+    monkeypatch.setenv("TUNEBUS_CLAIM_TIMEOUT", "12")
+    monkeypatch.setenv("TUNEBUS_TICK_STALL", "3")
+    assert DispatcherSettings().policy() == Policy(claim_timeout=12, tick_stall=3)
