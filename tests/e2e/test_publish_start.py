@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 
 import aio_pika
@@ -56,8 +58,11 @@ async def _next_dead_letter(stack: Stack) -> tuple[str, str, bytes]:
     async with connection:
         channel = await connection.channel()
         queue = await channel.get_queue("tunebus.dead-letter")
-        message = await queue.get(timeout=10, fail=True)
-        assert message is not None
+        # basic.get answers at once: wait (bounded) for the service to have dead-lettered it.
+        deadline = time.monotonic() + 30
+        while (message := await queue.get(timeout=10, fail=False)) is None:
+            assert time.monotonic() < deadline, "no dead letter within 30 s"
+            await asyncio.sleep(0.1)
         await message.ack()
         return message.routing_key or "", str((message.headers or {})["x-tunebus-reason"]), message.body
 
