@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,13 +75,14 @@ class AlgorithmFailed(Exception):
         self.reason = reason
 
 
-class AlgorithmCalls:
+class AlgorithmCalls(ABC):
     """Runs an experiment's algorithm calls; :meth:`run` raises :class:`AlgorithmFailed`."""
 
+    @abstractmethod
     async def run(self, what: str, call: Callable[[], T]) -> T:
-        raise NotImplementedError
+        """``call()`` as this kind of algorithm is run: its result, or AlgorithmFailed."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most kinds hold nothing to release
         """Release what the calls hold (nothing, unless a thread of their own)."""
 
 
