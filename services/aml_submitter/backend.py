@@ -45,6 +45,8 @@ class Backend(Protocol):
         """Start the job and report RUNNING through the reporter; later report how it ended.
 
         Returns once the job is started (or durably submitted), never after the trial's run.
+        Raises only when it started nothing: once a job runs, reports are retried, not raised
+        (the submission's retry would take the attempt for abandoned).
         """
 
     async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:

@@ -100,6 +100,7 @@ class _Running:
     gpus: list[int] = field(default_factory=list)
     kill_status: TrialStatus | None = None
     kill_reason: str | None = None
+    started_report: asyncio.Task[None] | None = None  # RUNNING, sent before the end is
 
 
 class LocalBackend:
@@ -208,10 +209,11 @@ class LocalBackend:
         self._running[key] = running
         log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
                  proc.pid)
-        await self.report(TrialStatusChanged(experiment_id=who.experiment_id, trial_id=who.trial_id,
-                                             parameter_id=who.sequence_id,
-                                             attempt=who.attempt, status=TrialStatus.RUNNING,
-                                             backend_status=f"pid {proc.pid}"))
+        # Started: nothing may fail the submission now (its retry would find the claim "starting"
+        # and abandon the attempt). RUNNING goes out in the background, retried like the end.
+        running.started_report = asyncio.create_task(self._report_retried(TrialStatusChanged(
+            experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
+            attempt=who.attempt, status=TrialStatus.RUNNING, backend_status=f"pid {proc.pid}")))
         task = asyncio.create_task(self._watch(key, running))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
@@ -231,7 +233,9 @@ class LocalBackend:
             status = TrialStatus.FAILED
             tail = stderr_tail(running.log_dir / "stderr.log")
             error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
-        await self._report_end(TrialStatusChanged(
+        if running.started_report is not None:
+            await running.started_report  # the dispatcher hears RUNNING before the end
+        await self._report_retried(TrialStatusChanged(
             experiment_id=who.experiment_id, trial_id=who.trial_id, parameter_id=who.sequence_id,
             attempt=who.attempt, status=status, exit_code=code, error=error, backend_status=f"exit {code}",
         ))
@@ -244,18 +248,19 @@ class LocalBackend:
             for folder in (running.log_dir, running.output_dir):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
 
-    async def _report_end(self, ended: TrialStatusChanged) -> None:
-        """The end of a trial must get out: retry the report (same message id) with back-off."""
+    async def _report_retried(self, report: TrialStatusChanged) -> None:
+        """A trial's start and end must get out: retry the report (same message id) with back-off."""
+        what = "start" if report.status == TrialStatus.RUNNING else "end"
         for attempt, delay in enumerate((0.5, 1, 2, 4, 8, 15, 30, 60), start=1):
             try:
-                await self.report(ended)
+                await self.report(report)
                 return
             except Exception as exc:
-                log.warning("reporting the end of trial %s/%s failed (attempt %d): %r",
-                            ended.experiment_id, ended.trial_id, attempt, exc)
+                log.warning("reporting the %s of trial %s/%s failed (attempt %d): %r", what,
+                            report.experiment_id, report.trial_id, attempt, exc)
                 await asyncio.sleep(delay)
-        log.error("gave up reporting the end of trial %s/%s; the dispatcher will find it lost",
-                  ended.experiment_id, ended.trial_id)
+        log.error("gave up reporting the %s of trial %s/%s; its heartbeats or the dispatcher's checks "
+                  "settle it", what, report.experiment_id, report.trial_id)
 
     async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
         running = self._running.get((experiment_id, trial_id))
@@ -273,6 +278,8 @@ class LocalBackend:
     async def close(self) -> None:
         for running in list(self._running.values()):
             _signal_group(running.proc.pid, signal.SIGTERM)
+            if running.started_report is not None:
+                running.started_report.cancel()
         for task in list(self._watchers):
             task.cancel()
 

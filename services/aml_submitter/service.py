@@ -64,7 +64,18 @@ __all__ = ["Submitter", "SubmitterSettings"]
 
 log = logging.getLogger("tunebus.submitter")
 
-CLAIM_STALE_SECONDS = 10.0  # seconds a claim may stay 'starting' before it is taken over
+CLAIM_STALE_SECONDS = 10.0  # seconds a claim may stay 'starting' before it is abandoned
+MARK_STARTED_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries to mark a claim started
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """What :meth:`Submitter._claim` found: start the job (``etag``: our claim's), it is handled
+    elsewhere, or it was abandoned by ``previous`` (the attempt is reported lost)."""
+
+    outcome: Literal["start", "handled", "abandoned"]
+    etag: str | None = None
+    previous: str | None = None
 
 
 class SubmitterSettings(CommonSettings):
@@ -221,18 +232,22 @@ class Submitter:
 
     # ------------------------------------------------------------------ claims
 
-    async def _claim(self, msg: TrialSubmit, stale_after: float = CLAIM_STALE_SECONDS) -> bool:
-        """Take the job, unless another replica has it. False means: skip, it is handled.
+    async def _claim(self, msg: TrialSubmit, stale_after: float, *, reruns: bool) -> _Claim:
+        """Take the job, unless another replica has it.
 
-        A live replica marks its claim "started" within moments and only then acks; so a claim
-        still "starting" after a grace period belongs to a replica that died mid-start (its
-        delivery is why we see the message again), and is taken over.
+        A live replica marks its claim "started" at once after starting the job (before it
+        reports anything), so a claim still "starting" after ``stale_after`` belongs to a replica
+        that died or stalled mid-start; its delivery is why we see the message again. What it left
+        may have started: a local trial may be writing the attempt's results still, so the attempt
+        is not run again into the same results blob but *abandoned* (reported lost: the ingestor
+        ends it from what it stored, or the dispatcher runs a new attempt). Only a backend whose
+        submissions are idempotent (``reruns``: an AML run has a fixed id per attempt) takes the
+        job over and submits it again.
         """
         path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
-        claim = {"replica": self.replica, "state": "starting", "time": datetime.now(UTC).isoformat()}
+        starting = {"replica": self.replica, "state": "starting", "time": datetime.now(UTC).isoformat()}
         try:
-            await self.store.write_json(path, claim, create_only=True)
-            return True
+            return _Claim("start", etag=await self.store.write_json(path, starting, create_only=True))
         except ConcurrentWriteError:
             pass
         while True:
@@ -241,23 +256,64 @@ class Submitter:
                 raise TransientError(f"claim {path} vanished")
             doc, etag = found
             if doc.get("state") == "started":
-                return False  # a duplicate of a job that runs
+                return _Claim("handled")  # a duplicate of a job that runs
+            if doc.get("state") == "abandoned":  # reported lost already; its report is sent again
+                return _Claim("abandoned", previous=str(doc.get("previous")))
+            if doc.get("state") == "released":  # its replica started nothing: claimed afresh
+                try:
+                    return _Claim("start", etag=await self.store.write_json(path, starting, etag=etag))
+                except ConcurrentWriteError:
+                    continue
             age = (datetime.now(UTC) - datetime.fromisoformat(doc["time"])).total_seconds()
             if age >= stale_after:
                 break
             await asyncio.sleep(min(1.0, stale_after - age))
+        previous = str(doc.get("replica"))
+        if reruns:
+            try:
+                etag = await self.store.write_json(path, starting, etag=etag)
+            except ConcurrentWriteError:
+                return _Claim("handled")  # another replica took it over first
+            log.warning("trial %s/%s attempt %d: taking over from %s, which did not finish starting it",
+                        msg.experiment_id, msg.trial_id, msg.attempt, previous)
+            return _Claim("start", etag=etag)
+        abandoned = {"replica": self.replica, "state": "abandoned", "previous": previous,
+                     "time": datetime.now(UTC).isoformat()}
         try:
-            await self.store.write_json(path, claim, etag=etag)
+            await self.store.write_json(path, abandoned, etag=etag)
         except ConcurrentWriteError:
-            return False  # another replica took it over first
-        log.warning("trial %s/%s attempt %d: taking over from %s, which did not finish starting it",
-                    msg.experiment_id, msg.trial_id, msg.attempt, doc.get("replica"))
-        return True
+            return _Claim("handled")  # its replica marked it started after all, or another abandoned it
+        log.warning("trial %s/%s attempt %d: %s did not finish starting it; reported lost, not run "
+                    "again into the same results", msg.experiment_id, msg.trial_id, msg.attempt, previous)
+        return _Claim("abandoned", previous=previous)
+
+    async def _release(self, msg: TrialSubmit, etag: str) -> None:
+        """Give back a claim whose job was not started (its retry may then start it anywhere at
+        once). Best effort: a claim left behind is abandoned by the next replica, after a while."""
+        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
+        released = {"replica": self.replica, "state": "released", "time": datetime.now(UTC).isoformat()}
+        try:
+            await self.store.write_json(path, released, etag=etag)
+        except Exception as exc:
+            log.warning("trial %s/%s attempt %d: releasing its claim failed: %r", msg.experiment_id,
+                        msg.trial_id, msg.attempt, exc)
 
     async def _mark_started(self, msg: TrialSubmit) -> None:
+        """Mark the claim "started". The job runs whatever happens here, so this never raises: it
+        retries a while (storage may be restarting), then leaves the claim "starting" (a
+        redelivered submit would then report the attempt lost, never start it twice)."""
         path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
-        await self.store.write_json(path, {"replica": self.replica, "state": "started",
-                                           "time": datetime.now(UTC).isoformat()})
+        for delay in (*MARK_STARTED_RETRY_DELAYS, None):
+            try:
+                await self.store.write_json(path, {"replica": self.replica, "state": "started",
+                                                   "time": datetime.now(UTC).isoformat()})
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.error("trial %s/%s attempt %d runs, but marking its claim started failed: %r",
+                              msg.experiment_id, msg.trial_id, msg.attempt, exc)
+                    return
+                await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ handlers
 
@@ -276,24 +332,40 @@ class Submitter:
         # AML submissions are idempotent (a fixed run id per attempt): a claim left "starting" by
         # a replica that died is taken over at once, before the delivery limit dead-letters it.
         stale_after = getattr(backend, "claim_stale_seconds", CLAIM_STALE_SECONDS)
-        if msg.resubmit and getattr(backend, "adopts_runs", False):
+        reruns = bool(getattr(backend, "adopts_runs", False))
+        etag: str | None = None
+        if msg.resubmit and reruns:
             # The dispatcher heard nothing of the run for long (its watch ticket was lost):
             # submitting again finds the run by its fixed id and watches it anew.
             log.info("trial %s/%s attempt %d: sent again; adopting its run", msg.experiment_id,
                      msg.trial_id, msg.attempt)
-        elif not await self._claim(msg, stale_after):
-            log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
-                     msg.trial_id, msg.attempt)
-            return
+        else:
+            claim = await self._claim(msg, stale_after, reruns=reruns)
+            if claim.outcome == "handled":
+                log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
+                         msg.trial_id, msg.attempt)
+                return
+            if claim.outcome == "abandoned":
+                await self.report(TrialStatusChanged(
+                    message_id=f"{msg.experiment_id}-{msg.trial_id}-{msg.attempt}-abandoned",
+                    experiment_id=msg.experiment_id, trial_id=msg.trial_id, parameter_id=msg.sequence_id,
+                    attempt=msg.attempt, status=TrialStatus.FAILED, lost=True,
+                    error=f"lost: its submitter replica {claim.previous} stopped while starting it"))
+                return
+            etag = claim.etag
         who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)
-        job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir,
-                         await self._results_url(experiment, who))
         try:
-            await backend.submit(job)
+            job = JobRequest(who, msg.parameters, experiment.config, experiment.code_dir,
+                             await self._results_url(experiment, who))
+            await backend.submit(job)  # raises only when it started nothing
         except PermanentSubmitError as exc:
             await self._report_failed(msg, f"submission failed: {exc}")
-        except SubmitError as exc:
-            raise TransientError(str(exc)) from exc
+        except BaseException as exc:
+            if etag is not None:
+                await asyncio.shield(self._release(msg, etag))
+            if isinstance(exc, SubmitError):
+                raise TransientError(str(exc)) from exc
+            raise
         await self._mark_started(msg)
 
     async def _report_failed(self, msg: TrialSubmit, error: str) -> None:

@@ -1,0 +1,168 @@
+"""The submitter's claims on local trials against Azurite: an attempt's trial runs at most once, so
+its results blob has one writer, whatever the broker and the other replicas do.
+
+Found by the chaos test: a replica started a trial, its RUNNING report failed (the broker was
+down), so the claim stayed "starting"; another replica took it over and ran the same attempt
+again into the same results blob, and the trial FAILED with "sequence 0 reported twice".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.aml_submitter.backend import SubmitError
+from services.aml_submitter.local import LocalBackend
+from services.aml_submitter.sandbox import Sandbox
+from services.aml_submitter.service import Submitter
+from shared.bus import TransientError
+from shared.messages import TERMINAL_TRIAL_STATUSES, Message, TrialStatus, TrialStatusChanged, TrialSubmit
+from shared.storage import BlobStore, Layout
+from tests.conftest import Infra
+from tunebus.code_archive import build_code_archive
+
+pytestmark = pytest.mark.integration
+
+TRIAL = """import nni
+params = nni.get_next_parameter()
+nni.report_intermediate_result(params["x"] / 2)
+nni.report_final_result(params["x"])
+"""
+
+
+@dataclass
+class FlakyBus:
+    """Records what is published; the first ``failures`` publishes raise, as with the broker down."""
+
+    failures: int = 0
+    published: list[Message] = field(default_factory=list)
+
+    async def publish(self, msg: Message) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("the broker is down")
+        self.published.append(msg)
+
+    def statuses(self) -> list[TrialStatusChanged]:
+        return [m for m in self.published if isinstance(m, TrialStatusChanged)]
+
+
+@pytest.fixture
+def work_dir() -> Iterator[Path]:
+    """A work folder trials can reach (pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-claims-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
+        yield blob_store
+
+
+async def _experiment(store: BlobStore, work_dir: Path, experiment_id: str) -> None:
+    code = work_dir / "src"
+    code.mkdir(exist_ok=True)
+    (code / "trial.py").write_text(TRIAL)
+    config = {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
+              "trialCommand": "python3 trial.py", "trialConcurrency": 1, "maxTrialDuration": 600,
+              "tuner": {"name": "Random"}, "trainingService": {"platform": "local"}}
+    layout = Layout(experiment_id)
+    await store.write_bytes(layout.code_archive, build_code_archive(code))
+    await store.write_json(layout.experiment_doc, {"config": config, "code_blob": layout.code_archive})
+
+
+def _submitter(store: BlobStore, work_dir: Path, bus: FlakyBus, replica: str = "replica-b") -> Submitter:
+    submitter = Submitter(bus, store, work_dir / "work", replica)  # type: ignore[arg-type]
+    submitter.backends["local"] = LocalBackend(work_dir / "work", submitter.report, submitter.upload_logs,
+                                               sandbox=Sandbox.for_this_process())
+    return submitter
+
+
+def _submit(experiment_id: str) -> TrialSubmit:
+    return TrialSubmit(experiment_id=experiment_id, trial_id="t1", sequence_id=0, parameters={"x": 0.5})
+
+
+async def _end(bus: FlakyBus, timeout: float = 60) -> TrialStatusChanged:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for msg in bus.statuses():
+            if msg.status in TERMINAL_TRIAL_STATUSES:
+                return msg
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no end: {bus.published}")
+
+
+async def test_a_failed_running_report_still_marks_the_claim_started(store: BlobStore,
+                                                                     work_dir: Path) -> None:
+    await _experiment(store, work_dir, "claims-a")
+    bus = FlakyBus(failures=2)  # the RUNNING report fails twice, then the broker is back
+    submitter = _submitter(store, work_dir, bus)
+    await submitter.on_submit(_submit("claims-a"))  # does not raise: the trial runs
+    claim = await store.read_json(Layout("claims-a").claim_blob("t1", 1))
+    assert claim is not None and claim[0]["state"] == "started"
+    end = await _end(bus)
+    assert end.status == TrialStatus.SUCCEEDED, end.error
+    statuses = [s.status for s in bus.statuses()]
+    assert statuses == [TrialStatus.RUNNING, TrialStatus.SUCCEEDED], statuses  # in order, each once
+    # The delivery seen again (by this replica or another) starts nothing more.
+    await _submitter(store, work_dir, bus, "replica-c").on_submit(_submit("claims-a"))
+    await asyncio.sleep(0.5)
+    assert [s.status for s in bus.statuses()] == statuses
+    results = await store.read_bytes(Layout("claims-a").results_blob("t1", 1))
+    assert results is not None and len(results.splitlines()) == 2
+
+
+async def test_a_claim_left_starting_is_reported_lost_not_run_again(store: BlobStore, work_dir: Path) -> None:
+    """The replica that claimed the attempt may have started its trial (which may be writing its
+    results still): the attempt is not run again into the same blob. Reported lost, the ingestor
+    ends it from what it stored (a final result: SUCCEEDED) or the dispatcher runs a new attempt."""
+    await _experiment(store, work_dir, "claims-b")
+    layout = Layout("claims-b")
+    stale = (datetime.now(UTC) - timedelta(seconds=60)).isoformat()
+    await store.write_json(layout.claim_blob("t1", 1), {"replica": "replica-dead", "state": "starting",
+                                                         "time": stale})
+    bus = FlakyBus()
+    submitter = _submitter(store, work_dir, bus)
+    await submitter.on_submit(_submit("claims-b"))
+    [report] = bus.statuses()
+    assert report.lost and report.status == TrialStatus.FAILED and report.attempt == 1, report
+    assert report.error is not None and "replica-dead" in report.error
+    claim = await store.read_json(layout.claim_blob("t1", 1))
+    assert claim is not None and claim[0]["state"] == "abandoned" and claim[0]["replica"] == "replica-b"
+    assert not submitter.backends["local"].running()  # nothing started here
+    assert not (work_dir / "work" / "claims-b" / "trials").exists()
+    # Seen again (its report may not have got out), it is reported again, as the same message.
+    await _submitter(store, work_dir, bus, "replica-c").on_submit(_submit("claims-b"))
+    assert [s.message_id for s in bus.statuses()] == [report.message_id] * 2
+
+
+async def test_a_claim_whose_start_failed_is_released_for_the_retry(store: BlobStore, work_dir: Path) -> None:
+    await _experiment(store, work_dir, "claims-c")
+    bus = FlakyBus()
+    broken = _submitter(store, work_dir, bus, "replica-x")
+    broken.backends["local"].submit = _fails  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        await broken.on_submit(_submit("claims-c"))
+    claim = await store.read_json(Layout("claims-c").claim_blob("t1", 1))
+    assert claim is not None and claim[0]["state"] == "released"
+    # The retry, on another replica, starts it at once (no wait for the claim to go stale).
+    started = time.monotonic()
+    await _submitter(store, work_dir, bus, "replica-y").on_submit(_submit("claims-c"))
+    assert time.monotonic() - started < 5
+    end = await _end(bus)
+    assert end.status == TrialStatus.SUCCEEDED, end.error
+
+
+async def _fails(job: object) -> None:
+    raise SubmitError("throttled")
