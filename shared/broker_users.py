@@ -45,7 +45,7 @@ from shared.topology import (
     TUNER_QUEUE,
 )
 
-__all__ = ["ADMIN_USER", "USERS", "BrokerUser", "definitions", "ensure_password"]
+__all__ = ["ADMIN_USER", "USERS", "BrokerUser", "definitions", "ensure_password", "write_for_compose"]
 
 ADMIN_USER = "tunebus-admin"
 _TOPOLOGY = r"^tunebus\..*$"
@@ -140,7 +140,38 @@ def _user(name: str, password: str, tags: str) -> dict[str, Any]:
             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
 
-if __name__ == "__main__":  # python -m shared.broker_users CREDENTIALS_DIR
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m shared.broker_users CREDENTIALS_DIR  (prints definitions JSON)")
-    json.dump(definitions(Path(sys.argv[1])), sys.stdout)
+def write_for_compose(folder: Path, owner: int) -> Path:
+    """docker-compose's credentials (its one-shot ``credentials`` service, run as root): the
+    passwords, made once and owned by ``owner`` (the services' uid) with mode 600, and
+    ``definitions.json`` for RabbitMQ to load at boot (``load_definitions``; it then never creates
+    ``guest``). The folder is 711 and the definitions 644, for the broker's own user: they hold
+    salted hashes only. Returns the definitions' path."""
+    doc = definitions(folder)
+    doc["vhosts"] = [{"name": "/"}]  # a node that loads definitions at boot seeds no default vhost
+    for user in (*USERS, BrokerUser(ADMIN_USER, (), ())):
+        path = folder / f"amqp-{user.name}"
+        os.chown(path, owner, owner)
+        os.chmod(path, 0o600)
+    os.chmod(folder, 0o711)
+    target = folder / "definitions.json"
+    partial = folder / "definitions.json.partial"
+    partial.write_text(json.dumps(doc))
+    partial.chmod(0o644)
+    partial.replace(target)
+    return target
+
+
+def main(argv: list[str]) -> None:
+    """``python -m shared.broker_users DIR``: print definitions JSON (deploy/local imports it);
+    ``python -m shared.broker_users --compose DIR --owner UID``: write compose's credentials."""
+    if len(argv) == 1:
+        json.dump(definitions(Path(argv[0])), sys.stdout)
+    elif len(argv) == 4 and argv[0] == "--compose" and argv[2] == "--owner" and argv[3].isdigit():
+        print(f"broker credentials ready: {write_for_compose(Path(argv[1]), int(argv[3]))}")
+    else:
+        sys.exit("usage: python -m shared.broker_users CREDENTIALS_DIR  (prints definitions JSON)\n"
+                 "       python -m shared.broker_users --compose CREDENTIALS_DIR --owner UID")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

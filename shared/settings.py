@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "CommonSettings"]
+__all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "CommonSettings", "with_password"]
 
 # Azurite's documented development account (public, not a secret).
 AZURITE_CONNECTION_STRING = (
@@ -26,6 +28,9 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEBUS_", extra="ignore")
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # A file holding the broker password for amqp_url's user (docker-compose mounts one per
+    # deployment): the password then appears in no environment variable and no `docker inspect`.
+    amqp_password_file: str | None = None
     storage_connection_string: str = AZURITE_CONNECTION_STRING
     storage_container: str = "tunebus"
     health_file: str | None = None
@@ -33,6 +38,12 @@ class CommonSettings(BaseSettings):
     # The blob endpoint of a sharedStorage account, ``{account}`` standing for its name:
     # e.g. http://127.0.0.1:10000/{account} for Azurite, or a sovereign cloud's endpoint.
     shared_storage_endpoint: str = DEFAULT_SHARED_STORAGE_ENDPOINT
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> CommonSettings:
+        if self.amqp_password_file:
+            self.amqp_url = with_password(self.amqp_url, Path(self.amqp_password_file))
+        return self
 
     def known_secrets(self) -> dict[str, str]:
         """The deployment's secrets, by name (none may be uploaded as trial code).
@@ -51,3 +62,22 @@ class CommonSettings(BaseSettings):
         if os.environ.get("AZURE_CLIENT_SECRET"):
             found["AZURE_CLIENT_SECRET"] = os.environ["AZURE_CLIENT_SECRET"]
         return found
+
+
+def with_password(url: str, password_file: Path) -> str:
+    """``url`` with the password read from ``password_file`` (its first line)."""
+    try:
+        password = password_file.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"TUNEBUS_AMQP_PASSWORD_FILE {password_file}: {exc.strerror or exc}") from None
+    if not password:
+        raise ValueError(f"TUNEBUS_AMQP_PASSWORD_FILE {password_file} is empty")
+    parts = urlsplit(url)
+    if not parts.username:
+        raise ValueError("TUNEBUS_AMQP_PASSWORD_FILE needs a user name in TUNEBUS_AMQP_URL "
+                         "(amqp://USER@HOST:PORT/)")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

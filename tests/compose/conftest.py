@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -26,6 +27,7 @@ from tests.conftest import AZURITE_KEY, REPO_ROOT
 
 ENGINE = REPO_ROOT / "deploy" / "images" / "docker-engine.sh"
 STANDINS = REPO_ROOT / "deploy" / "images" / "build-standins.sh"
+COMPOSE_ENV = REPO_ROOT / "deploy" / "compose-env"
 IMAGE = "tunebus:dev"
 #: What the trials of the test's experiments import (the sklearn-digits example's).
 TRIAL_REQUIREMENTS = "scikit-learn>=1.4"
@@ -89,6 +91,7 @@ class Compose:
     management_port: int
     steps: Steps
     extra_env: dict[str, str] = field(default_factory=dict)
+    _logins: dict[str, dict[str, str]] = field(default_factory=dict)  # compose_env's, once each
 
     @property
     def env(self) -> dict[str, str]:
@@ -103,17 +106,29 @@ class Compose:
                     env=self.env, timeout=timeout, check=check)
 
     def cli_env(self) -> dict[str, str]:
-        """How the CLI on the host reaches the stack: the published loopback ports."""
-        return {**os.environ,
-                "TUNEBUS_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/",
-                "TUNEBUS_STORAGE_CONNECTION_STRING": (
-                    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                    f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{self.blob_port}/devstoreaccount1;"),
-                "TUNEBUS_STORAGE_CONTAINER": "tunebus"}
+        """How the CLI on the host reaches the stack: what ``deploy/compose-env`` prints (its
+        broker login from the stack's credentials volume; the published loopback ports)."""
+        if "cli" not in self._logins:
+            self._logins["cli"] = self.compose_env()
+        return {**os.environ, **self._logins["cli"]}
+
+    def compose_env(self, *args: str) -> dict[str, str]:
+        """``deploy/compose-env ARGS``'s ``export NAME='VALUE'`` lines, as a mapping."""
+        printed = _run([str(COMPOSE_ENV), *args], env={**self.env, "TUNEBUS_COMPOSE": " ".join(self.command)},
+                       timeout=120).stdout
+        found = dict(re.findall(r"^export (\w+)='([^']*)'$", printed, re.MULTILINE))
+        assert set(found) == {"TUNEBUS_AMQP_URL", "TUNEBUS_STORAGE_CONNECTION_STRING",
+                              "TUNEBUS_STORAGE_CONTAINER"}, printed
+        assert AZURITE_KEY in found["TUNEBUS_STORAGE_CONNECTION_STRING"]
+        return found
 
     def containers(self, service: str | None = None) -> list[str]:
-        """Ids of the project's running containers (of one service)."""
-        return self.run("ps", "-q", *([service] if service else [])).stdout.split()
+        """Ids of the project's containers (of one service), but the one-shot ``credentials``'."""
+        found = self.run("ps", "-q", *([service] if service else [])).stdout.split()
+        if service is not None:
+            return found
+        return [c for c in found
+                if self.inspect(c)["Config"]["Labels"].get("com.docker.compose.service") != "credentials"]
 
     def inspect(self, container: str) -> dict[str, Any]:
         """``docker inspect``'s object for the container."""

@@ -10,6 +10,7 @@ experiment (``TUNEBUS_AML_STANDIN=1``, NOT Azure ML).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -18,8 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -40,6 +44,18 @@ for step in range(3):
     time.sleep({pause})
     nni.report_intermediate_result(p["x"] * step)
 nni.report_final_result(p["x"])
+"""
+#: Counts what a local trial inside the submitter's container must not reach; reports the count.
+PROBE_TRIAL = """import os, nni
+nni.get_next_parameter()
+reached = int(os.getuid() in (0, 10001))  # root, or the services' own user
+for path in ("/credentials/amqp-tunebus-submitter", "/credentials/amqp-tunebus-admin", "/proc/1/environ"):
+    try:
+        open(path, "rb").read()
+        reached += 1
+    except OSError:
+        pass
+nni.report_final_result(reached)
 """
 AML_TRAINING_SERVICE = {
     "platform": "aml", "subscriptionId": "00000000-1111-2222-3333-444444444444",
@@ -153,8 +169,56 @@ def test_image_runs_as_non_root_without_test_dependencies_with_the_trials_packag
     assert result.stdout.split(maxsplit=1)[0] == "10001", result.stdout
     assert "[]" in result.stdout, f"test/dev packages in the image: {result.stdout}"
     assert result.stdout.strip().endswith("True"), "TRIAL_REQUIREMENTS (scikit-learn) missing"
-    for container in stack.containers("tuner") + stack.containers("aml-submitter"):
+    for container in stack.containers("tuner"):
         assert stack.inspect(container)["Config"]["User"] == "tunebus"
+    # The submitter starts as root only to run its local trials as tunebus-trial (next test).
+    for container in stack.containers("aml-submitter"):
+        assert stack.inspect(container)["Config"]["User"] == "root"
+
+
+def _management(stack: Compose, path: str, user: str, password: str) -> tuple[int, Any]:
+    """GET the broker's management API (published on 127.0.0.1) as ``user``: status, JSON body."""
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.management_port}{path}")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def test_each_service_has_its_own_broker_login_and_guest_none(stack: Compose) -> None:
+    admin = urlsplit(stack.compose_env("--admin")["TUNEBUS_AMQP_URL"])
+    assert admin.username == "tunebus-admin" and admin.password
+    assert _management(stack, "/api/whoami", "guest", "guest")[0] == 401
+    assert _management(stack, "/api/whoami", "tunebus-admin", "not-the-password")[0] == 401
+    status, users = _management(stack, "/api/users", admin.username, admin.password)
+    assert status == 200 and "guest" not in {u["name"] for u in users}, users
+    status, connections = _management(stack, "/api/connections", admin.username, admin.password)
+    assert status == 200
+    assert {c["user"] for c in connections} == {
+        "tunebus-tuner", "tunebus-dispatcher", "tunebus-ingestor", "tunebus-submitter"}, connections
+    # The host CLI's login publishes commands and nothing it should not: a service's account is
+    # refused its password (each service has its own, from the credentials volume).
+    cli = urlsplit(stack.cli_env()["TUNEBUS_AMQP_URL"])
+    assert cli.username == "tunebus-cli"
+    assert _management(stack, "/api/whoami", "tunebus-dispatcher", str(cli.password))[0] == 401
+    # No password is in any container's configuration (docker inspect).
+    for container in stack.containers():
+        config = json.dumps(stack.inspect(container)["Config"])
+        assert admin.password not in config and str(cli.password) not in config
+
+
+def test_a_local_trial_reads_no_credentials_and_runs_as_its_own_user(stack: Compose, tmp_path: Path) -> None:
+    config = _experiment(tmp_path / "probe", PROBE_TRIAL, maxTrialNumber=1, trialConcurrency=1)
+    summary = _create(stack, config)
+    assert summary["status"] == "DONE", (summary, stack.logs("aml-submitter")[-6000:])
+    state = asyncio.run(_read_state(stack, str(summary["id"])))
+    assert state is not None
+    [trial] = state.trials.values()
+    assert trial.status == TrialStatus.SUCCEEDED, trial.error
+    assert trial.final_value == 0, "the trial read a credential or ran as a service's user (see PROBE_TRIAL)"
 
 
 def test_sklearn_digits_example_runs_to_done_inside_the_submitter(stack: Compose, tmp_path: Path) -> None:
