@@ -6,14 +6,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from shared.health import HealthCheck, keep_touching
 from shared.secrets_mask import install_log_masking
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, SettingsMissing, load_service_settings
 
-__all__ = ["Running", "run_service", "setup_logging"]
+S = TypeVar("S", bound=CommonSettings)
+
+__all__ = ["Running", "run_service", "service_main", "setup_logging"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,16 @@ async def _serve(start: Callable[[], Awaitable[Running]], settings: CommonSettin
             with contextlib.suppress(asyncio.CancelledError):
                 await health
         await running.shutdown()
+
+
+def service_main(name: str, settings_class: type[S], start: Callable[[S], Awaitable[Running]]) -> None:
+    """A service's ``__main__``: its settings (exit 2 naming what is missing or wrong), then run."""
+    try:
+        settings = load_service_settings(settings_class)
+    except SettingsMissing as exc:
+        print(f"tunebus {name}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
+    run_service(lambda: start(settings), settings)
 
 
 def run_service(start: Callable[[], Awaitable[Running]], settings: CommonSettings) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "CommonSettings", "with_password"]
+__all__ = ["AZURITE_CONNECTION_STRING", "DEFAULT_SHARED_STORAGE_ENDPOINT", "LOCAL_DEFAULTS_VARIABLE",
+           "CommonSettings", "SettingsMissing", "load_service_settings", "with_password"]
 
 # Azurite's documented development account (public, not a secret).
 AZURITE_CONNECTION_STRING = (
@@ -81,3 +84,30 @@ def with_password(url: str, password_file: Path) -> str:
         host = f"[{host}]"
     netloc = f"{parts.username}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+#: Set to 1, a service may fall back to the local development stack (guest@127.0.0.1, Azurite).
+LOCAL_DEFAULTS_VARIABLE = "TUNEBUS_USE_LOCAL_DEFAULTS"
+_REQUIRED = ("TUNEBUS_AMQP_URL", "TUNEBUS_STORAGE_CONNECTION_STRING")
+S = TypeVar("S", bound=CommonSettings)
+
+
+class SettingsMissing(ValueError):
+    """A service was started without the settings that say which broker and storage it uses."""
+
+
+def load_service_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """A service's settings, refusing to guess: without ``TUNEBUS_AMQP_URL`` and
+    ``TUNEBUS_STORAGE_CONNECTION_STRING`` a service would quietly talk to guest@127.0.0.1 and
+    Azurite's public development account, so it needs them set (or ``TUNEBUS_USE_LOCAL_DEFAULTS=1``
+    to mean exactly that). The CLI keeps the local defaults (README: Configuration)."""
+    environ = os.environ if environ is None else environ
+    missing = [name for name in _REQUIRED if not environ.get(name)]
+    if missing and environ.get(LOCAL_DEFAULTS_VARIABLE) != "1":
+        raise SettingsMissing(f"{' and '.join(missing)} not set: say which broker and storage this service "
+                              f"uses (or set {LOCAL_DEFAULTS_VARIABLE}=1 for the local development stack: "
+                              "guest@127.0.0.1:5672 and Azurite's development account)")
+    try:
+        return cls()
+    except ValueError as exc:  # pydantic's ValidationError, or a password file's problem
+        raise SettingsMissing(str(exc)) from None

@@ -1,13 +1,12 @@
 """``python -m services.aml_submitter``"""
 
-from shared.service import run_service
+from shared.service import service_main
 
 from .service import SubmitterSettings, start
 
 
 def main() -> None:
-    settings = SubmitterSettings()
-    run_service(lambda: start(settings), settings)
+    service_main("aml-submitter", SubmitterSettings, start)
 
 
 if __name__ == "__main__":

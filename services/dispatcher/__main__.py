@@ -1,13 +1,12 @@
 """``python -m services.dispatcher``"""
 
-from shared.service import run_service
+from shared.service import service_main
 
 from .service import DispatcherSettings, start
 
 
 def main() -> None:
-    settings = DispatcherSettings()
-    run_service(lambda: start(settings), settings)
+    service_main("dispatcher", DispatcherSettings, start)
 
 
 if __name__ == "__main__":

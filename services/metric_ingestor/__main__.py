@@ -1,13 +1,12 @@
 """``python -m services.metric_ingestor``"""
 
-from shared.service import run_service
+from shared.service import service_main
 
 from .service import IngestorSettings, start
 
 
 def main() -> None:
-    settings = IngestorSettings()
-    run_service(lambda: start(settings), settings)
+    service_main("metric-ingestor", IngestorSettings, start)
 
 
 if __name__ == "__main__":

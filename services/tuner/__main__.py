@@ -1,13 +1,12 @@
 """``python -m services.tuner``"""
 
-from shared.service import run_service
+from shared.service import service_main
 
 from .service import TunerSettings, start
 
 
 def main() -> None:
-    settings = TunerSettings()
-    run_service(lambda: start(settings), settings)
+    service_main("tuner", TunerSettings, start)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from shared.broker_users import ADMIN_USER, USERS, write_for_compose
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, SettingsMissing, load_service_settings
 
 
-def test_the_password_file_fills_in_the_urls_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_password_file_fills_in_the_urls_password(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("s3cr/t+&pw\n")
     monkeypatch.setenv("TUNEBUS_AMQP_URL", "amqp://tunebus-tuner@rabbitmq:5672/")
     monkeypatch.setenv("TUNEBUS_AMQP_PASSWORD_FILE", str(tmp_path / "pw"))
@@ -57,3 +60,19 @@ def test_compose_credentials_are_private_to_the_services_uid(tmp_path: Path) -> 
     # Run again (each `up`): the same passwords, definitions rewritten.
     write_for_compose(folder, owner=10001)
     assert all((folder / f"amqp-{u}").read_text().strip() == pw for u, pw in passwords.items())
+
+
+def test_a_service_without_its_settings_exits_2_naming_them() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEBUS_")}
+    result = subprocess.run([sys.executable, "-m", "services.metric_ingestor"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "TUNEBUS_AMQP_URL and TUNEBUS_STORAGE_CONNECTION_STRING not set" in result.stderr
+    assert "TUNEBUS_USE_LOCAL_DEFAULTS=1" in result.stderr
+
+
+def test_local_defaults_are_taken_only_when_asked_for() -> None:
+    with pytest.raises(SettingsMissing, match="TUNEBUS_STORAGE_CONNECTION_STRING not set"):
+        load_service_settings(CommonSettings, {"TUNEBUS_AMQP_URL": "amqp://u:p@h/"})
+    settings = load_service_settings(CommonSettings, {"TUNEBUS_USE_LOCAL_DEFAULTS": "1"})
+    assert settings.amqp_url.startswith("amqp://guest:guest@127.0.0.1")
