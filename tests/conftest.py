@@ -42,7 +42,7 @@ RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 AZURITE_IMAGE = "mcr.microsoft.com/azure-storage/azurite:3.35.0"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_COMMAND = (
-    "azurite-blob --blobHost 0.0.0.0 --blobPort 10000 --skipApiVersionCheck --loose --disableTelemetry"
+    "azurite-blob --blobHost 0.0.0.0 --blobPort 10000 --skipApiVersionCheck --disableTelemetry"
 )
 DEFAULT_CONTAINER = "tunebus"
 INFRA_FIXTURES = {"infra", "fresh_container", "amqp_vhost"}

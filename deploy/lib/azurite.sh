@@ -37,7 +37,7 @@ azurite_up() {
     log "starting Azurite blob service on 127.0.0.1:$BLOB_PORT"
     start_background azurite "$(azurite_bin)" \
         --blobHost 127.0.0.1 --blobPort "$BLOB_PORT" --location "$AZURITE_DATA" \
-        --skipApiVersionCheck --loose --disableTelemetry
+        --skipApiVersionCheck --disableTelemetry
     wait_for "$UP_TIMEOUT" azurite port_open "$BLOB_PORT"
 }
 
