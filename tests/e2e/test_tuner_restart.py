@@ -4,7 +4,6 @@ point. And the search is reproducible: the same seed gives the same parameter se
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import signal
@@ -69,11 +68,14 @@ async def test_tuner_sigkilled_mid_experiment_repeats_nothing(
     experiment_id = f"tr{uuid.uuid4().hex[:8]}"
     config = _config(tuner, space, max_trials)
     await publish(stack, ExperimentStart(experiment_id=experiment_id, config=config))
-    await wait_until(stack, experiment_id,
-                     lambda s: sum(t.ended for t in s.trials.values()) >= 3 and s.running(), timeout=60)
+    before = await wait_until(stack, experiment_id,
+                              lambda s: sum(t.ended for t in s.trials.values()) >= 3 and s.running(),
+                              timeout=60)
     stack.kill("tuner", sig=signal.SIGKILL)
     # While it is gone, trials end and the dispatcher's suggestion requests queue up for it.
-    await asyncio.sleep(1.5)
+    ended_before = sum(t.ended for t in before.trials.values())
+    await wait_until(stack, experiment_id,
+                     lambda s: sum(t.ended for t in s.trials.values()) > ended_before, timeout=60)
     stack.start("tuner")
 
     state = await wait_finished(stack, experiment_id, timeout=120)
