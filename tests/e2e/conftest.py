@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -37,6 +38,7 @@ class Stack:
     env: dict[str, str]
     run_dir: Path
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    service_urls: dict[str, str] = field(default_factory=dict)  # each service's own broker login
 
     def start(self, service: str, replicas: int = 1, **extra_env: str) -> None:
         for _ in range(replicas):
@@ -44,6 +46,8 @@ class Stack:
             name = f"{service}-{index}"
             health = self.run_dir / f"{name}.health"
             env = {**self.env, "TUNEBUS_HEALTH_FILE": str(health), **extra_env}
+            if service in self.service_urls and "TUNEBUS_AMQP_URL" not in extra_env:
+                env["TUNEBUS_AMQP_URL"] = self.service_urls[service]
             log = (self.run_dir / f"{name}.log").open("ab")
             proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env, cwd=REPO_ROOT,
                                     stdout=log, stderr=subprocess.STDOUT)
@@ -165,13 +169,42 @@ def stack(infra: Infra, amqp_vhost: str, fresh_container: str, tmp_path: Path,
     )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    stack = Stack(env, run_dir)
+    stack = Stack(env, run_dir, service_urls=_service_logins(infra, amqp_vhost, tmp_path))
     try:
         for service in SERVICES:
             stack.start(service)
         yield stack
     finally:
         stack.stop_all()
+
+
+#: Each service's own broker account (shared/broker_users.py), as deploy/local and compose run it.
+SERVICE_BROKER_USERS = {"tuner": "tunebus-tuner", "dispatcher": "tunebus-dispatcher",
+                        "aml_submitter": "tunebus-submitter", "metric_ingestor": "tunebus-ingestor"}
+
+
+def _service_logins(infra: Infra, amqp_vhost: str, tmp_path: Path) -> dict[str, str]:
+    """Each service's AMQP URL on the test's vhost as its own broker user, with that user's
+    rights granted there (one import_definitions), so that e2e tests run with the permissions a
+    deployment has: a publish a service may not make fails here as it would there. Empty where
+    the infrastructure has no per-service users (docker or external: the admin URL is used)."""
+    if infra.credentials_dir is None or infra.rabbitmqctl is None:
+        return {}
+    from shared.broker_users import definitions
+
+    vhost = unquote(urlsplit(amqp_vhost).path.lstrip("/"))
+    doc = definitions(infra.credentials_dir, vhost=vhost)
+    path = tmp_path / "broker-definitions.json"
+    path.write_text(json.dumps(doc))
+    path.chmod(0o644)  # rabbitmqctl may run as the broker's own user
+    infra.rabbitmqctl("import_definitions", str(path))
+    parts = urlsplit(amqp_vhost)
+    host = f"{parts.hostname}:{parts.port}"
+    urls = {}
+    for service, user in SERVICE_BROKER_USERS.items():
+        password = (infra.credentials_dir / f"amqp-{user}").read_text().strip()
+        urls[service] = f"amqp://{user}:{quote(password, safe='')}@{host}{parts.path}"
+    return urls
 
 
 def write_experiment(tmp_path: Path, trial_code: str, **overrides: object) -> Path:
