@@ -11,6 +11,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -152,9 +153,20 @@ def test_compose_file_validates():
 def test_compose_structure():
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     services = compose["services"]
-    assert SERVICES | {"rabbitmq", "azurite"} <= set(services)
+    assert SERVICES | {"rabbitmq", "azurite", "credentials"} <= set(services)
     for name, service in services.items():
+        if name == "credentials":  # one-shot: it writes the broker logins and exits 0
+            assert service["restart"] == "no" and "shared.broker_users" in service["command"]
+            continue
         assert "healthcheck" in service, f"{name} has no healthcheck"
+    # The broker loads the logins the one-shot wrote, and starts only once it has written them.
+    assert services["rabbitmq"]["depends_on"] == {
+        "credentials": {"condition": "service_completed_successfully"}}
+    for name in SERVICES:  # each service logs in as its own user, its password from a file
+        env = services[name]["environment"]
+        login = urlsplit(env["TUNEBUS_AMQP_URL"])
+        assert login.username and login.username.startswith("tunebus-") and login.password is None, name
+        assert env["TUNEBUS_AMQP_PASSWORD_FILE"].startswith("/credentials/amqp-tunebus-"), name
     submitter = services["aml-submitter"]
     assert "container_name" not in submitter, "a fixed container name stops --scale"
     assert "ports" not in submitter, "host ports stop --scale"
