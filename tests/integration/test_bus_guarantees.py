@@ -1,12 +1,14 @@
 """What the README promises of the bus, against a real RabbitMQ: a consumer handling one message at
 a time (the dispatcher) sees them in the order published; a body over 1 MiB is dead-lettered at
-once; a dependency that is down is retried for a time budget (about 30 minutes), not a count.
+once; a dependency that is down is retried for a time budget (about 30 minutes), not a count;
+the AML watch and kill queues dead-letter what does not validate, as every queue does.
 
 Every wait is for an event (a handler's call, a dead letter's arrival), bounded."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import aio_pika
 import aio_pika.abc
@@ -19,8 +21,15 @@ from shared.bus import (
     TransientError,
     retry_budget_spent,
 )
-from shared.messages import SuggestRequest
-from shared.topology import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, TUNER_QUEUE
+from shared.messages import Message, SuggestRequest, Ticket, TrialKill, TrialStatus
+from shared.topology import (
+    AML_KILL_QUEUE,
+    AML_WATCH_QUEUE,
+    DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    TUNER_QUEUE,
+    QueueSpec,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +133,46 @@ def test_the_default_transient_budget_is_about_30_minutes() -> None:
         attempt += 1
     waited = retry_budget_spent(attempt - 1)  # in all, before the message is dead-lettered
     assert 25 * 60 <= waited <= 31 * 60, waited
+
+
+# A body that does not validate on each AML queue's routing key, the field its reason names, and a
+# valid message after it (handled: the consumer goes on).
+AML_QUEUES = [
+    pytest.param(AML_WATCH_QUEUE, "ticket.aml.watch",
+                 b'{"experiment_id": "e1", "purpose": "aml.watch", "trial_id": "t1", "due": "soon"}', "due",
+                 Ticket(experiment_id="e1", purpose="aml.watch", trial_id="t1", due=datetime.now(UTC)),
+                 id="aml-watch"),
+    pytest.param(AML_KILL_QUEUE, "trial.kill",
+                 b'{"experiment_id": "e1", "trial_id": "t1", "status": "EXPLODED"}', "status",
+                 TrialKill(experiment_id="e1", trial_id="t1", status=TrialStatus.USER_CANCELED, reason="t"),
+                 id="aml-kill"),
+]
+
+
+@pytest.mark.parametrize(("spec", "routing_key", "body", "field", "valid"), AML_QUEUES)
+async def test_the_aml_queues_dead_letter_what_does_not_validate(
+        amqp_vhost: str, spec: QueueSpec, routing_key: str, body: bytes, field: str, valid: Message) -> None:
+    bus = Bus(amqp_vhost, service="test")
+    await bus.connect()
+    handled = asyncio.get_running_loop().create_future()
+
+    async def on_message(msg: Message) -> None:
+        handled.set_result(msg)
+
+    try:
+        await bus.consume(spec, {type(valid): on_message})
+        connection = await aio_pika.connect(amqp_vhost, timeout=10)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            events = await channel.get_exchange(EVENTS_EXCHANGE)
+            await events.publish(aio_pika.Message(body), routing_key=routing_key)
+        letter = await _dead_letter(amqp_vhost)
+        await bus.publish(valid)
+        assert (await asyncio.wait_for(handled, timeout=WAIT)).message_id == valid.message_id
+    finally:
+        await bus.close()
+    headers = letter.headers or {}
+    assert (letter.routing_key, headers["x-tunebus-queue"]) == (routing_key, spec.name)
+    reason = str(headers["x-tunebus-reason"])
+    assert f"invalid {type(valid).__name__}" in reason and field in reason, reason
+    assert letter.body == body
