@@ -4,16 +4,19 @@ and the deployment files (docker-compose, deploy/local) are well formed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
+import aio_pika.abc
 import pytest
 import yaml
 from azure.core.exceptions import HttpResponseError
@@ -23,6 +26,9 @@ from azure.storage.blob import (
     ContainerSasPermissions,
     generate_container_sas,
 )
+
+from shared.bus import Bus
+from shared.topology import DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE, QUEUES, QueueSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -49,20 +55,107 @@ async def test_broker_takes_quorum_queue_and_confirmed_persistent_message(infra,
         await queue.delete(if_unused=False, if_empty=False)
 
 
-async def test_consistent_hash_exchange_is_available(infra, unique_id):
-    connection = await aio_pika.connect(infra.amqp_url, timeout=10)
+WORK_QUEUES = [spec for spec in QUEUES if spec.quorum]
+
+
+@pytest.mark.parametrize("spec", WORK_QUEUES, ids=[spec.name for spec in WORK_QUEUES])
+async def test_a_message_whose_consumer_keeps_dying_is_dead_lettered_at_the_delivery_limit(
+        amqp_vhost: str, spec: QueueSpec) -> None:
+    """README/DESIGN: quorum work queues with a delivery limit stop poison messages. A consumer
+    that dies holding a delivery (its channel closes unacked, as a killed process's does) returns
+    it; after the first delivery and DELIVERY_LIMIT redeliveries RabbitMQ moves it, as published,
+    to tunebus.dead-letter with x-death reason ``delivery_limit`` and the queue it left."""
+    bus = Bus(amqp_vhost, service="test")
+    await bus.connect()  # the real topology, as every service declares it
+    await bus.close()
+    routing_key = spec.bindings[0]
+    body = b'{"poison": true, "storageAccountKey": "kept as published"}'
+    connection = await aio_pika.connect(amqp_vhost, timeout=10)
     async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(unique_id, "x-consistent-hash", auto_delete=True)
-        await exchange.delete()
+        publisher = await connection.channel(publisher_confirms=True)
+        events = await publisher.get_exchange(EVENTS_EXCHANGE)
+        await events.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             routing_key=routing_key)
+        delivery_counts: list[int] = []
+        for _ in range(DELIVERY_LIMIT + 3):  # bounded: a limit that never bites fails below
+            where, message = await _next_delivery(connection, spec.name)
+            if where == DEAD_LETTER_QUEUE:
+                break
+            delivery_counts.append(int((message.headers or {}).get("x-delivery-count", 0)))
+        else:
+            pytest.fail(f"{spec.name}: still delivered after {len(delivery_counts)} deliveries")
+    assert delivery_counts == list(range(DELIVERY_LIMIT + 1))
+    assert message.body == body and message.routing_key == routing_key
+    death = message.headers["x-death"][0]
+    assert (death["reason"], death["queue"], death["exchange"], list(death["routing-keys"])) == (
+        "delivery_limit", spec.name, EVENTS_EXCHANGE, [routing_key])
 
 
-async def test_amqp_vhost_is_private(amqp_vhost, unique_id):
+async def _next_delivery(connection: aio_pika.abc.AbstractConnection,
+                         queue: str) -> tuple[str, aio_pika.abc.AbstractIncomingMessage]:
+    """The message's next appearance, on ``queue`` or on the dead-letter queue (whichever comes
+    first; waited for as an event, bounded). A delivery from ``queue`` is returned unacked by
+    closing its channel, as a consumer that died; one from the dead-letter queue is acked."""
+    channel = await connection.channel()
+    arrived: asyncio.Future[tuple[str, aio_pika.abc.AbstractIncomingMessage]] = (
+        asyncio.get_running_loop().create_future())
+
+    def on_message(source: str) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            if not arrived.done():
+                arrived.set_result((source, message))
+        return take
+
+    for source in (queue, DEAD_LETTER_QUEUE):
+        await (await channel.get_queue(source)).consume(on_message(source))
+    try:
+        where, message = await asyncio.wait_for(arrived, timeout=60)
+        if where == DEAD_LETTER_QUEUE:
+            await message.ack()
+    finally:
+        await channel.close()  # an unacked work delivery goes back to its queue
+    return where, message
+
+
+async def test_consistent_hash_exchange_routes_each_key_to_one_queue(amqp_vhost: str) -> None:
+    """The plugin deploy/rabbitmq enables: an x-consistent-hash exchange spreads routing keys over
+    its bound queues (by weight) and sends every message of one key to the same queue."""
+    connection = await aio_pika.connect(amqp_vhost, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange("hashed", "x-consistent-hash")
+        queues = [await channel.declare_queue(f"hashed-{n}") for n in range(2)]
+        for queue in queues:
+            await queue.bind(exchange, routing_key="10")  # the binding key is the queue's weight
+        keys = [f"experiment-{n}" for n in range(100)]
+        for round_ in range(2):
+            for key in keys:
+                await exchange.publish(aio_pika.Message(f"{round_}:{key}".encode()), routing_key=key)
+        received: list[dict[str, int]] = []
+        for queue in queues:
+            keys_here: dict[str, int] = {}
+            while (message := await queue.get(fail=False, no_ack=True)) is not None:
+                key = message.body.decode().split(":", 1)[1]
+                keys_here[key] = keys_here.get(key, 0) + 1
+            received.append(keys_here)
+    assert all(received), f"one queue got nothing: {received}"
+    assert set(received[0]).isdisjoint(received[1]), "a key went to both queues"
+    assert set(received[0]) | set(received[1]) == set(keys)
+    assert all(count == 2 for per_queue in received for count in per_queue.values())
+
+
+async def test_amqp_vhost_is_private(infra, amqp_vhost, unique_id):
+    """A queue declared in a test's vhost exists there and nowhere else (not in the default vhost)."""
     connection = await aio_pika.connect(amqp_vhost, timeout=10)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(unique_id, auto_delete=True)
-        assert queue.name == unique_id
+        await channel.declare_queue(unique_id, auto_delete=True)
+        await channel.declare_queue(unique_id, passive=True)  # there: no error
+        default = await aio_pika.connect(infra.amqp_url, timeout=10)
+        async with default:
+            default_channel = await default.channel()
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await default_channel.declare_queue(unique_id, passive=True)
 
 
 # --- Azurite -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.aml_submitter.aml.errors import (
@@ -14,6 +16,7 @@ from services.aml_submitter.aml.errors import (
 from services.aml_submitter.aml.status import AmlRunStatus, is_terminal, trial_status_for
 from shared.messages import TrialStatus
 
+# What each of the SDK's status words means for a trial (status.py's table says why).
 EXPECTED = {
     "NotStarted": TrialStatus.WAITING,
     "Queued": TrialStatus.WAITING,
@@ -33,14 +36,44 @@ EXPECTED = {
 }
 
 
-def test_the_table_covers_every_aml_status() -> None:
-    assert set(EXPECTED) == {s.value for s in AmlRunStatus}
+def _sdk_run_status() -> Any:
+    """azureml-core's own ``RunStatus`` (the words Azure ML's run history answers with)."""
+    return pytest.importorskip("azureml._restclient.constants").RunStatus
+
+
+def test_the_table_is_the_sdk_s_list_of_statuses() -> None:
+    """The SDK's words, not a list written from memory: a status the SDK adds fails here."""
+    sdk = _sdk_run_status().list()
+    assert len(sdk) == len(set(sdk)) == 15
+    assert set(EXPECTED) == set(sdk)
 
 
 def test_every_status_of_the_sdk_is_known() -> None:
-    """azureml-core's own list (all fifteen words), not a list written from memory."""
-    constants = pytest.importorskip("azureml._restclient.constants")
-    assert set(constants.RunStatus.list()) == {s.value for s in AmlRunStatus}
+    """Each SDK status is one the project names (none falls through to 'unknown, watched on')."""
+    assert {s.value for s in AmlRunStatus} == set(_sdk_run_status().list())
+
+
+def test_the_sdk_s_unfinished_statuses_never_end_a_trial() -> None:
+    """What azureml-core itself counts as running or post-processing (its wait loop goes on) is no
+    end for tunebus either; everything else of its list is an end."""
+    run_status = _sdk_run_status()
+    unfinished = set(run_status.get_running_statuses()) | set(run_status.get_post_processing_statuses())
+    assert {"Unapproved", "Pausing", "Paused", "NotResponding"} <= unfinished
+    for status in unfinished:
+        assert not is_terminal(status), status
+        assert trial_status_for(status) in {TrialStatus.WAITING, TrialStatus.RUNNING}, status
+    ends = set(run_status.list()) - unfinished
+    assert ends == {"Completed", "Failed", "Canceled"}
+    assert all(is_terminal(status) for status in ends)
+
+
+def test_every_job_status_of_sdk_v2_is_known() -> None:
+    """azure-ai-ml's job statuses are v1's words, plus ``Unknown`` (its default when a status maps to
+    none of them): watched on like any word tunebus does not know, never taken for an end."""
+    enums = pytest.importorskip("azure.ai.ml._restclient.arm_ml_service.models._enums")
+    words = {status.value for status in enums.JobStatus}
+    assert words - set(EXPECTED) == {"Unknown"}
+    assert not is_terminal("Unknown") and trial_status_for("Unknown") == TrialStatus.WAITING
 
 
 @pytest.mark.parametrize(("aml", "trial"), sorted(EXPECTED.items()))

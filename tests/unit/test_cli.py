@@ -275,12 +275,14 @@ def test_progress_line_and_summary_text() -> None:
 
 
 def test_trial_row_for_json_listing() -> None:
-    row = cli.trial_row(trial(2, TrialStatus.FAILED, error="exit code 1", job_url="https://ml.azure.com/runs/x"))
+    failed = trial(2, TrialStatus.FAILED, error="exit code 1", job_url="https://ml.azure.com/runs/x")
+    failed.ended_at = T0 + timedelta(seconds=42.5)  # its run time, from started_at to ended_at
+    row = cli.trial_row(failed)
     assert row == {"trial_id": "tr002", "sequence_id": 2, "status": "FAILED", "final_value": None,
                    "last_intermediate": None, "metric_count": 0,
-                   "duration_seconds": row["duration_seconds"], "parameters": {"C": 2, "kernel": "rbf"},
+                   "duration_seconds": 42.5, "parameters": {"C": 2, "kernel": "rbf"},
                    "error": "exit code 1", "job_url": "https://ml.azure.com/runs/x"}
-    json.dumps(row)
+    assert json.loads(json.dumps(row)) == row
 
 
 def test_helpers() -> None:
