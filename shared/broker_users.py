@@ -140,37 +140,62 @@ def _user(name: str, password: str, tags: str) -> dict[str, Any]:
             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
 
-def write_for_compose(folder: Path, owner: int) -> Path:
-    """docker-compose's credentials (its one-shot ``credentials`` service, run as root): the
-    passwords, made once and owned by ``owner`` (the services' uid) with mode 600, and
-    ``definitions.json`` for RabbitMQ to load at boot (``load_definitions``; it then never creates
-    ``guest``). The folder is 711 and the definitions 644, for the broker's own user: they hold
-    salted hashes only. Returns the definitions' path."""
-    doc = definitions(folder)
+def write_for_compose(root: Path, owner: int) -> Path:
+    """docker-compose's credentials, written by its one-shot ``credentials`` service (as root)
+    into folders that are separate volumes, so each container gets only what it needs:
+
+    * ``root/all``: every password, made once (mode 600, root's): the operator's copy, which
+      ``deploy/compose-env`` reads; mounted in no service;
+    * ``root/broker/definitions.json``: users (salted hashes only), permissions and topic
+      permissions, which RabbitMQ loads at boot (``load_definitions``; it then never creates
+      ``guest``); mode 644 for the broker's own user;
+    * ``root/<service user>/amqp-<service user>``: that service's password alone, owned by
+      ``owner`` (the services' uid), mode 600: a service's container, and any code a service
+      runs there, can read no other account's password.
+
+    Returns the definitions' path.
+    """
+    master = root / "all"
+    doc = definitions(master)
     doc["vhosts"] = [{"name": "/"}]  # a node that loads definitions at boot seeds no default vhost
-    for user in (*USERS, BrokerUser(ADMIN_USER, (), ())):
-        path = folder / f"amqp-{user.name}"
-        os.chown(path, owner, owner)
-        os.chmod(path, 0o600)
-    os.chmod(folder, 0o711)
-    target = folder / "definitions.json"
-    partial = folder / "definitions.json.partial"
+    os.chmod(master, 0o700)
+    for user in USERS:
+        if user.name == "tunebus-cli":
+            continue  # the host's CLI reads it from the operator's copy
+        folder = root / user.name
+        folder.mkdir(exist_ok=True)
+        _write_private(folder / f"amqp-{user.name}", ensure_password(master, user.name), owner)
+        os.chown(folder, owner, owner)
+        os.chmod(folder, 0o700)
+    broker = root / "broker"
+    broker.mkdir(exist_ok=True)
+    os.chmod(broker, 0o755)
+    target = broker / "definitions.json"
+    partial = broker / "definitions.json.partial"
     partial.write_text(json.dumps(doc))
     partial.chmod(0o644)
     partial.replace(target)
     return target
 
 
+def _write_private(path: Path, text: str, owner: int) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text + "\n")
+    os.chown(partial, owner, owner)
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
 def main(argv: list[str]) -> None:
     """``python -m shared.broker_users DIR``: print definitions JSON (deploy/local imports it);
-    ``python -m shared.broker_users --compose DIR --owner UID``: write compose's credentials."""
+    ``python -m shared.broker_users --compose ROOT --owner UID``: write compose's credentials."""
     if len(argv) == 1:
         json.dump(definitions(Path(argv[0])), sys.stdout)
     elif len(argv) == 4 and argv[0] == "--compose" and argv[2] == "--owner" and argv[3].isdigit():
         print(f"broker credentials ready: {write_for_compose(Path(argv[1]), int(argv[3]))}")
     else:
         sys.exit("usage: python -m shared.broker_users CREDENTIALS_DIR  (prints definitions JSON)\n"
-                 "       python -m shared.broker_users --compose CREDENTIALS_DIR --owner UID")
+                 "       python -m shared.broker_users --compose ROOT --owner UID")
 
 
 if __name__ == "__main__":

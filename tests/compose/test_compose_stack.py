@@ -204,6 +204,11 @@ def test_each_service_has_its_own_broker_login_and_guest_none(stack: Compose) ->
     cli = urlsplit(stack.cli_env()["TUNEBUS_AMQP_URL"])
     assert cli.username == "tunebus-cli"
     assert _management(stack, "/api/whoami", "tunebus-dispatcher", str(cli.password))[0] == 401
+    # Each service's container holds its own password and no other.
+    for service, user in (("tuner", "tunebus-tuner"), ("dispatcher", "tunebus-dispatcher"),
+                          ("metric-ingestor", "tunebus-ingestor"), ("aml-submitter", "tunebus-submitter")):
+        listed = stack.run("exec", "-T", service, "ls", "-A", "/credentials", timeout=60).stdout.split()
+        assert listed == [f"amqp-{user}"], (service, listed)
     # No password is in any container's configuration (docker inspect).
     for container in stack.containers():
         config = json.dumps(stack.inspect(container)["Config"])

@@ -41,25 +41,31 @@ def test_a_bad_password_file_is_named(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root (CI runs as root)")
-def test_compose_credentials_are_private_to_the_services_uid(tmp_path: Path) -> None:
-    folder = tmp_path / "credentials"
-    definitions = write_for_compose(folder, owner=10001)
+def test_compose_credentials_give_each_service_its_own_password_alone(tmp_path: Path) -> None:
+    root = tmp_path / "credentials"
+    root.mkdir()
+    definitions = write_for_compose(root, owner=10001)
+    assert definitions == root / "broker" / "definitions.json"
     doc = json.loads(definitions.read_text())
     assert {u["name"] for u in doc["users"]} == {u.name for u in USERS} | {ADMIN_USER}
     assert doc["vhosts"] == [{"name": "/"}]
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o711
     assert stat.S_IMODE(definitions.stat().st_mode) == 0o644
-    passwords = {}
-    for user in (*(u.name for u in USERS), ADMIN_USER):
-        path = folder / f"amqp-{user}"
-        info = path.stat()
+    master = {path.name.removeprefix("amqp-"): path.read_text().strip() for path in (root / "all").iterdir()}
+    assert set(master) == {u.name for u in USERS} | {ADMIN_USER}
+    assert stat.S_IMODE((root / "all").stat().st_mode) == 0o700 and (root / "all").stat().st_uid == 0
+    assert len(set(master.values())) == len(master)
+    assert not any(pw in definitions.read_text() for pw in master.values())  # hashes only
+    services = {u.name for u in USERS} - {"tunebus-cli"}
+    for user in services:
+        folder = root / user
+        assert [p.name for p in folder.iterdir()] == [f"amqp-{user}"], user  # its own, nothing else
+        info = (folder / f"amqp-{user}").stat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (10001, 0o600), user
-        passwords[user] = path.read_text().strip()
-        assert passwords[user] not in definitions.read_text()  # hashes only
-    assert len(set(passwords.values())) == len(passwords)
+        assert (folder / f"amqp-{user}").read_text().strip() == master[user]
+    assert set(p.name for p in root.iterdir()) == {"all", "broker", *services}
     # Run again (each `up`): the same passwords, definitions rewritten.
-    write_for_compose(folder, owner=10001)
-    assert all((folder / f"amqp-{u}").read_text().strip() == pw for u, pw in passwords.items())
+    write_for_compose(root, owner=10001)
+    assert all((root / "all" / f"amqp-{u}").read_text().strip() == pw for u, pw in master.items())
 
 
 def test_a_service_without_its_settings_exits_2_naming_them() -> None:
