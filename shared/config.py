@@ -600,6 +600,7 @@ def _read_algorithms(top: dict[str, Any], reader: _Reader) -> None:
             reader.fail(top, ("advisor",), "a custom advisor (className) is not supported: tunebus has no "
                         "advisor interface; write a tuner (nni.tuner.Tuner) and, for early stopping, an "
                         "assessor (nni.assessor.Assessor)")
+            reader.dropped.add(("tuner",))  # the advisor stood for the tuner: no second "required"
         elif "tuner" in top:
             reader.fail(top, ("advisor",), "set tuner or advisor (deprecated), not both")
         else:
