@@ -139,7 +139,8 @@ def _suggested(bus: RecordingBus, experiment_id: str) -> list[TrialSuggested]:
 
 
 def _error(bus: RecordingBus, experiment_id: str) -> ExperimentError:
-    [error] = [m for m in bus.published if isinstance(m, ExperimentError) and m.experiment_id == experiment_id]
+    [error] = [m for m in bus.published
+               if isinstance(m, ExperimentError) and m.experiment_id == experiment_id]
     return error
 
 
@@ -208,7 +209,8 @@ async def test_an_nni_style_assessor_stops_a_poor_trial(tmp_path: Path) -> None:
 async def test_a_worker_sees_no_service_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEBUS_STORAGE_CONNECTION_STRING", "AccountKey=service-secret-key")
     store = _Store()
-    body = ("return {'env': sorted(k for k in __import__('os').environ if k.startswith(('TUNEBUS', 'AZURE'))),"
+    body = ("return {'env': sorted(k for k in __import__('os').environ"
+            " if k.startswith(('TUNEBUS', 'AZURE'))),"
             " 'exp': __import__('os').environ['NNI_EXP_ID']}")
     _add_experiment(store, "e1", _tuner_dir(tmp_path / "src", body=body))
     service, bus = _service(tmp_path, store)
@@ -286,8 +288,10 @@ async def test_config_problems_are_reasons_without_a_traceback(tmp_path: Path) -
     _add_experiment(store, "secret", secret)
     service, bus = _service(tmp_path, store)
     for experiment_id in ("args", "gone", "secret"):
-        await service.handlers()[SuggestRequest](SuggestRequest(experiment_id=experiment_id, parameter_ids=[0]))
-    assert _error(bus, "args").reason.startswith("tuner 'walker.Walker': classArgs do not fit the constructor")
+        await service.handlers()[SuggestRequest](
+            SuggestRequest(experiment_id=experiment_id, parameter_ids=[0]))
+    assert _error(bus, "args").reason.startswith(
+        "tuner 'walker.Walker': classArgs do not fit the constructor")
     assert "no_such_arg" in _error(bus, "args").reason
     assert _error(bus, "gone").reason == (
         "custom tuner 'walker.Walker': its code archive experiments/gone/algorithms/tuner.tar.gz "
@@ -362,7 +366,8 @@ def test_load_problems_name_the_role_and_what_to_fix(tmp_path: Path) -> None:
     from services.tuner.custom_process import RemoteConfigError
 
     (tmp_path / "broken.py").write_text("class NotATuner:\n    pass\n")
-    for class_name, problem in (("broken.NotATuner", "must implement update_search_space, generate_parameters"),
+    for class_name, problem in (("broken.NotATuner",
+                                 "must implement update_search_space, generate_parameters"),
                                 ("missing_module.Tuner", "cannot load the class: No module named"),
                                 ("NoModule", "className must look like 'module.ClassName'")):
         with pytest.raises(RemoteConfigError, match=problem) as info:
@@ -375,7 +380,8 @@ def test_nnis_algorithm_api_is_only_the_workers(tmp_path: Path) -> None:
     import importlib.util
     import sys
 
-    assert importlib.util.find_spec("nni") is None or "trial_runtime" not in str(importlib.util.find_spec("nni"))
+    found = importlib.util.find_spec("nni")
+    assert found is None or "algorithm_runtime" not in str(found.origin)
     assert not any("algorithm_runtime" in entry for entry in sys.path)
     (tmp_path / "probe.py").write_text(textwrap.dedent('''
         import nni, nni.tuner, nni.assessor, nni.utils, nni.typehint, nni.recoverable
@@ -397,7 +403,8 @@ def test_nnis_algorithm_api_is_only_the_workers(tmp_path: Path) -> None:
     '''))
     process = _worker(tmp_path, {"tuner": {"className": "probe.Probe"}})
     try:
-        answer = process.request({"op": "call", "role": "tuner", "method": "generate_parameters", "args": [0]})
+        answer = process.request({"op": "call", "role": "tuner", "method": "generate_parameters",
+                                  "args": [0]})
     finally:
         process.kill()
     assert "tunebus/algorithm_runtime/nni/__init__.py" in answer["nni"]
