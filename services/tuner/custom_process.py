@@ -6,12 +6,16 @@ worker is killed and the request raises :class:`WorkerFailed`. Nothing the worke
 trusted: replies are bounded JSON lines, read as data (never unpickled).
 
 The worker runs in the experiment's own folder with an allowlisted environment: no service
-credential (storage key, broker password) reaches the user's code.
+credential (storage key, broker password) reaches the user's code, and the tuner service makes
+itself non-dumpable (:func:`make_non_dumpable`) so that the worker, running as the same user,
+cannot read them from ``/proc/<tuner>/environ`` or its memory either.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import select
 import signal
@@ -22,12 +26,29 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AlgorithmProcess", "CallTimedOut", "RemoteConfigError", "RemoteError", "RemoteNoMoreTrials",
-           "WorkerFailed", "worker_environment"]
+           "WorkerFailed", "make_non_dumpable", "worker_environment"]
+
+log = logging.getLogger("tunebus.tuner")
 
 #: The longest reply line read from a worker (parameters and verdicts are small).
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 #: Environment variables a worker inherits (locale and time zone); the rest is set here.
 INHERITED_ENVIRONMENT = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "SYSTEMROOT")
+#: Where ``services`` is imported from: the worker imports ``services.tuner.worker`` from there.
+_CODE_ROOT = str(Path(__file__).resolve().parents[2])
+_PR_SET_DUMPABLE = 4
+
+
+def make_non_dumpable() -> bool:
+    """Make this process non-dumpable (Linux), so that a worker of the same user reads neither
+    its ``/proc/<pid>/environ`` nor its memory; False where that is not possible."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        log.warning("cannot make the tuner non-dumpable: custom algorithms of its user could read "
+                    "its environment")
+        return False
 
 
 class WorkerFailed(Exception):
@@ -65,6 +86,7 @@ def worker_environment(experiment_id: str, work_dir: Path) -> dict[str, str]:
     env.update({
         "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
         "HOME": str(work_dir),
+        "PYTHONPATH": _CODE_ROOT,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         # BLAS thread pools reserve address space per thread: under RLIMIT_AS one pool is enough.
@@ -96,7 +118,8 @@ class AlgorithmProcess:
     def start(self) -> None:
         """Start the worker (in :attr:`work_dir`); its own session, so a kill takes its children."""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "services.tuner.worker", "--memory-limit", str(self.memory_limit_bytes)],
+            [sys.executable, "-m", "services.tuner.worker", "--memory-limit", str(self.memory_limit_bytes),
+             "--parent", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.work_dir,
             env=worker_environment(self.experiment_id, self.work_dir), start_new_session=True,
         )

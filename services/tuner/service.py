@@ -59,7 +59,7 @@ from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, create_tune
 from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
 from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
 from .custom_code import CustomCodeError, fetch_algorithm_code
-from .custom_process import AlgorithmProcess, RemoteConfigError
+from .custom_process import AlgorithmProcess, RemoteConfigError, make_non_dumpable
 
 __all__ = ["TunerService", "TunerSettings"]
 
@@ -433,6 +433,7 @@ def _role_name(role: str, spec: dict[str, Any]) -> str:
 
 async def start(settings: TunerSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
+    make_non_dumpable()  # custom algorithms' workers run as this user: keep its secrets from them
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")

@@ -226,10 +226,29 @@ def _limit_memory(limit_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the tuner service's thread that started this worker ends (Linux): a worker
+    stuck in the user's code must not outlive a tuner that was killed."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if parent and os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.tuner.worker")
     parser.add_argument("--memory-limit", type=int, default=0, help="address-space limit in bytes (0: none)")
+    parser.add_argument("--parent", type=int, default=0, help="the tuner service's pid")
     args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
     requests, replies = _private_channel()
     _limit_memory(args.memory_limit)
     algorithms: dict[str, Any] = {}

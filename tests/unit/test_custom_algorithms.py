@@ -411,3 +411,42 @@ def test_nnis_algorithm_api_is_only_the_workers(tmp_path: Path) -> None:
     assert answer["mode"] == "maximize" and answer["split"] == {"a": {"b": 2}}
     assert answer["tuple"] == [["x", 0], ["y", [["z", 1]]]] and answer["good"] is True
     assert answer["checkpoint"] is None
+
+
+def test_a_worker_stuck_in_user_code_dies_with_a_killed_tuner(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "stuck.py").write_text(textwrap.dedent('''
+        import time
+
+        class Tuner:
+            def update_search_space(self, search_space):
+                pass
+
+            def generate_parameters(self, parameter_id, **kwargs):
+                time.sleep(3600)
+
+            def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
+                pass
+    '''))
+    tuner = textwrap.dedent(f'''
+        import time
+        from pathlib import Path
+        from services.tuner.custom_process import AlgorithmProcess
+
+        process = AlgorithmProcess("e1", Path({str(tmp_path)!r}), memory_limit_bytes=0)
+        process.deadline = time.monotonic() + 60
+        process.request({{"op": "load", "code_directories": [{str(tmp_path)!r}],
+                          "algorithms": {{"tuner": {{"className": "stuck.Tuner"}}}}}})
+        print(process.pid, flush=True)
+        process.request({{"op": "call", "role": "tuner", "method": "generate_parameters", "args": [0]}})
+    ''')
+    service = subprocess.Popen([sys.executable, "-c", tuner], stdout=subprocess.PIPE, text=True)
+    assert service.stdout is not None
+    worker_pid = int(service.stdout.readline())
+    os.kill(worker_pid, 0)  # running, stuck in the user's sleep
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+    asyncio.run(_wait_gone(worker_pid))

@@ -47,4 +47,8 @@ class RemoteTuner:
         self._call("trial_end", parameter_id, success)
 
     def import_data(self, data: Iterable[Mapping[str, Any]]) -> None:
-        self._call("import_data", [dict(record) for record in data])
+        """The recorded trials with a result (NNI's ``TrialRecord`` always has a value, and users'
+        ``import_data`` read it with ``extract_scalar_reward``); nothing is sent when none has."""
+        records = [dict(record) for record in data if record.get("value") is not None]
+        if records:
+            self._call("import_data", records)
