@@ -336,7 +336,11 @@ def _worker(tmp_path: Path, algorithms: dict[str, Any]) -> Any:
 
     process = AlgorithmProcess("e1", tmp_path, memory_limit_bytes=0)
     process.deadline = time.monotonic() + 30
-    process.request({"op": "load", "code_directories": [str(tmp_path)], "algorithms": algorithms})
+    try:
+        process.request({"op": "load", "code_directories": [str(tmp_path)], "algorithms": algorithms})
+    except BaseException:
+        process.kill()
+        raise
     return process
 
 
@@ -449,4 +453,5 @@ def test_a_worker_stuck_in_user_code_dies_with_a_killed_tuner(tmp_path: Path) ->
     os.kill(worker_pid, 0)  # running, stuck in the user's sleep
     service.send_signal(signal.SIGKILL)
     service.wait()
+    service.stdout.close()
     asyncio.run(_wait_gone(worker_pid))
