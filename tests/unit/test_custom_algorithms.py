@@ -455,3 +455,29 @@ def test_a_worker_stuck_in_user_code_dies_with_a_killed_tuner(tmp_path: Path) ->
     service.wait()
     service.stdout.close()
     asyncio.run(_wait_gone(worker_pid))
+
+
+def test_a_start_must_name_its_own_stored_code_for_each_custom_algorithm() -> None:
+    from services.dispatcher.service import check_algorithm_code
+    from shared.bus import PermanentError
+    from shared.config import parse_experiment_config
+    from shared.messages import ExperimentStart
+
+    config = {"searchSpace": SPACE, "trialCommand": "python3 t.py", "trialConcurrency": 1,
+              "trainingService": {"platform": "local"},
+              "tuner": {"className": "walker.Walker"}}
+    parsed = parse_experiment_config(config)
+    own = Layout("e1").algorithm_code_archive("tuner")
+
+    def check(algorithm_code: dict[str, str]) -> dict[str, str]:
+        msg = ExperimentStart(experiment_id="e1", config=config, algorithm_code=algorithm_code)
+        return check_algorithm_code(msg, parsed)
+
+    assert check({"tuner": own}) == {"tuner": "experiments/e1/algorithms/tuner.tar.gz"}
+    with pytest.raises(PermanentError, match=r"tuner: a custom tuner \(className\) needs its code stored at "
+                                             r"experiments/e1/algorithms/tuner\.tar\.gz"):
+        check({"tuner": "experiments/e2/algorithms/tuner.tar.gz"})  # another experiment's code
+    with pytest.raises(PermanentError, match="needs its code stored"):
+        check({})
+    with pytest.raises(PermanentError, match="names code for assessor"):
+        check({"tuner": own, "assessor": Layout("e1").algorithm_code_archive("assessor")})
