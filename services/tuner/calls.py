@@ -132,7 +132,11 @@ class ProcessCalls(AlgorithmCalls):
             self._ended = str(exc)
             raise AlgorithmFailed(f"{what} failed: {exc}") from None
         except RemoteError as exc:
-            raise AlgorithmFailed(f"{what} failed:\n{mask_secrets(exc.tail)}") from exc
+            hint = ""
+            if exc.tail.rstrip().endswith("MemoryError") and self.process.memory_limit_bytes:
+                hint = (f"\n(the worker's memory limit is {self.process.memory_limit_bytes // 2**20} MiB: "
+                        f"TUNEBUS_CUSTOM_MEMORY_LIMIT_MB)")
+            raise AlgorithmFailed(f"{what} failed:\n{mask_secrets(exc.tail)}{hint}") from exc
         except Exception as exc:
             raise AlgorithmFailed(f"{what} failed:\n{traceback_tail(exc)}") from exc
 

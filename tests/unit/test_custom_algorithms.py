@@ -270,7 +270,8 @@ async def test_a_leaking_tuner_hits_its_memory_limit_and_errors_its_experiment(t
         await handle(SuggestRequest(experiment_id="good", parameter_ids=[pid]))
     reason = _error(bus, "leaky").reason
     assert reason.startswith("custom tuner 'walker.Walker': generate_parameters failed:"), reason
-    assert "MemoryError" in reason or "out of memory" in reason, reason
+    assert "MemoryError\n(the worker's memory limit is 400 MiB: TUNEBUS_CUSTOM_MEMORY_LIMIT_MB)" in reason \
+        or "out of memory" in reason, reason
     assert len(_suggested(bus, "leaky")) < 8
     assert _suggested(bus, "good")[0].parameters == {"x": 0.0, "offset": 0.0, "learned": 0}
     assert not [m for m in bus.published if isinstance(m, ExperimentError) and m.experiment_id == "good"]
