@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,51 @@ def test_recoverable_reads_nnis_checkpoint_folder_and_resumed_records(
     assert hooks.recover_parameter_id(records) == 7
     assert hooks.is_created_in_previous_exp(4) and not hooks.is_created_in_previous_exp(8)
     assert not hooks.is_created_in_previous_exp(None) and hooks.get_previous_param(4) == {"x": 1}
+
+
+SPACE = {
+    "act": {"_type": "choice", "_value": ["relu", "tanh"]},
+    "layers": {"_type": "randint", "_value": [2, 6]},
+    "opt": {"_type": "choice", "_value": [
+        {"_name": "sgd", "lr": {"_type": "loguniform", "_value": [1e-4, 1e-1]},
+         "batch": {"_type": "quniform", "_value": [16, 64, 5]}},
+        {"_name": "adam", "beta": {"_type": "qnormal", "_value": [0.9, 0.05, 0.01]}},
+    ]},
+}
+
+
+def test_format_search_space_gives_one_spec_per_parameter_keyed_by_path() -> None:
+    from tunebus.algorithm_runtime.nni.common.hpo_utils import format_search_space
+
+    specs = format_search_space(SPACE)
+    assert list(specs) == [("act",), ("layers",), ("opt",), ("opt", 0, "lr"), ("opt", 0, "batch"),
+                           ("opt", 1, "beta")]
+    assert specs[("layers",)].categorical and specs[("layers",)].size == 4
+    lr = specs[("opt", 0, "lr")]
+    assert lr.log_distributed and lr.low == pytest.approx(math.log(1e-4)) and lr.clip is None
+    batch = specs[("opt", 0, "batch")]
+    assert batch.q == 5.0 and batch.clip == (16.0, 64.0) and not batch.normal_distributed
+    beta = specs[("opt", 1, "beta")]
+    assert beta.normal_distributed and (beta.mu, beta.sigma, beta.q, beta.clip) == (0.9, 0.05, 0.01, None)
+    assert beta.is_nested() and not specs[("opt",)].is_nested()
+    assert beta.is_activated_in({("opt",): 1}) and not beta.is_activated_in({("opt",): 0})
+
+
+def test_deformat_and_format_parameters_round_trip_as_nni() -> None:
+    from tunebus.algorithm_runtime.nni.common.hpo_utils import (
+        deformat_parameters,
+        format_parameters,
+        format_search_space,
+    )
+
+    specs = format_search_space(SPACE)
+    internal = {("act",): 1, ("layers",): 3, ("opt",): 0, ("opt", 0, "lr"): math.log(0.01),
+                ("opt", 0, "batch"): 13.0}  # rounds to 15, then clipped up to 16
+    params = deformat_parameters(internal, specs)
+    assert params == {"act": "tanh", "layers": 5,
+                      "opt": {"_name": "sgd", "lr": pytest.approx(0.01), "batch": 16.0}}
+    back = format_parameters(params, specs)
+    assert back == {("act",): 1, ("layers",): 3, ("opt",): 0, ("opt", 0, "lr"): pytest.approx(math.log(0.01)),
+                    ("opt", 0, "batch"): 16.0}
+    adam = deformat_parameters({("act",): 0, ("layers",): 0, ("opt",): 1, ("opt", 1, "beta"): 0.8731}, specs)
+    assert adam == {"act": "relu", "layers": 2, "opt": {"_name": "adam", "beta": pytest.approx(0.87)}}

@@ -2,7 +2,7 @@
 
 It holds ``nni/``, tunebus's rendering of NNI's algorithm-side API (``nni.tuner.Tuner``,
 ``nni.assessor.Assessor`` and ``AssessResult``, ``nni.utils``, ``nni.typehint``,
-``nni.recoverable``, ``nni.common.hpo_utils.OptimizeMode``) so that a tuner or assessor written
+``nni.recoverable``, ``nni.common.hpo_utils``) so that a tuner or assessor written
 for NNI imports and runs unchanged. It is never on a trial's path (trials get
 :mod:`tunebus.trial_runtime`) nor on the tuner service's own: the worker
 (:mod:`services.tuner.worker`) appends :data:`RUNTIME_DIR` to its ``sys.path``, after

@@ -1,7 +1,7 @@
 """NNI's algorithm-side API for custom tuners and assessors, as tunebus runs them.
 
 Only what an algorithm uses is here: ``nni.tuner``, ``nni.assessor``, ``nni.utils``,
-``nni.typehint``, ``nni.recoverable``, ``nni.common.hpo_utils.OptimizeMode`` and
+``nni.typehint``, ``nni.recoverable``, ``nni.common.hpo_utils`` and
 :class:`NoMoreTrialError`. The trial API (``nni.get_next_parameter`` ...) is the trial shim's
 (:mod:`tunebus.trial_runtime`), not an algorithm's business, and is absent here.
 """
