@@ -196,3 +196,19 @@ async def test_raising_hanging_and_leaking_tuners_each_end_only_their_own_experi
 
     refused = await wait_finished(stack, host_id, timeout=60)
     assert refused.status == "ERROR" and "a start message cannot name a folder" in (refused.reason or "")
+
+
+def test_the_custom_tuner_example_runs_through_the_cli(stack: Stack, tmp_path: Path) -> None:
+    """examples/custom-tuner: an NNI-style hill-climbing tuner and median assessor, unchanged."""
+    from tests.conftest import REPO_ROOT
+
+    example = tmp_path / "custom-tuner"
+    shutil.copytree(REPO_ROOT / "examples" / "custom-tuner", example)
+    summary = stack.create(example / "config.yml", timeout=280)
+    assert summary["status"] == "DONE", stack.logs()
+    counts = summary["trials"]
+    assert isinstance(counts, dict) and sum(counts.values()) == 12
+    assert set(counts) <= {"SUCCEEDED", "EARLY_STOPPED"}, counts
+    best = summary["best"]
+    assert isinstance(best, dict) and set(best["parameters"]) == {"x", "y", "steps"}
+    assert best["value"] > -0.25  # the optimum is 0; the worst corner of the square is -0.98
