@@ -240,19 +240,20 @@ class TunerService:
         config = doc["config"]
         spec = config["tuner"]
         assessor_spec = config.get("assessor") or {}
-        if isinstance(calls, ProcessCalls):
-            _load_custom(calls.process, config)
+        process = calls.process if isinstance(calls, ProcessCalls) else None
+        if process is not None:
+            _load_custom(process, config)
         tuner: Any
-        if spec.get("className"):
-            tuner = RemoteTuner(calls.process, spec["className"])  # type: ignore[attr-defined]
+        if spec.get("className") and process is not None:
+            tuner = RemoteTuner(process, spec["className"])
         else:
             class_args = dict(spec.get("classArgs") or {})
             if spec.get("name") in ("TPE", "Random", "Anneal", "Evolution"):
                 class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
             tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"])
         assessor: Any = None
-        if assessor_spec.get("className"):
-            assessor = RemoteAssessor(calls.process, assessor_spec["className"])  # type: ignore[attr-defined]
+        if assessor_spec.get("className") and process is not None:
+            assessor = RemoteAssessor(process, assessor_spec["className"])
         elif assessor_spec:
             assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {})
         return _Session(tuner=tuner, assessor=assessor, calls=calls, tuner_name=_role_name("tuner", spec),
