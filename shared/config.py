@@ -245,17 +245,26 @@ class AlgorithmConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _builtin_or_custom(self) -> AlgorithmConfig:
+    def _builtin_or_custom(self, info: ValidationInfo) -> AlgorithmConfig:
         if self.class_name is None:
             if not self.name:
                 raise ValueError("set name (a built-in algorithm) or className and codeDirectory")
             if self.code_directory is not None:
                 raise ValueError("codeDirectory goes with a custom className, not with a built-in name")
-        else:
-            if self.name is not None:
-                raise ValueError("set name or className, not both")
-            if self.code_directory is None:
-                raise ValueError("codeDirectory is required with className")
+            return self
+        if self.name is not None:
+            raise ValueError("set name or className, not both")
+        context = info.context or {}
+        wire = "base_dir" in context and context["base_dir"] is None
+        if wire and self.code_directory is not None:
+            # A path on the publisher's machine means nothing to the tuner service (and must not
+            # make it import from its own disk): the code travels as a stored archive.
+            raise ValueError(
+                f"codeDirectory {str(self.code_directory)!r}: a start message cannot name a folder; the "
+                f"custom {self.kind}'s code must be in storage (experiments/<id>/algorithms/"
+                f"{self.kind}.tar.gz, named by the message's algorithm_code), as tunebus create uploads it")
+        if not wire and self.code_directory is None:
+            raise ValueError("codeDirectory is required with className")
         return self
 
 
@@ -412,10 +421,15 @@ class ExperimentConfig(_Section):
         :meth:`normalized`, with every secret left out rather than masked (a mask would read
         as a key); :meth:`secrets` has them. It needs no file to be read again:
         ``parse_experiment_config(config.to_wire())`` gives back the config without its secrets.
-        ``trialCodeDirectory`` is only information there (the code travels as an archive).
+        ``trialCodeDirectory`` is only information there (the code travels as an archive); a
+        custom algorithm's ``codeDirectory`` is left out (its code travels as an archive too,
+        :meth:`shared.layout.Layout.algorithm_code_archive`, and a host path in a start message
+        is refused).
         """
         return self.model_dump(
-            mode="json", by_alias=True, exclude_none=True, exclude={"shared_storage": {"storage_account_key"}}
+            mode="json", by_alias=True, exclude_none=True,
+            exclude={"shared_storage": {"storage_account_key"}, "tuner": {"code_directory"},
+                     "assessor": {"code_directory"}},
         )
 
     def secrets(self) -> ExperimentSecrets:
@@ -579,7 +593,15 @@ def _read_document(data: Mapping[Any, Any], base_dir: Path | None) -> tuple[dict
 def _read_algorithms(top: dict[str, Any], reader: _Reader) -> None:
     # NNI reads the deprecated `advisor` as the tuner, and refuses both at once.
     if "advisor" in top:
-        if "tuner" in top:
+        advisor = top["advisor"]
+        custom = isinstance(advisor, Mapping) and any(isinstance(k, str) and _fold(k) == "classname"
+                                                      for k in advisor)
+        if custom:
+            reader.fail(top, ("advisor",), "a custom advisor (className) is not supported: tunebus has no "
+                        "advisor interface; write a tuner (nni.tuner.Tuner) and, for early stopping, an "
+                        "assessor (nni.assessor.Assessor)")
+            reader.dropped.add(("tuner",))  # the advisor stood for the tuner: no second "required"
+        elif "tuner" in top:
             reader.fail(top, ("advisor",), "set tuner or advisor (deprecated), not both")
         else:
             top["tuner"] = top.pop("advisor")

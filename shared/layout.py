@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ACTIVE_PREFIX", "Layout", "active_marker"]
+__all__ = ["ACTIVE_PREFIX", "ALGORITHM_ROLES", "Layout", "active_marker"]
+
+#: The config sections whose custom code (``className`` + ``codeDirectory``) travels as an archive.
+ALGORITHM_ROLES = ("tuner", "assessor")
 
 
 #: One empty blob per experiment that runs (written at its start and resume, deleted at its end):
@@ -43,6 +46,13 @@ class Layout:
     @property
     def code_archive(self) -> str:
         return f"{self.root}/code.tar.gz"
+
+    def algorithm_code_archive(self, role: str) -> str:
+        """A custom tuner's or assessor's code (``role`` ``tuner`` or ``assessor``): the archive
+        of its ``codeDirectory`` that ``tunebus create`` uploads, which the tuner service unpacks."""
+        if role not in ALGORITHM_ROLES:
+            raise ValueError(f"no algorithm role {role!r} (roles: {', '.join(ALGORITHM_ROLES)})")
+        return f"{self.root}/algorithms/{role}.tar.gz"
 
     @property
     def state_doc(self) -> str:

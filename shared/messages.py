@@ -146,6 +146,13 @@ class ExperimentStart(Message):
     )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
                              description="Experiment seed; derived from the id when absent.")
+    algorithm_code: dict[Annotated[str, Field(pattern=r"^(tuner|assessor)$")], str] = Field(
+        default_factory=dict,
+        description="Blob path of the stored code archive of each custom (className) tuner or "
+                    "assessor: experiments/<id>/algorithms/<role>.tar.gz (Layout.algorithm_code_archive), "
+                    "uploaded before the start is published. A config's codeDirectory (a host path) is "
+                    "refused.",
+    )
 
 
 class ExperimentStop(Message):

@@ -4,6 +4,7 @@
 experiments/<exp>/experiment.json          config (NNI v2, wire form: no secret) and search space
 experiments/<exp>/secrets.json             the config's secrets (sharedStorage account key), if any
 experiments/<exp>/code.tar.gz              the trial code snapshot
+experiments/<exp>/algorithms/<role>.tar.gz a custom tuner's / assessor's code (its codeDirectory)
 experiments/<exp>/state.json               the dispatcher's state document (ETag-conditional writes)
 experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
 experiments/<exp>/trials/<trial>/results.jsonl   the attempt's results: an append blob, one

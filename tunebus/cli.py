@@ -506,10 +506,12 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
     from shared.settings import CommonSettings
 
     settings = CommonSettings()
-    archive = _build_archive(config, Path(args.config), _known_secrets(config, settings))
+    secrets = _known_secrets(config, settings)
+    archive = _build_archive(config, Path(args.config), secrets)
+    algorithm_archives = _build_algorithm_archives(config, Path(args.config), secrets)
     run = _CreateRun(experiment_id)
     try:
-        return asyncio.run(_create(settings, config, archive, run, args, output))
+        return asyncio.run(_create(settings, config, (archive, algorithm_archives), run, args, output))
     except KeyboardInterrupt:
         if run.progress is not None:
             run.progress.end_line()
@@ -542,7 +544,7 @@ def _build_archive(config: Any, config_path: Path, secrets: dict[str, str]) -> b
         build_code_archive,
     )
 
-    limits: dict[str, int] = {}
+    limits: dict[str, Any] = {}
     if config.training_service.platform == "aml":
         # tunebus adds its own few files (the nni shim, the run script) to every AML snapshot.
         limits = {"max_files": AML_SNAPSHOT_MAX_FILES - AML_RUNTIME_FILES,
@@ -554,8 +556,28 @@ def _build_archive(config: Any, config_path: Path, secrets: dict[str, str]) -> b
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _CreateRun,
-                  args: argparse.Namespace, output: _Output) -> int:
+def _build_algorithm_archives(config: Any, config_path: Path, secrets: dict[str, str]) -> dict[str, bytes]:
+    """Each custom tuner's or assessor's codeDirectory, packed like the trial code (ignore files,
+    no config file, no secret) within :data:`MAX_ALGORITHM_CODE_BYTES`: it travels with the
+    experiment, so that the tuner service runs it wherever it is."""
+    from tunebus.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, build_code_archive
+
+    archives: dict[str, bytes] = {}
+    for role in ("tuner", "assessor"):
+        spec = getattr(config, role)
+        if spec is None or spec.class_name is None:
+            continue
+        try:
+            archives[role] = build_code_archive(
+                Path(spec.code_directory), exclude=[config_path], secrets=secrets,
+                max_bytes=MAX_ALGORITHM_CODE_BYTES, what=f"{role}.codeDirectory")
+        except (CodeArchiveError, OSError) as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+    return archives
+
+
+async def _create(settings: CommonSettings, config: Any, archives: tuple[bytes, dict[str, bytes]],
+                  run: _CreateRun, args: argparse.Namespace, output: _Output) -> int:
     import asyncio
 
     from shared.messages import ExperimentStart
@@ -575,12 +597,17 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
                 raise CliError("\n".join(dict.fromkeys(str(f) for f in failures)))
             raise failures[0]
         bus = results[1]  # type: ignore[assignment]
-        code_blob = Layout(run.experiment_id).code_archive
+        archive, algorithm_archives = archives
+        layout = Layout(run.experiment_id)
+        code_blob = layout.code_archive
+        algorithm_code = {role: layout.algorithm_code_archive(role) for role in algorithm_archives}
         try:
             if args.id and await storage.exists(run.experiment_id):
                 raise CliError(f"experiment {run.experiment_id} already exists; choose another --id",
                                EXIT_USAGE)
             await storage.upload(code_blob, archive, "application/gzip")
+            for role, data in algorithm_archives.items():
+                await storage.upload(algorithm_code[role], data, "application/gzip")
             secrets = config.secrets()
             if not secrets.empty:
                 # The key never goes in the message: services read it from here (create-only,
@@ -597,7 +624,7 @@ async def _create(settings: CommonSettings, config: Any, archive: bytes, run: _C
             raise storage.failure(exc) from None
         assert bus is not None
         await bus.publish(ExperimentStart(experiment_id=run.experiment_id, config=config.to_wire(),
-                                          code_blob=code_blob))
+                                          code_blob=code_blob, algorithm_code=algorithm_code))
         run.published = True
         output.note(f"experiment {run.experiment_id} created")
         if watcher is None:

@@ -33,6 +33,7 @@ __all__ = [
     "AML_SNAPSHOT_MAX_FILES",
     "DEFAULT_EXCLUDES",
     "IGNORE_FILES",
+    "MAX_ALGORITHM_CODE_BYTES",
     "MAX_ARCHIVE_BYTES",
     "MIN_SECRET_CHARS",
     "CodeArchiveError",
@@ -44,6 +45,8 @@ __all__ = [
 
 #: NNI refuses trial code folders above 100 MB; so do we (sum of file sizes before compression).
 MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
+#: A custom tuner's or assessor's code folder is code, not data: a smaller bound.
+MAX_ALGORITHM_CODE_BYTES = 20 * 1024 * 1024
 IGNORE_FILES = (".nniignore", ".amlignore")
 DEFAULT_EXCLUDES = ("__pycache__/", ".git/")
 #: Azure ML's snapshot limits (azureml-core 1.61, ``azureml/_restclient/constants.py``:
@@ -213,7 +216,7 @@ def _human(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
-def _too_big(code_dir: Path, entries: list[_Entry], total: int, limit: int) -> CodeArchiveError:
+def _too_big(code_dir: Path, entries: list[_Entry], total: int, limit: int, what: str) -> CodeArchiveError:
     by_top: dict[str, int] = {}
     for entry in entries:
         top = entry.rel.split("/", 1)[0] + ("/" if "/" in entry.rel else "")
@@ -221,8 +224,8 @@ def _too_big(code_dir: Path, entries: list[_Entry], total: int, limit: int) -> C
     largest = sorted(by_top.items(), key=lambda kv: -kv[1])[:5]
     listing = ", ".join(f"{name} ({_human(size)})" for name, size in largest)
     return CodeArchiveError(
-        f"trial code directory {code_dir} holds {_human(total)} of files, over the {_human(limit)} limit; "
-        f"list what trials do not need (data, checkpoints, logs) in {code_dir / '.nniignore'}. "
+        f"{what} {code_dir} holds {_human(total)} of files, over the {_human(limit)} limit; "
+        f"list what is not needed (data, checkpoints, logs) in {code_dir / '.nniignore'}. "
         f"Largest entries: {listing}"
     )
 
@@ -284,7 +287,8 @@ def _too_many(code_dir: Path, count: int, limit: int) -> CodeArchiveError:
 
 
 def build_code_archive(code_dir: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int | None = None,
-                       exclude: Iterable[Path] = (), secrets: Mapping[str, str] | None = None) -> bytes:
+                       exclude: Iterable[Path] = (), secrets: Mapping[str, str] | None = None,
+                       what: str = "trial code directory") -> bytes:
     """A tar.gz of ``code_dir`` (paths relative to it), minus what the ignore files exclude.
 
     ``exclude`` names files never packed (the experiment's config file); ``secrets`` maps a
@@ -292,15 +296,16 @@ def build_code_archive(code_dir: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES, ma
     :class:`CodeArchiveError` when the files add up to more than ``max_bytes`` (naming the size
     and the largest entries) or number more than ``max_files``, :class:`SecretInCodeError`
     naming the file and the secret, and NotADirectoryError when ``code_dir`` is not a folder.
+    ``what`` names the folder in those messages (a custom tuner's codeDirectory is packed too).
     """
     code_dir = Path(code_dir)
     if not code_dir.is_dir():
-        raise NotADirectoryError(f"trial code directory {code_dir} is not a folder")
+        raise NotADirectoryError(f"{what} {code_dir} is not a folder")
     excluded = frozenset(Path(p).resolve() for p in exclude)
     entries = _collect(code_dir, IgnoreRules.for_code_dir(code_dir), excluded)
     total = sum(e.size for e in entries)
     if total > max_bytes:
-        raise _too_big(code_dir, entries, total, max_bytes)
+        raise _too_big(code_dir, entries, total, max_bytes, what)
     files = sum(1 for e in entries if e.kind != "dir")
     if max_files is not None and files > max_files:
         raise _too_many(code_dir, files, max_files)
@@ -341,11 +346,12 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
             )
 
 
-def extract_code_archive(data: bytes, dest: Path) -> None:
+def extract_code_archive(data: bytes, dest: Path, *, max_bytes: int | None = None) -> None:
     """Unpack an archive made by :func:`build_code_archive` into ``dest`` (created if needed).
 
     Refuses, with :class:`CodeArchiveError` and before writing anything, archives with absolute
-    paths, ``..`` components, links pointing outside ``dest``, or devices and fifos.
+    paths, ``..`` components, links pointing outside ``dest``, or devices and fifos, and, with
+    ``max_bytes``, archives whose files add up to more than that.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -358,6 +364,10 @@ def extract_code_archive(data: bytes, dest: Path) -> None:
     with tar:
         for member in members:
             _check_member(member, root)
+        total = sum(member.size for member in members if member.isfile())
+        if max_bytes is not None and total > max_bytes:
+            raise CodeArchiveError(f"the archive's files add up to {_human(total)}, over the limit of "
+                                   f"{_human(max_bytes)}")
         try:
             # The "data" filter re-checks the above and drops modes that should not be kept.
             tar.extractall(root, members=members, filter="data")

@@ -96,6 +96,26 @@ def validate_start_config(config: dict[str, Any]) -> ExperimentConfig:
         raise PermanentError(str(exc)) from exc
 
 
+def check_algorithm_code(msg: ExperimentStart, config: ExperimentConfig) -> dict[str, str]:
+    """The start's stored custom-algorithm archives, one per custom (className) tuner or assessor,
+    each at its place in the experiment's folder; PermanentError names what is wrong."""
+    layout = Layout(msg.experiment_id)
+    custom = [role for role in ("tuner", "assessor")
+              if getattr(config, role) is not None and getattr(config, role).class_name]
+    for role in custom:
+        expected = layout.algorithm_code_archive(role)
+        if msg.algorithm_code.get(role) != expected:
+            raise PermanentError(
+                f"{role}: a custom {role} (className) needs its code stored at {expected} and named in the "
+                f"start message's algorithm_code.{role} (tunebus create does both); got "
+                f"{msg.algorithm_code.get(role)!r}")
+    extra = sorted(set(msg.algorithm_code) - set(custom))
+    if extra:
+        raise PermanentError(f"algorithm_code names code for {', '.join(extra)}, which the config does not "
+                             f"give as a custom className")
+    return {role: layout.algorithm_code_archive(role) for role in custom}
+
+
 class Dispatcher:
     """Applies events to experiments; one instance per process (one active consumer)."""
 
@@ -243,13 +263,14 @@ class Dispatcher:
         layout = Layout(msg.experiment_id)
         try:
             parsed = validate_start_config(msg.config)
+            algorithm_code = check_algorithm_code(msg, parsed)
             await self._keep_secrets(msg.experiment_id, parsed)
         except PermanentError as exc:
             await self._record_rejected(msg, str(exc))
             raise
         config = parsed.to_wire()  # no secret: experiment.json is read by every service
         doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
-               "seed": msg.seed, "created_at": msg.time.isoformat()}
+               "algorithm_code": algorithm_code, "seed": msg.seed, "created_at": msg.time.isoformat()}
         await self.store.write_json(layout.experiment_doc, doc)
         await self.store.write_bytes(active_marker(msg.experiment_id), b"")  # before it can run
         plan = lifecycle.plan_from_config(config, self.lookahead)

@@ -1,16 +1,12 @@
 """Calls into an experiment's tuner and assessor, kept off the event loop and, for users' own
-code, bounded in time.
+code, bounded in time and isolated in a process.
 
 A built-in algorithm is ours and pure: its calls run in the default thread pool, unbounded. A
-custom one (``className``) is the user's code: its calls run one after another on a thread of
-the experiment's own (user code may expect one thread), each with a time limit. A call that
-raises or outlives the limit becomes :class:`AlgorithmFailed`, which ends that experiment in
-ERROR; the event loop, and so every other experiment, never waits on it beyond the limit.
-
-A thread cannot be killed in Python: one stuck for good in user code is abandoned (it is a
-daemon, so it does not keep the process from exiting) and counted in :func:`abandoned_threads`.
-It holds its memory until the tuner restarts; running custom code in its own process is a
-later step (issue #16).
+custom one (``className``) is the user's code: it lives in a worker process of the experiment's
+own (:mod:`services.tuner.custom_process`, with a memory limit), and the experiment's calls run
+one after another on a thread of its own, each within a time limit. A call that raises, outlives
+the limit or finds the worker dead becomes :class:`AlgorithmFailed`, which ends that experiment
+in ERROR; the worker is killed, so nothing of it lingers, and no other experiment waits on it.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -28,8 +25,9 @@ from typing import Any, TypeVar
 
 from shared.secrets_mask import mask_secrets
 
-__all__ = ["AlgorithmCalls", "AlgorithmFailed", "BuiltinCalls", "GuardedCalls", "abandoned_threads",
-           "traceback_tail"]
+from .custom_process import AlgorithmProcess, CallTimedOut, RemoteError, WorkerFailed
+
+__all__ = ["AlgorithmCalls", "AlgorithmFailed", "BuiltinCalls", "ProcessCalls", "traceback_tail"]
 
 log = logging.getLogger("tunebus.tuner")
 
@@ -37,15 +35,6 @@ T = TypeVar("T")
 
 #: How much of a traceback's end a reason keeps (it is stored in state.json and shown by the CLI).
 TRACEBACK_TAIL_CHARS = 2000
-
-_abandoned = 0
-_abandoned_lock = threading.Lock()
-
-
-def abandoned_threads() -> int:
-    """Threads left stuck in users' code since the process started."""
-    return _abandoned
-
 
 # Frames of tunebus itself and of the machinery between it and the user's code say nothing to
 # the user: a reason shows the user's frames and the error.
@@ -96,12 +85,19 @@ class BuiltinCalls(AlgorithmCalls):
             raise AlgorithmFailed(f"{what} failed:\n{traceback_tail(exc)}") from exc
 
 
-class GuardedCalls(AlgorithmCalls):
-    """A user's algorithm: its own daemon thread, one call at a time, ``limit`` seconds each."""
+class ProcessCalls(AlgorithmCalls):
+    """An experiment with a user's algorithm: its calls on a thread of their own, one at a time,
+    the user's code in :attr:`process` (a worker process), each call ``limit`` seconds at most.
 
-    def __init__(self, name: str, limit: float) -> None:
+    The limit is the worker's deadline for every request the call makes (a call may make
+    several: one suggestion per id), so a call returns or fails within it: a worker that
+    hangs or dies is killed, never abandoned, and takes its memory with it.
+    """
+
+    def __init__(self, name: str, limit: float, process: AlgorithmProcess) -> None:
         self.limit = limit
-        self.stuck = False
+        self.process = process
+        self._ended: str | None = None
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None]
         self._calls = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"custom-{name}", daemon=True)
@@ -112,35 +108,38 @@ class GuardedCalls(AlgorithmCalls):
             call, future = item
             if not future.set_running_or_notify_cancel():
                 continue
+            self.process.deadline = time.monotonic() + self.limit
             try:
                 future.set_result(call())
             except BaseException as exc:  # handed to the caller, whatever it is
                 future.set_exception(exc)
+        self.process.kill()
 
     async def run(self, what: str, call: Callable[[], T]) -> T:
-        if self.stuck:
-            raise AlgorithmFailed(f"{what}: not called, an earlier call never returned")
+        if self._ended is not None:
+            raise AlgorithmFailed(f"{what}: not called, {self._ended}")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._calls.put((call, future))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.limit)
-        except TimeoutError:
-            self._abandon()
+            return await asyncio.wrap_future(future)  # bounded: every wait inside has the deadline
+        except CallTimedOut:
+            self._ended = "an earlier call did not return in time"
             raise AlgorithmFailed(
                 f"{what} did not return within {self.limit:g} s (TUNEBUS_CUSTOM_CALL_TIMEOUT); "
-                f"its thread is abandoned"
+                f"its process was ended"
             ) from None
+        except WorkerFailed as exc:
+            self._ended = str(exc)
+            raise AlgorithmFailed(f"{what} failed: {exc}") from None
+        except RemoteError as exc:
+            hint = ""
+            if exc.tail.rstrip().endswith("MemoryError") and self.process.memory_limit_bytes:
+                hint = (f"\n(the worker's memory limit is {self.process.memory_limit_bytes // 2**20} MiB: "
+                        f"TUNEBUS_CUSTOM_MEMORY_LIMIT_MB)")
+            raise AlgorithmFailed(f"{what} failed:\n{mask_secrets(exc.tail)}{hint}") from exc
         except Exception as exc:
             raise AlgorithmFailed(f"{what} failed:\n{traceback_tail(exc)}") from exc
 
-    def _abandon(self) -> None:
-        global _abandoned
-        self.stuck = True
-        with _abandoned_lock:
-            _abandoned += 1
-        log.error("thread %s is stuck in user code; abandoned (%d so far in this process)",
-                  self._thread.name, _abandoned)
-
     def close(self) -> None:
-        # The thread ends after the call it is in, if that ever returns.
+        # The thread kills the worker once the call it is in (bounded by the deadline) is over.
         self._calls.put(None)

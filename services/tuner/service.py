@@ -7,9 +7,14 @@ experiment's history from its state document (parameters and results of every tr
 goes on; parameter ids are the dispatcher's, so none is ever repeated.
 
 Every call into an algorithm goes through the experiment's :mod:`calls <services.tuner.calls>`:
-off the event loop, and for a user's own (``className``) tuner or assessor, on a thread of its
-own with a time limit (``TUNEBUS_CUSTOM_CALL_TIMEOUT``). A call that raises or hangs ends its
-experiment in ERROR with the traceback's tail as the reason (``experiment.error``). Handlers of
+off the event loop, and for a user's own (``className``) tuner or assessor, in a worker process
+of the experiment's own (:mod:`services.tuner.worker`) with a time limit per call
+(``TUNEBUS_CUSTOM_CALL_TIMEOUT``) and a memory limit (``TUNEBUS_CUSTOM_MEMORY_LIMIT_MB``). Its
+code is the archive ``tunebus create`` stored next to the trial code
+(:meth:`shared.layout.Layout.algorithm_code_archive`), unpacked into the experiment's folder
+under ``TUNEBUS_TUNER_WORK_DIR``: any tuner host runs it. A call that raises, hangs or finds
+the worker dead ends its experiment in ERROR with the traceback's tail as the reason
+(``experiment.error``). Handlers of
 one experiment run one at a time, in queue order; different experiments' run side by side
 (``TUNEBUS_TUNER_CONCURRENCY``), so one slow experiment does not hold up the others.
 """
@@ -20,8 +25,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -47,9 +55,11 @@ from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
 from shared.topology import TUNER_QUEUE
 
-from .algorithms import NoMoreTrials, TunerConfigError, create_tuner
-from .assessors import AssessorConfigError, AssessResult, create_assessor
-from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, GuardedCalls
+from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, create_tuner
+from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
+from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
+from .custom_code import CustomCodeError, fetch_algorithm_code
+from .custom_process import AlgorithmProcess, RemoteConfigError, make_non_dumpable
 
 __all__ = ["TunerService", "TunerSettings"]
 
@@ -60,6 +70,7 @@ FINISHED_REMEMBERED = 10_000
 MAX_REASON_CHARS = 4000
 # Errors a user fixes in the config: their message is the reason, no traceback.
 _CONFIG_ERRORS = (TunerConfigError, AssessorConfigError, SearchSpaceError)
+ROLES = ("tuner", "assessor")
 
 
 class TunerSettings(CommonSettings):
@@ -69,6 +80,16 @@ class TunerSettings(CommonSettings):
         default=60.0, gt=0, le=86400,
         description="Seconds each call into a custom tuner or assessor may take "
                     "(TUNEBUS_CUSTOM_CALL_TIMEOUT).",
+    )
+    custom_memory_limit_mb: int = Field(
+        default=2048, ge=0, le=1024 * 1024,
+        description="Address-space limit of each custom algorithm's worker process, MiB; 0 = none "
+                    "(TUNEBUS_CUSTOM_MEMORY_LIMIT_MB).",
+    )
+    tuner_work_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "tunebus-tuner",
+        description="Where each experiment's custom algorithm code is unpacked and its worker runs "
+                    "(TUNEBUS_TUNER_WORK_DIR).",
     )
     tuner_concurrency: int = Field(
         default=16, ge=1, le=1000,
@@ -135,10 +156,13 @@ def _learned_value(msg_status: TrialStatus, final: float | None, last: float | N
 class TunerService:
     """Holds a session per running experiment; handlers run one at a time (in queue order)."""
 
-    def __init__(self, bus: Bus, store: BlobStore, *, custom_call_timeout: float = 60.0) -> None:
+    def __init__(self, bus: Bus, store: BlobStore, *, custom_call_timeout: float = 60.0,
+                 custom_memory_limit_mb: int = 2048, work_dir: Path | None = None) -> None:
         self.bus = bus
         self.store = store
         self.custom_call_timeout = custom_call_timeout
+        self.custom_memory_limit_bytes = custom_memory_limit_mb * 2**20
+        self.work_dir = work_dir or TunerSettings.model_fields["tuner_work_dir"].get_default()
         self._locks = _ExperimentLocks()
         self._sessions: dict[str, _Session] = {}
         self._failed: set[str] = set()
@@ -173,12 +197,16 @@ class TunerService:
             # The dispatcher writes it before it publishes anything of the experiment.
             raise PermanentError(f"unknown experiment {experiment_id!r}: no {layout.experiment_doc}")
         doc = found[0]
-        calls = self._calls_for(experiment_id, doc["config"])
+        try:
+            calls = await self._calls_for(experiment_id, doc)
+        except CustomCodeError as exc:
+            await self._fail(experiment_id, AlgorithmFailed(str(exc)))
+            return None
         state = await self.store.read_json(layout.state_doc)
         record = None if state is None else ExperimentState.model_validate(state[0])
         try:
             config = doc["config"]
-            what = "loading " + " and ".join(_role_name(role, config[role]) for role in ("tuner", "assessor")
+            what = "loading " + " and ".join(_role_name(role, config[role]) for role in ROLES
                                              if config.get(role))
             session = await calls.run(what, lambda: self._new_session(experiment_id, doc, calls))
             if record is not None:
@@ -193,25 +221,41 @@ class TunerService:
         self._sessions[experiment_id] = session
         return session
 
-    def _calls_for(self, experiment_id: str, config: dict[str, Any]) -> AlgorithmCalls:
-        custom = any((config.get(role) or {}).get("className") for role in ("tuner", "assessor"))
-        return GuardedCalls(experiment_id, self.custom_call_timeout) if custom else BuiltinCalls()
+    async def _calls_for(self, experiment_id: str, doc: dict[str, Any]) -> AlgorithmCalls:
+        """Built-in algorithms' calls; or, with a custom one, a worker process in a fresh folder
+        holding the experiment's stored algorithm code (CustomCodeError if it cannot be had)."""
+        custom = [role for role in ROLES if (doc["config"].get(role) or {}).get("className")]
+        if not custom:
+            return BuiltinCalls()
+        folder = self._experiment_folder(experiment_id)
+        await fetch_algorithm_code(self.store, experiment_id, doc, custom, folder)
+        process = AlgorithmProcess(experiment_id, folder, memory_limit_bytes=self.custom_memory_limit_bytes)
+        return ProcessCalls(experiment_id, self.custom_call_timeout, process)
+
+    def _experiment_folder(self, experiment_id: str) -> Path:
+        return Path(self.work_dir) / experiment_id
 
     @staticmethod
     def _new_session(experiment_id: str, doc: dict[str, Any], calls: AlgorithmCalls) -> _Session:
         config = doc["config"]
         spec = config["tuner"]
-        class_args = dict(spec.get("classArgs") or {})
-        if spec.get("name") in ("TPE", "Random", "Anneal", "Evolution"):
-            class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
-        tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"],
-                             class_name=spec.get("className"), code_directory=spec.get("codeDirectory"))
         assessor_spec = config.get("assessor") or {}
-        assessor = None
-        if assessor_spec:
-            assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {},
-                                       class_name=assessor_spec.get("className"),
-                                       code_directory=assessor_spec.get("codeDirectory"))
+        process = calls.process if isinstance(calls, ProcessCalls) else None
+        if process is not None:
+            _load_custom(process, config)
+        tuner: Any
+        if spec.get("className") and process is not None:
+            tuner = RemoteTuner(process, spec["className"])
+        else:
+            class_args = dict(spec.get("classArgs") or {})
+            if spec.get("name") in ("TPE", "Random", "Anneal", "Evolution"):
+                class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
+            tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"])
+        assessor: Any = None
+        if assessor_spec.get("className") and process is not None:
+            assessor = RemoteAssessor(process, assessor_spec["className"])
+        elif assessor_spec:
+            assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {})
         return _Session(tuner=tuner, assessor=assessor, calls=calls, tuner_name=_role_name("tuner", spec),
                         assessor_name=_role_name("assessor", assessor_spec))
 
@@ -223,9 +267,7 @@ class TunerService:
         if len(reason) > MAX_REASON_CHARS:
             reason = "..." + reason[-MAX_REASON_CHARS:]
         self._failed.add(experiment_id)
-        session = self._sessions.pop(experiment_id, None)
-        if session is not None:
-            session.calls.close()
+        self._end_session(experiment_id)
         log.error("experiment %s: %s", experiment_id, reason)
         await self.bus.publish(ExperimentError(experiment_id=experiment_id, service="tuner", reason=reason))
 
@@ -255,6 +297,14 @@ class TunerService:
             TunerService._suggest(session, sorted(state.requested))
         log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
                  len(records), sum(r["value"] is not None for r in records))
+
+    def _end_session(self, experiment_id: str) -> None:
+        """Drop the experiment's session: its worker ends, its code folder goes."""
+        session = self._sessions.pop(experiment_id, None)
+        if session is not None:
+            session.calls.close()
+        # The worker's folder (its cwd): removing it under a process about to be killed is harmless.
+        shutil.rmtree(self._experiment_folder(experiment_id), ignore_errors=True)
 
     # ------------------------------------------------------------------ handlers
 
@@ -301,15 +351,15 @@ class TunerService:
         params = session.parameters.get(msg.parameter_id)
         value = _learned_value(msg.status, msg.final_value, msg.last_intermediate)
         tuner, assessor = session.tuner, session.assessor
+        succeeded = msg.status == TrialStatus.SUCCEEDED
         try:
+            # As NNI's dispatcher: the final result (if any), then the end of the trial.
             if params is not None and value is not None:
                 await session.calls.run(f"{session.tuner_name}: receive_trial_result",
                                         lambda: tuner.receive_trial_result(msg.parameter_id, params, value))
-            else:
-                await session.calls.run(f"{session.tuner_name}: trial_end",
-                                        lambda: tuner.trial_end(msg.parameter_id, False))
+            await session.calls.run(f"{session.tuner_name}: trial_end",
+                                    lambda: tuner.trial_end(msg.parameter_id, succeeded))
             if assessor is not None:
-                succeeded = msg.status == TrialStatus.SUCCEEDED
                 await session.calls.run(f"{session.assessor_name}: trial_end",
                                         lambda: assessor.trial_end(msg.trial_id, succeeded))
         except AlgorithmFailed as exc:
@@ -350,13 +400,29 @@ class TunerService:
             self._finished.pop(msg.experiment_id, None)
             self._failed.discard(msg.experiment_id)
         elif msg.status in ("DONE", "STOPPED", "ERROR"):
-            session = self._sessions.pop(msg.experiment_id, None)  # free the memory
-            if session is not None:
-                session.calls.close()
+            self._end_session(msg.experiment_id)  # free the memory (and a worker process)
             self._failed.discard(msg.experiment_id)
             self._finished[msg.experiment_id] = None
             while len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
+
+
+def _load_custom(process: AlgorithmProcess, config: dict[str, Any]) -> None:
+    """Start the worker and build the experiment's custom algorithms in it; a config problem is
+    raised as the role's config error (its message is the experiment's reason)."""
+    algorithms = {}
+    for role in ROLES:
+        spec = config.get(role) or {}
+        if spec.get("className"):
+            algorithms[role] = {"className": spec["className"], "classArgs": spec.get("classArgs") or {},
+                                "searchSpace": config.get("searchSpace") if role == "tuner" else None}
+    directories = [str(process.work_dir / role) for role in algorithms]
+    try:
+        process.request({"op": "load", "code_directories": directories, "algorithms": algorithms})
+    except RemoteConfigError as exc:
+        role = exc.role if exc.role in algorithms else "tuner"
+        error = TunerConfigError if role == "tuner" else AssessorConfigError
+        raise error(algorithms[role]["className"], str(exc)) from None
 
 
 def _role_name(role: str, spec: dict[str, Any]) -> str:
@@ -368,11 +434,14 @@ def _role_name(role: str, spec: dict[str, Any]) -> str:
 
 async def start(settings: TunerSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
+    make_non_dumpable()  # custom algorithms' workers run as this user: keep its secrets from them
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")
     await bus.connect()
-    service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout)
+    service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
+                           custom_memory_limit_mb=settings.custom_memory_limit_mb,
+                           work_dir=settings.tuner_work_dir)
     await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=max(32, settings.tuner_concurrency),
                       concurrency=settings.tuner_concurrency)
     log.info("tuner consuming %s", TUNER_QUEUE.name)

@@ -395,3 +395,75 @@ def test_create_checks_amls_snapshot_file_limit(tmp_path: Path, capsys: pytest.C
     assert cli.main(["create", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "files, over the limit of" in err and "Azure ML's snapshot limit" in err
+
+
+# ---------------------------------------------------------------- create: custom algorithm code
+
+CUSTOM_TUNER_CONFIG = """\
+    searchSpaceFile: search_space.json
+    trialCommand: python3 trial.py
+    trialCodeDirectory: .
+    trialConcurrency: 1
+    tuner:
+      className: my_tuner.MyTuner
+      codeDirectory: .
+      classArgs: {optimize_mode: maximize}
+    trainingService:
+      platform: local
+    sharedStorage:
+      storageType: AzureBlob
+      storageAccountName: acct
+      containerName: c
+      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
+      localMountPoint: /mnt/data
+      remoteMountPoint: /tmp/data
+      localMounted: usermount
+"""
+
+
+def test_create_packs_a_custom_tuners_code_like_trial_code(tmp_path: Path) -> None:
+    """The codeDirectory travels as an archive: ignore files apply, the config file stays out."""
+    import io
+    import tarfile
+
+    from shared.config import load_experiment_config
+    from shared.settings import CommonSettings
+
+    config = write_config(tmp_path, CUSTOM_TUNER_CONFIG)
+    (tmp_path / "my_tuner.py").write_text("class MyTuner: ...\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.bin").write_bytes(b"0" * 1000)
+    (tmp_path / ".nniignore").write_text("data/\n")
+    loaded = load_experiment_config(config)
+    archives = cli._build_algorithm_archives(loaded, config, cli._known_secrets(loaded, CommonSettings()))
+    assert list(archives) == ["tuner"]
+    with tarfile.open(fileobj=io.BytesIO(archives["tuner"]), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert "my_tuner.py" in names and "config.yml" not in names and not any("big.bin" in n for n in names)
+
+
+def test_create_refuses_a_custom_tuner_folder_holding_a_secret_before_connecting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], unreachable: dict[str, str]) -> None:
+    trial_dir = tmp_path / "trial"
+    config = write_config(trial_dir, CUSTOM_TUNER_CONFIG.replace("codeDirectory: .",
+                                                                 "codeDirectory: ../tuner"))
+    (tmp_path / "tuner").mkdir()
+    (tmp_path / "tuner" / "my_tuner.py").write_text(
+        "KEY = 'c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U='\nclass MyTuner: ...\n")
+    assert cli.main(["create", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "my_tuner.py contains the value of sharedStorage.storageAccountKey" in err
+    assert "cannot reach" not in err  # refused before connecting to anything
+
+
+def test_create_bounds_a_custom_tuners_code(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            unreachable: dict[str, str]) -> None:
+    from tunebus.code_archive import MAX_ALGORITHM_CODE_BYTES
+
+    config = write_config(tmp_path / "trial", CUSTOM_TUNER_CONFIG.replace("codeDirectory: .",
+                                                                          "codeDirectory: ../tuner"))
+    (tmp_path / "tuner").mkdir()
+    (tmp_path / "tuner" / "weights.bin").write_bytes(b"\0" * (MAX_ALGORITHM_CODE_BYTES + 1))
+    assert cli.main(["create", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "tuner.codeDirectory" in err and "over the 20.0 MB limit" in err and "cannot reach" not in err

@@ -398,6 +398,28 @@ def test_custom_algorithm_needs_class_name_and_code_directory(tmp_path: Path) ->
     ) == ["tuner"]
 
 
+def test_custom_code_travels_as_an_archive_never_as_a_host_path(tmp_path: Path) -> None:
+    (tmp_path / "tuners").mkdir()
+    custom = {"className": "my_tuner.MyTuner", "codeDirectory": "tuners", "classArgs": {"a": 1}}
+    config = parse_experiment_config(local_config(tuner=custom, assessor=custom), tmp_path)
+    wire = config.to_wire()
+    assert wire["tuner"] == {"className": "my_tuner.MyTuner", "classArgs": {"a": 1}}
+    assert "codeDirectory" not in wire["assessor"]
+    assert parse_experiment_config(wire).tuner.class_name == "my_tuner.MyTuner"  # wire mode: no folder
+    # A start message naming a folder on some host is refused, naming the field and the way out.
+    [(field, reason)] = problems(local_config(tuner={"className": "evil.T", "codeDirectory": "/etc"}))
+    assert field == "tuner" and "codeDirectory '/etc': a start message cannot name a folder" in reason
+    assert "experiments/<id>/algorithms/tuner.tar.gz" in reason
+
+
+def test_a_custom_advisor_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    (tmp_path / "advisors").mkdir()
+    advisor = {"className": "dummy_advisor.DummyAdvisor", "codeDirectory": "advisors", "classArgs": {"k": 3}}
+    [(field, reason)] = problems(local_config(tuner=None, advisor=advisor), tmp_path)
+    assert field == "advisor" and "a custom advisor (className) is not supported" in reason
+    assert "nni.tuner.Tuner" in reason
+
+
 # ---------------------------------------------------------------- training services and storage
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -315,58 +313,3 @@ def test_evolution_mutates_good_members_after_the_initial_population() -> None:
 
 
 # ---------------------------------------------------------------- custom tuners
-
-
-CUSTOM_TUNER = '''
-import itertools
-
-class NoMoreTrialError(Exception):
-    pass
-
-class CountingTuner:
-    """Suggests x = start, start + 1, ... up to a limit, like a minimal NNI custom tuner."""
-
-    def __init__(self, start, limit=3):
-        self.counter = itertools.count(start)
-        self.limit = limit
-        self.results = []
-
-    def update_search_space(self, search_space):
-        self.space = search_space
-
-    def generate_parameters(self, parameter_id, **kwargs):
-        x = next(self.counter)
-        if x >= self.limit:
-            raise NoMoreTrialError("done")
-        return {"x": x}
-
-    def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
-        self.results.append((parameter_id, value))
-'''
-
-
-def test_custom_tuner_loads_from_its_code_directory(tmp_path: Path) -> None:
-    package = tmp_path / "my_tuners"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "counting.py").write_text(textwrap.dedent(CUSTOM_TUNER))
-    space = {"x": {"_type": "randint", "_value": [0, 10]}}
-    tuner = create_tuner(
-        None, {"start": 1}, space, class_name="my_tuners.counting.CountingTuner", code_directory=str(tmp_path)
-    )
-    assert tuner.generate_parameters(0) == {"x": 1}
-    tuner.receive_trial_result(0, {"x": 1}, 0.5)
-    tuner.trial_end(0, True)
-    tuner.import_data([])
-    assert tuner.generate_multiple_parameters([1, 2, 3]) == [{"x": 2}]
-    with pytest.raises(NoMoreTrials):
-        tuner.generate_parameters(4)
-    assert tuner.tuner.results == [(0, 0.5)] and tuner.tuner.space == space
-
-
-def test_custom_tuner_errors_name_the_class(tmp_path: Path) -> None:
-    (tmp_path / "broken.py").write_text("class NotATuner:\n    pass\n")
-    with pytest.raises(TunerConfigError, match=r"broken\.NotATuner.*must implement"):
-        create_tuner(None, {}, None, class_name="broken.NotATuner", code_directory=str(tmp_path))
-    with pytest.raises(TunerConfigError, match="cannot load"):
-        create_tuner(None, {}, None, class_name="missing_module.Tuner", code_directory=str(tmp_path))

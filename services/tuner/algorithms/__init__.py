@@ -7,8 +7,8 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``; a custom tuner is given by ``class_name`` and
-``code_directory`` like NNI's ``className`` / ``codeDirectory``.
+``Anneal``, ``GridSearch``, ``Evolution``. A custom tuner (NNI's ``className``) runs in the
+experiment's worker process: :class:`RemoteTuner` stands for it here.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from shared import limits
 
 from .args import ClassArgs
 from .base import BaseTuner
-from .custom import CustomTuner, load_custom_tuner
+from .custom import RemoteTuner
 from .errors import NoMoreTrials, TunerConfigError
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
 __all__ = [
     "BUILTIN_TUNERS",
-    "CustomTuner",
     "NoMoreTrials",
+    "RemoteTuner",
     "Tuner",
     "TunerConfigError",
     "create_tuner",
@@ -101,20 +101,13 @@ def create_tuner(
     name: str | None,
     class_args: Mapping[str, Any] | None,
     search_space: dict[str, Any] | None,
-    *,
-    class_name: str | None = None,
-    code_directory: str | None = None,
 ) -> Tuner:
-    """Build a tuner from an NNI ``tuner`` config section and give it the search space if there is one.
+    """Build a built-in tuner from an NNI ``tuner`` config section and give it the search space if any.
 
     Raises :class:`TunerConfigError` for an unknown name or bad classArgs, and
     ``shared.search_space.SearchSpaceError`` for a bad search space.
     """
-    tuner: Tuner
-    if class_name:
-        tuner = load_custom_tuner(class_name, code_directory, class_args or {})
-    else:
-        tuner = _builtin(name, class_args)
+    tuner: Tuner = _builtin(name, class_args)
     if search_space is not None:
         tuner.update_search_space(search_space)
     return tuner

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .curvefitting import CurvefittingAssessor
-from .custom import CustomAssessor, load_custom_assessor
+from .custom import RemoteAssessor
 from .errors import AssessorConfigError
 from .medianstop import MedianstopAssessor
 from .result import AssessResult
@@ -22,8 +22,8 @@ __all__ = [
     "Assessor",
     "AssessorConfigError",
     "CurvefittingAssessor",
-    "CustomAssessor",
     "MedianstopAssessor",
+    "RemoteAssessor",
     "create_assessor",
 ]
 
@@ -44,17 +44,12 @@ BUILTIN_ASSESSORS: dict[str, Callable[[Mapping[str, Any]], Assessor]] = {
 def create_assessor(
     name: str | None,
     class_args: Mapping[str, Any] | None,
-    *,
-    class_name: str | None = None,
-    code_directory: str | None = None,
 ) -> Assessor:
-    """Build a built-in assessor (``Medianstop`` or ``Curvefitting``) from its classArgs, or the
-    user's own (``class_name`` in ``code_directory``).
+    """Build a built-in assessor (``Medianstop`` or ``Curvefitting``) from its classArgs (a
+    custom one runs in the experiment's worker process: :class:`RemoteAssessor`).
 
     Raises :class:`AssessorConfigError` naming the assessor and the classArg at fault.
     """
-    if class_name:
-        return load_custom_assessor(class_name, code_directory, class_args or {})
     canonical = {key.lower(): key for key in BUILTIN_ASSESSORS}.get((name or "").lower())
     if canonical is None:
         raise AssessorConfigError(

@@ -1,46 +1,32 @@
-"""Custom assessors, as NNI loads them: ``className`` ("module.Class") found in ``codeDirectory``
-(loaded per experiment, like custom tuners: see :mod:`services.tuner.algorithms.custom`)."""
+"""Custom assessors, as NNI names them: ``className`` in the experiment's stored code, run in the
+experiment's worker process like custom tuners (see :mod:`services.tuner.algorithms.custom`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ..algorithms.custom import load_custom_class
-from .errors import AssessorConfigError
+from ..custom_process import AlgorithmProcess
 from .result import AssessResult
 
-__all__ = ["CustomAssessor", "load_custom_assessor"]
-
-REQUIRED_METHODS = ("assess_trial",)
+__all__ = ["RemoteAssessor"]
 
 
-def load_custom_assessor(
-    class_name: str, code_directory: str | None, class_args: Mapping[str, Any]
-) -> CustomAssessor:
-    """Import and build the user's assessor; :class:`AssessorConfigError` names what is wrong."""
-    return CustomAssessor(load_custom_class(class_name, code_directory, class_args, REQUIRED_METHODS,
-                                            AssessorConfigError))
+class RemoteAssessor:
+    """The user's assessor in the worker; its answers (NNI's ``AssessResult`` or a bool) are read
+    there and arrive as ``Good``/``Bad``."""
 
+    def __init__(self, process: AlgorithmProcess, class_name: str) -> None:
+        self.process = process
+        self.class_name = class_name
 
-class CustomAssessor:
-    """A user's assessor object, its answers read as NNI reads them."""
-
-    def __init__(self, assessor: Any) -> None:
-        self.assessor = assessor
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.process.request({"op": "call", "role": "assessor", "method": method, "args": list(args)})
 
     def assess_trial(self, trial_job_id: str, trial_history: list[Any]) -> AssessResult:
-        """Forwarded; NNI's own ``AssessResult`` (its Good is True, its Bad False) or a bool is read."""
-        answer = self.assessor.assess_trial(trial_job_id, trial_history)
-        value = getattr(answer, "value", answer)
-        if isinstance(value, bool):
-            return AssessResult(value)
-        if getattr(answer, "name", None) in ("Good", "Bad"):
-            return AssessResult[answer.name]
-        raise TypeError(f"assess_trial must return AssessResult.Good or AssessResult.Bad, got {answer!r}")
+        verdict = self._call("assess_trial", trial_job_id, list(trial_history))
+        if verdict not in ("Good", "Bad"):
+            raise ValueError(f"the worker answered {verdict!r} for assess_trial")
+        return AssessResult[verdict]
 
     def trial_end(self, trial_job_id: str, success: bool) -> None:
-        """Forwarded if the user's assessor has it (NNI's default does nothing)."""
-        method = getattr(self.assessor, "trial_end", None)
-        if callable(method):
-            method(trial_job_id, success)
+        self._call("trial_end", trial_job_id, success)

@@ -1,0 +1,1 @@
+"""``nni.common``: of NNI's common helpers, the ones an algorithm imports (``hpo_utils``)."""
