@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.messages import TrialStatus, TrialStatusChanged
+from shared.sandbox import Sandbox, SandboxError, allowlisted_environment
 
 from .backend import JobRequest, PermanentSubmitError, Reporter
 from .gpus import GpuAllocator
-from .sandbox import Sandbox, SandboxError, allowlisted_environment
 from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 
 __all__ = ["LocalBackend", "compile_trial_runtime", "stderr_tail"]

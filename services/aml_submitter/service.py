@@ -41,6 +41,7 @@ from shared.results import (
     results_account,
     shared_storage_results_url,
 )
+from shared.sandbox import ALWAYS_PASSED, DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from shared.service import Running
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -57,7 +58,6 @@ from .aml.backend import (
 from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
-from .sandbox import ALWAYS_PASSED, DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from .trial_env import TrialIdentity, sas_lifetime
 
 __all__ = ["Submitter", "SubmitterSettings"]

@@ -6,14 +6,14 @@ worker is killed and the request raises :class:`WorkerFailed`. Nothing the worke
 trusted: replies are bounded JSON lines, read as data (never unpickled).
 
 The worker runs in the experiment's own folder with an allowlisted environment: no service
-credential (storage key, broker password) reaches the user's code, and the tuner service makes
-itself non-dumpable (:func:`make_non_dumpable`) so that the worker, running as the same user,
-cannot read them from ``/proc/<tuner>/environ`` or its memory either.
+credential (storage key, broker password) reaches the user's code. A tuner running as root
+starts it as the trial user (:class:`shared.sandbox.Sandbox`: setpriv, no new privileges), who
+owns only that folder; any other tuner makes itself non-dumpable (:func:`make_non_dumpable`) so
+that the worker, running as the same user, cannot read its ``/proc/<tuner>/environ`` or memory.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.sandbox import Sandbox, SandboxError
+
 __all__ = ["AlgorithmProcess", "CallTimedOut", "RemoteConfigError", "RemoteError", "RemoteNoMoreTrials",
-           "WorkerFailed", "make_non_dumpable", "worker_environment"]
+           "WorkerFailed", "worker_environment"]
 
 log = logging.getLogger("tunebus.tuner")
 
@@ -36,19 +38,6 @@ MAX_REPLY_BYTES = 16 * 1024 * 1024
 INHERITED_ENVIRONMENT = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "SYSTEMROOT")
 #: Where ``services`` is imported from: the worker imports ``services.tuner.worker`` from there.
 _CODE_ROOT = str(Path(__file__).resolve().parents[2])
-_PR_SET_DUMPABLE = 4
-
-
-def make_non_dumpable() -> bool:
-    """Make this process non-dumpable (Linux), so that a worker of the same user reads neither
-    its ``/proc/<pid>/environ`` nor its memory; False where that is not possible."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        log.warning("cannot make the tuner non-dumpable: custom algorithms of its user could read "
-                    "its environment")
-        return False
 
 
 class WorkerFailed(Exception):
@@ -80,11 +69,11 @@ _ERROR_KINDS: dict[str, type[RemoteError]] = {"config": RemoteConfigError,
                                                "no_more_trials": RemoteNoMoreTrials}
 
 
-def worker_environment(experiment_id: str, work_dir: Path) -> dict[str, str]:
+def worker_environment(experiment_id: str, work_dir: Path, python_dir: Path | None = None) -> dict[str, str]:
     """What a worker sees of the environment: locale, a path, NNI's experiment variables."""
     env = {name: os.environ[name] for name in INHERITED_ENVIRONMENT if name in os.environ}
     env.update({
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
+        "PATH": str(python_dir or Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin",
         "HOME": str(work_dir),
         "PYTHONPATH": _CODE_ROOT,
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -100,10 +89,13 @@ def worker_environment(experiment_id: str, work_dir: Path) -> dict[str, str]:
 class AlgorithmProcess:
     """One experiment's worker; requests are made one at a time, each within ``deadline``."""
 
-    def __init__(self, experiment_id: str, work_dir: Path, *, memory_limit_bytes: int) -> None:
+    def __init__(self, experiment_id: str, work_dir: Path, *, memory_limit_bytes: int,
+                 sandbox: Sandbox | None = None) -> None:
         self.experiment_id = experiment_id
         self.work_dir = work_dir
         self.memory_limit_bytes = memory_limit_bytes
+        #: Who the worker runs as: the trial user when this tuner is root (None: this process's user).
+        self.sandbox = sandbox
         #: The monotonic time by which the current request must be answered (set per call).
         self.deadline = float("inf")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -116,12 +108,24 @@ class AlgorithmProcess:
         return None if self._proc is None else self._proc.pid
 
     def start(self) -> None:
-        """Start the worker (in :attr:`work_dir`); its own session, so a kill takes its children."""
+        """Start the worker (in :attr:`work_dir`); its own session, so a kill takes its children.
+
+        SandboxError when the trial user can be given neither the folder nor an interpreter."""
+        python_dir, prefix = Path(sys.executable).parent, []
+        if self.sandbox is not None and self.sandbox.user is not None:
+            try:
+                python_dir, _ = self.sandbox.trial_interpreter(python_dir,
+                                                               self.work_dir.parent / ".worker-python")
+                self.sandbox.hand_over(self.work_dir)
+            except SandboxError as exc:
+                raise WorkerFailed(f"cannot start its worker as {self.sandbox.user.name}: {exc}") from None
+            # Through /bin/sh, as trials start: the interpreter is looked up as the trial user.
+            prefix = [*self.sandbox.prefix(), "/bin/sh", "-c", 'exec "$0" "$@"']
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "services.tuner.worker", "--memory-limit", str(self.memory_limit_bytes),
-             "--parent", str(os.getpid())],
+            [*prefix, str(python_dir / "python3"), "-m", "services.tuner.worker",
+             "--memory-limit", str(self.memory_limit_bytes), "--parent", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.work_dir,
-            env=worker_environment(self.experiment_id, self.work_dir), start_new_session=True,
+            env=worker_environment(self.experiment_id, self.work_dir, python_dir), start_new_session=True,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         os.set_blocking(self._proc.stdin.fileno(), False)

@@ -47,6 +47,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.sandbox import DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
 from shared.service import Running
@@ -59,7 +60,7 @@ from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, create_tune
 from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
 from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
 from .custom_code import CustomCodeError, fetch_algorithm_code
-from .custom_process import AlgorithmProcess, RemoteConfigError, make_non_dumpable
+from .custom_process import AlgorithmProcess, RemoteConfigError
 
 __all__ = ["TunerService", "TunerSettings"]
 
@@ -90,6 +91,11 @@ class TunerSettings(CommonSettings):
         default=Path(tempfile.gettempdir()) / "tunebus-tuner",
         description="Where each experiment's custom algorithm code is unpacked and its worker runs "
                     "(TUNEBUS_TUNER_WORK_DIR).",
+    )
+    trial_user: str = Field(
+        default=DEFAULT_TRIAL_USER,
+        description="Who custom algorithms' workers run as when the tuner runs as root, as local "
+                    "trials do (TUNEBUS_TRIAL_USER).",
     )
     tuner_concurrency: int = Field(
         default=16, ge=1, le=1000,
@@ -157,8 +163,11 @@ class TunerService:
     """Holds a session per running experiment; handlers run one at a time (in queue order)."""
 
     def __init__(self, bus: Bus, store: BlobStore, *, custom_call_timeout: float = 60.0,
-                 custom_memory_limit_mb: int = 2048, work_dir: Path | None = None) -> None:
+                 custom_memory_limit_mb: int = 2048, work_dir: Path | None = None,
+                 sandbox: Sandbox | str | None = None) -> None:
         self.bus = bus
+        #: Who custom workers run as (None: this process's user), or why they cannot run.
+        self.sandbox = sandbox
         self.store = store
         self.custom_call_timeout = custom_call_timeout
         self.custom_memory_limit_bytes = custom_memory_limit_mb * 2**20
@@ -227,9 +236,12 @@ class TunerService:
         custom = [role for role in ROLES if (doc["config"].get(role) or {}).get("className")]
         if not custom:
             return BuiltinCalls()
+        if isinstance(self.sandbox, str):
+            raise CustomCodeError(f"this tuner service runs no custom algorithm: {self.sandbox}")
         folder = self._experiment_folder(experiment_id)
         await fetch_algorithm_code(self.store, experiment_id, doc, custom, folder)
-        process = AlgorithmProcess(experiment_id, folder, memory_limit_bytes=self.custom_memory_limit_bytes)
+        process = AlgorithmProcess(experiment_id, folder, memory_limit_bytes=self.custom_memory_limit_bytes,
+                                   sandbox=self.sandbox)
         return ProcessCalls(experiment_id, self.custom_call_timeout, process)
 
     def _experiment_folder(self, experiment_id: str) -> Path:
@@ -432,16 +444,26 @@ def _role_name(role: str, spec: dict[str, Any]) -> str:
     return f"{role} '{spec.get('name')}'"
 
 
+def _worker_sandbox(trial_user: str) -> Sandbox | str:
+    """Who custom algorithms' workers run as: the trial user when this tuner is root (its
+    Sandbox), else this process's user; or why none can run safely (root without that user)."""
+    try:
+        return Sandbox.for_this_process(trial_user)
+    except SandboxError as exc:
+        log.error("custom tuners and assessors cannot run here: %s", exc)
+        return str(exc)
+
+
 async def start(settings: TunerSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
-    make_non_dumpable()  # custom algorithms' workers run as this user: keep its secrets from them
+    make_non_dumpable()  # a worker of this user (a non-root tuner's) must not read its secrets
     store = BlobStore(settings.storage_connection_string, settings.storage_container)
     await store.ensure_container()
     bus = Bus(settings.amqp_url, service="tuner")
     await bus.connect()
     service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
-                           work_dir=settings.tuner_work_dir)
+                           work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
     await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=max(32, settings.tuner_concurrency),
                       concurrency=settings.tuner_concurrency)
     log.info("tuner consuming %s", TUNER_QUEUE.name)

@@ -169,10 +169,11 @@ def test_image_runs_as_non_root_without_test_dependencies_with_the_trials_packag
     assert result.stdout.split(maxsplit=1)[0] == "10001", result.stdout
     assert "[]" in result.stdout, f"test/dev packages in the image: {result.stdout}"
     assert result.stdout.strip().endswith("True"), "TRIAL_REQUIREMENTS (scikit-learn) missing"
-    for container in stack.containers("tuner"):
+    for container in stack.containers("dispatcher") + stack.containers("metric-ingestor"):
         assert stack.inspect(container)["Config"]["User"] == "tunebus"
-    # The submitter starts as root only to run its local trials as tunebus-trial (next test).
-    for container in stack.containers("aml-submitter"):
+    # The submitter and the tuner start as root only to run the user's code (local trials,
+    # custom algorithms' workers) as tunebus-trial (the next tests).
+    for container in stack.containers("aml-submitter") + stack.containers("tuner"):
         assert stack.inspect(container)["Config"]["User"] == "root"
 
 

@@ -20,9 +20,9 @@ import pytest
 from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_api
 from services.aml_submitter.local import LocalBackend
-from services.aml_submitter.sandbox import Sandbox, make_non_dumpable
 from services.aml_submitter.service import Submitter, _standin_sandbox
 from shared.messages import TERMINAL_TRIAL_STATUSES, TrialStatus, TrialStatusChanged, TrialSubmit
+from shared.sandbox import Sandbox, make_non_dumpable
 from shared.storage import BlobStore, Layout, parse_connection_string
 from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus

@@ -220,6 +220,47 @@ async def test_a_worker_sees_no_service_credential(tmp_path: Path, monkeypatch: 
     await _end(service, "e1")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI and deploy/local run as root)")
+async def test_a_root_tuner_runs_its_workers_as_the_trial_user(tmp_path: Path) -> None:
+    import pwd
+    import shutil
+    import tempfile
+
+    from shared.sandbox import Sandbox
+
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-worker-"))  # the trial user must reach it
+    try:
+        folder.chmod(0o755)
+        secret = folder / "root-only"
+        secret.write_text("the tuner's secret")
+        secret.chmod(0o600)
+        store = _Store()
+        body = (f"return {{'uid': __import__('os').getuid(), "
+                f"'reads_root_file': __import__('os').access({str(secret)!r}, 4)}}")
+        _add_experiment(store, "e1", _tuner_dir(tmp_path / "src", body=body))
+        bus = RecordingBus()
+        service = TunerService(bus, store, custom_call_timeout=30,  # type: ignore[arg-type]
+                               work_dir=folder / "tuner-work", sandbox=Sandbox.for_this_process())
+        await service.handlers()[SuggestRequest](SuggestRequest(experiment_id="e1", parameter_ids=[0]))
+        [answer] = _suggested(bus, "e1")
+        assert answer.parameters == {"uid": pwd.getpwnam("tunebus-trial").pw_uid, "reads_root_file": False}
+        await _end(service, "e1")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_tuner_that_cannot_sandbox_its_workers_runs_no_custom_algorithm(tmp_path: Path) -> None:
+    store = _Store()
+    _add_experiment(store, "e1", _tuner_dir(tmp_path / "src"))
+    bus = RecordingBus()
+    service = TunerService(bus, store, work_dir=tmp_path / "tuner-work",  # type: ignore[arg-type]
+                           sandbox="the trial user 'tunebus-trial' does not exist")
+    await service.handlers()[SuggestRequest](SuggestRequest(experiment_id="e1", parameter_ids=[0]))
+    assert not _suggested(bus, "e1")
+    reason = _error(bus, "e1").reason
+    assert "runs no custom algorithm: the trial user 'tunebus-trial' does not exist" in reason
+
+
 # ---------------------------------------------------------------- failures end only their own experiment
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.aml_submitter.sandbox import Sandbox, SandboxError, TrialUser, allowlisted_environment
 from services.aml_submitter.service import Submitter, _Experiment
 from shared.messages import Message, TrialStatus, TrialStatusChanged, TrialSubmit
+from shared.sandbox import Sandbox, SandboxError, TrialUser, allowlisted_environment
 
 
 def test_only_the_allowlist_and_the_named_passthrough_reach_a_trial() -> None:
@@ -29,7 +29,7 @@ def test_only_the_allowlist_and_the_named_passthrough_reach_a_trial() -> None:
 
 
 def test_the_submitter_is_non_dumpable_after_start() -> None:
-    code = ("import ctypes; from services.aml_submitter.sandbox import make_non_dumpable; "
+    code = ("import ctypes; from shared.sandbox import make_non_dumpable; "
             "libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0); ok = make_non_dumpable(); "
             "print(before, ok, libc.prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

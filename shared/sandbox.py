@@ -1,4 +1,6 @@
-"""A local trial as a sandboxed process: allowlisted environment, an unprivileged user, no new privileges.
+"""Untrusted code as a sandboxed process: local trials, and custom algorithms' workers.
+
+An allowlisted environment, an unprivileged user, no new privileges (the trial user serves both).
 
 * **Environment**: a trial gets NNI's and its own variables (added by the backend), and from
   the submitter's environment only :data:`ALWAYS_PASSED` (plus ``LC_*``) and the names a
@@ -41,7 +43,7 @@ __all__ = [
     "make_non_dumpable",
 ]
 
-log = logging.getLogger("tunebus.submitter.sandbox")
+log = logging.getLogger("tunebus.sandbox")
 
 #: Submitter variables every trial gets (besides ``LC_*``).
 ALWAYS_PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "CUDA_VISIBLE_DEVICES")
