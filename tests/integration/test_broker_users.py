@@ -73,7 +73,7 @@ async def test_each_account_publishes_only_what_it_emits(local_broker: Infra, us
 
 
 async def test_the_cli_account_can_watch_an_experiments_events(local_broker: Infra) -> None:
-    from tunebus.cli import _EventWatcher
+    from tunebus.cli.events import _EventWatcher
 
     watcher = _EventWatcher("perm")
     await watcher.start(_url(local_broker, "tunebus-cli"))  # its own exclusive queue, bound to events

@@ -21,6 +21,7 @@ import pytest
 from shared.messages import ExperimentStatus, TrialStatus
 from shared.state import ExperimentState, TrialRecord
 from tunebus import cli
+from tunebus.cli import create
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "sklearn-digits" / "config.yml"
@@ -298,7 +299,7 @@ def test_show_of_a_resumed_experiment_counts_only_the_time_it_ran() -> None:
     from datetime import UTC, datetime, timedelta
 
     from shared.state import ExperimentState
-    from tunebus.cli import _show_lines
+    from tunebus.cli.reading import _show_lines
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     state = ExperimentState(experiment_id="e1", status="DONE", started_at=t0,
@@ -314,7 +315,7 @@ def test_show_gives_the_limits_as_updated() -> None:
     from datetime import UTC, datetime
 
     from shared.state import ExperimentState
-    from tunebus.cli import _show_lines
+    from tunebus.cli.reading import _show_lines
 
     state = ExperimentState(experiment_id="e1", started_at=datetime(2026, 1, 1, tzinfo=UTC),
                             updated_limits={"trialConcurrency": 8, "maxExperimentDuration": 7200.0})
@@ -358,7 +359,7 @@ def test_create_never_packs_its_config_file(tmp_path: Path, unreachable: dict[st
     from shared.settings import CommonSettings
 
     loaded = load_experiment_config(config)
-    archive = cli._build_archive(loaded, config, cli._known_secrets(loaded, CommonSettings()))
+    archive = create._build_archive(loaded, config, create._known_secrets(loaded, CommonSettings()))
     import io
     import tarfile
 
@@ -435,7 +436,8 @@ def test_create_packs_a_custom_tuners_code_like_trial_code(tmp_path: Path) -> No
     (tmp_path / "data" / "big.bin").write_bytes(b"0" * 1000)
     (tmp_path / ".nniignore").write_text("data/\n")
     loaded = load_experiment_config(config)
-    archives = cli._build_algorithm_archives(loaded, config, cli._known_secrets(loaded, CommonSettings()))
+    secrets = create._known_secrets(loaded, CommonSettings())
+    archives = create._build_algorithm_archives(loaded, config, secrets)
     assert list(archives) == ["tuner"]
     with tarfile.open(fileobj=io.BytesIO(archives["tuner"]), mode="r:gz") as tar:
         names = tar.getnames()

@@ -28,6 +28,7 @@ from shared.settings import AZURITE_CONNECTION_STRING
 from shared.state import ExperimentState, OutboxEntry, TrialRecord
 from tests.unit.test_cli import VALID, write_config
 from tunebus import cli
+from tunebus.cli.output import _Output
 
 SECRET = "c2VjcmV0LWtleS1kby1ub3Qtc2hvdw=="  # base64, like an account key
 
@@ -261,7 +262,7 @@ def test_cli_errors_are_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_cli_output_streams_mask_what_any_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
-    output = cli._Output()
+    output = _Output()
     print(f"reason: storage at AccountKey={SECRET};", file=output.out)
     output.note(f"amqp://u:{SECRET}@h/")
     print(f"error: sig={SECRET}", file=output.err)

@@ -1,0 +1,143 @@
+"""The CLI's access to blob storage (the stdlib REST client, off the event loop)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.layout import Layout
+
+from .common import _CONNECT_TIMEOUT, _STORAGE_TIMEOUT, EXIT_USAGE, CliError, _close_quietly, blob_endpoint
+
+if TYPE_CHECKING:
+    from shared.blob_rest import BlobRestClient
+    from shared.settings import CommonSettings
+    from shared.state import ExperimentState
+
+
+class _Storage:
+    """The CLI's access to the system of record: the stdlib REST client, off the event loop."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        from shared.blob_rest import BlobRestClient
+
+        self.endpoint = blob_endpoint(settings.storage_connection_string)
+        self.container_name = settings.storage_container
+        try:
+            self.client: BlobRestClient = BlobRestClient.from_connection_string(
+                settings.storage_connection_string, settings.storage_container, timeout=_STORAGE_TIMEOUT
+            )
+        except ValueError as exc:
+            raise CliError(f"TUNEBUS_STORAGE_CONNECTION_STRING: {exc}") from None
+
+    async def open(self) -> _Storage:
+        """Connect now: fail fast, in one line, when nothing answers (rather than at the upload),
+        and set the connection up while the broker's is, off the path to publishing."""
+        import asyncio
+
+        try:
+            await asyncio.to_thread(self.client.connect, _CONNECT_TIMEOUT)
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise CliError(f"cannot reach blob storage at {self.endpoint}: {reason}") from None
+        return self
+
+    async def close(self) -> None:
+        self.client.close()
+
+    def failure(self, exc: Exception) -> CliError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CliError(f"blob storage at {self.endpoint}: {first}")
+
+    async def read_state(self, experiment_id: str) -> ExperimentState | None:
+        import asyncio
+
+        from shared.state import ExperimentState
+
+        found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).state_doc)
+        return None if found is None else ExperimentState.model_validate(found)
+
+    async def read_blob(self, name: str) -> bytes | None:
+        import asyncio
+
+        return await asyncio.to_thread(self.client.get_blob, name)
+
+    async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
+        import asyncio
+
+        doc = Layout(experiment_id).experiment_doc
+        found = await asyncio.to_thread(self.client.get_json, doc)
+        return found if isinstance(found, dict) else None
+
+    async def upload(self, name: str, data: bytes, content_type: str, *, create_only: bool = False) -> None:
+        """Write a blob, creating the container first if the write finds none.
+
+        ``create_only``: fail (BlobRestError, BlobAlreadyExists) rather than overwrite.
+        """
+        import asyncio
+
+        from shared.blob_rest import BlobRestError
+
+        try:
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type, create_only=create_only)
+        except BlobRestError as exc:
+            if exc.code != "ContainerNotFound":
+                raise
+            # Only a fresh deployment lacks it: one round trip saved on every other create.
+            await asyncio.to_thread(self.client.ensure_container)
+            await asyncio.to_thread(self.client.put_blob, name, data, content_type, create_only=create_only)
+
+    async def exists(self, experiment_id: str) -> bool:
+        """Whether anything was ever stored for the experiment (it may not be started yet)."""
+        names = await self._list(Layout(experiment_id).root + "/", limit=1)
+        return bool(names)
+
+    async def experiment_ids(self) -> list[str]:
+        """Every experiment folder in the container (one level listing, not every blob)."""
+        names = await self._list("experiments/", delimiter="/")
+        ids = (n.removeprefix("experiments/").rstrip("/") for n in names if n.endswith("/"))
+        return sorted(i for i in ids if i)
+
+    async def _list(self, prefix: str, delimiter: str | None = None, limit: int | None = None) -> list[str]:
+        """Names under ``prefix``; none when the container does not exist yet."""
+        import asyncio
+
+        from shared.blob_rest import BlobRestError
+
+        try:
+            return await asyncio.to_thread(self.client.list_names, prefix, delimiter,
+                                           page_size=limit, limit=limit)
+        except BlobRestError as exc:
+            if exc.status == 404:
+                return []
+            raise
+
+
+def _run_with_storage(body: Any) -> Any:
+    """Run ``body(storage)`` with storage opened and closed, mapping SDK errors to one line."""
+    import asyncio
+
+    from shared.settings import CommonSettings
+
+    async def go() -> Any:
+        storage = _Storage(CommonSettings())
+        try:
+            await storage.open()
+            try:
+                return await body(storage)
+            except CliError:
+                raise
+            except Exception as exc:
+                raise storage.failure(exc) from None
+        finally:
+            await _close_quietly(storage)
+
+    return asyncio.run(go())
+
+
+async def _state_or_unknown(storage: _Storage, experiment_id: str) -> ExperimentState | None:
+    """The state; None if the experiment exists but has not started; CliError(2) if unknown."""
+    state = await storage.read_state(experiment_id)
+    if state is None and not await storage.exists(experiment_id):
+        raise CliError(f"no experiment {experiment_id} in container "
+                       f"{storage.container_name!r} at {storage.endpoint}", EXIT_USAGE)
+    return state
