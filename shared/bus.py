@@ -110,9 +110,6 @@ def parse_message(routing_key: str, body: bytes) -> Message:
     return msg
 
 
-def _routing_key(msg: Message) -> str:
-    return msg.routing_key if isinstance(msg, Ticket) else msg.ROUTING_KEY
-
 
 def _without_secrets(body: bytes) -> bytes:
     """The body with every secret masked: as JSON if it parses, else as text; as is when it has
@@ -229,13 +226,13 @@ class Bus:
         assert self._events is not None, "Bus.connect() was not called"
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                await self._events.publish(self._amqp_message(msg, headers), routing_key=_routing_key(msg),
+                await self._events.publish(self._amqp_message(msg, headers), routing_key=msg.routing_key,
                                            mandatory=True, timeout=PUBLISH_CONFIRM_TIMEOUT)
                 return
             except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
                 if attempt == PUBLISH_ATTEMPTS:
-                    raise TransientError(f"publishing {_routing_key(msg)} failed: {exc!r}") from exc
-                log.warning("publishing %s failed (attempt %d): %r; again", _routing_key(msg), attempt, exc)
+                    raise TransientError(f"publishing {msg.routing_key} failed: {exc!r}") from exc
+                log.warning("publishing %s failed (attempt %d): %r; again", msg.routing_key, attempt, exc)
                 await asyncio.sleep(0.5 * attempt)
 
     async def publish_many(self, msgs: Iterable[Message]) -> None:

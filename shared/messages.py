@@ -92,6 +92,11 @@ class Message(BaseModel):
                                description="The experiment this message belongs to.")
     time: datetime = Field(default_factory=_now, description="When the message was made (UTC).")
 
+    @property
+    def routing_key(self) -> str:
+        """The key it is published with on the events exchange (a ticket's says its purpose)."""
+        return self.ROUTING_KEY
+
 
 class TrialStatus(StrEnum):
     """NNI's trial job statuses."""

@@ -84,9 +84,6 @@ class _Loaded:
     written: str  # the JSON last written, to skip writes that change nothing
 
 
-def _routing_key(msg: Message) -> str:
-    return msg.routing_key if isinstance(msg, Ticket) else msg.ROUTING_KEY
-
 
 def validate_start_config(config: dict[str, Any]) -> ExperimentConfig:
     """The start message's config validated (secrets included); PermanentError names the fields."""
@@ -206,7 +203,7 @@ class Dispatcher:
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
         state = loaded.state
-        state.outbox = [OutboxEntry(routing_key=_routing_key(m), body=m.model_dump(mode="json"))
+        state.outbox = [OutboxEntry(routing_key=m.routing_key, body=m.model_dump(mode="json"))
                         for m in out]
         body = state.model_dump_json()
         if body != loaded.written:
@@ -276,7 +273,7 @@ class Dispatcher:
         plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
                                                 lifecycle.utcnow(), msg.message_id)
-        state.outbox = [OutboxEntry(routing_key=_routing_key(m), body=m.model_dump(mode="json"))
+        state.outbox = [OutboxEntry(routing_key=m.routing_key, body=m.model_dump(mode="json"))
                         for m in out]
         try:
             etag = await self.store.write_json(layout.state_doc, state.model_dump(mode="json"),

@@ -98,7 +98,7 @@ def a_state_with_a_trial() -> ExperimentState:
 
 
 def entry(msg: Message) -> OutboxEntry:
-    key = msg.routing_key if hasattr(msg, "purpose") else msg.ROUTING_KEY  # type: ignore[attr-defined]
+    key = msg.routing_key
     return OutboxEntry(routing_key=key, body=msg.model_dump(mode="json"))
 
 
