@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import limits
 from shared.secrets_mask import mask_secrets
+from shared.statuses import (
+    FINISHED_EXPERIMENT_STATUSES,
+    TERMINAL_TRIAL_STATUSES,
+    ExperimentStatus,
+    MetricKind,
+    TrialStatus,
+)
 
 __all__ = [
+    "FINISHED_EXPERIMENT_STATUSES",
     "MAX_ERROR_CHARS",
     "MAX_SUGGEST_BATCH",
     "SCHEMA_VERSION",
@@ -96,42 +103,6 @@ class Message(BaseModel):
     def routing_key(self) -> str:
         """The key it is published with on the events exchange (a ticket's says its purpose)."""
         return self.ROUTING_KEY
-
-
-class TrialStatus(StrEnum):
-    """NNI's trial job statuses."""
-
-    WAITING = "WAITING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    USER_CANCELED = "USER_CANCELED"
-    SYS_CANCELED = "SYS_CANCELED"
-    EARLY_STOPPED = "EARLY_STOPPED"
-
-
-TERMINAL_TRIAL_STATUSES = frozenset(
-    {TrialStatus.SUCCEEDED, TrialStatus.FAILED, TrialStatus.USER_CANCELED,
-     TrialStatus.SYS_CANCELED, TrialStatus.EARLY_STOPPED}
-)
-
-
-class ExperimentStatus(StrEnum):
-    """NNI's experiment statuses (the subset a tunebus experiment passes through)."""
-
-    RUNNING = "RUNNING"
-    NO_MORE_TRIAL = "NO_MORE_TRIAL"
-    STOPPING = "STOPPING"
-    DONE = "DONE"
-    STOPPED = "STOPPED"
-    ERROR = "ERROR"
-
-
-class MetricKind(StrEnum):
-    """NNI's metric types: a per-epoch intermediate result or the trial's final result."""
-
-    PERIODICAL = "PERIODICAL"
-    FINAL = "FINAL"
 
 
 # ---------------------------------------------------------------- experiment lifecycle

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_serializer
 
 from shared.messages import (
+    FINISHED_EXPERIMENT_STATUSES,
     TERMINAL_TRIAL_STATUSES,
     BoundedText,
     ExperimentStatus,
@@ -158,7 +159,7 @@ class ExperimentState(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in (ExperimentStatus.DONE, ExperimentStatus.STOPPED, ExperimentStatus.ERROR)
+        return self.status in FINISHED_EXPERIMENT_STATUSES
 
 
 def best_trial(state: ExperimentState) -> TrialRecord | None:

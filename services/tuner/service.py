@@ -36,6 +36,7 @@ from pydantic import Field
 
 from shared.bus import Bus, PermanentError
 from shared.messages import (
+    FINISHED_EXPERIMENT_STATUSES,
     ExperimentError,
     ExperimentStatusChanged,
     Message,
@@ -411,7 +412,7 @@ class TunerService:
             # Started, or resumed: a session for it is built (again) from storage when asked.
             self._finished.pop(msg.experiment_id, None)
             self._failed.discard(msg.experiment_id)
-        elif msg.status in ("DONE", "STOPPED", "ERROR"):
+        elif msg.status in FINISHED_EXPERIMENT_STATUSES:
             self._end_session(msg.experiment_id)  # free the memory (and a worker process)
             self._failed.discard(msg.experiment_id)
             self._finished[msg.experiment_id] = None

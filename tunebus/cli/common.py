@@ -7,6 +7,8 @@ import re
 import string
 from typing import TYPE_CHECKING, Any
 
+from shared.statuses import TrialStatus
+
 if TYPE_CHECKING:
     from shared.state import ExperimentState
 
@@ -20,10 +22,7 @@ EXIT_INTERRUPTED = 130
 PENDING_STATUS = "INITIALIZED"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_STATUS_ORDER = ("WAITING", "RUNNING", "SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
-                 "EARLY_STOPPED")
-_ENDED = ("DONE", "STOPPED", "ERROR")
-_RESUMABLE = ("STOPPED", "ERROR", "DONE")
+_STATUS_ORDER = tuple(TrialStatus)  # how trial counts are listed
 _POLL_SECONDS = 1.0  # state.json is re-read at least this often while waiting
 _REFRESH_SECONDS = 0.25  # ...and at most this often, unless the experiment's status changed
 _CONNECT_TIMEOUT = 10.0
@@ -53,7 +52,7 @@ def _check_id(experiment_id: str) -> str:
 
 
 def _ordered_counts(counts: dict[str, int]) -> dict[str, int]:
-    rank = {status: i for i, status in enumerate(_STATUS_ORDER)}
+    rank = {str(status): i for i, status in enumerate(_STATUS_ORDER)}
     return {k: counts[k] for k in sorted(counts, key=lambda s: (rank.get(s, len(rank)), s)) if counts[k]}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from shared.statuses import FINISHED_EXPERIMENT_STATUSES, ExperimentStatus
+
 from .common import (
-    _ENDED,
-    _RESUMABLE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -154,7 +154,7 @@ def cmd_stop(args: argparse.Namespace, output: _Output) -> int:
 
         async with _Command(settings, experiment_id) as command:
             state = await command.state()
-            if state is not None and state.status.value in _ENDED:
+            if state is not None and state.status in FINISHED_EXPERIMENT_STATUSES:
                 print(f"experiment {experiment_id} already ended ({state.status.value}); nothing to stop",
                       file=output.out)
                 return EXIT_OK
@@ -186,14 +186,16 @@ def cmd_resume(args: argparse.Namespace, output: _Output) -> int:
                 if state is None:
                     raise CliError(f"experiment {experiment_id} has not started yet; nothing to resume",
                                    EXIT_USAGE)
-                status = state.status.value
-                if status == "ERROR" and await command.storage.read_experiment_doc(experiment_id) is None:
+                status = state.status
+                never_started = (status == ExperimentStatus.ERROR
+                                 and await command.storage.read_experiment_doc(experiment_id) is None)
+                if never_started:
                     raise CliError(f"experiment {experiment_id} never started: {state.reason}; fix the "
                                    "config and create it again", EXIT_USAGE)
-                if status == "STOPPING":
+                if status == ExperimentStatus.STOPPING:
                     raise CliError(f"experiment {experiment_id} is STOPPING (its running trials are being "
                                    "cancelled); resume it once it is STOPPED", EXIT_USAGE)
-                if status not in _RESUMABLE:
+                if status not in FINISHED_EXPERIMENT_STATUSES:
                     output.note(f"experiment {experiment_id} is {status}; nothing to resume")
                     if output.json_mode:
                         output.result(experiment_summary(state))

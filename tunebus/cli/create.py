@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.layout import Layout
 from shared.secrets_mask import redact_secrets
+from shared.statuses import FINISHED_EXPERIMENT_STATUSES
 
 from .common import (
-    _ENDED,
     _POLL_SECONDS,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -221,7 +221,7 @@ async def _follow(storage: _Storage, watcher: _EventWatcher, run: _CreateRun, ou
         progress.update(state)
         resumed = run.resume_from is None or (state is not None and state.resumed_at is not None
                                               and state.resumed_at != resumed_before)
-        if state is not None and state.status.value in _ENDED and resumed:
+        if state is not None and state.status in FINISHED_EXPERIMENT_STATUSES and resumed:
             break
         await watcher.wait(_POLL_SECONDS, last_read)
     progress.end_line()
