@@ -214,7 +214,7 @@ class Submitter:
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
             return None
-        from tunebus.code_archive import extract_code_archive
+        from shared.code_archive import extract_code_archive
 
         dest = self.work_dir / experiment_id / "code"
         if dest.exists():

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, extract_code_archive
 from shared.layout import Layout
 from shared.storage import BlobStore
-from tunebus.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, extract_code_archive
 
 __all__ = ["CustomCodeError", "fetch_algorithm_code"]
 

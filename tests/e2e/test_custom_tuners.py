@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from shared.code_archive import build_code_archive
 from shared.messages import ExperimentStart
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
 from tests.e2e.conftest import Stack, publish, wait_finished, wait_until, write_experiment
-from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.e2e
 

@@ -18,11 +18,11 @@ from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, azureml_api, standin_api
 from services.aml_submitter.service import Submitter
 from shared.bus import TransientError
+from shared.code_archive import build_code_archive
 from shared.messages import TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.storage import BlobStore, Layout
 from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
-from tunebus.code_archive import build_code_archive
 
 pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
 pytestmark = pytest.mark.integration

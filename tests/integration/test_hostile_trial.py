@@ -21,12 +21,12 @@ from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_api
 from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter, _standin_sandbox
+from shared.code_archive import build_code_archive
 from shared.messages import TERMINAL_TRIAL_STATUSES, TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.sandbox import Sandbox, make_non_dumpable
 from shared.storage import BlobStore, Layout, parse_connection_string
 from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
-from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
 

@@ -24,6 +24,7 @@ from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter
 from services.metric_ingestor.results import ResultsStores
 from services.metric_ingestor.service import Ingestor
+from shared.code_archive import build_code_archive
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
     TrialEnded,
@@ -35,7 +36,6 @@ from shared.messages import (
 from shared.storage import BlobStore, Layout, parse_connection_string
 from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
-from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
 

@@ -23,11 +23,11 @@ from services.aml_submitter.backend import SubmitError
 from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter
 from shared.bus import TransientError
+from shared.code_archive import build_code_archive
 from shared.messages import TERMINAL_TRIAL_STATUSES, Message, TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.sandbox import Sandbox
 from shared.storage import BlobStore, Layout
 from tests.conftest import Infra
-from tunebus.code_archive import build_code_archive
 
 pytestmark = pytest.mark.integration
 

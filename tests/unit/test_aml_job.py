@@ -194,7 +194,7 @@ def test_target_from_config_and_missing_fields() -> None:
 
 def test_code_over_the_size_limit_fails_the_trial(code_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunebus.code_archive as archive
+    import shared.code_archive as archive
 
     monkeypatch.setattr(archive, "MAX_ARCHIVE_BYTES", 10)
     monkeypatch.setattr(archive.build_code_archive, "__defaults__", None)

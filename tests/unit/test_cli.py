@@ -460,7 +460,7 @@ def test_create_refuses_a_custom_tuner_folder_holding_a_secret_before_connecting
 
 def test_create_bounds_a_custom_tuners_code(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             unreachable: dict[str, str]) -> None:
-    from tunebus.code_archive import MAX_ALGORITHM_CODE_BYTES
+    from shared.code_archive import MAX_ALGORITHM_CODE_BYTES
 
     config = write_config(tmp_path / "trial", CUSTOM_TUNER_CONFIG.replace("codeDirectory: .",
                                                                           "codeDirectory: ../tuner"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebus.code_archive import (
+from shared.code_archive import (
     CodeArchiveError,
     IgnoreRules,
     SecretInCodeError,
@@ -207,7 +207,7 @@ def test_a_secrets_value_in_any_file_refuses_the_archive_naming_file_and_secret(
 
 
 def test_a_secret_spanning_two_read_chunks_is_found(code_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunebus.code_archive as archive
+    import shared.code_archive as archive
 
     monkeypatch.setattr(archive, "_SCAN_CHUNK", 16)
     write(code_dir, "data/blob.txt", "x" * 10 + KEY + "y" * 40)

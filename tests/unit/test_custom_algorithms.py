@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from services.tuner.service import TunerService
+from shared.code_archive import build_code_archive
 from shared.layout import Layout
 from shared.messages import (
     ExperimentError,
@@ -27,7 +28,6 @@ from shared.messages import (
     TrialSuggested,
 )
 from tests.integration.fakes import RecordingBus
-from tunebus.code_archive import build_code_archive
 
 SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}}
 

@@ -102,7 +102,7 @@ def _known_secrets(config: Any, settings: CommonSettings) -> dict[str, str]:
 
 def _build_archive(config: Any, config_path: Path, secrets: dict[str, str]) -> bytes:
     """The code archive: never the config file itself, no secret's value, within the platform's limits."""
-    from tunebus.code_archive import (
+    from shared.code_archive import (
         AML_RUNTIME_FILES,
         AML_SNAPSHOT_MAX_BYTES,
         AML_SNAPSHOT_MAX_FILES,
@@ -127,7 +127,7 @@ def _build_algorithm_archives(config: Any, config_path: Path, secrets: dict[str,
     """Each custom tuner's or assessor's codeDirectory, packed like the trial code (ignore files,
     no config file, no secret) within :data:`MAX_ALGORITHM_CODE_BYTES`: it travels with the
     experiment, so that the tuner service runs it wherever it is."""
-    from tunebus.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, build_code_archive
+    from shared.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, build_code_archive
 
     archives: dict[str, bytes] = {}
     for role in ("tuner", "assessor"):

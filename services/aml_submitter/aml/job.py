@@ -1,7 +1,7 @@
 """Building one trial's Azure ML job: its snapshot folder and its ``ScriptRunConfig``.
 
 The snapshot is what AML uploads and runs in: the experiment's code (with ``.nniignore`` /
-``.amlignore`` applied, by :mod:`tunebus.code_archive`) plus the trial runtime, so that
+``.amlignore`` applied, by :mod:`shared.code_archive`) plus the trial runtime, so that
 ``import nni`` finds tunebus's shim with no NNI installed in the image. The shim lives in
 ``.tunebus/nni`` and the command puts that folder first on ``PYTHONPATH``, so it is found
 from any folder the trial command changes to, and never clashes with the user's files.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebus.code_archive import (
+from shared.code_archive import (
     AML_RUNTIME_FILES,
     AML_SNAPSHOT_MAX_FILES,
     IGNORE_FILES,
