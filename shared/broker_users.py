@@ -45,7 +45,15 @@ from shared.topology import (
     TUNER_QUEUE,
 )
 
-__all__ = ["ADMIN_USER", "USERS", "BrokerUser", "definitions", "ensure_password", "write_for_compose"]
+__all__ = [
+    "ADMIN_USER",
+    "USERS",
+    "BrokerUser",
+    "definitions",
+    "ensure_password",
+    "main",
+    "write_for_compose",
+]
 
 ADMIN_USER = "tunebus-admin"
 _TOPOLOGY = r"^tunebus\..*$"

@@ -55,7 +55,15 @@ from shared.topology import (
     delay_queue_name,
 )
 
-__all__ = ["Bus", "Handler", "PermanentError", "TransientError", "parse_message"]
+__all__ = [
+    "Bus",
+    "Handler",
+    "PermanentError",
+    "TransientError",
+    "parse_message",
+    "retry_budget_spent",
+    "retry_delay",
+]
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-__all__ = ["CHECK_TIMEOUT", "HEALTH_INTERVAL", "HealthCheck", "failing_checks", "is_healthy", "keep_touching"]
+__all__ = [
+    "CHECK_TIMEOUT",
+    "HEALTH_INTERVAL",
+    "HealthCheck",
+    "failing_checks",
+    "is_healthy",
+    "keep_touching",
+    "main",
+]
 
 HEALTH_INTERVAL = 3.0
 #: Seconds one check may take before it counts as failed (a broker that does not answer).

@@ -60,7 +60,7 @@ from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime
 
-__all__ = ["Submitter", "SubmitterSettings"]
+__all__ = ["Submitter", "SubmitterSettings", "start"]
 
 log = logging.getLogger("tunebus.submitter")
 

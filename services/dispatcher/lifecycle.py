@@ -53,6 +53,7 @@ __all__ = [
     "plan_with_limits",
     "start_experiment",
     "suggest_requests",
+    "utcnow",
 ]
 
 #: What ``resume`` applies to: every ended experiment. A DONE one whose trials or time are used

@@ -48,7 +48,7 @@ from . import lifecycle
 from .lifecycle import Plan, Policy
 from .outbox import CorruptState, checked_outbox, checked_state
 
-__all__ = ["Dispatcher", "DispatcherSettings"]
+__all__ = ["Dispatcher", "DispatcherSettings", "check_algorithm_code", "start", "validate_start_config"]
 
 log = logging.getLogger("tunebus.dispatcher")
 

@@ -56,7 +56,7 @@ from shared.topology import INGESTOR_QUEUE
 from .metrics import ParsedMetric, ResultsLimits, ResultsRead, parse_results
 from .results import ResultsStores
 
-__all__ = ["Ingestor", "IngestorSettings"]
+__all__ = ["Ingestor", "IngestorSettings", "start"]
 
 log = logging.getLogger("tunebus.ingestor")
 

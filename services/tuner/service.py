@@ -63,7 +63,7 @@ from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
 from .custom_code import CustomCodeError, fetch_algorithm_code
 from .custom_process import AlgorithmProcess, RemoteConfigError
 
-__all__ = ["TunerService", "TunerSettings"]
+__all__ = ["TunerService", "TunerSettings", "experiment_seed", "start"]
 
 log = logging.getLogger("tunebus.tuner")
 

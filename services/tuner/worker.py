@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["main"]
+__all__ = ["ConfigProblem", "NoMoreTrials", "call", "handle", "load", "main", "traceback_tail"]
 
 #: How much of a traceback's end a reply keeps.
 TRACEBACK_TAIL_CHARS = 2000

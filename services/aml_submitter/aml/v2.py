@@ -46,6 +46,8 @@ from .auth import AuthMethod
 from .job import OUTPUT_DIR, AmlTarget, aml_experiment_name, aml_time_limit, run_command
 
 __all__ = [
+    "V2ComputeTarget",
+    "V2Experiment",
     "V2Run",
     "V2Workspace",
     "auth_methods",

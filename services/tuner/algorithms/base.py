@@ -30,7 +30,7 @@ from shared.search_space import (
 from .errors import NoMoreTrials
 from .finite import enumerate_points, space_size
 
-__all__ = ["BaseTuner", "Internal", "Observation", "metric_value"]
+__all__ = ["BaseTuner", "Internal", "Observation", "metric_value", "parameter_seed"]
 
 Internal = dict[ParamPath, float]
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["AssessResult", "scalar_history"]
+__all__ = ["AssessResult", "finite", "scalar_history"]
 
 
 class AssessResult(Enum):
