@@ -47,7 +47,8 @@ def test_all_names_every_public_definition_and_only_real_names(path: Path) -> No
     listed, defined = _all_and_defined(path)
     assert listed is not None, "__all__ is not a plain list of names"
     tree = ast.parse(path.read_text())
-    definitions = (n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    definitions = (n for n in tree.body if isinstance(n, kinds))
     public = {n.name for n in definitions if not n.name.startswith("_")}
     assert not public - listed, f"public but not in __all__: {sorted(public - listed)}"
     assert not listed - defined, f"in __all__ but not defined or imported: {sorted(listed - defined)}"
