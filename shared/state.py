@@ -20,6 +20,7 @@ from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
     BoundedText,
     ExperimentStatus,
+    Message,
     TrialStatus,
 )
 from shared.secrets_mask import mask_secrets
@@ -92,6 +93,11 @@ class OutboxEntry(BaseModel):
 
     routing_key: str
     body: dict[str, Any]
+
+    @classmethod
+    def of(cls, msg: Message) -> OutboxEntry:
+        """The entry that publishes ``msg``."""
+        return cls(routing_key=msg.routing_key, body=msg.model_dump(mode="json"))
 
     @field_serializer("body")
     def _masked(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -203,8 +203,7 @@ class Dispatcher:
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
         state = loaded.state
-        state.outbox = [OutboxEntry(routing_key=m.routing_key, body=m.model_dump(mode="json"))
-                        for m in out]
+        state.outbox = [OutboxEntry.of(m) for m in out]
         body = state.model_dump_json()
         if body != loaded.written:
             try:
@@ -273,8 +272,7 @@ class Dispatcher:
         plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
                                                 lifecycle.utcnow(), msg.message_id)
-        state.outbox = [OutboxEntry(routing_key=m.routing_key, body=m.model_dump(mode="json"))
-                        for m in out]
+        state.outbox = [OutboxEntry.of(m) for m in out]
         try:
             etag = await self.store.write_json(layout.state_doc, state.model_dump(mode="json"),
                                                create_only=True)
