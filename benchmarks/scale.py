@@ -1,0 +1,209 @@
+"""Scale: what an experiment costs per trial as it grows, and with many experiments at once.
+
+Real processes on the local deployment (``deploy/local up``, started here if it is not running;
+use ``TUNEBUS_LOCAL_DIR`` and the port variables for a private one). No-op NNI trials (import
+nni, get the parameters, report a final result), Random tuner. Reported per run:
+
+* wall time from ``tunebus create`` to DONE, and per trial;
+* CPU seconds per trial of each service process (its own ``utime+stime``; the trials' CPU, which
+  the submitter reaps, apart), of the RabbitMQ node and of Azurite;
+* bytes Azurite wrote to disk per trial (``/proc/<pid>/io`` ``write_bytes``);
+* each service's peak RSS during the run (``VmHWM``, reset before the run).
+
+    .venv/bin/python benchmarks/scale.py single --trials 100 1000 [--concurrency 16]
+    .venv/bin/python benchmarks/scale.py many --experiments 50 --trials 100 [--concurrency 4]
+
+Bounded: each run stops with an error past ``--deadline`` seconds (default 3600). Needs to run as
+the user that started the stack (it reads the services' ``/proc`` entries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TUNEBUS = Path(sys.executable).parent / "tunebus"
+DEPLOY_LOCAL = REPO / "deploy" / "local"
+STATE_DIR = Path(os.environ.get("TUNEBUS_LOCAL_DIR", REPO / ".local"))
+SERVICES = ("dispatcher", "tuner", "metric_ingestor", "aml_submitter-1")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+TRIAL = """import nni
+params = nni.get_next_parameter()
+nni.report_final_result(params["x"])
+"""
+
+
+def write_experiment(folder: Path, name: str, trials: int, concurrency: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trial.py").write_text(TRIAL)
+    (folder / "search_space.json").write_text(json.dumps({"x": {"_type": "uniform", "_value": [0, 1]}}))
+    config = folder / "config.yml"
+    config.write_text(
+        f"experimentName: {name}\nsearchSpaceFile: search_space.json\ntrialCommand: python3 trial.py\n"
+        f"trialCodeDirectory: .\ntrialConcurrency: {concurrency}\nmaxTrialNumber: {trials}\n"
+        "maxExperimentDuration: 2h\ntuner:\n  name: Random\ntrainingService:\n  platform: local\n")
+    return config
+
+
+def stack_env() -> dict[str, str]:
+    subprocess.run([str(DEPLOY_LOCAL), "up"], check=True, stdout=subprocess.DEVNULL)
+    exports = subprocess.run([str(DEPLOY_LOCAL), "env"], check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    for line in exports.splitlines():
+        key, value = line.removeprefix("export ").split("=", 1)
+        env[key] = value.strip("'")
+    return env
+
+
+# ---------------------------------------------------------------- what the processes spent
+
+
+def _pid(name: str) -> int:
+    path = STATE_DIR / "run" / f"{name}.pid"
+    if name == "rabbitmq":
+        path = next(STATE_DIR.rglob("beam.pid"))
+    return int(path.read_text().split()[0])
+
+
+@dataclass(frozen=True)
+class Usage:
+    own_cpu: float  # seconds of utime+stime
+    children_cpu: float  # reaped children's (a submitter's trials)
+    written: int  # bytes written to disk
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+        written = 0
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                written = int(line.split()[1])
+        return cls((utime + stime) / TICKS, (cutime + cstime) / TICKS, written)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.own_cpu - other.own_cpu, self.children_cpu - other.children_cpu,
+                     self.written - other.written)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def measured(names: tuple[str, ...]) -> Iterator[dict[str, dict[str, float]]]:
+    """Usage of each named process over the block (filled in when it ends)."""
+    pids = {name: _pid(name) for name in names}
+    for pid in pids.values():
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = {name: Usage.of(pid) for name, pid in pids.items()}
+    report: dict[str, dict[str, float]] = {}
+    yield report
+    for name, pid in pids.items():
+        spent = Usage.of(pid) - before[name]
+        report[name] = {"cpu_s": spent.own_cpu, "children_cpu_s": spent.children_cpu,
+                        "written_bytes": spent.written, "peak_rss_mb": _peak_rss_mb(pid)}
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _create(config: Path, env: dict[str, str], *, wait: bool, deadline: float) -> dict[str, object]:
+    args = [str(TUNEBUS), "create", "--config", str(config), "--json", *(["--wait"] if wait else [])]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=deadline, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"tunebus create failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _show(experiment_id: str, env: dict[str, str]) -> dict[str, object]:
+    result = subprocess.run([str(TUNEBUS), "experiment", "show", experiment_id, "--json"], env=env,
+                            capture_output=True, text=True, timeout=120, check=True)
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _per_trial(report: dict[str, dict[str, float]], trials: int) -> dict[str, dict[str, float]]:
+    return {name: {key: round(value / trials, 6) if key != "peak_rss_mb" else round(value, 1)
+                   for key, value in usage.items()} for name, usage in report.items()}
+
+
+def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
+        config = write_experiment(Path(tmp), f"scale-{trials}", trials, concurrency)
+        started = time.monotonic()
+        summary = _create(config, env, wait=True, deadline=deadline)
+        wall = time.monotonic() - started
+    if summary["status"] != "DONE" or summary["trials"] != {"SUCCEEDED": trials}:
+        raise SystemExit(f"{trials} trials: not DONE with every trial SUCCEEDED: {summary}")
+    return {"mode": "single", "trials": trials, "concurrency": concurrency, "wall_s": round(wall, 2),
+            "wall_ms_per_trial": round(1000 * wall / trials, 2), "per_trial": _per_trial(report, trials)}
+
+
+def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str],
+             deadline: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
+        started = time.monotonic()
+        ids = [str(_create(write_experiment(Path(tmp) / f"e{i}", f"many-{i}", trials, concurrency), env,
+                           wait=False, deadline=120)["id"]) for i in range(experiments)]
+        finished: dict[str, float] = {}
+        while len(finished) < len(ids):
+            if time.monotonic() - started > deadline:
+                raise SystemExit(f"not all DONE within {deadline} s: {len(finished)}/{len(ids)}")
+            for experiment_id in ids:
+                if experiment_id not in finished:
+                    shown = _show(experiment_id, env)
+                    if shown["status"] in ("DONE", "STOPPED", "ERROR"):
+                        if shown["status"] != "DONE" or shown["trials"] != {"SUCCEEDED": trials}:
+                            raise SystemExit(f"{experiment_id}: {shown}")
+                        finished[experiment_id] = time.monotonic() - started
+            time.sleep(1.0)
+        wall = max(finished.values())
+    total = experiments * trials
+    ends = sorted(finished.values())
+    return {"mode": "many", "experiments": experiments, "trials_each": trials, "concurrency": concurrency,
+            "wall_s": round(wall, 2), "wall_ms_per_trial": round(1000 * wall / total, 2),
+            "finish_s": {"first": round(ends[0], 1), "median": round(statistics.median(ends), 1),
+                         "last": round(ends[-1], 1)},
+            "per_trial": _per_trial(report, total)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    single = sub.add_parser("single", help="one experiment at each size")
+    single.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
+    single.add_argument("--concurrency", type=int, default=16)
+    many = sub.add_parser("many", help="many experiments started together")
+    many.add_argument("--experiments", type=int, default=50)
+    many.add_argument("--trials", type=int, default=100)
+    many.add_argument("--concurrency", type=int, default=4)
+    for each in (single, many):
+        each.add_argument("--deadline", type=float, default=3600.0)
+    args = parser.parse_args()
+    env = stack_env()
+    if args.mode == "single":
+        for trials in args.trials:
+            print(json.dumps(run_single(trials, args.concurrency, env, args.deadline)), flush=True)
+    else:
+        print(json.dumps(run_many(args.experiments, args.trials, args.concurrency, env, args.deadline)),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
