@@ -57,6 +57,25 @@ for path in ("/credentials/amqp-tunebus-submitter", "/credentials/amqp-tunebus-a
         pass
 nni.report_final_result(reached)
 """
+#: A custom tuner (NNI's API) that says who its worker runs as and whether it can read the
+#: tuner's broker password.
+PROBE_TUNER = """import os
+from nni.tuner import Tuner
+
+
+class ProbeTuner(Tuner):
+    def update_search_space(self, search_space):
+        pass
+
+    def generate_parameters(self, parameter_id, **kwargs):
+        uid = os.getuid()
+        runs_as = "root" if uid == 0 else "service-user" if uid == 10001 else "trial-user"
+        readable = os.access("/credentials/amqp-tunebus-tuner", os.R_OK)
+        return {"runs_as": runs_as, "password": "readable" if readable else "unreadable"}
+
+    def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
+        pass
+"""
 AML_TRAINING_SERVICE = {
     "platform": "aml", "subscriptionId": "00000000-1111-2222-3333-444444444444",
     "resourceGroup": "tunebus-rg", "workspaceName": "tunebus-ws", "computeTarget": "cpu-cluster",
@@ -236,6 +255,23 @@ def test_sklearn_digits_example_runs_to_done_inside_the_submitter(stack: Compose
     assert summary["status"] == "DONE", (summary, stack.logs("aml-submitter")[-6000:])
     assert summary["trials"] == {"SUCCEEDED": config["maxTrialNumber"]}
     assert 0.5 < summary["best"]["value"] <= 1.0  # an SVC's accuracy on the digits
+
+
+def test_a_custom_tuner_runs_from_stored_code_as_the_trial_user(stack: Compose, tmp_path: Path) -> None:
+    """A custom NNI-style tuner whose code exists only on the host: the tuner's container gets it
+    from storage and runs it in a worker as tunebus-trial, which cannot read the tuner's password."""
+    folder = tmp_path / "custom"
+    (folder / "algorithms").mkdir(parents=True)
+    (folder / "algorithms" / "probe.py").write_text(PROBE_TUNER)
+    config = _experiment(folder, "import nni\nnni.get_next_parameter()\nnni.report_final_result(1.0)\n",
+                         maxTrialNumber=1, trialConcurrency=1,
+                         tuner={"className": "probe.ProbeTuner", "codeDirectory": "algorithms"})
+    (folder / "search_space.json").write_text(json.dumps({
+        "runs_as": {"_type": "choice", "_value": ["trial-user", "service-user", "root"]},
+        "password": {"_type": "choice", "_value": ["unreadable", "readable"]}}))
+    summary = _create(stack, config)
+    assert summary["status"] == "DONE", (summary, stack.logs("tuner")[-6000:])
+    assert summary["best"]["parameters"] == {"runs_as": "trial-user", "password": "unreadable"}, summary
 
 
 def test_scaled_submitters_all_run_trials(stack: Compose, tmp_path: Path) -> None:
