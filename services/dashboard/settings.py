@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import CommonSettings
 
@@ -37,3 +38,9 @@ class DashboardSettings(CommonSettings):
     # Bounds on what one request reads of a trial's own (hostile) blobs.
     dashboard_log_tail_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     dashboard_results_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    @field_validator("dashboard_token", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        # compose passes ${TUNEBUS_DASHBOARD_TOKEN:-} through: empty means "generate one".
+        return None if value == "" else value
