@@ -35,8 +35,12 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _STREAMS = ("stdout", "stderr")
 MAX_CURVES = 50
 MAX_CURVE_POINTS = 500
+# Scripts from this server only. 'unsafe-eval': plotly's parallel coordinates draw with regl,
+# which compiles its WebGL commands with Function() (without it the plot stays blank); the page
+# puts every value in as text, never as markup or code. Plotly sets inline styles.
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self' 'unsafe-eval'; "
+                                "style-src 'self' 'unsafe-inline'; "
                                 "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
