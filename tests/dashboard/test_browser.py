@@ -5,6 +5,7 @@ page follows it without a reload, and stop, update and kill from the page reach 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -70,6 +71,14 @@ class Browser:
         return int(await self.page.evaluate(
             "([id, sel]) => document.getElementById(id).querySelectorAll(sel).length", [plot_id, selector]))
 
+    async def shows_no_placeholders(self) -> None:
+        """No 'null', 'undefined' or 'NaN' in the page's text (outside logs and the config)."""
+        text = await self.page.evaluate(
+            "() => { const copy = document.querySelector('main').cloneNode(true);"
+            " copy.querySelectorAll('pre, .plot').forEach((n) => n.remove()); return copy.textContent; }")
+        found = re.search(r"\b(null|undefined|NaN)\b", text)
+        assert found is None, f"{self.page.url} shows {found.group()!r}: {text[:2000]}"
+
     async def text(self, selector: str) -> str:
         return str(await self.page.text_content(selector, timeout=WAIT_MS))
 
@@ -125,14 +134,17 @@ async def test_every_page_of_a_real_experiment_renders_live_without_errors(
     assert await dashboard.plotted("plot-metric", ".scatterlayer .point") == 8
     assert await dashboard.plotted("plot-counts", ".bars .point") == 1
     assert "storageAccountKey" not in await dashboard.text("#config")
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "overview.png", full_page=True)
 
     await dashboard.open("/")
     await page.wait_for_selector(f"tr[data-experiment='{experiment_id}'] [data-status=DONE]", timeout=WAIT_MS)
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "experiments.png")
 
     await dashboard.open(f"/experiments/{experiment_id}#params")
     assert await dashboard.plotted("plot-params", ".axis") == 4  # C, gamma, kernel and the metric
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "hyper-parameters.png")
     await page.fill("#in-top", "25")
     await page.dispatch_event("#in-top", "change")
@@ -141,6 +153,7 @@ async def test_every_page_of_a_real_experiment_renders_live_without_errors(
 
     await dashboard.open(f"/experiments/{experiment_id}#intermediate")
     assert await dashboard.plotted("plot-curves", ".scatterlayer .trace") == 8
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "intermediate.png")
 
     await dashboard.open(f"/experiments/{experiment_id}#trials")
@@ -158,6 +171,7 @@ async def test_every_page_of_a_real_experiment_renders_live_without_errors(
         "n => document.querySelectorAll('#trials-table tbody tr[data-trial]').length === n", arg=linear,
         timeout=WAIT_MS)
     await page.fill("#trial-search", "")
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "trials.png")
 
     trial = max(state.trials.values(), key=lambda t: t.final_value or 0)
@@ -166,6 +180,7 @@ async def test_every_page_of_a_real_experiment_renders_live_without_errors(
     assert await page.locator("#trial-metrics tbody tr").count() == 4  # three folds and the final
     assert await dashboard.plotted("plot-trial", ".scatterlayer .point") == 3
     assert "test accuracy" in await dashboard.text("#log-stderr")  # the trial's logging
+    await dashboard.shows_no_placeholders()
     await page.screenshot(path=screenshot_dir / "trial.png", full_page=True)
     assert dashboard.errors == []
 

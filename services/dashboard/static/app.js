@@ -336,7 +336,7 @@ function trialPage(id, trialId) {
     logs);
   const live = new Live(`/api/experiments/${id}/trials/${trialId}`, (d) => {
     const t = d.trial;
-    head.replaceChildren(el("div", { class: "cards" },
+    head.replaceChildren(...[el("div", { class: "cards" },
         card("status", badge(t.status)), card("final", fmt(t.final_value), "trial-final"),
         card("sequence", t.sequence_id), card("attempt", t.attempt), card("duration", fmtSeconds(t.duration_seconds)),
         card("started", fmtTime(t.started_at))),
@@ -346,7 +346,8 @@ function trialPage(id, trialId) {
         d.portal_url ? el("a", { href: d.portal_url, target: "_blank", rel: "noopener noreferrer", id: "portal-link" },
           "open in Azure ML studio") : null),
       d.error ? el("div", { class: "notice bad error", id: "trial-error" }, d.error) : null,
-      d.kill_reason ? el("div", { class: "notice" }, `kill requested: ${d.kill_reason}`) : null);
+      d.kill_reason ? el("div", { class: "notice" }, `kill requested: ${d.kill_reason}`) : null]
+      .filter((node) => node !== null));
     params.replaceChildren(...Object.entries(t.parameters).map(([k, v]) =>
       el("tr", {}, el("th", {}, k), el("td", { class: "params" }, typeof v === "object" ? JSON.stringify(v) : v))));
     const periodical = d.metrics.filter((m) => m.kind === "PERIODICAL");
