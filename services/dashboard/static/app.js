@@ -113,11 +113,20 @@ function actionButton(label, cls, id, onclick) {
             label);
 }
 
-function plot(id, data, layout) {
+// plotly.js loads asynchronously (index.html); plots wait for it, nothing else does.
+const plotlyReady = new Promise((resolve, reject) => {
+  if (window.Plotly) { resolve(); return; }
+  const script = document.getElementById("plotly");
+  script.addEventListener("load", resolve);
+  script.addEventListener("error", () => reject(new Error("plotly.js did not load")));
+});
+
+async function plot(id, data, layout) {
+  await plotlyReady;
   const node = document.getElementById(id);
-  if (!node || !window.Plotly) return;
-  window.Plotly.react(node, data, { margin: { t: 30, r: 20, b: 45, l: 60 }, ...layout },
-                      { displaylogo: false, responsive: true });
+  if (!node) return;  // the page moved on meanwhile
+  await window.Plotly.react(node, data, { margin: { t: 30, r: 20, b: 45, l: 60 }, ...layout },
+                            { displaylogo: false, responsive: true });
 }
 
 // ------------------------------------------------------------------ experiments list
@@ -167,7 +176,8 @@ function experimentPage(id) {
     if (tab === "overview") renderOverview(data);
     return tabLive.load();
   });
-  return watch(overview);
+  // The tab's data is asked for beside the overview's, not after it (a page's first paint).
+  return Promise.all([watch(overview), tabLive.load()]);
 }
 
 function card(label, value, id) {
