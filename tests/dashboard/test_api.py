@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,9 +17,10 @@ from services.dashboard.access import Access
 from services.dashboard.app import Dashboard, build_app
 from services.dashboard.reader import ExperimentReader
 from services.dashboard.settings import DashboardSettings
-from shared.bus import Bus
+from shared.bus import Bus, TransientError
 from shared.messages import (
     ExperimentResume,
+    ExperimentStart,
     ExperimentStatus,
     ExperimentStop,
     ExperimentUpdate,
@@ -116,14 +118,15 @@ async def test_trials_are_paged_filtered_searched_and_sorted_on_the_server(api: 
     assert all(t["parameters"]["layers"] == 4 for t in layers["items"])
 
 
-@pytest.mark.parametrize("query, named", [
-    ("limit=201", "limit"), ("limit=0", "limit"), ("offset=-1", "offset"), ("limit=abc", "limit"),
-    ("status=DANCING", "status"), ("sort=colour", "sort"), ("q=" + "x" * 201, "q"),
-])
-async def test_bad_trial_queries_are_refused_naming_the_parameter(api: Api, query: str, named: str) -> None:
+BAD_QUERIES = [("limit=201", "limit"), ("limit=0", "limit"), ("offset=-1", "offset"), ("limit=abc", "limit"),
+               ("status=DANCING", "status"), ("sort=colour", "sort"), ("q=" + "x" * 201, "q")]
+
+
+async def test_bad_trial_queries_are_refused_naming_the_parameter(api: Api) -> None:
     await store_experiment(api.store, synthetic_state("exp-b", 5))
-    body = await api.json(f"/api/experiments/exp-b/trials?{query}", status=400)
-    assert body["error"].startswith(f"{named}:")
+    for query, named in BAD_QUERIES:  # one stack for all: each setup costs a vhost
+        body = await api.json(f"/api/experiments/exp-b/trials?{query}", status=400)
+        assert body["error"].startswith(f"{named}:"), (query, body)
 
 
 async def test_reads_are_conditional_on_the_state_document(api: Api) -> None:
@@ -234,3 +237,18 @@ async def test_a_non_loopback_binding_needs_the_token_for_every_read(
 async def test_a_loopback_binding_refuses_other_host_names(api: Api) -> None:
     rebound = await api.client.get("/api/experiments", headers={"Host": "attacker.example:8080"})
     assert rebound.status == 403
+
+
+async def test_the_dashboards_broker_account_publishes_its_commands_and_nothing_else(infra: Infra) -> None:
+    if infra.credentials_dir is None:
+        pytest.skip("the broker's accounts are made by deploy/local")
+    password = (infra.credentials_dir / "amqp-tunebus-dashboard").read_text().strip()
+    where = urlsplit(infra.amqp_url)
+    bus = Bus(f"amqp://tunebus-dashboard:{password}@{where.hostname}:{where.port}/", service="test-dashboard")
+    try:
+        await bus.connect(attempts=1)
+        await bus.publish(ExperimentStop(experiment_id="perm-dashboard"))
+        with pytest.raises(TransientError, match="ACCESS_REFUSED"):
+            await bus.publish(ExperimentStart(experiment_id="perm-dashboard", config={}))
+    finally:
+        await bus.close()
