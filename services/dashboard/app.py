@@ -24,7 +24,7 @@ from shared.secrets_mask import mask_secrets, redact_secrets
 
 from . import actions, views
 from .access import Access
-from .reader import CachedState, ExperimentReader
+from .reader import CachedState, CachedSummary, ExperimentReader
 from .settings import DashboardSettings
 
 __all__ = ["STATIC_DIR", "Dashboard", "build_app"]
@@ -140,18 +140,18 @@ async def experiments(request: web.Request) -> web.StreamResponse:
     ids = await dash.reader.experiment_ids()
     gate = asyncio.Semaphore(8)
 
-    async def one(experiment_id: str) -> tuple[str, CachedState | None, dict[str, Any]]:
+    async def one(experiment_id: str) -> tuple[str, CachedSummary | None, dict[str, Any]]:
         async with gate:
-            cached, config = await asyncio.gather(dash.reader.state(experiment_id),
+            cached, config = await asyncio.gather(dash.reader.summary(experiment_id),
                                                   dash.reader.config(experiment_id))
             return experiment_id, cached, config or {}
 
     found = await asyncio.gather(*(one(i) for i in ids))
-    etag = _etag(request.query_string, *(f"{i}:{_state_tag(c)}" for i, c, _ in found))
+    etag = _etag(request.query_string, *(f"{i}:{'none' if c is None else c.etag}" for i, c, _ in found))
 
     def build() -> dict[str, Any]:
         now = _now()
-        rows = [views.experiment_row(i, None if c is None else c.state, config, now)
+        rows = [views.experiment_row(i, None if c is None else c.summary, config, now)
                 for i, c, config in found]
         rows = [r for r in rows if not wanted or r["status"] in wanted]
         rows.sort(key=lambda r: r["started_at"] or "9999", reverse=True)
@@ -169,9 +169,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
     def build() -> dict[str, Any]:
         state = None if cached is None else cached.state
         return {
-            "experiment": views.experiment_row(experiment_id, state, config, _now()),
+            "experiment": views.experiment_row(experiment_id, None if cached is None else cached.summary,
+                                               config, _now()),
             "running": state is not None and not state.finished,
-            "counts": {} if state is None else state.trials_by_status(),
+            "counts": {} if cached is None else cached.summary.counts,
             "limits": views.experiment_limits(config, state),
             "tuner": config.get("tuner"), "platform": (config.get("trainingService") or {}).get("platform"),
             "config": views.shown_config(config),

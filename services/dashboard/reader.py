@@ -21,9 +21,12 @@ from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
 from shared.state import ExperimentState
 from shared.storage import BlobStore, ContainerNotFoundError, Layout
 
-from .views import TrialIndex
+from .views import ExperimentSummary, TrialIndex
 
-__all__ = ["CachedState", "ExperimentReader", "LogTail"]
+__all__ = ["CachedState", "CachedSummary", "ExperimentReader", "LogTail"]
+
+#: Experiment summaries kept for the list (a few hundred bytes each).
+MAX_SUMMARIES = 10_000
 
 
 @dataclass
@@ -35,11 +38,28 @@ class CachedState:
     checked: float  # time.monotonic() of the last read that found this etag
     _index: TrialIndex | None = field(default=None, repr=False)
 
+    _summary: ExperimentSummary | None = field(default=None, repr=False)
+
     @property
     def index(self) -> TrialIndex:
         if self._index is None:
             self._index = TrialIndex.build(self.state)
         return self._index
+
+    @property
+    def summary(self) -> ExperimentSummary:
+        if self._summary is None:
+            self._summary = ExperimentSummary.of(self.state)
+        return self._summary
+
+
+@dataclass
+class CachedSummary:
+    """An experiment's summary as of the state document with ``etag``."""
+
+    etag: str
+    summary: ExperimentSummary
+    checked: float
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ class ExperimentReader:
         self.capacity = capacity
         self.endpoint_template = endpoint_template
         self._states: OrderedDict[str, CachedState] = OrderedDict()
+        self._summaries: OrderedDict[str, CachedSummary] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._results_stores: dict[str, BlobStore] = {}
@@ -90,11 +111,11 @@ class ExperimentReader:
     async def state(self, experiment_id: str) -> CachedState | None:
         """The experiment's state as of at most ``refresh_seconds`` ago; None before its start."""
         cached = self._states.get(experiment_id)
-        if cached is not None and time.monotonic() - cached.checked < self.refresh_seconds:
+        if cached is not None and self._fresh(cached.checked):
             return cached
         async with self._locks.setdefault(experiment_id, asyncio.Lock()):
             cached = self._states.get(experiment_id)
-            if cached is not None and time.monotonic() - cached.checked < self.refresh_seconds:
+            if cached is not None and self._fresh(cached.checked):
                 return cached  # another viewer's read, while this one waited
             return await self._refresh(experiment_id, cached)
 
@@ -117,6 +138,40 @@ class ExperimentReader:
         while len(self._states) > self.capacity:
             self._states.popitem(last=False)
         return fresh
+
+    async def summary(self, experiment_id: str) -> CachedSummary | None:
+        """The experiment's summary (as fresh as :meth:`state`); None before its start. Kept for
+        many more experiments than whole states are: the list reads every one of them."""
+        full = self._states.get(experiment_id)
+        if full is not None and self._fresh(full.checked):
+            return CachedSummary(full.etag, full.summary, full.checked)
+        cached = self._summaries.get(experiment_id)
+        if cached is not None and self._fresh(cached.checked):
+            return cached
+        async with self._locks.setdefault(experiment_id, asyncio.Lock()):
+            cached = self._summaries.get(experiment_id)
+            if cached is not None and self._fresh(cached.checked):
+                return cached
+            path = Layout(experiment_id).state_doc
+            found = await self.store.read_document_if_changed(path, None if cached is None else cached.etag)
+            if found is None:
+                self._summaries.pop(experiment_id, None)
+                return None
+            body, etag = found
+            if body is None and cached is not None:
+                cached.checked = time.monotonic()
+                return cached
+            assert body is not None
+            state = await asyncio.to_thread(ExperimentState.model_validate_json, body)
+            fresh = CachedSummary(etag, ExperimentSummary.of(state), time.monotonic())
+            self._summaries[experiment_id] = fresh
+            self._summaries.move_to_end(experiment_id)
+            while len(self._summaries) > MAX_SUMMARIES:
+                self._summaries.popitem(last=False)
+            return fresh
+
+    def _fresh(self, checked: float) -> bool:
+        return time.monotonic() - checked < self.refresh_seconds
 
     async def config(self, experiment_id: str) -> dict[str, Any] | None:
         """The experiment file (wire form) from ``experiment.json``; written once, so kept."""

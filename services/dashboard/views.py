@@ -20,6 +20,7 @@ from shared.state import ExperimentState, TrialRecord, best_trial
 
 __all__ = [
     "MAX_PAGE_SIZE",
+    "ExperimentSummary",
     "QueryError",
     "TrialIndex",
     "TrialQuery",
@@ -57,9 +58,31 @@ def experiment_limits(config: Mapping[str, Any], state: ExperimentState | None) 
     return {name: number(name) for name in ("trialConcurrency", "maxTrialNumber", "maxExperimentDuration")}
 
 
-def experiment_row(experiment_id: str, state: ExperimentState | None, config: Mapping[str, Any],
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """What the experiments list shows of one experiment: its state without the trials, and
+    their counts and best. Small: the list keeps one per experiment, however many trials."""
+
+    state: ExperimentState
+    trials_done: int
+    trials_total: int
+    best: float | None
+    best_trial: str | None
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, state: ExperimentState) -> ExperimentSummary:
+        best = best_trial(state)
+        return cls(state.model_copy(update={"trials": {}, "outbox": [], "ready": []}),
+                   sum(1 for t in state.trials.values() if t.ended), len(state.trials),
+                   None if best is None else best.final_value, None if best is None else best.trial_id,
+                   state.trials_by_status())
+
+
+def experiment_row(experiment_id: str, summary: ExperimentSummary | None, config: Mapping[str, Any],
                    now: datetime) -> dict[str, Any]:
     """One experiment as the list shows it: status, progress against its limits, best value."""
+    state = None if summary is None else summary.state
     limits = experiment_limits(config, state)
     name = config.get("experimentName")
     row: dict[str, Any] = {
@@ -69,14 +92,13 @@ def experiment_row(experiment_id: str, state: ExperimentState | None, config: Ma
         "max_duration_seconds": limits["maxExperimentDuration"], "best": None, "best_trial": None,
         "started_at": None, "ended_at": None, "optimize_mode": None,
     }
-    if state is None:
+    if summary is None or state is None:
         return row
-    best = best_trial(state)
     row.update(
         status=state.status.value, reason=state.reason,
-        trials_done=sum(1 for t in state.trials.values() if t.ended), trials_total=len(state.trials),
+        trials_done=summary.trials_done, trials_total=summary.trials_total,
         elapsed_seconds=round(state.elapsed_seconds(now), 3),
-        best=None if best is None else best.final_value, best_trial=None if best is None else best.trial_id,
+        best=summary.best, best_trial=summary.best_trial,
         started_at=state.started_at.isoformat(),
         ended_at=None if state.ended_at is None else state.ended_at.isoformat(),
         optimize_mode=state.optimize_mode,

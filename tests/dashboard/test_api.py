@@ -144,6 +144,19 @@ async def test_reads_are_conditional_on_the_state_document(api: Api) -> None:
     assert (await changed.json())["experiment"]["trials_total"] == 9
 
 
+async def test_the_list_reads_each_experiment_again_only_when_it_changed(api: Api) -> None:
+    reader = ExperimentReader(api.store, refresh_seconds=0.0, capacity=1)  # fewer than the experiments
+    for name in ("exp-1", "exp-2", "exp-3"):
+        await store_experiment(api.store, synthetic_state(name, 20))
+    first = [await reader.summary(name) for name in ("exp-1", "exp-2", "exp-3")]
+    again = [await reader.summary(name) for name in ("exp-1", "exp-2", "exp-3")]
+    assert all(a is b for a, b in zip(first, again, strict=True))  # 304s: nothing parsed again
+    state = synthetic_state("exp-2", 21)
+    await api.store.write_document(Layout("exp-2").state_doc, state.model_dump_json().encode())
+    changed = await reader.summary("exp-2")
+    assert changed is not None and changed is not again[1] and changed.summary.trials_total == 21
+
+
 async def test_experiment_list_overview_and_aggregates_stay_bounded(api: Api) -> None:
     await store_experiment(api.store, synthetic_state("exp-big", 3000))
     await store_experiment(api.store, synthetic_state("exp-done", 4, running=0, status=ExperimentStatus.DONE))

@@ -77,7 +77,8 @@ def test_limits_changed_by_an_update_win_over_the_files() -> None:
     state.updated_limits = {"trialConcurrency": 5}
     limits = views.experiment_limits({"trialConcurrency": 2, "maxTrialNumber": 10}, state)
     assert limits == {"trialConcurrency": 5, "maxTrialNumber": 10, "maxExperimentDuration": None}
-    row = views.experiment_row("e", state, {"maxTrialNumber": 10}, datetime(2026, 1, 1, 1, tzinfo=UTC))
+    summary = views.ExperimentSummary.of(state)
+    row = views.experiment_row("e", summary, {"maxTrialNumber": 10}, datetime(2026, 1, 1, 1, tzinfo=UTC))
     assert row["trials_total"] == 1 and row["elapsed_seconds"] == 3600
 
 
