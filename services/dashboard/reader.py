@@ -27,6 +27,8 @@ __all__ = ["CachedState", "CachedSummary", "ExperimentReader", "LogTail"]
 
 #: Experiment summaries kept for the list (a few hundred bytes each).
 MAX_SUMMARIES = 10_000
+#: Ended trial attempts whose parsed results are kept (the curves of the best are asked often).
+MAX_ENDED_RESULTS = 512
 
 
 @dataclass
@@ -83,6 +85,8 @@ class ExperimentReader:
         self.endpoint_template = endpoint_template
         self._states: OrderedDict[str, CachedState] = OrderedDict()
         self._summaries: OrderedDict[str, CachedSummary] = OrderedDict()
+        self._ended_results: OrderedDict[tuple[str, str, int], tuple[list[ParsedMetric], list[str]]] = (
+            OrderedDict())
         self._locks: dict[str, asyncio.Lock] = {}
         self._configs: dict[str, dict[str, Any]] = {}
         self._results_stores: dict[str, BlobStore] = {}
@@ -211,10 +215,24 @@ class ExperimentReader:
             data = b"" if tail is None else tail[0]
         return LogTail(mask_secrets(data.decode("utf-8", errors="replace")), size, skipped)
 
-    async def metrics(self, experiment_id: str, trial_id: str, attempt: int,
-                      max_bytes: int) -> tuple[list[ParsedMetric], list[str]]:
+    async def metrics(self, experiment_id: str, trial_id: str, attempt: int, max_bytes: int, *,
+                      ended: bool = False) -> tuple[list[ParsedMetric], list[str]]:
         """What the attempt reported, as the ingestor reads it (problems named, never raised),
-        from at most ``max_bytes`` of its results blob."""
+        from at most ``max_bytes`` of its results blob. An ``ended`` attempt's results no longer
+        change: they are kept (the last :data:`MAX_ENDED_RESULTS`), not read again on every poll."""
+        key = (experiment_id, trial_id, attempt)
+        if ended and key in self._ended_results:
+            self._ended_results.move_to_end(key)
+            return self._ended_results[key]
+        found = await self._read_metrics(experiment_id, trial_id, attempt, max_bytes)
+        if ended:
+            self._ended_results[key] = found
+            while len(self._ended_results) > MAX_ENDED_RESULTS:
+                self._ended_results.popitem(last=False)
+        return found
+
+    async def _read_metrics(self, experiment_id: str, trial_id: str, attempt: int,
+                            max_bytes: int) -> tuple[list[ParsedMetric], list[str]]:
         store = await self._results_store(experiment_id)
         found = await store.read_range(Layout(experiment_id).results_blob(trial_id, attempt), 0, max_bytes)
         if found is None:

@@ -145,7 +145,8 @@ async def intermediate(request: web.Request) -> web.StreamResponse:
         trial = cached.state.trials[trial_id]
         async with gate:
             metrics, _ = await dash.reader.metrics(experiment_id, trial_id, trial.attempt,
-                                                   dash.settings.dashboard_results_max_bytes)
+                                                   dash.settings.dashboard_results_max_bytes,
+                                                   ended=trial.ended)
         values = [m.value for m in metrics if m.kind == MetricKind.PERIODICAL]
         stride = max(1, -(-len(values) // MAX_CURVE_POINTS))
         steps = list(range(1, len(values) + 1))[::stride]
@@ -168,7 +169,7 @@ async def trial_detail(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
     limit, results_limit = dash.settings.dashboard_log_tail_bytes, dash.settings.dashboard_results_max_bytes
     (metrics, problems), logs = await asyncio.gather(
-        dash.reader.metrics(experiment_id, trial_id, trial.attempt, results_limit),
+        dash.reader.metrics(experiment_id, trial_id, trial.attempt, results_limit, ended=trial.ended),
         asyncio.gather(*(dash.reader.log_tail(experiment_id, trial_id, s, trial.attempt, limit)
                          for s in _STREAMS)))
     url = trial.job_url if trial.job_url and trial.job_url.startswith(("https://", "http://")) else None

@@ -265,3 +265,15 @@ async def test_the_dashboards_broker_account_publishes_its_commands_and_nothing_
             await bus.publish(ExperimentStart(experiment_id="perm-dashboard", config={}))
     finally:
         await bus.close()
+
+
+async def test_an_ended_trials_results_are_read_once(api: Api) -> None:
+    reader = ExperimentReader(api.store, refresh_seconds=0.0)
+    await store_experiment(api.store, synthetic_state("exp-g", 1, running=0))
+    await store_results(api.store, "exp-g", "t1", [0.5], final=0.6)
+    first, _ = await reader.metrics("exp-g", "t1", 1, 4096, ended=True)
+    await store_results(api.store, "exp-g", "t1", [0.1, 0.2], final=0.3)  # (results never change so)
+    kept, _ = await reader.metrics("exp-g", "t1", 1, 4096, ended=True)
+    live, _ = await reader.metrics("exp-g", "t1", 1, 4096)
+    assert [m.value for m in kept] == [m.value for m in first] == [0.5, 0.6]
+    assert [m.value for m in live] == [0.1, 0.2, 0.3]

@@ -21,7 +21,8 @@ from shared.state import ExperimentState
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import Stack, wait_until, write_experiment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+# 900 s: the first one may install chromium (apt-get) in its setup.
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(900)]
 
 TOKEN = "browser-test-token-0123456789"
 DIGITS = REPO_ROOT / "examples" / "sklearn-digits"
