@@ -169,7 +169,8 @@ async def test_every_page_of_a_real_experiment_renders_live_without_errors(
     await page.wait_for_function(
         "best => { const cell = document.querySelector('#trials-table tbody tr td:nth-child(4)');"
         " return cell && Math.abs(Number(cell.textContent) - best) < 1e-4; }", arg=best, timeout=WAIT_MS)
-    await page.fill("#trial-search", '"kernel":"linear"')
+    # Key by key: each keystroke asks again, and the page must end on the last one's answer.
+    await page.locator("#trial-search").press_sequentially('"kernel":"linear"')
     linear = sum(1 for t in state.trials.values() if t.parameters["kernel"] == "linear")
     await page.wait_for_function(
         "n => document.querySelectorAll('#trials-table tbody tr[data-trial]').length === n", arg=linear,

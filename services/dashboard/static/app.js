@@ -61,20 +61,24 @@ async function api(path, options) {
 }
 
 // A GET kept fresh: asked again every poll period with If-None-Match (a 304 costs nothing),
-// never while the tab is hidden, never twice at once.
+// never while the tab is hidden, never twice at once (a load asked for meanwhile runs after).
 class Live {
   constructor(url, onData) { this.url = url; this.onData = onData; this.etag = null; this.busy = false; }
-  async load(force) {
-    if (this.busy) return;
+  async load() {
+    if (this.busy) { this.again = true; return; }
     this.busy = true;
+    const url = this.url;
     try {
-      const headers = this.etag && !force ? { "If-None-Match": this.etag } : {};
-      const found = await api(this.url, { headers });
-      if (!found.notModified) { this.etag = found.etag; await this.onData(found.body); }
+      const found = await api(url, { headers: this.etag ? { "If-None-Match": this.etag } : {} });
+      // An answer for the address before a retarget (a filter typed meanwhile) is dropped.
+      if (!found.notModified && url === this.url) { this.etag = found.etag; await this.onData(found.body); }
       setLive(`live · ${new Date().toLocaleTimeString()}`);
     } catch (error) {
       setLive(`not updated: ${error.message}`);
-    } finally { this.busy = false; }
+    } finally {
+      this.busy = false;
+      if (this.again || url !== this.url) { this.again = false; this.load(); }
+    }
   }
   retarget(url) { if (url !== this.url) { this.url = url; this.etag = null; } return this.load(); }
 }
