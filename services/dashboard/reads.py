@@ -4,6 +4,7 @@ each answered with an ETag of the state document's so that a live page's poll co
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -70,7 +71,6 @@ async def overview(request: web.Request) -> web.StreamResponse:
             "running": state is not None and not state.finished,
             "counts": {} if cached is None else cached.summary.counts,
             "limits": views.experiment_limits(config, state),
-            "tuner": config.get("tuner"), "platform": (config.get("trainingService") or {}).get("platform"),
             "config": views.shown_config(config),
         }
 
@@ -114,6 +114,13 @@ async def trials(request: web.Request) -> web.StreamResponse:
                         lambda: views.query_trials(cached.index, query) if cached else empty)
 
 
+def _live_tick(dash: Dashboard, running: bool) -> str:
+    """A running trial appends results between changes of the state document (which follows
+    them every few seconds): its answers change with the poll period too, so a page watching
+    it reads them that often. Nothing for ended trials."""
+    return str(int(time.monotonic() // dash.settings.dashboard_poll_seconds)) if running else ""
+
+
 def _curve_trials(cached: CachedState, asked: str) -> list[str]:
     """The trials whose curves to draw: those asked for, else the running ones and the best."""
     state = cached.state
@@ -136,7 +143,8 @@ async def intermediate(request: web.Request) -> web.StreamResponse:
     if cached is None:
         return web.json_response({"curves": []})
     ids = _curve_trials(cached, request.query.get("trials", ""))
-    tag = etag("curves", cached.etag, ",".join(ids))
+    tag = etag("curves", cached.etag, ",".join(ids),
+               _live_tick(dash, any(not cached.state.trials[i].ended for i in ids)))
     if request.headers.get("If-None-Match") == tag:
         return web.Response(status=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
     gate = asyncio.Semaphore(8)
@@ -164,7 +172,7 @@ async def trial_detail(request: web.Request) -> web.StreamResponse:
     trial = None if cached is None else cached.state.trials.get(trial_id)
     if trial is None or cached is None:
         raise error(404, f"experiment {experiment_id} has no trial {trial_id[:40]!r}")
-    tag = etag("trial", cached.etag, trial_id)
+    tag = etag("trial", cached.etag, trial_id, _live_tick(dash, not trial.ended))
     if request.headers.get("If-None-Match") == tag:
         return web.Response(status=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
     limit, results_limit = dash.settings.dashboard_log_tail_bytes, dash.settings.dashboard_results_max_bytes

@@ -277,3 +277,17 @@ async def test_an_ended_trials_results_are_read_once(api: Api) -> None:
     live, _ = await reader.metrics("exp-g", "t1", 1, 4096)
     assert [m.value for m in kept] == [m.value for m in first] == [0.5, 0.6]
     assert [m.value for m in live] == [0.1, 0.2, 0.3]
+
+
+async def test_a_running_trials_answers_are_read_again_each_poll_period_an_ended_ones_not(api: Api) -> None:
+    state = synthetic_state("exp-h", 2, running=1)
+    ended, running = (t.trial_id for t in state.by_sequence())
+    await store_experiment(api.store, state)
+    tags = {}
+    for trial_id in (ended, running):
+        tags[trial_id] = (await api.client.get(f"/api/experiments/exp-h/trials/{trial_id}")).headers["ETag"]
+    await asyncio.sleep(1.1)  # past the poll period (1 s), the state document unchanged
+    for trial_id, expected in ((ended, 304), (running, 200)):
+        again = await api.client.get(f"/api/experiments/exp-h/trials/{trial_id}",
+                                     headers={"If-None-Match": tags[trial_id]})
+        assert again.status == expected, trial_id

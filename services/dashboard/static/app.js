@@ -178,10 +178,10 @@ function experimentPage(id) {
   const overview = new Live(`/api/experiments/${id}`, (data) => {
     renderHead(id, data, head, feedback);
     if (tab === "overview") renderOverview(data);
-    return tabLive.load();
   });
-  // The tab's data is asked for beside the overview's, not after it (a page's first paint).
-  return Promise.all([watch(overview), tabLive.load()]);
+  // Both polled, side by side: the tab's answers change with the state document, and a
+  // running trial's curve between its changes too.
+  return watch(overview, tabLive);
 }
 
 function card(label, value, id) {
