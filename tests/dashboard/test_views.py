@@ -5,7 +5,11 @@ listens in compose."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -141,3 +145,14 @@ def test_compose_publishes_the_dashboard_on_loopback_only() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["dashboard"]
     assert compose["command"][-1] == "services.dashboard"
     assert compose["ports"] and all(p.startswith("127.0.0.1:") for p in compose["ports"])
+
+
+def test_deploy_local_url_follows_the_port_and_keeps_one_private_token(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNEBUS_LOCAL_DIR": str(tmp_path / "local"), "TUNEBUS_DASHBOARD_PORT": "18123",
+           "TUNEBUS_PYTHON": sys.executable}
+    urls = [subprocess.run([str(REPO_ROOT / "deploy" / "local"), "url"], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.strip() for _ in range(2)]
+    assert urls[0] == urls[1] and urls[0].startswith("http://127.0.0.1:18123/?token=")
+    assert len(urls[0].split("token=")[1]) >= 32
+    token_file = tmp_path / "local" / "credentials" / "dashboard-token"
+    assert token_file.stat().st_mode & 0o077 == 0
