@@ -55,6 +55,7 @@ compose-test: venv
 # The whole stack locally, then one experiment end to end; exits with the CLI's status.
 demo: venv
 	deploy/local up
+	@echo "dashboard: $$(deploy/local url)"
 	eval "$$(deploy/local env)"; $(VENV)/bin/tunebus create --config $(DEMO_CONFIG) --wait
 
 up: venv

@@ -87,6 +87,9 @@ USERS: tuple[BrokerUser, ...] = (
                ("trial.status", "trial.heartbeat", "ticket.aml.watch")),
     BrokerUser("tunebus-ingestor", (INGESTOR_QUEUE.name,),
                ("trial.metric", "trial.progress", "trial.ended", "ticket.ingest.watch")),
+    # The dashboard consumes nothing (it reads storage); its buttons publish the CLI's commands.
+    BrokerUser("tunebus-dashboard", (),
+               ("experiment.stop", "experiment.resume", "experiment.update", "trial.stop_request")),
     BrokerUser("tunebus-cli", ("amq_<watch>",),
                ("experiment.start", "experiment.stop", "experiment.resume", "experiment.update",
                 "trial.stop_request"),

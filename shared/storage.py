@@ -219,14 +219,19 @@ class BlobStore:
         self._check(reply, "Put Block List", name=path)
         return skipped
 
-    async def list(self, prefix: str, *, page_size: int | None = None) -> list[str]:
+    async def list(self, prefix: str, *, page_size: int | None = None,
+                   delimiter: str | None = None) -> list[str]:
         """Names of the blobs under ``prefix``, sorted, from every page of the listing
-        (``page_size`` names a page; the service's default is 5000). A missing container
-        raises :class:`ContainerNotFoundError`."""
+        (``page_size`` names a page; the service's default is 5000). With a ``delimiter`` the
+        listing is one level deep: the blobs at that level and the virtual folders below it,
+        whose names end with the delimiter. A missing container raises
+        :class:`ContainerNotFoundError`."""
         names: list[str] = []
         marker = ""
         while True:
             query = {"restype": "container", "comp": "list", "prefix": prefix}
+            if delimiter:
+                query["delimiter"] = delimiter
             if page_size is not None:
                 query["maxresults"] = str(page_size)
             if marker:
@@ -262,6 +267,19 @@ class BlobStore:
         if found is None:
             return None
         return found.body, found.headers.get("etag", "")
+
+    async def read_document_if_changed(self, path: str, etag: str | None) -> tuple[bytes | None, str] | None:
+        """``(content, etag)`` if the blob's ETag is not ``etag``; ``(None, etag)`` if it still is
+        (a 304: nothing sent); None if the blob does not exist. What a reader that polls a
+        document it keeps parsed uses: an unchanged document costs one round trip, no body."""
+        headers = {"if-none-match": etag} if etag else None
+        reply = await self._request("GET", path, None, headers)
+        if reply.status == 304:
+            return None, etag or ""
+        if reply.status == 404:
+            return None
+        self._check(reply, "Get Blob", name=path)
+        return reply.body, reply.headers.get("etag", "")
 
     async def read_json(self, path: str) -> tuple[Any, str] | None:
         """``(document, etag)``, or None if the blob does not exist."""

@@ -9,6 +9,7 @@ AMQP_PORT="${TUNEBUS_AMQP_PORT:-5672}"
 BLOB_PORT="${TUNEBUS_BLOB_PORT:-10000}"
 STORAGE_CONTAINER="${TUNEBUS_STORAGE_CONTAINER:-tunebus}"
 UP_TIMEOUT="${TUNEBUS_UP_TIMEOUT:-60}"
+DASHBOARD_PORT="${TUNEBUS_DASHBOARD_PORT:-8080}"
 # A health file older than this means the service stopped consuming (the services' contract).
 HEALTH_MAX_AGE=15
 

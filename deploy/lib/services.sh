@@ -1,9 +1,9 @@
 # shellcheck shell=bash
-# The four tunebus services as background processes of the project's .venv.
+# The tunebus services (and the dashboard) as background processes of the project's .venv.
 # Each instance gets its own health file, log, pid file and (submitters) work dir.
 
 SERVICE_PYTHON="${TUNEBUS_PYTHON:-$REPO_ROOT/.venv/bin/python}"
-SINGLE_SERVICES=(tuner dispatcher metric_ingestor)
+SINGLE_SERVICES=(tuner dispatcher metric_ingestor dashboard)
 
 # service_instances N_SUBMITTERS: instance names, one per line (aml_submitter-1 .. -N).
 service_instances() {
@@ -73,6 +73,10 @@ service_start() {
         export TUNEBUS_WORK_DIR="$STATE_DIR/work/$instance"
         export TUNEBUS_LOG_LEVEL="${TUNEBUS_LOG_LEVEL:-INFO}"
         export PYTHONUNBUFFERED=1
+        if [[ "$module" == dashboard ]]; then
+            export TUNEBUS_DASHBOARD_PORT="$DASHBOARD_PORT"
+            export TUNEBUS_DASHBOARD_TOKEN; TUNEBUS_DASHBOARD_TOKEN="$(dashboard_token)"
+        fi
         start_background "$instance" "$SERVICE_PYTHON" -m "services.$module"
     )
 }
@@ -122,3 +126,18 @@ services_down() {
     done < <(started_service_instances)
     wait
 }
+
+# dashboard_token: the dashboard's token for its actions, generated once (mode 600) and kept with
+# the broker passwords.
+dashboard_token() {
+    local file="$CREDENTIALS_DIR/dashboard-token"
+    if [[ ! -s "$file" ]]; then
+        mkdir -p "$CREDENTIALS_DIR" && chmod 700 "$CREDENTIALS_DIR"
+        (umask 077; "$SERVICE_PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$file")
+    fi
+    printf '%s' "$(<"$file")"
+}
+
+# dashboard_url: the URL that opens the dashboard with its token (the token sets a cookie and
+# leaves the address bar).
+dashboard_url() { printf 'http://127.0.0.1:%s/?token=%s\n' "$DASHBOARD_PORT" "$(dashboard_token)"; }

@@ -31,7 +31,7 @@ COMPOSE_ENV = REPO_ROOT / "deploy" / "compose-env"
 IMAGE = "tunebus:dev"
 #: What the trials of the test's experiments import (the sklearn-digits example's).
 TRIAL_REQUIREMENTS = "scikit-learn>=1.4"
-TUNEBUS_SERVICES = ("tuner", "dispatcher", "metric-ingestor", "aml-submitter")
+TUNEBUS_SERVICES = ("tuner", "dispatcher", "metric-ingestor", "dashboard", "aml-submitter")
 
 
 @dataclass

@@ -217,8 +217,9 @@ def test_each_service_has_its_own_broker_login_and_guest_none(stack: Compose) ->
     assert status == 200 and "guest" not in {u["name"] for u in users}, users
     status, connections = _management(stack, "/api/connections", admin.username, admin.password)
     assert status == 200
-    assert {c["user"] for c in connections} == {
-        "tunebus-tuner", "tunebus-dispatcher", "tunebus-ingestor", "tunebus-submitter"}, connections
+    service_users = {"tunebus-tuner", "tunebus-dispatcher", "tunebus-ingestor", "tunebus-submitter",
+                     "tunebus-dashboard"}
+    assert {c["user"] for c in connections} == service_users, connections
     # The host CLI's login publishes commands and nothing it should not: a service's account is
     # refused its password (each service has its own, from the credentials volume).
     cli = urlsplit(stack.cli_env()["TUNEBUS_AMQP_URL"])
@@ -226,7 +227,8 @@ def test_each_service_has_its_own_broker_login_and_guest_none(stack: Compose) ->
     assert _management(stack, "/api/whoami", "tunebus-dispatcher", str(cli.password))[0] == 401
     # Each service's container holds its own password and no other.
     for service, user in (("tuner", "tunebus-tuner"), ("dispatcher", "tunebus-dispatcher"),
-                          ("metric-ingestor", "tunebus-ingestor"), ("aml-submitter", "tunebus-submitter")):
+                          ("metric-ingestor", "tunebus-ingestor"), ("aml-submitter", "tunebus-submitter"),
+                          ("dashboard", "tunebus-dashboard")):
         listed = stack.run("exec", "-T", service, "ls", "-A", "/credentials", timeout=60).stdout.split()
         assert listed == [f"amqp-{user}"], (service, listed)
     # No password is in any container's configuration (docker inspect).

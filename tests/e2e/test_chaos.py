@@ -103,6 +103,7 @@ def deployment(trial_work_dir: Path) -> Iterator[Deployment]:
         "TUNEBUS_LOCAL_DIR": str(state_dir),
         "TUNEBUS_AMQP_PORT": str(amqp_port),
         "TUNEBUS_BLOB_PORT": str(_free_port(11000, 19999)),
+        "TUNEBUS_DASHBOARD_PORT": str(_free_port(30000, 39999)),  # not 8080: another stack may have it
         "TUNEBUS_AZURITE_DIR": os.environ.get("TUNEBUS_AZURITE_DIR", str(REPO_ROOT / ".local" / "azurite")),
         "TUNEBUS_PYTHON": sys.executable,
         "TUNEBUS_SUPERVISE_INTERVAL": "1",

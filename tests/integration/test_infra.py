@@ -32,7 +32,7 @@ from shared.topology import DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE, 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-SERVICES = {"tuner", "dispatcher", "aml-submitter", "metric-ingestor"}
+SERVICES = {"tuner", "dispatcher", "aml-submitter", "metric-ingestor", "dashboard"}
 
 
 # --- RabbitMQ ------------------------------------------------------------------------------
