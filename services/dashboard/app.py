@@ -15,8 +15,6 @@ from . import actions
 from .context import DASHBOARD, Dashboard, error
 from .reads import add_read_routes
 
-__all__ = ["STATIC_DIR", "Dashboard", "build_app"]
-
 STATIC_DIR = Path(__file__).parent / "static"
 
 # Scripts from this server only. 'unsafe-eval': plotly's parallel coordinates draw with regl,

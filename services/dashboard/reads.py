@@ -16,8 +16,6 @@ from . import views
 from .context import DASHBOARD, Dashboard, conditional, error, etag, now, state_tag
 from .reader import CachedState, CachedSummary
 
-__all__ = ["add_read_routes"]
-
 _STREAMS = ("stdout", "stderr")
 #: Curves drawn at most: asked for by id, or by default (the running and the best trials).
 MAX_CURVES = 50
