@@ -14,8 +14,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.metric_ingestor.metrics import ParsedMetric, ResultsLimits, parse_results
 from shared.results import SharedStorageError, results_account
+from shared.results_records import ParsedMetric, ResultsLimits, parse_results
 from shared.secrets_mask import mask_secrets
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
 from shared.state import ExperimentState

@@ -47,13 +47,13 @@ from shared.messages import (
     TrialStatus,
     TrialStatusChanged,
 )
+from shared.results_records import ParsedMetric, ResultsLimits, ResultsRead, parse_results
 from shared.service import Running
 from shared.settings import CommonSettings
 from shared.state import ExperimentState
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
 
-from .metrics import ParsedMetric, ResultsLimits, ResultsRead, parse_results
 from .results import ResultsStores
 
 __all__ = ["Ingestor", "IngestorSettings", "start"]

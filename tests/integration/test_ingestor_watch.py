@@ -156,7 +156,7 @@ async def test_a_heartbeat_of_an_unreadable_experiment_is_dropped_not_dead_lette
 ], ids=["10**400", "nan", "nested", "superscript", "oversized", "too-many"])
 async def test_hostile_results_end_the_trial_failed_naming_why(store: BlobStore, content: bytes,
                                                                says: str) -> None:
-    from services.metric_ingestor.metrics import ResultsLimits
+    from shared.results_records import ResultsLimits
 
     layout = await _experiment(store, "hostile", {"trainingService": {"platform": "local"}})
     await _append(store, layout.results_blob("t1"), content)
@@ -172,7 +172,7 @@ async def test_hostile_results_end_the_trial_failed_naming_why(store: BlobStore,
 
 
 async def test_a_results_blob_over_the_byte_cap_is_read_up_to_it(store: BlobStore) -> None:
-    from services.metric_ingestor.metrics import ResultsLimits
+    from shared.results_records import ResultsLimits
 
     layout = await _experiment(store, "big", {"trainingService": {"platform": "local"}})
     await _append(store, layout.results_blob("t1"), _record(0, 0.5) + b" " * 5000 + b"\n")

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from services.metric_ingestor.metrics import ResultsLimits, parse_results
 from shared.messages import MetricKind
+from shared.results_records import ResultsLimits, parse_results
 
 LIMITS = ResultsLimits(max_bytes=64 * 1024, max_records=50, max_record_bytes=2048)
 
