@@ -56,6 +56,8 @@ __all__ = ["TunerService", "TunerSettings"]
 log = logging.getLogger("tunebus.tuner")
 
 FINISHED_REMEMBERED = 10_000
+#: Built-in tuners that take a ``seed`` (the experiment's is given to them unless classArgs has one).
+SEEDED_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GP")
 #: The longest reason an experiment.error carries (it is stored in state.json).
 MAX_REASON_CHARS = 4000
 # Errors a user fixes in the config: their message is the reason, no traceback.
@@ -202,7 +204,7 @@ class TunerService:
         config = doc["config"]
         spec = config["tuner"]
         class_args = dict(spec.get("classArgs") or {})
-        if spec.get("name") in ("TPE", "Random", "Anneal", "Evolution"):
+        if spec.get("name") in SEEDED_TUNERS:
             class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
         tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"],
                              class_name=spec.get("className"), code_directory=spec.get("codeDirectory"))

@@ -363,7 +363,15 @@ def test_randint_low_not_below_high_names_the_parameter(tmp_path: Path) -> None:
 def test_unknown_tuner_name() -> None:
     [(field, reason)] = problems(local_config(tuner={"name": "SMAC"}))
     assert field == "tuner.name"
-    assert reason == "tuner 'SMAC' is not supported (supported: TPE, Random, Anneal, GridSearch, Evolution)"
+    assert reason == ("NNI's built-in tuner 'SMAC' is not supported by tunebus yet "
+                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP)")
+    [(_, reason)] = problems(local_config(tuner={"name": "Grid"}))
+    assert reason.startswith("tuner 'Grid' is not supported (supported: TPE,")
+
+
+def test_nni_aliases_of_builtin_tuners_are_read_as_their_names() -> None:
+    assert parse_experiment_config(local_config(tuner={"name": "GPTuner"})).tuner.name == "GP"
+    assert parse_experiment_config(local_config(tuner={"name": "batchtuner"})).tuner.name == "Batch"
 
 
 def test_builtin_names_match_case_insensitively_like_nni() -> None:

@@ -7,8 +7,9 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``; a custom tuner is given by ``class_name`` and
-``code_directory`` like NNI's ``className`` / ``codeDirectory``.
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch`` and ``GP`` (NNI's aliases ``BatchTuner``,
+``GPTuner`` too); a custom tuner is given by ``class_name`` and ``code_directory`` like NNI's
+``className`` / ``codeDirectory``.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shared import limits
+from shared.config import TUNER_ALIASES
 
 from .args import ClassArgs
-from .base import BaseTuner
+from .batch import BatchTuner
 from .custom import CustomTuner, load_custom_tuner
 from .errors import NoMoreTrials, TunerConfigError
+from .gaussian_process import MATERN_NUS
+from .gp import UTILITIES, GpSettings, GpTuner
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
 __all__ = [
     "BUILTIN_TUNERS",
+    "TUNER_ALIASES",
     "CustomTuner",
     "NoMoreTrials",
     "Tuner",
@@ -46,7 +51,7 @@ class Tuner(Protocol):
     def import_data(self, data: Any) -> Any: ...
 
 
-def _tpe(args: ClassArgs) -> BaseTuner:
+def _tpe(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="minimize")
     seed = args.integer("seed", None, low=0)
     tpe = args.section("tpe_args")
@@ -67,33 +72,71 @@ def _tpe(args: ClassArgs) -> BaseTuner:
     return TpeTuner(seed=seed, minimize=minimize, settings=settings)
 
 
-def _random(args: ClassArgs) -> BaseTuner:
+def _random(args: ClassArgs) -> Tuner:
     args.optimize_mode()  # accepted and checked, but random search has no direction (as in NNI)
     return RandomTuner(seed=args.integer("seed", None, low=0))
 
 
-def _grid(args: ClassArgs) -> BaseTuner:
+def _grid(args: ClassArgs) -> Tuner:
     args.optimize_mode()
     return GridSearchTuner(seed=0)
 
 
-def _anneal(args: ClassArgs) -> BaseTuner:
+def _anneal(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="minimize")
     return AnnealTuner(seed=args.integer("seed", None, low=0), minimize=minimize)
 
 
-def _evolution(args: ClassArgs) -> BaseTuner:
+def _evolution(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="maximize")
     size = args.integer("population_size", 32, low=2, high=limits.MAX_CLASS_ARG_POPULATION) or 32
     return EvolutionTuner(seed=args.integer("seed", None, low=0), minimize=minimize, population_size=size)
 
 
-BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], BaseTuner]] = {
+def _batch(args: ClassArgs) -> Tuner:
+    if args.args:  # NNI registers Batch with acceptClassArgs: false
+        raise TunerConfigError("Batch", f"takes no classArgs, got {', '.join(sorted(map(str, args.args)))}")
+    return BatchTuner()
+
+
+def _gp(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = GpSettings()
+    warm_up = args.integer("selection_num_warm_up", d.selection_num_warm_up, low=1, high=1_000_000)
+    settings = GpSettings(
+        utility=args.one_of("utility", d.utility, UTILITIES),
+        kappa=_number(args.number("kappa", d.kappa, low=0.0, high=1e6)),
+        xi=_number(args.number("xi", d.xi, low=0.0, high=1e6)),
+        nu=float(args.one_of("nu", d.nu, MATERN_NUS)),
+        alpha=_number(args.number("alpha", d.alpha, low=1e-12, high=1e3)),
+        cold_start_num=_integer(args.integer("cold_start_num", d.cold_start_num, low=0,
+                                             high=limits.MAX_CLASS_ARG_COUNT)),
+        selection_num_warm_up=_integer(warm_up),
+        selection_num_starting_points=_integer(
+            args.integer("selection_num_starting_points", d.selection_num_starting_points, low=0,
+                         high=10_000)),
+    )
+    return GpTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
+def _number(value: float | None) -> float:
+    assert value is not None  # every caller passes a default
+    return value
+
+
+def _integer(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
+BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "TPE": _tpe,
     "Random": _random,
     "Anneal": _anneal,
     "GridSearch": _grid,
     "Evolution": _evolution,
+    "Batch": _batch,
+    "GP": _gp,
 }
 
 
@@ -120,8 +163,10 @@ def create_tuner(
     return tuner
 
 
-def _builtin(name: str | None, class_args: Mapping[str, Any] | None) -> BaseTuner:
-    canonical = {key.lower(): key for key in BUILTIN_TUNERS}.get((name or "").lower())
+def _builtin(name: str | None, class_args: Mapping[str, Any] | None) -> Tuner:
+    names = {key.lower(): key for key in BUILTIN_TUNERS}
+    names |= {alias.lower(): key for alias, key in TUNER_ALIASES.items()}
+    canonical = names.get((name or "").lower())
     if canonical is None:
         known = ", ".join(BUILTIN_TUNERS)
         raise TunerConfigError(str(name), f"unknown tuner; built-in tuners are {known} (or give className)")
