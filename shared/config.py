@@ -68,6 +68,7 @@ from shared.search_space import SearchSpaceError, validate_search_space
 from shared.secrets_mask import SECRET_MASK, is_secret_name, redact_secrets
 
 __all__ = [
+    "ADVISORS",
     "BUILTIN_ASSESSORS",
     "BUILTIN_TUNERS",
     "SECRET_MASK",
@@ -89,13 +90,17 @@ __all__ = [
 ]
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
-BUILTIN_TUNERS: tuple[str, ...] = ("TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP")
+BUILTIN_TUNERS: tuple[str, ...] = (
+    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Hyperband",
+)
+#: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
+ADVISORS: tuple[str, ...] = ("Hyperband",)
 #: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
 TUNER_ALIASES: dict[str, str] = {"BatchTuner": "Batch", "GPTuner": "GP"}
 #: NNI built-ins tunebus does not run yet: named as such when refused.
 NOT_YET_SUPPORTED: tuple[str, ...] = (
     "SMAC", "Metis", "MetisTuner", "DNGO", "DNGOTuner", "PBT", "PBTTuner",
-    "Hyperband", "BOHB", "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
+    "BOHB", "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
 )
 #: Built-in assessors tunebus runs, spelled as NNI registers them.
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")

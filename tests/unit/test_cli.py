@@ -119,8 +119,10 @@ def test_dry_run_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (VALID.replace("optimize_mode: maximize", "optimize_mode: max"), None, "tuner"),
         (VALID.replace("name: TPE", "name: GP").replace("optimize_mode: maximize", "utility: pi"), None,
          "tuner"),
-        (VALID.replace("name: TPE", "name: GP"), {"k": {"_type": "choice", "_value": ["a", "b"]}}, "tuner"),
-        (VALID.replace("name: TPE\n      classArgs: {optimize_mode: maximize}", "name: Batch"), None, "tuner"),
+        (VALID.replace("name: TPE", "name: GP"), {"k": {"_type": "choice", "_value": ["a", "b"]}},
+         "tuner"),
+        (VALID.replace("name: TPE\n      classArgs: {optimize_mode: maximize}", "name: Batch"), None,
+         "tuner"),
         (VALID + "    assessor: {name: Medianstop, classArgs: {start_step: -1}}\n", None, "assessor"),
     ],
 )

@@ -17,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import numpy as np
+
 from shared import limits
 from shared.config import TUNER_ALIASES
 
 from .args import ClassArgs
 from .batch import BatchTuner
 from .custom import CustomTuner, load_custom_tuner
-from .errors import NoMoreTrials, TunerConfigError
+from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
 from .gp import UTILITIES, GpSettings, GpTuner
+from .hyperband import EXEC_MODES, HyperbandAdvisor
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
@@ -36,6 +39,7 @@ __all__ = [
     "NoMoreTrials",
     "Tuner",
     "TunerConfigError",
+    "WaitForResults",
     "create_tuner",
 ]
 
@@ -119,6 +123,23 @@ def _gp(args: ClassArgs) -> Tuner:
     return GpTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
 
 
+MAX_HYPERBAND_R = 100_000
+
+
+def _hyperband(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's HyperbandClassArgsValidator requires it
+        raise TunerConfigError("Hyperband", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    minimize = args.optimize_mode()
+    # The first bracket starts about R configurations at once: R is bounded to keep that in memory.
+    big_r = _integer(args.integer("R", 60, low=1, high=MAX_HYPERBAND_R))
+    eta = _integer(args.integer("eta", 3, low=2, high=MAX_HYPERBAND_R))
+    exec_mode = args.one_of("exec_mode", "parallelism", EXEC_MODES)
+    seed = args.integer("seed", None, low=0)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    return HyperbandAdvisor(seed=seed, minimize=minimize, R=big_r, eta=eta, exec_mode=exec_mode)
+
+
 def _number(value: float | None) -> float:
     assert value is not None  # every caller passes a default
     return value
@@ -137,6 +158,7 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "Evolution": _evolution,
     "Batch": _batch,
     "GP": _gp,
+    "Hyperband": _hyperband,
 }
 
 
