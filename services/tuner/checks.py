@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.config import ADVISORS
 from shared.search_space import SearchSpaceError
 
 from .algorithms import TunerConfigError, create_tuner
@@ -28,7 +29,10 @@ def builtin_algorithm_problems(
             create_tuner(tuner.name, tuner.class_args, search_space)
         except (TunerConfigError, SearchSpaceError) as exc:
             problems.append(("tuner", str(exc)))
-    if assessor is not None and assessor.class_name is None:
+    if assessor is not None and tuner.name in ADVISORS:
+        problems.append(("assessor", f"{tuner.name} is an advisor: it stops and promotes trials itself, "
+                                     f"so it takes no assessor (as in NNI)"))
+    elif assessor is not None and assessor.class_name is None:
         try:
             create_assessor(assessor.name, assessor.class_args)
         except AssessorConfigError as exc:

@@ -124,6 +124,10 @@ def test_dry_run_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (VALID.replace("name: TPE\n      classArgs: {optimize_mode: maximize}", "name: Batch"), None,
          "tuner"),
         (VALID + "    assessor: {name: Medianstop, classArgs: {start_step: -1}}\n", None, "assessor"),
+        (VALID.replace("name: TPE", "name: Hyperband") + "    assessor: {name: Medianstop}\n", None,
+         "assessor"),
+        (VALID.replace("tuner:", "advisor:").replace("name: TPE", "name: Hyperband")
+         .replace("optimize_mode: maximize", "optimize_mode: maximize, eta: 1"), None, "tuner"),
     ],
 )
 def test_invalid_config_exits_2_naming_the_field_before_connecting(

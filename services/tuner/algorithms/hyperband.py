@@ -9,8 +9,8 @@ budget under NNI's key ``TRIAL_BUDGET`` (epochs, batches: the trial decides what
 As in NNI, a trial's score is its final result, or its latest intermediate result when it ended
 without one; a round is promoted once every trial of it has ended. Runs ready to go are handed
 out oldest bracket first, lowest round first (NNI: in the order they were made). ``exec_mode``
-``parallelism`` starts the next bracket whenever nothing else is ready to run; ``serial`` starts it only after the
-current bracket has handed out its last round, and otherwise asks the service to wait
+``parallelism`` starts the next bracket whenever nothing else is ready to run; ``serial`` starts
+it only after the current bracket has handed out its last round, and otherwise asks the service to wait
 (:class:`WaitForResults`) until running trials report. Hyperband never runs out by itself: the
 experiment's ``maxTrialNumber`` or ``maxExperimentDuration`` ends it.
 
