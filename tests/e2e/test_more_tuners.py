@@ -84,3 +84,12 @@ async def test_hyperband_promotes_the_best_with_a_larger_budget(stack: Stack) ->
     assert len({t.metric_count - t.parameters["TRIAL_BUDGET"] for t in trials}) == 1
     best_first = max(trials[:3], key=lambda t: t.final_value or float("-inf"))
     assert trials[3].parameters == {**best_first.parameters, "TRIAL_BUDGET": 3}
+
+
+async def test_bohb_runs_its_brackets(stack: Stack) -> None:
+    # min 1, max 3, eta 3: bracket s=1 (3 at budget 1, the best at 3), then s=0 (2 at budget 3).
+    space = {"a": {"_type": "uniform", "_value": [0, 6]}, "b": {"_type": "choice", "_value": [0, 1]}}
+    advisor = {"name": "BOHB", "classArgs": {"optimize_mode": "maximize", "min_budget": 1, "max_budget": 3,
+                                             "eta": 3, "seed": 2}}
+    state = await _run(stack, _config(advisor, space, max_trials=6, concurrency=2))
+    assert [t.parameters["TRIAL_BUDGET"] for t in state.by_sequence()] == [1, 1, 1, 3, 3, 3]

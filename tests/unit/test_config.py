@@ -364,7 +364,7 @@ def test_unknown_tuner_name() -> None:
     [(field, reason)] = problems(local_config(tuner={"name": "SMAC"}))
     assert field == "tuner.name"
     assert reason == ("NNI's built-in tuner 'SMAC' is not supported by tunebus yet "
-                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Hyperband)")
+                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Hyperband, BOHB)")
     [(_, reason)] = problems(local_config(tuner={"name": "Grid"}))
     assert reason.startswith("tuner 'Grid' is not supported (supported: TPE,")
 
@@ -391,7 +391,7 @@ def test_advisor_is_read_as_the_tuner() -> None:
     assert fields(local_config(advisor={"name": "Random"})) == ["advisor"]
     hyperband = {"name": "Hyperband", "classArgs": {"optimize_mode": "maximize", "R": 27}}
     assert parse_experiment_config(local_config(tuner=None, advisor=hyperband)).tuner.name == "Hyperband"
-    assert fields(local_config(tuner=None, advisor={"name": "BOHB"})) == ["advisor.name"]
+    assert fields(local_config(tuner=None, advisor={"name": "PBTTuner"})) == ["advisor.name"]
 
 
 def test_custom_algorithm_needs_class_name_and_code_directory(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 from services.tuner.algorithms import TunerConfigError, WaitForResults, create_tuner
@@ -223,3 +224,86 @@ async def test_the_service_holds_requests_and_answers_them_when_a_round_complete
     [answer] = [m for m in bus.published if isinstance(m, TrialSuggested)][3:]
     assert answer.parameter_id == 3 and answer.parameters is not None
     assert answer.parameters == {**first[1].parameters, "TRIAL_BUDGET": 3}  # promoted on its intermediate
+
+
+# ---------------------------------------------------------------- BOHB
+
+
+def bohb(seed: int = 1, **args: Any) -> Any:
+    class_args = {"optimize_mode": "maximize", "min_budget": 1, "max_budget": 9, "eta": 3, "seed": seed,
+                  **args}
+    return create_tuner("BOHB", class_args, {"x": {"_type": "uniform", "_value": [0.0, 1.0]},
+                                             "y": {"_type": "uniform", "_value": [0.0, 1.0]}})
+
+
+def peak(p: dict[str, Any]) -> float:
+    return -((p["x"] - 0.8) ** 2 + (p["y"] - 0.2) ** 2) * (1 + 1 / p["TRIAL_BUDGET"])
+
+
+def run_bohb(tuner: Any, trials: int) -> list[dict[str, Any]]:
+    handed = []
+    for pid in range(trials):
+        params = tuner.generate_parameters(pid)
+        handed.append(params)
+        tuner.receive_trial_result(pid, params, peak(params))
+    return handed
+
+
+def test_bohb_brackets_are_hyperbands_for_its_budgets_one_at_a_time() -> None:
+    tuner = bohb()
+    run_bohb(tuner, 9 + 3 + 1 + 5 + 1 + 3)
+    assert rounds(tuner) == [[(9, 1), (3, 3), (1, 9)], [(5, 3), (1, 9)], [(3, 9)]]
+    serial = bohb()
+    [serial.generate_parameters(i) for i in range(9)]
+    with pytest.raises(WaitForResults):
+        serial.generate_parameters(9)
+
+
+def test_bohb_first_rounds_follow_the_model_once_it_has_data() -> None:
+    tuner = bohb(random_fraction=0.0, min_points_in_model=3)
+    handed = run_bohb(tuner, 9 * 6)
+    late = [p for p in handed[30:] if p["TRIAL_BUDGET"] == 1 or p is handed[30]]
+    random_first = handed[:9]
+
+    def distance(p: dict[str, Any]) -> float:
+        return float(((p["x"] - 0.8) ** 2 + (p["y"] - 0.2) ** 2) ** 0.5)
+
+    model_first = [p for b in tuner.brackets[3:] for p in (j.parameters for j in b.rungs[0])]
+    assert model_first and late
+    assert np.median([distance(p) for p in model_first]) < np.median([distance(p) for p in random_first])
+
+
+def test_bohb_same_seed_same_runs_and_rebuild_continues_without_repeats() -> None:
+    assert run_bohb(bohb(seed=3), 30) == run_bohb(bohb(seed=3), 30)
+    uninterrupted = bohb(seed=3, random_fraction=0.0)
+    handed = run_bohb(uninterrupted, 25)
+    records = [{"parameter": p, "value": peak(p), "ended": True} for p in handed]
+    rebuilt = bohb(seed=3, random_fraction=0.0)
+    assert rebuilt.import_data(records) == 25
+    assert rounds(rebuilt) == rounds(uninterrupted)
+    more = [rebuilt.generate_parameters(100 + i) for i in range(6)]  # the rest of the open round
+    assert more == [uninterrupted.generate_parameters(100 + i) for i in range(6)]
+    seen = {json.dumps(p, sort_keys=True) for p in handed}
+    assert not any(json.dumps(p, sort_keys=True) in seen for p in more)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"optimize_mode": "max"}, "classArgs.optimize_mode must be"),
+        ({"max_budget": 1}, "classArgs.max_budget (1) must be larger than min_budget (1)"),
+        ({"top_n_percent": 100}, "classArgs.top_n_percent must be <= 99"),
+        ({"random_fraction": 1.5}, "classArgs.random_fraction must be between 0 and 1"),
+        ({"config_space": "space.pcs"}, "classArgs.config_space (a ConfigSpace file) is not supported"),
+        ({"R": 9}, "classArgs.R is not a known argument"),
+    ],
+)
+def test_bohb_class_args_are_checked(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(TunerConfigError, match="tuner 'BOHB'") as caught:
+        bohb(**args)
+    assert message in str(caught.value)
+
+
+def test_bohb_refuses_a_nested_choice() -> None:
+    with pytest.raises(TunerConfigError, match="'opt' is a nested choice; BOHB takes flat search spaces"):
+        create_tuner("BOHB", {"optimize_mode": "maximize"}, SPACE)

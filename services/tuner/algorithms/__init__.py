@@ -24,6 +24,7 @@ from shared.config import TUNER_ALIASES
 
 from .args import ClassArgs
 from .batch import BatchTuner
+from .bohb import BohbAdvisor, BohbSettings
 from .custom import CustomTuner, load_custom_tuner
 from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
@@ -140,6 +141,30 @@ def _hyperband(args: ClassArgs) -> Tuner:
     return HyperbandAdvisor(seed=seed, minimize=minimize, R=big_r, eta=eta, exec_mode=exec_mode)
 
 
+def _bohb(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's BOHBClassArgsValidator requires it
+        raise TunerConfigError("BOHB", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    if "config_space" in args.args:
+        raise TunerConfigError("BOHB", "classArgs.config_space (a ConfigSpace file) is not supported: "
+                                       "give the search space in NNI's format")
+    minimize = args.optimize_mode()
+    d = BohbSettings()
+    settings = BohbSettings(
+        min_points_in_model=args.integer("min_points_in_model", None, low=0, high=9999),
+        top_n_percent=_integer(args.integer("top_n_percent", d.top_n_percent, low=1, high=99)),
+        num_samples=_integer(args.integer("num_samples", d.num_samples, low=1, high=9999)),
+        random_fraction=_number(args.number("random_fraction", d.random_fraction, low=0.0, high=1.0)),
+        bandwidth_factor=_number(args.number("bandwidth_factor", d.bandwidth_factor, low=1e-6, high=9999)),
+        min_bandwidth=_number(args.number("min_bandwidth", d.min_bandwidth, low=1e-6, high=1.0)),
+    )
+    seed = args.integer("seed", None, low=0)
+    return BohbAdvisor(
+        seed=int(np.random.default_rng().integers(2**31)) if seed is None else seed, minimize=minimize,
+        min_budget=_integer(args.integer("min_budget", 1, low=1, high=9999)),
+        max_budget=_integer(args.integer("max_budget", 3, low=1, high=9999)),
+        eta=_integer(args.integer("eta", 3, low=2, high=9999)), settings=settings)
+
+
 def _number(value: float | None) -> float:
     assert value is not None  # every caller passes a default
     return value
@@ -159,6 +184,7 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "Batch": _batch,
     "GP": _gp,
     "Hyperband": _hyperband,
+    "BOHB": _bohb,
 }
 
 

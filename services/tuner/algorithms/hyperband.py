@@ -98,6 +98,8 @@ class HyperbandAdvisor:
         # order results happened to arrive in) is what lets import_data rebuild the same queue.
         self._queue: list[_Job] = []
         self._by_id: dict[Any, _Job] = {}
+        self._replaying: dict[str, deque[tuple[Any, bool]]] | None = None  # during import_data
+        self._recorded: dict[str, Mapping[str, Any]] = {}  # recorded parameters by key (import_data)
 
     # ------------------------------------------------------------ NNI's methods
 
@@ -157,11 +159,20 @@ class HyperbandAdvisor:
         Returns how many recorded trials matched a run.
         """
         records: dict[str, deque[tuple[Any, bool]]] = defaultdict(deque)
+        self._recorded = {}
         for record in data:
             parameters = record.get("parameter")
             if isinstance(parameters, Mapping):
                 ended = bool(record.get("ended", record.get("value") is not None))
                 records[_key(parameters)].append((record.get("value"), ended))
+                self._recorded.setdefault(_key(parameters), parameters)
+        self._replaying = records
+        try:
+            return self._rebuild(records)
+        finally:
+            self._replaying = None
+
+    def _rebuild(self, records: dict[str, deque[tuple[Any, bool]]]) -> int:
         matched = 0
         while True:
             found = self._match_queued(records)
@@ -184,19 +195,23 @@ class HyperbandAdvisor:
         bracket = _Bracket(index=k, s=s, n=n, r=self.R / self.eta**s)
         self.brackets.append(bracket)
         count, budget = bracket.size(0, self.eta)
-        rng = np.random.default_rng([self.seed, k])
+        configs = self._first_round(np.random.default_rng([self.seed, k]), count, budget)
+        self._add_rung(bracket, configs, budget)
+        return bracket
+
+    def _first_round(self, rng: np.random.Generator, count: int, budget: int) -> list[dict[str, Any]]:
+        """A new bracket's configurations: random, distinct within the bracket where possible."""
         configs: list[dict[str, Any]] = []
         seen: set[str] = set()
         for _ in range(count):
             config = self._draw(rng)
-            for _ in range(_DEDUP_ATTEMPTS):  # distinct configurations within the bracket, if possible
+            for _ in range(_DEDUP_ATTEMPTS):
                 if _key(config) not in seen:
                     break
                 config = self._draw(rng)
             seen.add(_key(config))
             configs.append(config)
-        self._add_rung(bracket, configs, budget)
-        return bracket
+        return configs
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         internal: dict[Any, float] = {}
