@@ -246,3 +246,17 @@ def test_batch_refuses_other_search_spaces(space: dict[str, Any], message: str) 
 def test_batch_takes_no_class_args() -> None:
     with pytest.raises(TunerConfigError, match="tuner 'Batch': takes no classArgs, got optimize_mode"):
         create_tuner("Batch", {"optimize_mode": "maximize"}, BATCH_SPACE)
+
+
+def test_gp_fits_on_the_best_and_latest_trials_only_past_its_cap() -> None:
+    from services.tuner.algorithms.gp import MODEL_POINTS
+
+    tuner = gp(space={"x": {"_type": "uniform", "_value": [0.0, 1.0]}})
+    records = [{"parameter": {"x": i / 1000}, "value": float(i % 97)} for i in range(MODEL_POINTS + 50)]
+    tuner.import_data(records)
+    kept = tuner._model_history()
+    assert len(kept) == MODEL_POINTS
+    losses = sorted(o.loss for o in tuner.history)
+    assert all(o in kept for o in tuner.history if o.loss < losses[MODEL_POINTS * 2 // 3 - 1])
+    assert tuner.history[-1] in kept  # the latest trial is always in the model
+    assert 0.0 <= tuner.generate_parameters(10_000)["x"] <= 1.0

@@ -25,7 +25,7 @@ from scipy.special import ndtr
 
 from shared.search_space import flatten_search_space
 
-from .base import BaseTuner, Internal
+from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
 from .errors import TunerConfigError
 from .gaussian_process import GaussianProcess
@@ -38,6 +38,8 @@ UTILITIES = ("ei", "ucb", "poi")
 #: Random points scored per block when maximising the utility (bounds memory: block x trials).
 _BLOCK = 8192
 _LOCAL_ROUNDS = 12
+#: Finished trials the GP is fitted on, at most (see GpTuner._model_history).
+MODEL_POINTS = 300
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,28 @@ class GpTuner(BaseTuner):
         return self._sample_prior(rng)  # every candidate repeats a trial: deduplication takes over
 
     def _model(self) -> GaussianProcess:
-        x = np.array([self._to_cube(o.internal) for o in self.history])
-        y = np.array([o.loss for o in self.history])
+        history = self._model_history()
+        x = np.array([self._to_cube(o.internal) for o in history])
+        y = np.array([o.loss for o in history])
         gp = GaussianProcess(self.settings.nu, self.settings.alpha).fit(x, y)
         if self.pending:  # constant liar: a trial in flight counts as the worst result so far
             pending = np.array([self._to_cube(p) for p in self.pending.values()])
             gp = gp.condition(pending, np.full(len(pending), y.max()))
         self._best = float(y.min())
         return gp
+
+    def _model_history(self) -> list[Observation]:
+        """At most MODEL_POINTS trials: the best ones and the latest others.
+
+        A GP's fit costs the cube of its points; without a cap a long experiment's every suggestion
+        would take minutes (NNI's GP has no cap and slows down the same way)."""
+        if len(self.history) <= MODEL_POINTS:
+            return self.history
+        ranked = sorted(range(len(self.history)), key=lambda i: self.history[i].loss)
+        best = set(ranked[: MODEL_POINTS * 2 // 3])
+        others = [i for i in range(len(self.history) - 1, -1, -1) if i not in best]
+        latest = others[: MODEL_POINTS - len(best)]
+        return [self.history[i] for i in sorted(best | set(latest))]
 
     def _utility(self, gp: GaussianProcess, u: np.ndarray) -> np.ndarray:
         """Higher is better; losses are minimised (NNI maximises the negated loss: the same)."""
