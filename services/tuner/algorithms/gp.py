@@ -8,10 +8,12 @@ noise ``alpha``) is fitted to the finished trials and the point maximising the u
 numbers), ``randint``, ``uniform``, ``quniform``, ``loguniform``, ``qloguniform``.
 
 Differences from NNI, on purpose: the model works in the unit cube with log-scaled log types (NNI
-fits raw values), has one length scale per parameter, and treats trials in flight with a
-constant liar (each pending point is added as if it scored the worst result so far, with the
-hyperparameters fitted on real results), so parallel suggestions spread out instead of repeating
-the same maximum.
+fits raw values), has one length scale per parameter, and treats trials in flight as a "kriging
+believer": each pending point is added with the GP's own prediction as its value (hyperparameters
+fitted on real results only), which removes the uncertainty there, so parallel suggestions differ
+instead of repeating the same maximum. (A worst-value constant liar was tried first: with 8 in
+flight on Branin its regret was 0.30 against 0.00001 for the believer; see
+benchmarks/README_tuners.md.)
 """
 
 from __future__ import annotations
@@ -118,9 +120,9 @@ class GpTuner(BaseTuner):
         x = np.array([self._to_cube(o.internal) for o in history])
         y = np.array([o.loss for o in history])
         gp = GaussianProcess(self.settings.nu, self.settings.alpha).fit(x, y)
-        if self.pending:  # constant liar: a trial in flight counts as the worst result so far
+        if self.pending:  # kriging believer: a trial in flight is believed to score what the GP predicts
             pending = np.array([self._to_cube(p) for p in self.pending.values()])
-            gp = gp.condition(pending, np.full(len(pending), y.max()))
+            gp = gp.condition(pending, gp.predict(pending)[0])
         self._best = float(y.min())
         return gp
 
