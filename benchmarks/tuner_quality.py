@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.tuner.algorithms import create_tuner  # noqa: E402  (needs the root on sys.path)
+from services.tuner.algorithms import TunerConfigError, create_tuner  # noqa: E402  (needs the root on sys.path)
 
 SHARED_BENCH = ROOT.parent / "shared" / "bench" / "tuners.py"
 
@@ -126,10 +126,48 @@ def make_tuner(name: str, space: dict[str, Any], seed: int, bench: ModuleType | 
     """A project tuner by NNI name (TPE, Random, ...) or a peer adapter from the shared benchmark."""
     if bench is not None and name in bench.TUNERS:
         return bench.TUNERS[name](space, seed)
+    if name in PEERS:
+        return PEERS[name](space, seed)
     args: dict[str, Any] = {"seed": seed}
-    if name in ("TPE", "Anneal", "Evolution"):
+    if name in ("TPE", "Anneal", "Evolution", "GP"):
         args["optimize_mode"] = "minimize"
     return create_tuner(name, args, space)
+
+
+class OptunaGP:
+    """Optuna's GPSampler (needs optuna and torch) through NNI's interface, like the shared adapters."""
+
+    def __init__(self, space: dict[str, Any], seed: int) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space = space
+        self.study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=seed))
+        self.trials: dict[int, Any] = {}
+
+    def _distribution(self, spec: dict[str, Any]) -> Any:
+        import optuna.distributions as d
+
+        kind, v = spec["_type"], spec["_value"]
+        table = {
+            "choice": lambda: d.CategoricalDistribution(v),
+            "uniform": lambda: d.FloatDistribution(v[0], v[1]),
+            "loguniform": lambda: d.FloatDistribution(v[0], v[1], log=True),
+            "quniform": lambda: d.FloatDistribution(v[0], v[1], step=v[2]),
+            "randint": lambda: d.IntDistribution(v[0], v[1] - 1),
+        }
+        return table[kind]()
+
+    def generate_parameters(self, parameter_id: int) -> dict[str, Any]:
+        trial = self.study.ask({k: self._distribution(s) for k, s in self.space.items()})
+        self.trials[parameter_id] = trial
+        return dict(trial.params)
+
+    def receive_trial_result(self, parameter_id: int, params: dict[str, Any], value: float) -> None:
+        self.study.tell(self.trials.pop(parameter_id), value)
+
+
+PEERS: dict[str, Callable[[dict[str, Any], int], Any]] = {"optuna_gp": OptunaGP}
 
 
 def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> float:
@@ -147,6 +185,54 @@ def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> flo
     return best
 
 
+# ---------------------------------------------------------------- multi-fidelity (Hyperband, BOHB)
+
+MAX_BUDGET = 27  # R: a full training run
+
+
+def _partial_training(p: dict[str, Any], budget: int) -> float:
+    """Hartmann-6 seen after ``budget`` of 27 epochs: the final loss plus a bias that shrinks with
+    the budget and depends on the configuration, so short runs rank configurations only roughly."""
+    x = np.array([p[f"x{i}"] for i in range(6)])
+    bias = (1.0 - budget / MAX_BUDGET) * 0.6 * (1.0 + math.sin(5.0 * float(x.sum())))
+    return _hartmann6(p) + bias
+
+
+def multi_fidelity_regret(name: str, seed: int, total_budget: int) -> float:
+    """Regret of the best configuration run at the full budget, once ``total_budget`` epochs are spent.
+
+    Hyperband and BOHB hand out budgets; any other tuner runs every trial at the full budget."""
+    space = {f"x{i}": {"_type": "uniform", "_value": [0, 1]} for i in range(6)}
+    if name == "Hyperband":
+        args = {"optimize_mode": "minimize", "R": MAX_BUDGET, "eta": 3, "seed": seed}
+        tuner = create_tuner(name, args, space)
+    elif name == "BOHB":
+        tuner = create_tuner(name, {"optimize_mode": "minimize", "min_budget": 1, "max_budget": MAX_BUDGET,
+                                    "eta": 3, "seed": seed}, space)
+    else:
+        tuner = make_tuner(name, space, seed, None)
+    spent, best, parameter_id = 0, math.inf, 0
+    while spent < total_budget:
+        params = tuner.generate_parameters(parameter_id)
+        budget = int(params.get("TRIAL_BUDGET", MAX_BUDGET))
+        value = _partial_training(params, budget)
+        spent += budget
+        if budget == MAX_BUDGET:
+            best = min(best, _hartmann6(params))
+        tuner.receive_trial_result(parameter_id, params, value)
+        parameter_id += 1
+    return best - (-3.32237)
+
+
+def multi_fidelity(tuners: list[str], seeds: range, budgets: list[int]) -> None:
+    print(f"multi-fidelity Hartmann-6, R={MAX_BUDGET}: mean regret of the best full-budget run "
+          f"(seeds {seeds.start}..{seeds.stop - 1}), sequential")
+    print(f"{'tuner':10s} " + " ".join(f"{b // MAX_BUDGET:>4d}R" for b in budgets))
+    for name in tuners:
+        cells = [statistics.mean(multi_fidelity_regret(name, s, b) for s in seeds) for b in budgets]
+        print(f"{name:10s} " + " ".join(f"{c:5.3f}" for c in cells), flush=True)
+
+
 def main() -> None:
     """Print mean and median regret per objective, tuner and batch size."""
     parser = argparse.ArgumentParser(
@@ -158,7 +244,14 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--batch", default="1,8", help="comma-separated numbers of trials in flight")
+    parser.add_argument("--multi-fidelity", action="store_true",
+                        help="Hyperband/BOHB vs full-budget tuners on a budgeted Hartmann-6 "
+                             "(--tuners Hyperband,BOHB,Random,TPE)")
     args = parser.parse_args()
+    if args.multi_fidelity:
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        multi_fidelity(args.tuners.split(","), seeds, [MAX_BUDGET * k for k in (10, 30, 100)])
+        return
 
     bench = shared_bench()
     table = problems(bench)
@@ -174,10 +267,14 @@ def main() -> None:
         for name in args.tuners.split(","):
             for batch in (int(b) for b in args.batch.split(",")):
                 start = time.perf_counter()
-                regrets = [
-                    best_found(make_tuner(name, space, s, bench), objective, args.trials, batch) - optimum
-                    for s in seeds
-                ]
+                try:
+                    regrets = [
+                        best_found(make_tuner(name, space, s, bench), objective, args.trials, batch) - optimum
+                        for s in seeds
+                    ]
+                except TunerConfigError as exc:  # e.g. GP on a space with a choice of strings
+                    print(f"{func:12s} {name:14s} {batch:5d}  n/a: {exc}", flush=True)
+                    continue
                 print(
                     f"{func:12s} {name:14s} {batch:5d} {statistics.mean(regrets):12.4f} "
                     f"{statistics.median(regrets):9.4f} {time.perf_counter() - start:8.1f}",

@@ -68,10 +68,12 @@ from shared.search_space import SearchSpaceError, validate_search_space
 from shared.secrets_mask import SECRET_MASK, is_secret_name, redact_secrets
 
 __all__ = [
+    "ADVISORS",
     "BUILTIN_ASSESSORS",
     "BUILTIN_TUNERS",
     "SECRET_MASK",
     "SUPPORTED_PLATFORMS",
+    "TUNER_ALIASES",
     "AlgorithmConfig",
     "AmlConfig",
     "AssessorConfig",
@@ -88,7 +90,18 @@ __all__ = [
 ]
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
-BUILTIN_TUNERS: tuple[str, ...] = ("TPE", "Random", "Anneal", "GridSearch", "Evolution")
+BUILTIN_TUNERS: tuple[str, ...] = (
+    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Hyperband", "BOHB",
+)
+#: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
+ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB")
+#: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
+TUNER_ALIASES: dict[str, str] = {"BatchTuner": "Batch", "GPTuner": "GP"}
+#: NNI built-ins tunebus does not run yet: named as such when refused.
+NOT_YET_SUPPORTED: tuple[str, ...] = (
+    "SMAC", "Metis", "MetisTuner", "DNGO", "DNGOTuner", "PBT", "PBTTuner",
+    "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
+)
 #: Built-in assessors tunebus runs, spelled as NNI registers them.
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")
 #: Training-service platforms tunebus runs.
@@ -211,6 +224,8 @@ class AlgorithmConfig(_Section):
 
     kind: ClassVar[str] = "algorithm"
     builtin_names: ClassVar[tuple[str, ...]] = ()
+    aliases: ClassVar[dict[str, str]] = {}
+    not_yet: ClassVar[tuple[str, ...]] = ()
 
     name: str | None = Field(default=None, description="Built-in algorithm, e.g. 'TPE'.")
     class_name: str | None = Field(default=None, description="Custom algorithm class, 'module.Class'.")
@@ -226,7 +241,14 @@ class AlgorithmConfig(_Section):
         for known in cls.builtin_names:
             if known.lower() == value.lower():
                 return known
-        raise ValueError(f"{cls.kind} {value!r} is not supported (supported: {', '.join(cls.builtin_names)})")
+        for alias, known in cls.aliases.items():
+            if alias.lower() == value.lower():
+                return known
+        supported = ", ".join(cls.builtin_names)
+        if any(name.lower() == value.lower() for name in cls.not_yet):
+            raise ValueError(f"NNI's built-in {cls.kind} {value!r} is not supported by tunebus yet "
+                             f"(supported: {supported})")
+        raise ValueError(f"{cls.kind} {value!r} is not supported (supported: {supported})")
 
     @field_validator("code_directory")
     @classmethod
@@ -273,6 +295,8 @@ class TunerConfig(AlgorithmConfig):
 
     kind: ClassVar[str] = "tuner"
     builtin_names: ClassVar[tuple[str, ...]] = BUILTIN_TUNERS
+    aliases: ClassVar[dict[str, str]] = TUNER_ALIASES
+    not_yet: ClassVar[tuple[str, ...]] = NOT_YET_SUPPORTED
 
 
 class AssessorConfig(AlgorithmConfig):

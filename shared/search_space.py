@@ -270,6 +270,8 @@ def to_value(spec: ParamSpec, x: float) -> Any:
         option = spec.values[index]
         return option["_name"] if spec.nested else option
     value = math.exp(x) if spec.log else float(x)
+    if spec.type == "loguniform":  # exp(log(high)) may overshoot high by a rounding error
+        value = min(max(value, float(spec.values[0])), float(spec.values[1]))
     if spec.q is not None:
         clip = spec.clip
         value = quantize(value, spec.q, *(clip if clip else (None, None)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.config import ADVISORS
 from shared.messages import (
     MAX_SUGGEST_BATCH,
     TERMINAL_TRIAL_STATUSES,
@@ -76,6 +77,9 @@ class Plan:
     # Suggestions asked for beyond the free slots, so that a slot that frees is filled at once
     # instead of after a round trip to the tuner (the tuner counts them as pending).
     lookahead: int = 1
+    # An NNI advisor (Hyperband) may hold a request until running trials report: while trials
+    # run, its silence is no failure (the request is still asked again, in case it was lost).
+    tuner_may_wait: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ def plan_from_config(config: dict[str, Any], lookahead: int = 1) -> Plan:
         optimize_mode=str(class_args.get("optimize_mode", "maximize")),
         uses_heartbeats=service.get("platform") == "local",
         lookahead=lookahead,
+        tuner_may_wait=tuner.get("name") in ADVISORS,
     )
 
 
@@ -427,7 +432,7 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
         out += _stop_creating_trials(state, _OUT_OF_TIME, now)
     for trial in state.running():
         out += _check_trial(state, plan, policy, trial, now)
-    out += _check_suggestions(state, policy, now)
+    out += _check_suggestions(state, plan, policy, now)
     out += _fill_slots(state, plan, now)
     if not state.finished:
         out += _next_tick(state, policy, now)
@@ -448,7 +453,7 @@ def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     return apply_tick(state, plan, policy, msg, now)
 
 
-def _check_suggestions(state: ExperimentState, policy: Policy, now: datetime) -> list[Message]:
+def _check_suggestions(state: ExperimentState, plan: Plan, policy: Policy, now: datetime) -> list[Message]:
     """Ask again for suggestions not answered in time; give up (ERROR) after a few times."""
     if not state.requested or state.status != ExperimentStatus.RUNNING:
         return []
@@ -457,6 +462,8 @@ def _check_suggestions(state: ExperimentState, policy: Policy, now: datetime) ->
         state.requested_at = now
     if (now - since).total_seconds() < policy.suggest_timeout:
         return []
+    if plan.tuner_may_wait and state.running():
+        state.reasks = 0
     if state.reasks >= policy.max_reasks:
         waited = policy.suggest_timeout * (policy.max_reasks + 1)
         return apply_error(state, f"the tuner answered no suggestion request for parameter ids "

@@ -57,7 +57,7 @@ from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
 from shared.topology import TUNER_QUEUE
 
-from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, create_tuner
+from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, WaitForResults, create_tuner
 from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
 from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
 from .custom_code import CustomCodeError, fetch_algorithm_code
@@ -68,6 +68,8 @@ __all__ = ["TunerService", "TunerSettings", "experiment_seed", "start"]
 log = logging.getLogger("tunebus.tuner")
 
 FINISHED_REMEMBERED = 10_000
+#: Built-in tuners that take a ``seed`` (the experiment's is given to them unless classArgs has one).
+SEEDED_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GP", "Hyperband", "BOHB")
 #: The longest reason an experiment.error carries (it is stored in state.json).
 MAX_REASON_CHARS = 4000
 # Errors a user fixes in the config: their message is the reason, no traceback.
@@ -149,13 +151,21 @@ class _Session:
     histories: dict[str, dict[int, float]] = field(default_factory=dict)  # trial -> seq -> value
     stop_requested: set[str] = field(default_factory=set)
     exhausted: bool = False
+    waiting: list[int] = field(default_factory=list)  # ids asked for that the tuner will answer later
+
+    @property
+    def advisor(self) -> bool:
+        """An NNI advisor (Hyperband): learns from the last intermediate result, may wait for results."""
+        return bool(getattr(self.tuner, "learns_from_intermediate", False))
 
 
-def _learned_value(msg_status: TrialStatus, final: float | None, last: float | None) -> float | None:
-    """What the tuner learns from a trial: its final result; an early-stopped one's last result."""
+def _learned_value(msg_status: TrialStatus, final: float | None, last: float | None,
+                   advisor: bool = False) -> float | None:
+    """What the tuner learns from a trial: its final result; an early-stopped one's last result
+    (an advisor's: any ended trial's last result, as NNI's Hyperband ranks by the latest metric)."""
     if final is not None:
         return final
-    if msg_status == TrialStatus.EARLY_STOPPED:
+    if msg_status == TrialStatus.EARLY_STOPPED or advisor:
         return last
     return None
 
@@ -261,7 +271,7 @@ class TunerService:
             tuner = RemoteTuner(process, spec["className"])
         else:
             class_args = dict(spec.get("classArgs") or {})
-            if spec.get("name") in ("TPE", "Random", "Anneal", "Evolution"):
+            if spec.get("name") in SEEDED_TUNERS:
                 class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
             tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"])
         assessor: Any = None
@@ -294,10 +304,14 @@ class TunerService:
             value = None
             if trial.ended:
                 session.finished.add(trial.trial_id)
-                value = _learned_value(trial.status, trial.final_value, trial.last_intermediate)
+                value = _learned_value(trial.status, trial.final_value, trial.last_intermediate,
+                                       session.advisor)
             # A record without a value (running, failed) is not learned from, but its
             # parameters are never suggested again.
-            records.append({"parameter": trial.parameters, "value": value})
+            record: dict[str, Any] = {"parameter": trial.parameters, "value": value}
+            if session.advisor:  # its rounds complete when their trials end, with or without results
+                record["ended"] = trial.ended
+            records.append(record)
         for ready in state.ready:  # suggested, waiting for a slot: the same answer if asked again
             session.parameters[ready.parameter_id] = ready.parameters
             records.append({"parameter": ready.parameters, "value": None})
@@ -352,26 +366,37 @@ class TunerService:
                 session.exhausted = True
                 out.append((pid, None))
                 continue
+            except WaitForResults:  # answered after a later trial ends (_answer_waiting)
+                if pid not in session.waiting:
+                    session.waiting.append(pid)
+                continue
+            if pid in session.waiting:
+                session.waiting.remove(pid)
             session.parameters[pid] = params
             out.append((pid, params))
         return out
 
     async def on_ended(self, msg: TrialEnded) -> None:
         session = await self._session(msg.experiment_id)
-        if session is None or msg.trial_id in session.finished:
+        if session is None:
+            return
+        if msg.trial_id in session.finished:  # seen, or learned when the session was rebuilt
+            await self._answer_waiting(msg.experiment_id, session)
             return
         session.finished.add(msg.trial_id)
         params = session.parameters.get(msg.parameter_id)
-        value = _learned_value(msg.status, msg.final_value, msg.last_intermediate)
+        value = _learned_value(msg.status, msg.final_value, msg.last_intermediate, session.advisor)
         tuner, assessor = session.tuner, session.assessor
         succeeded = msg.status == TrialStatus.SUCCEEDED
+        # An advisor finds a trial handed out before a restart by its parameters.
+        end_args: dict[str, Any] = {"parameters": params} if session.advisor else {}
         try:
             # As NNI's dispatcher: the final result (if any), then the end of the trial.
             if params is not None and value is not None:
                 await session.calls.run(f"{session.tuner_name}: receive_trial_result",
                                         lambda: tuner.receive_trial_result(msg.parameter_id, params, value))
             await session.calls.run(f"{session.tuner_name}: trial_end",
-                                    lambda: tuner.trial_end(msg.parameter_id, succeeded))
+                                    lambda: tuner.trial_end(msg.parameter_id, succeeded, **end_args))
             if assessor is not None:
                 await session.calls.run(f"{session.assessor_name}: trial_end",
                                         lambda: assessor.trial_end(msg.trial_id, succeeded))
@@ -379,6 +404,23 @@ class TunerService:
             await self._fail(msg.experiment_id, exc)
             return
         session.histories.pop(msg.trial_id, None)
+        await self._answer_waiting(msg.experiment_id, session)
+
+    async def _answer_waiting(self, experiment_id: str, session: _Session) -> None:
+        """Answer the requests an advisor put off, now that a trial has ended (in order)."""
+        if not session.waiting:
+            return
+        waiting = list(session.waiting)
+        try:
+            answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
+                                              lambda: self._suggest(session, waiting))
+        except AlgorithmFailed as exc:
+            await self._fail(experiment_id, exc)
+            return
+        await self.bus.publish_many(
+            TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
+            for pid, params in answers
+        )
 
     async def on_metric(self, msg: TrialMetric) -> None:
         if msg.kind != MetricKind.PERIODICAL:

@@ -61,7 +61,18 @@ GRID_CASE = (
 )
 
 
-@pytest.mark.parametrize(("tuner", "space", "max_trials"), [TPE_CASE, GRID_CASE], ids=["TPE", "GridSearch"])
+# Hyperband (serial, R=9, eta=3): 9 runs at budget 1, then the best 3 at budget 3 once all 9 have
+# ended: the restart lands in the first round, and the rebuilt advisor must finish it and promote.
+HYPERBAND_CASE = (
+    {"name": "Hyperband", "classArgs": {"optimize_mode": "maximize", "R": 9, "eta": 3, "exec_mode": "serial",
+                                        "seed": 4}},
+    {"a": {"_type": "uniform", "_value": [0, 6]}, "b": {"_type": "uniform", "_value": [0, 2]}},
+    13,
+)
+
+
+@pytest.mark.parametrize(("tuner", "space", "max_trials"), [TPE_CASE, GRID_CASE, HYPERBAND_CASE],
+                         ids=["TPE", "GridSearch", "Hyperband"])
 async def test_tuner_sigkilled_mid_experiment_repeats_nothing(
     stack: Stack, tuner: dict[str, Any], space: dict[str, Any], max_trials: int
 ) -> None:
@@ -89,6 +100,12 @@ async def test_tuner_sigkilled_mid_experiment_repeats_nothing(
     assert len(set(points)) == len(points), f"a point was suggested twice: {points}"
     if tuner["name"] == "GridSearch":
         assert set(points) == {json.dumps(p, sort_keys=True) for p in grid}
+    if tuner["name"] == "Hyperband":  # 9 at budget 1, the best 3 of them at 3, the best of those at 9
+        trials = state.by_sequence()
+        assert [t.parameters["TRIAL_BUDGET"] for t in trials] == [1] * 9 + [3] * 3 + [9]
+        ranked = sorted(trials[:9], key=lambda t: -(t.final_value or 0.0))[:3]
+        assert {json.dumps({**t.parameters, "TRIAL_BUDGET": 3}, sort_keys=True) for t in ranked} == \
+            set(points[9:12])
     for trial in state.trials.values():
         assert trial.status == TrialStatus.SUCCEEDED, state.trials_by_status()
         assert trial.final_value == pytest.approx(_value(trial.parameters))

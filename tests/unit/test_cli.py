@@ -116,6 +116,19 @@ def test_dry_run_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (VALID.replace("platform: local", "platform: kubeflow"), None, "trainingService.platform"),
         (VALID, {"lr": {"_type": "logunifrom", "_value": [1, 2]}}, "searchSpaceFile.lr"),
         (VALID.replace("search_space.json", "missing.json"), None, "searchSpaceFile"),
+        # A built-in algorithm's classArgs and search-space types are checked at create too.
+        (VALID.replace("optimize_mode: maximize", "optimize_mode: max"), None, "tuner"),
+        (VALID.replace("name: TPE", "name: GP").replace("optimize_mode: maximize", "utility: pi"), None,
+         "tuner"),
+        (VALID.replace("name: TPE", "name: GP"), {"k": {"_type": "choice", "_value": ["a", "b"]}},
+         "tuner"),
+        (VALID.replace("name: TPE\n      classArgs: {optimize_mode: maximize}", "name: Batch"), None,
+         "tuner"),
+        (VALID + "    assessor: {name: Medianstop, classArgs: {start_step: -1}}\n", None, "assessor"),
+        (VALID.replace("name: TPE", "name: Hyperband") + "    assessor: {name: Medianstop}\n", None,
+         "assessor"),
+        (VALID.replace("tuner:", "advisor:").replace("name: TPE", "name: Hyperband")
+         .replace("optimize_mode: maximize", "optimize_mode: maximize, eta: 1"), None, "tuner"),
     ],
 )
 def test_invalid_config_exits_2_naming_the_field_before_connecting(

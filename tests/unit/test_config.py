@@ -363,7 +363,15 @@ def test_randint_low_not_below_high_names_the_parameter(tmp_path: Path) -> None:
 def test_unknown_tuner_name() -> None:
     [(field, reason)] = problems(local_config(tuner={"name": "SMAC"}))
     assert field == "tuner.name"
-    assert reason == "tuner 'SMAC' is not supported (supported: TPE, Random, Anneal, GridSearch, Evolution)"
+    assert reason == ("NNI's built-in tuner 'SMAC' is not supported by tunebus yet "
+                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Hyperband, BOHB)")
+    [(_, reason)] = problems(local_config(tuner={"name": "Grid"}))
+    assert reason.startswith("tuner 'Grid' is not supported (supported: TPE,")
+
+
+def test_nni_aliases_of_builtin_tuners_are_read_as_their_names() -> None:
+    assert parse_experiment_config(local_config(tuner={"name": "GPTuner"})).tuner.name == "GP"
+    assert parse_experiment_config(local_config(tuner={"name": "batchtuner"})).tuner.name == "Batch"
 
 
 def test_builtin_names_match_case_insensitively_like_nni() -> None:
@@ -381,7 +389,9 @@ def test_advisor_is_read_as_the_tuner() -> None:
     config = parse_experiment_config(local_config(tuner=None, advisor={"name": "Random"}))
     assert config.tuner.name == "Random"
     assert fields(local_config(advisor={"name": "Random"})) == ["advisor"]
-    assert fields(local_config(tuner=None, advisor={"name": "Hyperband"})) == ["advisor.name"]
+    hyperband = {"name": "Hyperband", "classArgs": {"optimize_mode": "maximize", "R": 27}}
+    assert parse_experiment_config(local_config(tuner=None, advisor=hyperband)).tuner.name == "Hyperband"
+    assert fields(local_config(tuner=None, advisor={"name": "PBTTuner"})) == ["advisor.name"]
 
 
 def test_custom_algorithm_needs_class_name_and_code_directory(tmp_path: Path) -> None:

@@ -637,3 +637,28 @@ def test_the_dispatchers_settings_give_every_timing_of_the_policy(monkeypatch: p
     monkeypatch.setenv("TUNEBUS_CLAIM_TIMEOUT", "12")
     monkeypatch.setenv("TUNEBUS_TICK_STALL", "3")
     assert DispatcherSettings().policy() == Policy(claim_timeout=12, tick_stall=3)
+
+
+def test_an_advisor_may_hold_a_request_while_trials_run_but_not_when_none_runs() -> None:
+    p = plan(tuner_may_wait=True, concurrency=2, max_trials=10)
+    state, _ = started(p)
+    suggest(state, p, 0)  # one trial runs; Hyperband holds id 1 until it reports
+    at = T0
+    for _ in range(8):
+        at += timedelta(seconds=121)
+        heard = of(tick(state, p, at), SuggestRequest)
+        assert [r.parameter_ids for r in heard] == [[1]]  # still asked again, in case it was lost
+    assert state.status == ExperimentStatus.RUNNING
+    end(state, p, next(iter(state.trials)), status=TrialStatus.FAILED, value=None)
+    state.requested = [1]  # the held request only: nothing runs now
+    for _ in range(7):
+        at += timedelta(seconds=121)
+        tick(state, p, at)
+    assert "tuner answered no suggestion" in (state.reason or "")
+
+
+def test_plan_knows_advisors_from_the_tuner_name() -> None:
+    config = {"trialConcurrency": 1,
+              "tuner": {"name": "Hyperband", "classArgs": {"optimize_mode": "maximize"}}}
+    assert lifecycle.plan_from_config(config).tuner_may_wait
+    assert not lifecycle.plan_from_config({**config, "tuner": {"name": "TPE"}}).tuner_may_wait

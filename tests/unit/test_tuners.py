@@ -198,7 +198,7 @@ class TestTunerContract:
         ),
         ("Evolution", {"population_size": 1}, "tuner 'Evolution': classArgs.population_size must be >= 2"),
         ("Random", {"seed": -1}, "tuner 'Random': classArgs.seed must be >= 0"),
-        ("Hyperband", {}, "tuner 'Hyperband': unknown tuner"),
+        ("SMAC", {}, "tuner 'SMAC': unknown tuner"),
     ],
 )
 def test_bad_configuration_names_tuner_and_argument(name: str, args: dict[str, Any], message: str) -> None:

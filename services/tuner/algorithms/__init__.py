@@ -7,8 +7,9 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``. A custom tuner (NNI's ``className``) runs in the
-experiment's worker process: :class:`RemoteTuner` stands for it here.
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch`` and ``GP`` (NNI's aliases ``BatchTuner``,
+``GPTuner`` too). A custom tuner (NNI's ``className``) runs in the experiment's worker process:
+:class:`RemoteTuner` stands for it here.
 """
 
 from __future__ import annotations
@@ -16,21 +17,30 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import numpy as np
+
 from shared import limits
+from shared.config import TUNER_ALIASES
 
 from .args import ClassArgs
-from .base import BaseTuner
+from .batch import BatchTuner
+from .bohb import BohbAdvisor, BohbSettings
 from .custom import RemoteTuner
-from .errors import NoMoreTrials, TunerConfigError
+from .errors import NoMoreTrials, TunerConfigError, WaitForResults
+from .gaussian_process import MATERN_NUS
+from .gp import UTILITIES, GpSettings, GpTuner
+from .hyperband import EXEC_MODES, HyperbandAdvisor
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
 __all__ = [
     "BUILTIN_TUNERS",
+    "TUNER_ALIASES",
     "NoMoreTrials",
     "RemoteTuner",
     "Tuner",
     "TunerConfigError",
+    "WaitForResults",
     "create_tuner",
 ]
 
@@ -46,7 +56,7 @@ class Tuner(Protocol):
     def import_data(self, data: Any) -> Any: ...
 
 
-def _tpe(args: ClassArgs) -> BaseTuner:
+def _tpe(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="minimize")
     seed = args.integer("seed", None, low=0)
     tpe = args.section("tpe_args")
@@ -67,33 +77,114 @@ def _tpe(args: ClassArgs) -> BaseTuner:
     return TpeTuner(seed=seed, minimize=minimize, settings=settings)
 
 
-def _random(args: ClassArgs) -> BaseTuner:
+def _random(args: ClassArgs) -> Tuner:
     args.optimize_mode()  # accepted and checked, but random search has no direction (as in NNI)
     return RandomTuner(seed=args.integer("seed", None, low=0))
 
 
-def _grid(args: ClassArgs) -> BaseTuner:
+def _grid(args: ClassArgs) -> Tuner:
     args.optimize_mode()
     return GridSearchTuner(seed=0)
 
 
-def _anneal(args: ClassArgs) -> BaseTuner:
+def _anneal(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="minimize")
     return AnnealTuner(seed=args.integer("seed", None, low=0), minimize=minimize)
 
 
-def _evolution(args: ClassArgs) -> BaseTuner:
+def _evolution(args: ClassArgs) -> Tuner:
     minimize = args.optimize_mode(default="maximize")
     size = args.integer("population_size", 32, low=2, high=limits.MAX_CLASS_ARG_POPULATION) or 32
     return EvolutionTuner(seed=args.integer("seed", None, low=0), minimize=minimize, population_size=size)
 
 
-BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], BaseTuner]] = {
+def _batch(args: ClassArgs) -> Tuner:
+    if args.args:  # NNI registers Batch with acceptClassArgs: false
+        raise TunerConfigError("Batch", f"takes no classArgs, got {', '.join(sorted(map(str, args.args)))}")
+    return BatchTuner()
+
+
+def _gp(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = GpSettings()
+    warm_up = args.integer("selection_num_warm_up", d.selection_num_warm_up, low=1, high=1_000_000)
+    settings = GpSettings(
+        utility=args.one_of("utility", d.utility, UTILITIES),
+        kappa=_number(args.number("kappa", d.kappa, low=0.0, high=1e6)),
+        xi=_number(args.number("xi", d.xi, low=0.0, high=1e6)),
+        nu=float(args.one_of("nu", d.nu, MATERN_NUS)),
+        alpha=_number(args.number("alpha", d.alpha, low=1e-12, high=1e3)),
+        cold_start_num=_integer(args.integer("cold_start_num", d.cold_start_num, low=0,
+                                             high=limits.MAX_CLASS_ARG_COUNT)),
+        selection_num_warm_up=_integer(warm_up),
+        selection_num_starting_points=_integer(
+            args.integer("selection_num_starting_points", d.selection_num_starting_points, low=0,
+                         high=10_000)),
+    )
+    return GpTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
+MAX_HYPERBAND_R = 100_000
+
+
+def _hyperband(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's HyperbandClassArgsValidator requires it
+        raise TunerConfigError("Hyperband", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    minimize = args.optimize_mode()
+    # The first bracket starts about R configurations at once: R is bounded to keep that in memory.
+    big_r = _integer(args.integer("R", 60, low=1, high=MAX_HYPERBAND_R))
+    eta = _integer(args.integer("eta", 3, low=2, high=MAX_HYPERBAND_R))
+    exec_mode = args.one_of("exec_mode", "parallelism", EXEC_MODES)
+    seed = args.integer("seed", None, low=0)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    return HyperbandAdvisor(seed=seed, minimize=minimize, R=big_r, eta=eta, exec_mode=exec_mode)
+
+
+def _bohb(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's BOHBClassArgsValidator requires it
+        raise TunerConfigError("BOHB", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    if "config_space" in args.args:
+        raise TunerConfigError("BOHB", "classArgs.config_space (a ConfigSpace file) is not supported: "
+                                       "give the search space in NNI's format")
+    minimize = args.optimize_mode()
+    d = BohbSettings()
+    settings = BohbSettings(
+        min_points_in_model=args.integer("min_points_in_model", None, low=0, high=9999),
+        top_n_percent=_integer(args.integer("top_n_percent", d.top_n_percent, low=1, high=99)),
+        num_samples=_integer(args.integer("num_samples", d.num_samples, low=1, high=9999)),
+        random_fraction=_number(args.number("random_fraction", d.random_fraction, low=0.0, high=1.0)),
+        bandwidth_factor=_number(args.number("bandwidth_factor", d.bandwidth_factor, low=1e-6, high=9999)),
+        min_bandwidth=_number(args.number("min_bandwidth", d.min_bandwidth, low=1e-6, high=1.0)),
+    )
+    seed = args.integer("seed", None, low=0)
+    return BohbAdvisor(
+        seed=int(np.random.default_rng().integers(2**31)) if seed is None else seed, minimize=minimize,
+        min_budget=_integer(args.integer("min_budget", 1, low=1, high=9999)),
+        max_budget=_integer(args.integer("max_budget", 3, low=1, high=9999)),
+        eta=_integer(args.integer("eta", 3, low=2, high=9999)), settings=settings)
+
+
+def _number(value: float | None) -> float:
+    assert value is not None  # every caller passes a default
+    return value
+
+
+def _integer(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
+BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "TPE": _tpe,
     "Random": _random,
     "Anneal": _anneal,
     "GridSearch": _grid,
     "Evolution": _evolution,
+    "Batch": _batch,
+    "GP": _gp,
+    "Hyperband": _hyperband,
+    "BOHB": _bohb,
 }
 
 
@@ -113,8 +204,10 @@ def create_tuner(
     return tuner
 
 
-def _builtin(name: str | None, class_args: Mapping[str, Any] | None) -> BaseTuner:
-    canonical = {key.lower(): key for key in BUILTIN_TUNERS}.get((name or "").lower())
+def _builtin(name: str | None, class_args: Mapping[str, Any] | None) -> Tuner:
+    names = {key.lower(): key for key in BUILTIN_TUNERS}
+    names |= {alias.lower(): key for alias, key in TUNER_ALIASES.items()}
+    canonical = names.get((name or "").lower())
     if canonical is None:
         known = ", ".join(BUILTIN_TUNERS)
         raise TunerConfigError(str(name), f"unknown tuner; built-in tuners are {known} (or give className)")

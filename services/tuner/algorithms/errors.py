@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NoMoreTrials", "TunerConfigError"]
+__all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults"]
 
 
 class TunerConfigError(ValueError):
@@ -18,3 +18,9 @@ class TunerConfigError(ValueError):
 
 class NoMoreTrials(Exception):
     """Every point of a finite search space has been suggested (NNI's ``NoMoreTrialError``)."""
+
+
+class WaitForResults(Exception):
+    """Nothing to suggest until running trials report (an advisor between two rounds of a bracket).
+
+    The service keeps the request and answers it after a later trial ends."""

@@ -1,0 +1,262 @@
+"""NNI's other built-in tuners (Batch, GP): the service's contract, then what is specific to each."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.tuner.algorithms import NoMoreTrials, TunerConfigError, create_tuner
+
+GP_SPACE: dict[str, Any] = {
+    "x": {"_type": "uniform", "_value": [-5.0, 10.0]},
+    "lr": {"_type": "loguniform", "_value": [1e-4, 1e-1]},
+    "batch": {"_type": "quniform", "_value": [16, 128, 16]},
+    "width": {"_type": "qloguniform", "_value": [8, 512, 8]},
+    "layers": {"_type": "randint", "_value": [1, 5]},
+    "momentum": {"_type": "choice", "_value": [0.9, 0.5, 0.99]},
+}
+
+FAST_GP = {"cold_start_num": 4, "selection_num_warm_up": 2000, "selection_num_starting_points": 20}
+
+
+def gp(seed: int = 3, space: dict[str, Any] | None = None, **args: Any) -> Any:
+    class_args = {"optimize_mode": "minimize", "seed": seed, **FAST_GP, **args}
+    return create_tuner("GP", class_args, space or GP_SPACE)
+
+
+def loss(p: dict[str, Any]) -> float:
+    return ((p["x"] - 2.0) ** 2 + abs(math.log10(p["lr"]) + 2) + 0.01 * p["batch"] + 0.1 * p["layers"]
+            + (p["momentum"] - 0.9) ** 2)
+
+
+def key(p: Any) -> str:
+    return json.dumps(p, sort_keys=True)
+
+
+def drive(tuner: Any, trials: int, batch: int = 1) -> list[dict[str, Any]]:
+    """Keep ``batch`` trials in flight, report the oldest first (as the service does)."""
+    suggested, pending, next_id = [], [], 0
+    while next_id < trials or pending:
+        while next_id < trials and len(pending) < batch:
+            params = tuner.generate_parameters(next_id)
+            suggested.append(params)
+            pending.append((next_id, params))
+            next_id += 1
+        parameter_id, params = pending.pop(0)
+        tuner.receive_trial_result(parameter_id, params, loss(params))
+        tuner.trial_end(parameter_id, True)
+    return suggested
+
+
+# ---------------------------------------------------------------- GP: the contract
+
+
+def test_gp_suggestions_lie_in_the_space() -> None:
+    for p in drive(gp(), 14, batch=2):
+        assert -5 <= p["x"] <= 10 and 1e-4 <= p["lr"] <= 1e-1
+        assert 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0
+        assert 8 <= p["width"] <= 512 and p["width"] % 8 == 0
+        assert type(p["layers"]) is int and 1 <= p["layers"] <= 4
+        assert p["momentum"] in (0.9, 0.5, 0.99)
+
+
+def test_gp_same_seed_same_suggestions() -> None:
+    assert drive(gp(seed=5), 12, batch=3) == drive(gp(seed=5), 12, batch=3)
+    assert drive(gp(seed=5), 8) != drive(gp(seed=6), 8)
+
+
+def test_gp_rebuilt_from_history_continues_as_the_uninterrupted_one() -> None:
+    uninterrupted = gp()
+    history = []
+    for pid in range(8):
+        params = uninterrupted.generate_parameters(pid)
+        uninterrupted.receive_trial_result(pid, params, loss(params))
+        history.append({"parameter": params, "value": loss(params)})
+    expected = [uninterrupted.generate_parameters(pid) for pid in range(8, 11)]
+    rebuilt = gp()
+    assert rebuilt.import_data(history) == 8
+    assert [rebuilt.generate_parameters(pid) for pid in range(8, 11)] == expected
+
+
+def test_gp_pending_suggestions_differ_and_spread_out() -> None:
+    space = {"x": {"_type": "uniform", "_value": [0.0, 1.0]}, "y": {"_type": "uniform", "_value": [0.0, 1.0]}}
+    tuner = gp(space=space)
+    for pid in range(10):
+        p = tuner.generate_parameters(pid)
+        tuner.receive_trial_result(pid, p, (p["x"] - 0.3) ** 2 + (p["y"] - 0.6) ** 2)
+    batch = np.array([[p["x"], p["y"]] for p in (tuner.generate_parameters(100 + i) for i in range(6))])
+    distances = np.linalg.norm(batch[:, None] - batch[None], axis=-1)[np.triu_indices(6, 1)]
+    assert distances.min() > 1e-5  # distinct points (the believer lets them sit close to a good one)
+
+
+def test_gp_never_repeats_in_a_finite_space_until_exhausted() -> None:
+    space = {"a": {"_type": "choice", "_value": [1, 2, 3]}, "b": {"_type": "randint", "_value": [0, 3]}}
+    tuner = gp(space=space, cold_start_num=2)
+    seen = set()
+    for pid in range(9):
+        p = tuner.generate_parameters(pid)
+        assert key(p) not in seen
+        seen.add(key(p))
+        tuner.receive_trial_result(pid, p, float(p["a"] * p["b"]))
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(9)
+
+
+# ---------------------------------------------------------------- GP: behaviour and configuration
+
+
+def branin(p: dict[str, float]) -> float:
+    x, y = p["x"], p["y"]
+    bowl = (y - 5.1 / (4 * math.pi**2) * x * x + 5 / math.pi * x - 6) ** 2
+    return bowl + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10
+
+
+def test_gp_finds_branins_minimum_better_than_random() -> None:
+    space = {"x": {"_type": "uniform", "_value": [-5, 10]}, "y": {"_type": "uniform", "_value": [0, 15]}}
+
+    def regret(name: str, args: dict[str, Any]) -> float:
+        tuner = create_tuner(name, args, space)
+        values = []
+        for pid in range(25):
+            p = tuner.generate_parameters(pid)
+            values.append(branin(p))
+            tuner.receive_trial_result(pid, p, values[-1])
+        return min(values) - 0.397887
+
+    gp_regret = regret("GP", {"optimize_mode": "minimize", "seed": 1, **FAST_GP})
+    assert gp_regret < 0.05
+    assert gp_regret < regret("Random", {"seed": 1})
+
+
+@pytest.mark.parametrize("utility", ["ei", "ucb", "poi"])
+def test_gp_maximize_goes_up(utility: str) -> None:
+    space = {"x": {"_type": "uniform", "_value": [0.0, 1.0]}}
+    tuner = create_tuner("GP", {"optimize_mode": "maximize", "seed": 0, "utility": utility, **FAST_GP}, space)
+    xs = []
+    for pid in range(12):
+        p = tuner.generate_parameters(pid)
+        tuner.receive_trial_result(pid, p, -((p["x"] - 0.8) ** 2))
+        xs.append(p["x"])
+    assert abs(xs[-1] - 0.8) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"x": {"_type": "normal", "_value": [0, 1]}}, "parameter 'x' is type 'normal'; GP supports choice"),
+        ({"k": {"_type": "choice", "_value": ["a", "b"]}}, "'k': GP takes a choice of numbers only"),
+        ({"o": {"_type": "choice", "_value": [{"_name": "a"}, {"_name": "b"}]}}, "'o' is a nested choice"),
+    ],
+)
+def test_gp_refuses_search_space_types_nni_refuses(space: dict[str, Any], message: str) -> None:
+    with pytest.raises(TunerConfigError, match="tuner 'GP'") as caught:
+        create_tuner("GP", {}, space)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"utility": "pi"}, "classArgs.utility must be one of ['ei', 'ucb', 'poi']"),
+        ({"nu": 2.0}, "classArgs.nu must be one of [0.5, 1.5, 2.5]"),
+        ({"kappa": -1}, "classArgs.kappa must be between 0"),
+        ({"alpha": 0}, "classArgs.alpha must be between"),
+        ({"cold_start_num": 1.5}, "classArgs.cold_start_num must be an integer"),
+        ({"selection_num_warm_up": 0}, "classArgs.selection_num_warm_up must be >= 1"),
+        ({"optimize_mode": "max"}, "classArgs.optimize_mode must be 'maximize' or 'minimize'"),
+        ({"n_startup_jobs": 3}, "classArgs.n_startup_jobs is not a known argument"),
+    ],
+)
+def test_gp_class_args_are_checked(args: dict[str, Any], message: str) -> None:
+    with pytest.raises(TunerConfigError, match="tuner 'GP'") as caught:
+        create_tuner("GP", args, GP_SPACE)
+    assert message in str(caught.value)
+
+
+def test_gp_takes_nnis_alias_and_every_documented_argument() -> None:
+    args = {"optimize_mode": "maximize", "utility": "ucb", "kappa": 2.0, "xi": 0.01, "nu": 1.5,
+            "alpha": 1e-4, "cold_start_num": 3, "selection_num_warm_up": 500,
+            "selection_num_starting_points": 5}
+    tuner = create_tuner("GPTuner", args, {"x": {"_type": "uniform", "_value": [0, 1]}})
+    assert tuner.name == "GP"
+    drive_values = [tuner.generate_parameters(pid) for pid in range(2)]
+    assert all(0 <= p["x"] <= 1 for p in drive_values)
+
+
+# ---------------------------------------------------------------- Batch
+
+BATCH_CONFIGS = [{"optimizer": "Adam", "lr": 0.001}, {"optimizer": "SGD", "lr": 0.01},
+                 {"optimizer": "SGD", "lr": 0.1}]
+BATCH_SPACE = {"combine_params": {"_type": "choice", "_value": BATCH_CONFIGS}}
+
+
+def test_batch_runs_each_listed_configuration_once_in_order_then_ends() -> None:
+    tuner = create_tuner("BatchTuner", None, BATCH_SPACE)
+    assert tuner.generate_multiple_parameters(list(range(5))) == BATCH_CONFIGS
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(5)
+
+
+def test_batch_repeated_id_gets_the_same_configuration_and_pending_ones_differ() -> None:
+    tuner = create_tuner("Batch", {}, BATCH_SPACE)
+    first, second = tuner.generate_parameters(0), tuner.generate_parameters(1)
+    assert first != second
+    assert tuner.generate_parameters(0) == first
+
+
+def test_batch_rebuilt_from_history_skips_what_ran() -> None:
+    tuner = create_tuner("Batch", None, BATCH_SPACE)
+    # A restarted service imports every recorded trial, running ones (no value) included.
+    assert tuner.import_data([{"parameter": BATCH_CONFIGS[1], "value": None},
+                              {"parameter": BATCH_CONFIGS[0], "value": 0.5}]) == 2
+    assert tuner.generate_parameters(7) == BATCH_CONFIGS[2]
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(8)
+
+
+def test_batch_configuration_listed_twice_runs_twice() -> None:
+    tuner = create_tuner("Batch", None, {"c": {"_type": "choice", "_value": [{"a": 1}, {"a": 1}]}})
+    tuner.import_data([{"parameter": {"a": 1}, "value": 1.0}])
+    assert tuner.generate_parameters(0) == {"a": 1}
+    with pytest.raises(NoMoreTrials):
+        tuner.generate_parameters(1)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"a": {"_type": "choice", "_value": [{"x": 1}]}, "b": {"_type": "choice", "_value": [1]}},
+         "got 2 parameters"),
+        ({"a": {"_type": "uniform", "_value": [0, 1]}}, "'a' is of type 'uniform'"),
+        ({"a": {"_type": "choice", "_value": [{"x": 1}, 3]}}, "option 1 of 'a' is not an object"),
+        ({"a": {"_type": "choice", "_value": []}}, "needs a non-empty list"),
+    ],
+)
+def test_batch_refuses_other_search_spaces(space: dict[str, Any], message: str) -> None:
+    refusal = "tuner 'Batch': the search space must be one 'choice'"
+    with pytest.raises(TunerConfigError, match=refusal) as caught:
+        create_tuner("Batch", None, space)
+    assert message in str(caught.value)
+
+
+def test_batch_takes_no_class_args() -> None:
+    with pytest.raises(TunerConfigError, match="tuner 'Batch': takes no classArgs, got optimize_mode"):
+        create_tuner("Batch", {"optimize_mode": "maximize"}, BATCH_SPACE)
+
+
+def test_gp_fits_on_the_best_and_latest_trials_only_past_its_cap() -> None:
+    from services.tuner.algorithms.gp import MODEL_POINTS
+
+    tuner = gp(space={"x": {"_type": "uniform", "_value": [0.0, 1.0]}})
+    records = [{"parameter": {"x": i / 1000}, "value": float(i % 97)} for i in range(MODEL_POINTS + 50)]
+    tuner.import_data(records)
+    kept = tuner._model_history()
+    assert len(kept) == MODEL_POINTS
+    losses = sorted(o.loss for o in tuner.history)
+    assert all(o in kept for o in tuner.history if o.loss < losses[MODEL_POINTS * 2 // 3 - 1])
+    assert tuner.history[-1] in kept  # the latest trial is always in the model
+    assert 0.0 <= tuner.generate_parameters(10_000)["x"] <= 1.0
