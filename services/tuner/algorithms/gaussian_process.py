@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import cho_solve, cholesky, solve_triangular
-from scipy.optimize import minimize
 
 __all__ = ["MATERN_NUS", "GaussianProcess"]
 
@@ -66,6 +64,8 @@ class GaussianProcess:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> GaussianProcess:
         """Standardise y and choose the hyperparameters that best explain the data."""
+        from scipy.optimize import minimize  # lazily: `tunebus create` builds tuners to check them
+
         self._x = np.asarray(x, dtype=float)
         y = self._y = np.asarray(y, dtype=float)
         self._y_mean = float(y.mean())
@@ -107,6 +107,12 @@ class GaussianProcess:
         return math.exp(log_signal) * shape, slope, scaled
 
     def _factor(self, theta: np.ndarray, z: np.ndarray) -> _Fit:
+        from scipy.linalg import (  # lazily: `tunebus create` builds tuners to check them
+            cho_solve,
+            cholesky,
+            solve_triangular,
+        )
+
         k = self._kernel(self._x, self._x, theta[:-1], float(theta[-1]))[0]
         for jitter in _JITTERS:
             try:
@@ -120,6 +126,8 @@ class GaussianProcess:
 
     def _negative_lml(self, theta: np.ndarray, z: np.ndarray) -> tuple[float, np.ndarray]:
         """Minus the log marginal likelihood and its gradient in (log lengths, log signal)."""
+        from scipy.linalg import cho_solve, cholesky  # lazily: `tunebus create` builds tuners to check them
+
         signal = math.exp(float(theta[-1]))
         k, slope, scaled = self._kernel(self._x, self._x, theta[:-1], float(theta[-1]))
         try:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr
 
 from shared.search_space import flatten_search_space
 
@@ -141,6 +140,8 @@ class GpTuner(BaseTuner):
 
     def _utility(self, gp: GaussianProcess, u: np.ndarray) -> np.ndarray:
         """Higher is better; losses are minimised (NNI maximises the negated loss: the same)."""
+        from scipy.special import ndtr  # lazily: `tunebus create` builds tuners to check them
+
         mean, std = gp.predict(u)
         s = self.settings
         if s.utility == "ucb":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import log_ndtr, ndtr, ndtri
 
 from .encoding import Encoding
 
@@ -120,6 +119,8 @@ class ParzenEstimator:
 
 def _truncated_normal(rng: np.random.Generator, centers: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Draws from N(c, w) truncated to [0, 1] by inverting the CDF; NaN centres draw from U(0, 1)."""
+    from scipy.special import ndtr, ndtri  # lazily: `tunebus create` builds tuners to check them
+
     prior = np.isnan(centers)
     c = np.where(prior, 0.5, centers)
     w = np.where(prior, 1.0, widths)
@@ -135,6 +136,8 @@ def _log_mass(c: np.ndarray, w: np.ndarray) -> np.ndarray:
     Only kernels within 8 widths of an edge lose measurable mass (< 1e-15 otherwise), so the
     costly normal CDF is evaluated for those alone: most kernels sit well inside [0, 1].
     """
+    from scipy.special import log_ndtr  # lazily: `tunebus create` builds tuners to check them
+
     out = np.zeros(np.shape(c))
     near = np.minimum(c, 1.0 - c) < 8.0 * w
     cn, wn = c[near], w[near]

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
 
 from shared.search_space import ParamPath, ParamSpec, is_active, sample_internal, to_value
 
@@ -57,6 +56,8 @@ class GridSearchTuner(BaseTuner):
 
     def _value(self, column: int, cdf: float) -> float:
         """Internal value at a position of the parameter's prior CDF."""
+        from scipy.special import ndtri  # lazily: `tunebus create` builds tuners to check them
+
         spec = self.specs[column]
         if spec.normal:
             return (

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
-from scipy.stats import qmc
 
 from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
@@ -93,8 +91,7 @@ class TpeTuner(BaseTuner):
         self._points = _Rows(self.encoding.dim)
         self._losses = _Rows(1)
         self._startup_used = 0
-        count = 2 ** math.ceil(math.log2(max(self.settings.n_startup_jobs, 1)))
-        self._startup = qmc.Sobol(self.encoding.dim, scramble=True, seed=self.seed).random(count)
+        self._startup: np.ndarray | None = None  # drawn on first use (_startup_points)
 
     def _on_observation(self, observation: Observation) -> None:
         self._points.append(self.encoding.encode(observation.internal))
@@ -114,14 +111,17 @@ class TpeTuner(BaseTuner):
         Integer parameter ids pick their own point, so a tuner rebuilt after a restart hands
         out the same start-up points as one that never stopped; other ids take the next one.
         """
+        from scipy.special import ndtri  # lazily: `tunebus create` builds tuners to check them
+
         if isinstance(parameter_id, int) and parameter_id >= 0:
             index = parameter_id
         else:
             index = self._startup_used
             self._startup_used += 1
-        if index >= len(self._startup):
+        startup = self._startup_points()
+        if index >= len(startup):
             return self._sample_prior(rng)
-        u = self._startup[index]
+        u = startup[index]
         point = np.empty((1, self.encoding.dim))
         for i, column in enumerate(self.encoding.columns):
             if column.kind == "categorical":
@@ -131,6 +131,15 @@ class TpeTuner(BaseTuner):
             else:
                 point[0, i] = u[i]
         return self.encoding.decode(self.encoding.snap(self.encoding.mask_inactive(point))[0])
+
+    def _startup_points(self) -> np.ndarray:
+        """The scrambled-Sobol start-up points of this search space and seed, drawn once."""
+        if self._startup is None:
+            from scipy.stats import qmc  # lazily: `tunebus create` builds tuners to check them
+
+            count = 2 ** math.ceil(math.log2(max(self.settings.n_startup_jobs, 1)))
+            self._startup = qmc.Sobol(self.encoding.dim, scramble=True, seed=self.seed).random(count)
+        return self._startup
 
     def _model_point(self, rng: np.random.Generator) -> Internal:
         points, losses, liars = self._training_data()

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
 
 from .errors import AssessorConfigError, check_int, check_known, check_mode, check_number
 from .result import AssessResult, finite, scalar_history
@@ -89,6 +88,11 @@ def predict_final(history: list[float], epoch_num: int) -> float | None:
 
 
 def _fit(function: Curve, x: np.ndarray, y: np.ndarray, guess: list[float]) -> np.ndarray | None:
+    from scipy.optimize import (  # lazily: `tunebus create` builds tuners to check them
+        OptimizeWarning,
+        curve_fit,
+    )
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
