@@ -30,6 +30,13 @@ EPOCHS = 20
 # Seed 5 draws x = .81 .77 .24 .71 .28 .69 .79 .51 .99 .67 .07 .44: two good references come
 # first, the best (.99) comes in the middle, and several clear losers follow them.
 SEED = 5
+# A clear loser (x below LOSER_BELOW: .24 .28 .07 .44) runs its epochs after the assessors'
+# start steps slowly, so the stop (five hops after the judging: ingestor, tuner, dispatcher,
+# submitter) has ~10 s to land however loaded the machine is, not the 1.5 s a 0.1 s epoch
+# leaves; the others take 2 s in all. Without an assessor the losers run their whole slow curve.
+LOSER_BELOW = 0.5
+STRETCH_AFTER = 4
+LOSER_EPOCH_SECONDS = 0.6
 TRIAL = f"""\
 import math, random, time
 import nni
@@ -38,7 +45,7 @@ x = nni.get_next_parameter()["x"]
 noise = random.Random(repr(x))  # the same parameters give the same curve
 value = 0.0
 for epoch in range(1, {EPOCHS} + 1):
-    time.sleep(0.1)  # 2 s in all: the stop (five hops after the judging) lands well before the end
+    time.sleep({LOSER_EPOCH_SECONDS} if x < {LOSER_BELOW} and epoch > {STRETCH_AFTER} else 0.1)
     value = x * (1 - math.exp(-epoch / 3)) + noise.gauss(0, 0.002)
     nni.report_intermediate_result(value)
 nni.report_final_result(value)
@@ -122,7 +129,10 @@ async def test_assessor_stops_losing_trials(fast_stack: Stack, tmp_path: Path,
     state = await _run(fast_stack, tmp_path / "exp", assessor)
 
     stopped = _check_experiment(state, fast_stack)
-    assert stopped, f"no trial was stopped early: {state.trials_by_status()}\n{fast_stack.log('tuner-0')}"
+    losers = [t for t in state.trials.values() if float(t.parameters["x"]) < LOSER_BELOW]
+    assert losers and all(t.status == TrialStatus.EARLY_STOPPED for t in losers), (
+        f"a clear loser ran to its end: {[(t.parameters, t.status) for t in losers]}\n"
+        f"{fast_stack.log('tuner-0')}")
     best = best_trial(state)
     assert best is not None and best.final_value is not None
     for trial in stopped:
