@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from services.aml_submitter.aml import backend as aml_backend
 from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, azureml_api, standin_api
 from services.aml_submitter.service import Submitter
@@ -172,10 +173,13 @@ async def test_no_credential_fails_the_trial_naming_every_method(store: BlobStor
     for words in ("service principal", "managed identity", "Azure CLI", "az login", "AZURE_CLIENT_SECRET"):
         assert words in failed.error
     # Not tried again for every trial: the failure is remembered for a while.
-    started = time.monotonic()
+    tried: list[object] = []
+    real_resolve = aml_backend.resolve_auth
+    monkeypatch.setattr(aml_backend, "resolve_auth", lambda *a, **k: tried.append(a) or real_resolve(*a, **k))
     await submitter.on_submit(TrialSubmit(experiment_id="exp-auth", trial_id="trial2", sequence_id=1,
                                           parameters={"x": 0.5}))
-    assert time.monotonic() - started < 2 and bus.statuses()[-1].status == TrialStatus.FAILED
+    assert bus.statuses()[-1].status == TrialStatus.FAILED and "az login" in (bus.statuses()[-1].error or "")
+    assert tried == []
 
 
 

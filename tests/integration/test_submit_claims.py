@@ -156,10 +156,9 @@ async def test_a_claim_whose_start_failed_is_released_for_the_retry(store: BlobS
         await broken.on_submit(_submit("claims-c"))
     claim = await store.read_json(Layout("claims-c").claim_blob("t1", 1))
     assert claim is not None and claim[0]["state"] == "released"
-    # The retry, on another replica, starts it at once (no wait for the claim to go stale).
-    started = time.monotonic()
+    # The retry, on another replica, starts it (a claim still "starting" would instead be
+    # waited for and then abandoned: reported lost, never run).
     await _submitter(store, work_dir, bus, "replica-y").on_submit(_submit("claims-c"))
-    assert time.monotonic() - started < 5
     end = await _end(bus)
     assert end.status == TrialStatus.SUCCEEDED, end.error
 

@@ -182,12 +182,28 @@ async def test_a_failed_run_reports_amls_error(tmp_path: Path) -> None:
     assert end.job_url and end.job_url.startswith("standin://")
 
 
-async def test_transient_errors_are_retried_with_backoff(tmp_path: Path) -> None:
+async def test_transient_errors_are_retried_with_backoff(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     h = _make(tmp_path, submit_errors=[_HttpError("Too Many Requests", 429), ConnectionResetError("reset")])
-    started = time.monotonic()
+    asked: list[float] = []
+    slept: list[float] = []
+    real_delay, real_sleep = RetryPolicy.delay, asyncio.sleep
+
+    def delay(policy: RetryPolicy, attempt: int) -> float:
+        asked.append(real_delay(policy, attempt))
+        return asked[-1]
+
+    async def sleep(seconds: float, *args: Any) -> Any:
+        slept.append(seconds)
+        return await real_sleep(seconds, *args)
+
+    monkeypatch.setattr(RetryPolicy, "delay", delay)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     await h.backend.submit(_job("true"))
     assert h.submits == 3
-    assert time.monotonic() - started >= 0.01 * 0.8 + 0.02 * 0.8  # waited between attempts
+    # Waited between attempts: the policy's back-off (0.01 s, then 0.02 s, ±20%), each slept.
+    assert len(asked) == 2 and 0.008 <= asked[0] <= 0.012 and 0.016 <= asked[1] <= 0.024, asked
+    assert all(seconds in slept for seconds in asked), (asked, slept)
     assert h.reports[0].status == TrialStatus.WAITING
 
 

@@ -155,11 +155,15 @@ def test_a_run_whose_runner_died_is_not_responding(tmp_path: Path, settings: sta
     assert run.get_status() == "NotResponding"
 
 
-def test_submission_latency_blocks_the_caller(tmp_path: Path) -> None:
-    slow = standin.StandinSettings(registry=tmp_path / "registry", submit_latency=0.5)
-    started = time.monotonic()
+def test_submission_latency_blocks_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = standin.StandinSettings(registry=tmp_path / "registry", submit_latency=60)
+    slept: list[float] = []
+    real_sleep = time.sleep  # every sleep is recorded and cut short, so the minute is not spent
+    monkeypatch.setattr(standin.time, "sleep",
+                        lambda seconds: slept.append(seconds) or real_sleep(min(seconds, 0.05)))
     run = _submit(tmp_path, "true", settings=slow)
-    assert time.monotonic() - started >= 0.5
+    # The call itself slept what was left of the minute after its own work (well under 10 s).
+    assert any(50 < seconds <= 60 for seconds in slept), slept
     assert _statuses_until_end(run)[-1] == "Completed"
 
 

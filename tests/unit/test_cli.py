@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -136,9 +135,7 @@ def test_invalid_config_exits_2_naming_the_field_before_connecting(
     body: str, search_space: dict[str, Any] | None, field: str,
 ) -> None:
     config = write_config(tmp_path, body, search_space)
-    started = time.monotonic()
-    assert cli.main(["create", "--config", str(config)]) == 2
-    assert time.monotonic() - started < 5
+    assert cli.main(["create", "--config", str(config)]) == 2  # a connection attempt would exit 1
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert lines and all(line.startswith(f"error: {config}: ") for line in lines), err

@@ -288,12 +288,10 @@ async def test_a_hanging_tuner_is_ended_within_its_limit_and_holds_up_no_one(tmp
     _add_experiment(store, "good", _tuner_dir(tmp_path / "good"))
     service, bus = _service(tmp_path, store, limit=3.0)
     handle = service.handlers()[SuggestRequest]
-    started = time.monotonic()
     stuck = asyncio.create_task(handle(SuggestRequest(experiment_id="stuck", parameter_ids=[0])))
     await handle(SuggestRequest(experiment_id="good", parameter_ids=[0, 1]))
     assert len(_suggested(bus, "good")) == 2 and not stuck.done(), "the other experiment did not wait"
-    await asyncio.wait_for(stuck, 30)
-    assert time.monotonic() - started < 20
+    await asyncio.wait_for(stuck, 30)  # ended by its 3 s limit, not by the hour-long sleep
     assert "generate_parameters did not return within 3 s" in _error(bus, "stuck").reason
     assert "its process was ended" in _error(bus, "stuck").reason
     await _end(service, "good")

@@ -94,12 +94,10 @@ async def test_a_crashing_trial_is_failed_with_the_tail_of_its_stderr(tmp_path: 
 async def test_kill_ends_the_trial_with_the_requested_status(tmp_path: Path) -> None:
     rec = _Recorder()
     backend = _backend(tmp_path, rec)
-    await backend.submit(_job("sleep 30", tmp_path))
+    await backend.submit(_job("sleep 600", tmp_path))
     assert backend.running() == {"exp1": ["t1"]}
-    started = time.monotonic()
     assert await backend.kill("exp1", "t1", TrialStatus.EARLY_STOPPED, "Medianstop")
-    await asyncio.wait_for(rec.ended.wait(), 30)
-    assert time.monotonic() - started < 10
+    await asyncio.wait_for(rec.ended.wait(), 30)  # ended by the kill: the sleep alone takes 10 min
     assert rec.reports[-1].status == TrialStatus.EARLY_STOPPED
     assert not await backend.kill("exp1", "nope", TrialStatus.USER_CANCELED, "x")
 

@@ -105,8 +105,9 @@ def test_masking_a_long_line_is_fast() -> None:
     started = time.monotonic()
     for line in lines:
         mask_secrets(line)
-    # Linear: about a second for all four on a quiet machine; quadratic would take hours.
-    assert time.monotonic() - started < 30
+    # A hang guard, not a speed target (benchmarks hold those): linear masking takes about a
+    # second for all four on a quiet machine, a quadratic pattern would take hours.
+    assert time.monotonic() - started < 120
 
 
 @pytest.mark.parametrize("name", ["storageAccountKey", "sharedStorageAccountKey", "storage_account_key",
