@@ -175,7 +175,12 @@ async def test_no_credential_fails_the_trial_naming_every_method(store: BlobStor
     # Not tried again for every trial: the failure is remembered for a while.
     tried: list[object] = []
     real_resolve = aml_backend.resolve_auth
-    monkeypatch.setattr(aml_backend, "resolve_auth", lambda *a, **k: tried.append(a) or real_resolve(*a, **k))
+
+    def resolve_auth(*args: Any, **kwargs: Any) -> Any:
+        tried.append(args)
+        return real_resolve(*args, **kwargs)
+
+    monkeypatch.setattr(aml_backend, "resolve_auth", resolve_auth)
     await submitter.on_submit(TrialSubmit(experiment_id="exp-auth", trial_id="trial2", sequence_id=1,
                                           parameters={"x": 0.5}))
     assert bus.statuses()[-1].status == TrialStatus.FAILED and "az login" in (bus.statuses()[-1].error or "")

@@ -158,9 +158,13 @@ def test_a_run_whose_runner_died_is_not_responding(tmp_path: Path, settings: sta
 def test_submission_latency_blocks_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slow = standin.StandinSettings(registry=tmp_path / "registry", submit_latency=60)
     slept: list[float] = []
-    real_sleep = time.sleep  # every sleep is recorded and cut short, so the minute is not spent
-    monkeypatch.setattr(standin.time, "sleep",
-                        lambda seconds: slept.append(seconds) or real_sleep(min(seconds, 0.05)))
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # recorded and cut short, so the minute is not spent
+        slept.append(seconds)
+        real_sleep(min(seconds, 0.05))
+
+    monkeypatch.setattr(standin.time, "sleep", sleep)
     run = _submit(tmp_path, "true", settings=slow)
     # The call itself slept what was left of the minute after its own work (well under 10 s).
     assert any(50 < seconds <= 60 for seconds in slept), slept
