@@ -20,7 +20,7 @@ DEMO_CONFIG ?= examples/sklearn-digits/config.yml
 # PYTHONDONTWRITEBYTECODE set (as on this machine) every CLI call and service start would
 # compile the project again (~60 ms). Up-to-date files are skipped.
 venv: $(STAMP)
-	$(PY) -m compileall -q shared services tunebus >/dev/null
+	$(PY) -m compileall -q shared services tunebus aml_standin >/dev/null
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV) with $(BOOT_PYTHON)"; $(BOOT_PYTHON) -m venv $(VENV); }
@@ -33,14 +33,14 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared services tunebus
+	$(VENV)/bin/mypy shared services tunebus aml_standin
 
 # pytest starts RabbitMQ and Azurite itself when an integration test needs them (tests/conftest.py).
 # Lint and type findings fail the target too, but only after pytest has run, so one CI run
 # reports all three.
 test: venv
 	lint_rc=0; $(VENV)/bin/ruff check . || lint_rc=$$?; \
-	type_rc=0; $(VENV)/bin/mypy shared services tunebus || type_rc=$$?; \
+	type_rc=0; $(VENV)/bin/mypy shared services tunebus aml_standin || type_rc=$$?; \
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); \
 	if [ $$lint_rc -ne 0 ]; then echo "ruff check failed (see above)" >&2; exit $$lint_rc; fi; \
 	if [ $$type_rc -ne 0 ]; then echo "mypy failed (see above)" >&2; exit $$type_rc; fi

@@ -90,6 +90,7 @@ services_up() {
     # Bytecode for the services, the CLI and the trials' nni shim: nothing else writes it when
     # PYTHONDONTWRITEBYTECODE is set or the install is editable. Up-to-date files are skipped.
     "$SERVICE_PYTHON" -m compileall -q "$REPO_ROOT/shared" "$REPO_ROOT/services" "$REPO_ROOT/tunebus" \
+        "$REPO_ROOT/aml_standin" \
         >/dev/null || log "could not write bytecode under $REPO_ROOT (start-ups compile in memory)"
     for instance in "${instances[@]}"; do service_start "$instance"; done
     services_wait_healthy "${instances[@]}"

@@ -55,7 +55,6 @@ from .aml.backend import (
     standin_api,
     standin_v2_api,
 )
-from .aml.standin import StandinSettings
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime
@@ -422,6 +421,8 @@ def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobS
     options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
                          poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
     if settings.aml_standin:
+        from aml_standin.v1 import StandinSettings  # only when asked for: never on Azure
+
         standin = StandinSettings(
             registry=Path(settings.aml_standin_dir or Path(settings.work_dir) / "aml-standin"),
             submit_latency=settings.aml_standin_submit_latency,

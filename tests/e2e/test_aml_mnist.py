@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.aml_submitter.aml import standin
+from aml_standin import v1 as standin
 from shared.bus import Bus
 from shared.messages import ExperimentStop, TrialStatus
 from shared.topology import DELAY_QUEUES

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from aml_standin import v1 as standin
 from services.aml_submitter.aml import backend as aml_backend
-from services.aml_submitter.aml import standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, azureml_api, standin_api
 from services.aml_submitter.service import Submitter
 from shared.bus import TransientError

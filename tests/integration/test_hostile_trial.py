@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.aml_submitter.aml import standin
+from aml_standin import v1 as standin
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_api
 from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter, _standin_sandbox

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.aml_submitter.aml import standin
+from aml_standin import v1 as standin
 from services.aml_submitter.aml.backend import (
     AmlBackend,
     AmlOptions,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from services.aml_submitter.aml import standin
+from aml_standin import v1 as standin
 from services.aml_submitter.aml.job import AmlTarget, build_script_run_config, build_snapshot
 from services.aml_submitter.backend import JobRequest
 from services.aml_submitter.trial_env import TrialIdentity

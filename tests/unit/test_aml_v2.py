@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from services.aml_submitter.aml import standin
+from aml_standin import v1 as standin
+from aml_standin.v2 import StandinMLClient
 from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_v2_api
 from services.aml_submitter.aml.job import RUN_SCRIPT, AmlTarget, build_snapshot
-from services.aml_submitter.aml.standin_v2 import StandinMLClient
 from services.aml_submitter.backend import PermanentSubmitError
 from shared.messages import Ticket, TrialHeartbeat, TrialKill, TrialStatus, TrialStatusChanged
 from shared.storage import Layout

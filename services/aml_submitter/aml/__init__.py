@@ -2,8 +2,8 @@
 
 Modules: :mod:`.auth` (credential chain), :mod:`.job` (snapshot and ``ScriptRunConfig``),
 :mod:`.status` (AML run status → trial status), :mod:`.errors` (transient or permanent),
-:mod:`.backend` (submit, watch tickets, cancel), :mod:`.standin` (a local stand-in for AML's
-workspace/experiment/run boundary, tests only). A trial's metrics URL (deployment storage or
+:mod:`.backend` (submit, watch tickets, cancel). The stand-in for AML that tests run against
+lives apart, in :mod:`aml_standin`. A trial's metrics URL (deployment storage or
 the experiment's sharedStorage) is made by the submitter with :mod:`shared.results`.
 
 Nothing here imports azureml-core at import time: it is loaded on first use, and its absence

@@ -166,7 +166,7 @@ def standin_api(settings: Any) -> SimpleNamespace:
     """The v1 stand-in's look-alikes (NOT Azure), bound to its registry and delays."""
     from functools import partial
 
-    from . import standin
+    from aml_standin import v1 as standin
 
     return SimpleNamespace(Workspace=partial(standin.Workspace, settings=settings),
                            ComputeTarget=standin.ComputeTarget, Experiment=standin.Experiment,
@@ -185,7 +185,8 @@ def standin_v2_api(settings: Any) -> SimpleNamespace:
     """The v2 stand-in's MLClient (NOT Azure) behind the same interface."""
     from functools import partial
 
-    from .standin_v2 import StandinMLClient
+    from aml_standin.v2 import StandinMLClient
+
     from .v2 import v2_api
 
     return v2_api(partial(StandinMLClient, settings=settings), standin=True)

@@ -2,7 +2,7 @@
 
 Selected by ``TUNEBUS_AML_STANDIN=1`` with ``TUNEBUS_AML_SDK=v2``. It takes the real
 ``azure.ai.ml`` command job the v2 backend builds (:func:`.v2.build_command_job`) and runs it
-with the v1 stand-in's machinery (:mod:`.standin`: the same run registry, runner process,
+with the v1 stand-in's machinery (:mod:`.v1`: the same run registry, runner process,
 statuses in AML's order, minimal environment, SDK snapshot rules, injected faults), reading
 from the job what Azure ML would: ``code``, ``command``, ``environment.image``,
 ``environment_variables``, ``compute``, ``limits.timeout``, ``name``, ``experiment_name``, ``tags``.
@@ -22,8 +22,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from . import standin
-from .standin import PORTAL_SCHEME, StandinSettings
+from . import v1 as standin
+from .v1 import PORTAL_SCHEME, StandinSettings
 
 __all__ = ["StandinMLClient"]
 
