@@ -21,6 +21,9 @@ MALFORMED = {
     "experiment.start": b"not json at all",  # dispatcher
     "trial.submit": b'{"experiment_id": "x1", "trial_id": "../etc", "sequence_id": 0, "parameters": {}}',
     "trial.status": b'{"experiment_id": "x1", "trial_id": "t", "parameter_id": 0, "status": "EXPLODED"}',
+    # The submitter's AML watch and kill queues (a kill also reaches each replica's own queue).
+    "ticket.aml.watch": b'{"experiment_id": "x1", "purpose": "aml.watch", "trial_id": "t", "due": "tomorrow"}',
+    "trial.kill": b'{"experiment_id": "x1", "trial_id": "t", "status": "VAPORISED", "reason": "r"}',
 }
 
 
@@ -47,6 +50,8 @@ async def test_malformed_messages_are_dead_lettered_and_services_keep_running(st
     assert "not JSON" in reasons["experiment.start"]
     assert "trial_id" in reasons["trial.submit"]
     assert "status" in reasons["trial.status"]
+    assert "due" in reasons["ticket.aml.watch"]
+    assert "status" in reasons["trial.kill"]
     for procs in stack.procs.values():
         assert all(p.poll() is None for p in procs)
 
