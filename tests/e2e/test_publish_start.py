@@ -87,6 +87,13 @@ async def test_invalid_start_is_dead_lettered_with_reason_and_recorded(stack: St
     good_id = f"pub{uuid.uuid4().hex[:8]}"
     await publish(stack, ExperimentStart(experiment_id=good_id, config=_config(maxTrialNumber=1)))
     assert (await wait_finished(stack, good_id)).status == "DONE"
+    # A built-in algorithm's bad argument (`tunebus create` would refuse it; a program may not
+    # check): the experiment ends in ERROR naming it.
+    args_id = f"args{uuid.uuid4().hex[:8]}"
+    sideways = _config(tuner={"name": "TPE", "classArgs": {"optimize_mode": "sideways"}})
+    await publish(stack, ExperimentStart(experiment_id=args_id, config=sideways))
+    state = await wait_finished(stack, args_id, timeout=60)
+    assert state.status == "ERROR" and "optimize_mode" in (state.reason or ""), state.reason
 
 
 async def test_at_max_experiment_duration_running_trials_finish_and_no_new_one_starts(stack: Stack) -> None:
