@@ -22,7 +22,7 @@ MALFORMED = {
     "trial.submit": b'{"experiment_id": "x1", "trial_id": "../etc", "sequence_id": 0, "parameters": {}}',
     "trial.status": b'{"experiment_id": "x1", "trial_id": "t", "parameter_id": 0, "status": "EXPLODED"}',
     # The submitter's AML watch and kill queues (a kill also reaches each replica's own queue).
-    "ticket.aml.watch": b'{"experiment_id": "x1", "purpose": "aml.watch", "trial_id": "t", "due": "tomorrow"}',
+    "ticket.aml.watch": b'{"experiment_id": "x1", "purpose": "aml.watch", "trial_id": "t", "due": "soon"}',
     "trial.kill": b'{"experiment_id": "x1", "trial_id": "t", "status": "VAPORISED", "reason": "r"}',
 }
 
