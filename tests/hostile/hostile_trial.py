@@ -174,6 +174,18 @@ try:
 except OSError as exc:
     found["swap my log for a link"] = f"refused ({type(exc).__name__})"
 
+# A local trial's code folder (its working directory) is read-only to it: it cannot plant a
+# file there nor change its own script (which a later attempt of it would run).
+if params.get("code_read_only"):
+    for attempt, path in (("plant a file in my code folder", "planted.py"),
+                          ("change my own script", os.path.abspath(__file__))):
+        try:
+            with open(path, "a") as planted:
+                planted.write("# planted\n")
+            found[attempt] = f"DONE: {path}"
+        except OSError as exc:
+            found[attempt] = f"refused ({type(exc).__name__})"
+
 # What it may do: write its own output folder, and report through its own credential.
 with open(os.path.join(os.environ["NNI_OUTPUT_DIR"], "mine.txt"), "w") as own:
     own.write("ok")

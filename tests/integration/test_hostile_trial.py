@@ -127,7 +127,8 @@ async def test_a_hostile_trial_gets_nowhere(store: BlobStore, infra: Infra, work
     try:
         await submitter.on_submit(TrialSubmit(
             experiment_id="hx", trial_id="t1", sequence_id=0,
-            parameters={"secrets": secrets, "sibling": "sibling", "amqp": f"{amqp.hostname}:{amqp.port}"}))
+            parameters={"secrets": secrets, "sibling": "sibling", "amqp": f"{amqp.hostname}:{amqp.port}",
+                        "code_read_only": platform == "local" and os.geteuid() == 0}))
         end = await _end(submitter, bus)
         assert end.status == TrialStatus.SUCCEEDED, end.error
         stdout = await _trial_stdout(store, work_dir, platform)
@@ -150,3 +151,6 @@ async def test_a_hostile_trial_gets_nowhere(store: BlobStore, infra: Infra, work
     assert (await store.read_bytes(layout.code_archive) or b"")[:2] == b"\x1f\x8b"  # still the gzip written
     if os.geteuid() == 0:
         assert found["running as root"] == "refused"
+    if platform == "local" and os.geteuid() == 0:  # as the trial user, the code folder is read-only
+        assert found["plant a file in my code folder"].startswith("refused")
+        assert found["change my own script"].startswith("refused")
