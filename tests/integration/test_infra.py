@@ -341,3 +341,28 @@ def test_compose_passes_trial_requirements_and_ports_from_the_environment():
     assert build_args["TRIAL_REQUIREMENTS"] == "${TUNEBUS_TRIAL_REQUIREMENTS:-}"
     assert compose["rabbitmq"]["ports"][0] == "127.0.0.1:${TUNEBUS_AMQP_PORT:-5672}:5672"
     assert compose["azurite"]["ports"][0] == "127.0.0.1:${TUNEBUS_BLOB_PORT:-10000}:10000"
+
+
+def test_deploy_local_down_stops_the_broker_node_whose_wrapper_is_gone(tmp_path: Path) -> None:
+    # The node (beam.smp) outlives a SIGKILLed wrapper script; `down` must still stop it, or the
+    # next `up` finds its port taken.
+    from tests.conftest import _local_infra
+
+    infra = _local_infra(tmp_path / "state")
+    next(infra)  # up --infra-only on free ports, in its own state dir
+    try:
+        wrapper = int((tmp_path / "state" / "run" / "rabbitmq.pid").read_text())
+        node = int((tmp_path / "state" / "rabbitmq" / "beam.pid").read_text())
+        assert node != wrapper and _proc_state(node) not in ("Z", "X")
+        os.kill(wrapper, 9)  # the script alone
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{wrapper}") and _proc_state(wrapper) not in ("Z", "X"):
+            assert time.monotonic() < deadline, "the wrapper outlived SIGKILL"
+            time.sleep(0.05)
+        assert _proc_state(node) not in ("Z", "X"), "the node went with its wrapper: nothing to test"
+    finally:
+        next(infra, None)  # deploy/local down
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{node}") and _proc_state(node) not in ("Z", "X"):
+        assert time.monotonic() < deadline, f"node {node} still runs after down"
+        time.sleep(0.1)
