@@ -113,7 +113,10 @@ def _bridge_venv(folder: Path, interpreter: Path, version: str) -> Path:
         link.symlink_to(interpreter)
     paths = sysconfig.get_paths()
     packages = dict.fromkeys([paths["purelib"], paths["platlib"]])
-    (site / "tunebus-venv.pth").write_text("\n".join(packages) + "\n")
+    # addsitedir, not bare paths: the venv's own .pth files run too, so an editable install of
+    # tunebus (deploy/local's) imports from a trial as it does from the venv's interpreter.
+    lines = [f"import site; site.addsitedir({path!r})\n" for path in packages]
+    (site / "tunebus-venv.pth").write_text("".join(lines))
     for path in (folder, *folder.rglob("*")):
         if not path.is_symlink():
             os.chmod(path, 0o755 if path.is_dir() else 0o644)

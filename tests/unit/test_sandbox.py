@@ -4,8 +4,10 @@ and a deployment without local trials."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,42 @@ def test_a_root_submitter_runs_trials_as_the_trial_user_with_no_new_privileges()
     uid, nnp = out.stdout.splitlines()
     assert int(uid) == sandbox.user.uid != 0
     assert nnp.split() == ["NoNewPrivs:", "1"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_trial_user_who_cannot_reach_the_venv_gets_a_bridge_to_its_packages() -> None:
+    sandbox = Sandbox.for_this_process()
+    assert sandbox.user is not None
+    tmp_path = Path(tempfile.mkdtemp(prefix="tunebus-bridge-"))  # pytest's tmp_path is root's alone
+    try:
+        _check_the_bridge(sandbox, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_the_bridge(sandbox: Sandbox, tmp_path: Path) -> None:
+    # The venv's interpreter behind a folder only root may pass (as a venv on a pyenv under /root).
+    private = tmp_path / "private"
+    (private / "bin").mkdir(parents=True)
+    (private / "bin" / "python3").symlink_to(sys.executable)
+    private.chmod(0o700)
+    spare = tmp_path / "bridge"
+    spare.mkdir()
+    tmp_path.chmod(0o755)
+
+    assert not sandbox.can_run(private / "bin" / "python3")
+    first_on_path, extra = sandbox.trial_interpreter(private / "bin", spare)
+    assert first_on_path == spare / "bin" and extra == []
+    # As the trial user, that python is not the venv's yet imports the venv's packages.
+    probe = "import sys, pydantic, shared; print(sys.prefix != sys.base_prefix, sys.version_info[:2])"
+    out = subprocess.run([*sandbox.prefix(), "/bin/sh", "-c", f'exec python3 -c "{probe}"'],
+                         capture_output=True, text=True, check=False, cwd="/",
+                         env={"PATH": f"{first_on_path}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().split(maxsplit=1) == ["True", str(tuple(sys.version_info[:2]))]
+    # Where the trial user can run the venv's own interpreter (as it can the bridge's), it is used.
+    assert sandbox.trial_interpreter(first_on_path, tmp_path / "unused") == (first_on_path, [])
+    assert not (tmp_path / "unused").exists()
 
 
 class _Bus:
