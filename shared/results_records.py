@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.messages import MetricKind
+from shared.metric_rule import InvalidMetric, metric_number
 
 __all__ = [
     "MAX_DEPTH",
@@ -39,10 +40,6 @@ __all__ = [
 #: How deep a dict metric may nest (NNI's dict metrics are flat or nearly so).
 MAX_DEPTH = 16
 _SHOWN = 80  # characters of offending content quoted in a problem
-
-
-class InvalidMetric(ValueError):
-    """A record that is not what the trial SDK writes."""
 
 
 @dataclass(frozen=True)
@@ -92,15 +89,9 @@ def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 
 def metric_value(raw: Any) -> float:
-    """NNI's rule: a metric is a number, or a dict whose ``default`` is a number; as a finite float."""
-    candidate = raw.get("default") if isinstance(raw, dict) else raw
-    if isinstance(candidate, bool) or not isinstance(candidate, int | float):
-        raise InvalidMetric(f"value must be a number or a dict with a numeric 'default', got {_shown(raw)}")
-    try:
-        value = float(candidate)
-    except OverflowError:
-        bits = int(candidate).bit_length()
-        raise InvalidMetric(f"value is an int too large for a float ({bits} bits)") from None
+    """A trial's reported value by NNI's rule (:func:`shared.metric_rule.metric_number`), which the
+    ingestor also requires to be finite and, for a dict, not nested too deep."""
+    value = metric_number(raw)
     if not math.isfinite(value):
         raise InvalidMetric(f"value {value} is not finite")
     if isinstance(raw, dict) and not _depth_ok(raw):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.metric_rule import metric_number
 from shared.search_space import (
     ParamPath,
     ParamSpec,
@@ -30,7 +31,7 @@ from shared.search_space import (
 from .errors import NoMoreTrials
 from .finite import enumerate_points, space_size
 
-__all__ = ["BaseTuner", "Internal", "Observation", "metric_value", "parameter_seed"]
+__all__ = ["BaseTuner", "Internal", "Observation", "parameter_seed"]
 
 Internal = dict[ParamPath, float]
 
@@ -45,17 +46,6 @@ class Observation:
     internal: Internal
     loss: float
     parameters: dict[str, Any]  # as the trial saw them, to re-read under a changed search space
-
-
-def metric_value(value: Any) -> float:
-    """NNI's final result: a number, or a dict whose ``default`` key holds the number."""
-    if isinstance(value, Mapping):
-        if "default" not in value:
-            raise ValueError(f"a dict metric needs a 'default' key, got keys {sorted(value)}")
-        value = value["default"]
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise ValueError(f"a metric must be a number, got {value!r}")
-    return float(value)
 
 
 def parameter_seed(seed: int, parameter_id: Any) -> np.random.Generator:
@@ -222,7 +212,7 @@ class BaseTuner:
         if internal is not None:
             self._seen.add(self._key(internal))
         try:
-            loss = metric_value(value)
+            loss = metric_number(value)
         except ValueError:
             return False
         loss = loss if self.minimize else -loss

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from shared.metric_rule import metric_number
 from shared.search_space import ParamSpec, build_parameters, flatten_search_space, is_active, sample_internal
 
-from .base import metric_value
 from .errors import TunerConfigError, WaitForResults
 
 __all__ = ["BUDGET_KEY", "EXEC_MODES", "HyperbandAdvisor"]
@@ -285,7 +285,7 @@ class HyperbandAdvisor:
 
     def _loss(self, value: Any) -> float | None:
         try:
-            loss = metric_value(value)
+            loss = metric_number(value)
         except ValueError:
             return None
         if not math.isfinite(loss):

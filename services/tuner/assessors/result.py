@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from enum import Enum
 from typing import Any
+
+from shared.metric_rule import metric_number
 
 __all__ = ["AssessResult", "finite", "scalar_history"]
 
@@ -19,16 +21,7 @@ class AssessResult(Enum):
 
 def scalar_history(history: Iterable[Any]) -> list[float]:
     """Intermediate results as floats: numbers, or dicts with ``default`` (NNI's extract_scalar_history)."""
-    out = []
-    for value in history:
-        if isinstance(value, Mapping):
-            value = value.get("default")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(
-                f"an intermediate result must be a number or a dict with 'default', got {value!r}"
-            )
-        out.append(float(value))
-    return out
+    return [metric_number(value) for value in history]
 
 
 def finite(values: list[float]) -> bool:
