@@ -180,7 +180,8 @@ class Sandbox:
         The venv's own interpreter when the trial can run it; else a system interpreter of the
         same version (same ABI: the venv's packages import), as a small venv in ``spare_dir``
         whose site-packages point at the venv's. A venv, not PYTHONPATH: the system's own
-        dist-packages (and the imports its .pth files make, ~30 ms) stay out, as in the venv.
+        dist-packages (and the imports its .pth files make: benchmarks/README_startup.md) stay
+        out, as in the venv.
         """
         if self.user is None or self.can_run(venv_bin / "python3"):
             return venv_bin, []

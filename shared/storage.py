@@ -18,9 +18,9 @@ container instead, at the same path (see :mod:`shared.results`); everything else
 
 :class:`BlobStore` speaks the Blob REST API over one keep-alive aiohttp session, signing with
 the account's Shared Key (:mod:`shared.blob_rest` holds the signing, paths and XML parsing it
-shares with the CLI). Not the azure-storage-blob SDK: its pipeline costs ~1.1 ms of CPU per
-request against ~0.2 ms here, and every trial costs the services several requests. The SDK
-still makes the SAS tokens (a local computation).
+shares with the CLI). Not the azure-storage-blob SDK: its pipeline costs several times the CPU
+per request (benchmarks/README_startup.md), and every trial costs the services several
+requests. The SDK still makes the SAS tokens (a local computation).
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ async def _spawn(command: str, cwd: Path, env: dict[str, str], out: IO[bytes],
 
     ``prefix`` is the sandbox's util-linux ``setpriv`` (user, no new privileges, parent-death
     signal). It also spares the submitter a preexec_fn, which forces a full fork of this (100+
-    MB) process per trial (~9 ms and ~4 ms of CPU) instead of a vfork (<1 ms).
+    MB) process per trial instead of a vfork (benchmarks/README_startup.md).
     """
     common: dict[str, Any] = dict(cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                   start_new_session=True)
@@ -80,7 +80,7 @@ async def _spawn(command: str, cwd: Path, env: dict[str, str], out: IO[bytes],
 
 def compile_trial_runtime(folder: Path = TRIAL_RUNTIME_DIR) -> bool:
     """Write the ``nni`` shim's bytecode next to it, once, so trials load it instead of compiling
-    it at every start (~4 ms of a no-op trial's ~12 ms): trials may run with
+    it at every start (a third of a no-op trial's CPU): trials may run with
     PYTHONDONTWRITEBYTECODE, and an editable install never compiles it. False if it could not
     be written (a read-only install); trials then compile it in memory, as before."""
     import compileall

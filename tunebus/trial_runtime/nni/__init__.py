@@ -2,7 +2,10 @@
 
 Stdlib only, runs on Python 3.8+ (trial images are not tunebus's) and nearly free to import:
 JSON, HTTP and logging are imported on first use, so a trial's start-up pays for nothing it
-does not call.
+does not call. That is why this package parses JSON with CPython's C scanner (:func:`_parse_json`),
+writes plain-http appends on a raw socket (:mod:`._blob`) and reads the clock with ``time``:
+each avoids an import that would be a sizeable part of a short trial's life. The measurements
+are in benchmarks/README_startup.md; these three are the only such tricks, all in this package.
 
 Two modes, chosen from the environment when first needed:
 
@@ -115,7 +118,7 @@ def check_metric(metric: Any) -> Any:
 
 def _parse_json(text: str) -> Any:
     """``json.loads(text)`` without importing ``json``: its package pulls in ``re`` and ``enum``
-    (~5 ms, a fifth of a no-op trial's life). CPython's C scanner does the work; elsewhere
+    (a fifth of a no-op trial's life). CPython's C scanner does the work; elsewhere
     (or on an error, for json's own message) this is ``json.loads``."""
     try:
         import _json
@@ -163,7 +166,7 @@ def _metric_document(sequence: int, kind: str, value: Any, time: str) -> bytes:
 def _utc_now_iso() -> str:
     import time
 
-    # time, not datetime: one module less to import in every trial (~1 ms).
+    # time, not datetime: one module less to import in every trial.
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 

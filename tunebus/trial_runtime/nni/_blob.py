@@ -4,8 +4,8 @@ The URL names one append blob, created by the submitter before the trial started
 may only append to it: nothing else can be done with it, and nothing else is tried here.
 Imported on a trial's first report only. Over https (Azure) this is http.client; over plain
 http (Azurite, on the submitter's machine) it is a socket and a dozen lines of HTTP/1.1,
-because http.client imports ssl and the email package (~16 ms), which would be most of a
-short trial's start-up. Transient failures (connection errors, 5xx, 408, 429) are retried a
+because http.client imports ssl and the email package, which would be most of a short
+trial's start-up (benchmarks/README_startup.md). Transient failures (connection errors, 5xx, 408, 429) are retried a
 few times with a short back-off; anything else fails at once, naming the blob and the
 status, never the SAS signature.
 """
@@ -129,7 +129,7 @@ def _put_plain_http(host: str, target: str, headers: dict[str, str],
     import _socket
 
     name, port = _split_host(host)
-    # An ASCII host goes as bytes: a str is encoded with the idna codec, one more import (~1 ms).
+    # An ASCII host goes as bytes: a str is encoded with the idna codec, one more import.
     host_arg = name.encode("ascii") if name.isascii() else name
     family, kind, proto, _, address = _socket.getaddrinfo(host_arg, port, 0, _socket.SOCK_STREAM)[0]
     sock = _socket.socket(family, kind, proto)
