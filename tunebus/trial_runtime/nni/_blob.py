@@ -5,9 +5,9 @@ may only append to it: nothing else can be done with it, and nothing else is tri
 Imported on a trial's first report only. Over https (Azure) this is http.client; over plain
 http (Azurite, on the submitter's machine) it is a socket and a dozen lines of HTTP/1.1,
 because http.client imports ssl and the email package, which would be most of a short
-trial's start-up (benchmarks/README_startup.md). Transient failures (connection errors, 5xx, 408, 429) are retried a
-few times with a short back-off; anything else fails at once, naming the blob and the
-status, never the SAS signature.
+trial's start-up (benchmarks/README_startup.md). Transient failures (connection errors,
+5xx, 408, 429) are retried a few times with a short back-off; anything else fails at once,
+naming the blob and the status, never the SAS signature.
 """
 
 from __future__ import annotations
