@@ -47,14 +47,9 @@ from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
-from .aml.backend import (
-    AmlBackend,
-    AmlOptions,
-    azure_ai_ml_api,
-    azureml_api,
-    standin_api,
-    standin_v2_api,
-)
+from .aml.backend import AmlBackend
+from .aml.options import AmlOptions
+from .aml.sdk import azure_ai_ml_api, azureml_api, standin_api, standin_v2_api
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from aml_standin import v1 as standin
-from services.aml_submitter.aml import backend as aml_backend
-from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, azureml_api, standin_api
+from services.aml_submitter.aml import client as aml_client
+from services.aml_submitter.aml.backend import AmlBackend
+from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
+from services.aml_submitter.aml.sdk import azureml_api, standin_api
 from services.aml_submitter.service import Submitter
 from shared.bus import TransientError
 from shared.code_archive import build_code_archive
@@ -174,13 +176,13 @@ async def test_no_credential_fails_the_trial_naming_every_method(store: BlobStor
         assert words in failed.error
     # Not tried again for every trial: the failure is remembered for a while.
     tried: list[object] = []
-    real_resolve = aml_backend.resolve_auth
+    real_resolve = aml_client.resolve_auth
 
     def resolve_auth(*args: Any, **kwargs: Any) -> Any:
         tried.append(args)
         return real_resolve(*args, **kwargs)
 
-    monkeypatch.setattr(aml_backend, "resolve_auth", resolve_auth)
+    monkeypatch.setattr(aml_client, "resolve_auth", resolve_auth)
     await submitter.on_submit(TrialSubmit(experiment_id="exp-auth", trial_id="trial2", sequence_id=1,
                                           parameters={"x": 0.5}))
     assert bus.statuses()[-1].status == TrialStatus.FAILED and "az login" in (bus.statuses()[-1].error or "")

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from aml_standin import v1 as standin
-from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_api
+from services.aml_submitter.aml.backend import AmlBackend
+from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
+from services.aml_submitter.aml.sdk import standin_api
 from services.aml_submitter.local import LocalBackend
 from services.aml_submitter.service import Submitter, _standin_sandbox
 from shared.code_archive import build_code_archive

@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 
 from aml_standin import v1 as standin
-from services.aml_submitter.aml.backend import (
-    AmlBackend,
-    AmlOptions,
-    CancelNotConfirmedError,
-    RetryPolicy,
-    failure_reason,
-    standin_api,
-)
+from services.aml_submitter.aml.backend import AmlBackend
+from services.aml_submitter.aml.client import CancelNotConfirmedError
+from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
+from services.aml_submitter.aml.sdk import standin_api
+from services.aml_submitter.aml.status import failure_reason
 from services.aml_submitter.backend import JobRequest, PermanentSubmitError, SubmitError
 from services.aml_submitter.trial_env import TrialIdentity
 from shared.bus import PermanentError
@@ -403,7 +400,7 @@ async def test_another_deployments_run_is_never_adopted(tmp_path: Path) -> None:
     ours = _make(tmp_path)
     await ours.backend.submit(_job("sleep 0.3"))
     theirs = _make(tmp_path)  # same workspace, same experiment and trial ids, another deployment
-    theirs.backend.deployment_id = "dep2"
+    theirs.backend.client.deployment_id = "dep2"
     await theirs.backend.submit(_job("sleep 0.3"))
     assert theirs.submits == 1
     assert _runs(tmp_path) == ["tunebus_dep1_exp1_tr1_1", "tunebus_dep2_exp1_tr1_1"]
@@ -461,7 +458,7 @@ async def test_amls_own_limit_is_past_tunebus_and_its_cancel_says_so(tmp_path: P
 
 async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_one_refused_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.aml_submitter.aml import backend as backend_module
+    from services.aml_submitter.aml import client as client_module
     from services.aml_submitter.aml.auth import AuthMethod
 
     class Forbidden(Exception):
@@ -476,8 +473,8 @@ async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_
             return name
         return AuthMethod(name, make)
 
-    real_resolve = backend_module.resolve_auth
-    monkeypatch.setattr(backend_module, "resolve_auth", lambda env, **kw: real_resolve(
+    real_resolve = client_module.resolve_auth
+    monkeypatch.setattr(client_module, "resolve_auth", lambda env, **kw: real_resolve(
         env, **{**kw, "methods": [method("msi"), method("cli")]}))
     h = _make(tmp_path)
     base = h.backend.api
@@ -487,10 +484,10 @@ async def test_sign_in_passes_over_a_credential_the_workspace_refuses_and_drops_
             raise Forbidden(f"AuthorizationFailed: {auth} has no access to {name}")
         return base.Workspace(sub, rg, name)
 
-    h.backend._api = SimpleNamespace(**{**vars(base), "Workspace": workspace, "standin": False})
+    h.backend.client._api = SimpleNamespace(**{**vars(base), "Workspace": workspace, "standin": False})
     await h.backend.submit(_job("true"))
-    assert made == ["msi", "cli"] and h.backend._auth == "cli"
-    h.backend._drop_credential(Forbidden("role removed"))  # as after a 403 while watching
+    assert made == ["msi", "cli"] and h.backend.client._auth == "cli"
+    h.backend.client.drop_credential(Forbidden("role removed"))  # as after a 403 while watching
     refused.add("cli")
     with pytest.raises(PermanentSubmitError) as caught:
         await h.backend.submit(_job("true", trial_id="tr2"))

@@ -15,8 +15,10 @@ import pytest
 
 from aml_standin import v1 as standin
 from aml_standin.v2 import StandinMLClient
-from services.aml_submitter.aml.backend import AmlBackend, AmlOptions, RetryPolicy, standin_v2_api
+from services.aml_submitter.aml.backend import AmlBackend
 from services.aml_submitter.aml.job import RUN_SCRIPT, AmlTarget, build_snapshot
+from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
+from services.aml_submitter.aml.sdk import standin_v2_api
 from services.aml_submitter.backend import PermanentSubmitError
 from shared.messages import Ticket, TrialHeartbeat, TrialKill, TrialStatus, TrialStatusChanged
 from shared.storage import Layout
@@ -160,7 +162,7 @@ async def test_a_credential_the_workspace_refuses_is_passed_over(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from azure.core.exceptions import HttpResponseError
 
-    from services.aml_submitter.aml import backend as backend_module
+    from services.aml_submitter.aml import client as client_module
     from services.aml_submitter.aml.auth import AuthMethod
 
     class Client(StandinMLClient):
@@ -173,9 +175,9 @@ async def test_a_credential_the_workspace_refuses_is_passed_over(tmp_path: Path,
                     raise error
                 self.workspaces.get = refuse  # type: ignore[method-assign]
 
-    real_resolve = backend_module.resolve_auth
+    real_resolve = client_module.resolve_auth
     methods = [AuthMethod("msi", lambda env: "msi"), AuthMethod("cli", lambda env: "cli")]
-    monkeypatch.setattr(backend_module, "resolve_auth",
+    monkeypatch.setattr(client_module, "resolve_auth",
                         lambda env, **kw: real_resolve(env, **{**kw, "methods": methods}))
     h = _make(tmp_path)
     from functools import partial
@@ -183,6 +185,6 @@ async def test_a_credential_the_workspace_refuses_is_passed_over(tmp_path: Path,
     from services.aml_submitter.aml.v2 import v2_api
 
     settings = standin.StandinSettings(registry=tmp_path / "registry")
-    h.backend._api = v2_api(partial(Client, settings=settings), standin=False)
+    h.backend.client._api = v2_api(partial(Client, settings=settings), standin=False)
     await h.backend.submit(_job("true"))
-    assert h.backend._auth == "cli"
+    assert h.backend.client._auth == "cli"

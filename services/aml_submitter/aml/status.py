@@ -38,7 +38,10 @@ A status word tunebus does not know is treated as not final (the run is watched 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from shared.messages import TrialStatus
 
@@ -48,6 +51,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "WAITING_STATUSES",
     "AmlRunStatus",
+    "failure_reason",
     "is_terminal",
     "trial_status_for",
 ]
@@ -120,3 +124,22 @@ def trial_status_for(status: str, *, canceled_as: TrialStatus = TrialStatus.USER
     if known == AmlRunStatus.CANCELED:
         return canceled_as
     return _TERMINAL_TRIAL_STATUS[known]
+
+
+#: The longest error text kept from a failed run (its tail: AML puts the cause last).
+ERROR_CHARS = 4000
+
+
+def failure_reason(details: Mapping[str, Any]) -> str | None:
+    """The error of a failed run from ``run.get_details()``, as one readable string."""
+    error = details.get("error")
+    while isinstance(error, Mapping) and isinstance(error.get("error"), Mapping):
+        error = error["error"]  # AML nests it: {"error": {"code": ..., "message": ...}}
+    if error is None or error == {}:
+        return None
+    if isinstance(error, Mapping):
+        code, message = error.get("code"), error.get("message")
+        text = f"{code}: {message}" if code and message else str(message or code or json.dumps(error))
+    else:
+        text = str(error)
+    return text[-ERROR_CHARS:]
