@@ -281,6 +281,10 @@ class TrialHeartbeat(Message):
 
     ROUTING_KEY: ClassVar[str] = "trial.heartbeat"
     trial_ids: list[str]
+    attempts: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, max_length=10_000,
+        description="Trial id → the attempt that runs: a beat of an older attempt (left running by a "
+                    "replica that stalled) does not keep a newer one alive. Absent from older replicas.")
     replica: str
 
 

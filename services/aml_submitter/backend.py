@@ -49,11 +49,12 @@ class Backend(Protocol):
         (the submission's retry would take the attempt for abandoned).
         """
 
-    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
-        """Stop the trial's job if this backend (replica) runs it; True if it did."""
+    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str,
+                   attempt: int | None = None) -> bool:
+        """Stop the trial's job (only ``attempt``'s, if given) if this replica runs it; True if it did."""
 
-    def running(self) -> dict[str, list[str]]:
-        """Trial ids this replica runs itself, by experiment (for heartbeats)."""
+    def running(self) -> dict[str, dict[str, int]]:
+        """What this replica runs itself, by experiment: trial id → attempt (for heartbeats)."""
 
     async def close(self) -> None:
         """Stop watching; local processes are terminated."""

@@ -125,16 +125,16 @@ class LocalBackend:
             self.sandbox = Sandbox(None)
             log.error("local trials are refused: %s", self._sandbox_error)
         self._interpreter: tuple[Path, list[str]] | None = None
-        self._running: dict[tuple[str, str], _Running] = {}
+        self._running: dict[tuple[str, str, int], _Running] = {}  # (experiment, trial, attempt)
         self._watchers: set[asyncio.Task[None]] = set()
         if not compile_trial_runtime():
             log.warning("could not write the bytecode of %s: every trial compiles the nni shim",
                         TRIAL_RUNTIME_DIR)
 
-    def running(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for exp, trial in self._running:
-            out.setdefault(exp, []).append(trial)
+    def running(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for exp, trial, attempt in self._running:
+            out.setdefault(exp, {})[trial] = max(attempt, out.get(exp, {}).get(trial, 0))
         return out
 
     async def _interpreter_for_trials(self) -> tuple[Path, list[str]]:
@@ -173,7 +173,7 @@ class LocalBackend:
 
     async def submit(self, job: JobRequest) -> None:
         who = job.who
-        key = (who.experiment_id, who.trial_id)
+        key = (who.experiment_id, who.trial_id, who.attempt)
         if key in self._running:
             return  # already running here (a duplicate submit)
         await self._interpreter_for_trials()
@@ -218,7 +218,7 @@ class LocalBackend:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, key: tuple[str, str], running: _Running) -> None:
+    async def _watch(self, key: tuple[str, str, int], running: _Running) -> None:
         code = await running.proc.wait()
         who = running.job.who
         # This replica no longer runs the trial: its heartbeat stops, its GPUs are free.
@@ -242,7 +242,7 @@ class LocalBackend:
         try:
             await asyncio.wait_for(self.upload_logs(who, running.log_dir), LOG_UPLOAD_TIMEOUT)
         except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
-            log.warning("uploading the logs of trial %s/%s failed: %r", *key, exc)
+            log.warning("uploading the logs of trial %s/%s attempt %d failed: %r", *key, exc)
         finally:
             # Nothing of a finished trial stays on this machine's disk (its logs are uploaded).
             for folder in (running.log_dir, running.output_dir):
@@ -262,18 +262,22 @@ class LocalBackend:
         log.error("gave up reporting the %s of trial %s/%s; its heartbeats or the dispatcher's checks "
                   "settle it", what, report.experiment_id, report.trial_id)
 
-    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
-        running = self._running.get((experiment_id, trial_id))
-        if running is None:
-            return False
+    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str,
+                   attempt: int | None = None) -> bool:
+        targets = [running for (exp, trial, n), running in self._running.items()
+                   if (exp, trial) == (experiment_id, trial_id) and attempt in (None, n)]
+        await asyncio.gather(*(self._kill(running, status, reason) for running in targets))
+        return bool(targets)
+
+    @staticmethod
+    async def _kill(running: _Running, status: TrialStatus, reason: str) -> None:
         running.kill_status = status
         running.kill_reason = reason
         _signal_group(running.proc.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(running.proc.wait()), KILL_GRACE_SECONDS)
-            return True
+            return
         _signal_group(running.proc.pid, signal.SIGKILL)
-        return True
 
     async def close(self) -> None:
         for running in list(self._running.values()):

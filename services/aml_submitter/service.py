@@ -292,15 +292,21 @@ class Submitter:
             log.warning("trial %s/%s attempt %d: releasing its claim failed: %r", msg.experiment_id,
                         msg.trial_id, msg.attempt, exc)
 
-    async def _mark_started(self, msg: TrialSubmit) -> None:
-        """Mark the claim "started". The job runs whatever happens here, so this never raises: it
-        retries a while (storage may be restarting), then leaves the claim "starting" (a
-        redelivered submit would then report the attempt lost, never start it twice)."""
+    async def _mark_started(self, msg: TrialSubmit, etag: str | None, backend: Backend) -> None:
+        """Mark the claim "started" — only if it is still ours (``etag``): another replica may
+        have abandoned it while this one stalled mid-start, and the dispatcher then runs a new
+        attempt; this attempt's job is stopped instead of running beside it. The job runs
+        whatever else happens here, so this never raises: it retries a while (storage may be
+        restarting), then leaves the claim "starting" (a redelivered submit would then report
+        the attempt lost, never start it twice)."""
         path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
         for delay in (*MARK_STARTED_RETRY_DELAYS, None):
             try:
                 await self.store.write_json(path, {"replica": self.replica, "state": "started",
-                                                   "time": datetime.now(UTC).isoformat()})
+                                                   "time": datetime.now(UTC).isoformat()}, etag=etag)
+                return
+            except ConcurrentWriteError:
+                await self._after_lost_claim(msg, path, backend)
                 return
             except Exception as exc:
                 if delay is None:
@@ -308,6 +314,21 @@ class Submitter:
                               msg.experiment_id, msg.trial_id, msg.attempt, exc)
                     return
                 await asyncio.sleep(delay)
+
+    async def _after_lost_claim(self, msg: TrialSubmit, path: str, backend: Backend) -> None:
+        """The claim changed under this replica while it started the job: stop the job if the
+        claim was abandoned (that attempt is reported lost; another runs in its place)."""
+        found = await self.store.read_json(path)
+        doc = found[0] if found is not None else {}
+        if doc.get("state") == "started" and doc.get("replica") == self.replica:
+            return  # our own earlier write got through; its answer was lost
+        if doc.get("state") != "abandoned":
+            return  # taken over by a replica that re-submits idempotently (an AML run): nothing to stop
+        log.warning("trial %s/%s attempt %d: its claim was abandoned by %s while this replica started it; "
+                    "stopping it", msg.experiment_id, msg.trial_id, msg.attempt, doc.get("replica"))
+        await backend.kill(msg.experiment_id, msg.trial_id, TrialStatus.SYS_CANCELED,
+                           f"its claim was abandoned by {doc.get('replica')} while {self.replica} started it "
+                           f"(the attempt was reported lost and runs again)", attempt=msg.attempt)
 
     # ------------------------------------------------------------------ handlers
 
@@ -360,7 +381,7 @@ class Submitter:
             if isinstance(exc, SubmitError):
                 raise TransientError(str(exc)) from exc
             raise
-        await self._mark_started(msg)
+        await self._mark_started(msg, etag, backend)
 
     async def _report_failed(self, msg: TrialSubmit, error: str) -> None:
         await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
@@ -376,10 +397,11 @@ class Submitter:
         while True:
             await asyncio.sleep(interval)
             for backend in self.backends.values():
-                for experiment_id, trials in backend.running().items():
+                for experiment_id, attempts in backend.running().items():
                     with contextlib.suppress(Exception):
-                        await self.bus.publish(TrialHeartbeat(experiment_id=experiment_id,
-                                                              trial_ids=trials, replica=self.replica))
+                        await self.bus.publish(TrialHeartbeat(
+                            experiment_id=experiment_id, trial_ids=list(attempts), attempts=attempts,
+                            replica=self.replica))
 
 
 def _replica_name() -> str:

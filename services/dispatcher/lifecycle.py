@@ -406,11 +406,13 @@ def apply_stop_request(state: ExperimentState, msg: TrialStopRequested, now: dat
 
 
 def apply_heartbeat(state: ExperimentState, msg: TrialHeartbeat, now: datetime) -> list[Message]:
-    """A submitter replica still runs these trials."""
+    """A submitter replica still runs these trials (a beat of another attempt says nothing of this one)."""
     for trial_id in msg.trial_ids:
         trial = state.trials.get(trial_id)
         # A trial asked to die keeps its kill grace period: heartbeats do not extend it.
         if trial is None or trial.ended or trial.kill_status is not None:
+            continue
+        if msg.attempts.get(trial_id, trial.attempt) != trial.attempt:
             continue
         trial.last_heartbeat = now
         if trial.status == TrialStatus.WAITING:

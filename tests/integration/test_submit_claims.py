@@ -93,11 +93,12 @@ def _submit(experiment_id: str) -> TrialSubmit:
     return TrialSubmit(experiment_id=experiment_id, trial_id="t1", sequence_id=0, parameters={"x": 0.5})
 
 
-async def _end(bus: FlakyBus, timeout: float = 60) -> TrialStatusChanged:
+async def _end(bus: FlakyBus, timeout: float = 60, lost: bool | None = None) -> TrialStatusChanged:
+    """The first end reported (with ``lost``: the first that is, or is not, a lost report)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for msg in bus.statuses():
-            if msg.status in TERMINAL_TRIAL_STATUSES:
+            if msg.status in TERMINAL_TRIAL_STATUSES and lost in (None, msg.lost):
                 return msg
         await asyncio.sleep(0.05)
     raise AssertionError(f"no end: {bus.published}")
@@ -165,3 +166,44 @@ async def test_a_claim_whose_start_failed_is_released_for_the_retry(store: BlobS
 
 async def _fails(job: object) -> None:
     raise SubmitError("throttled")
+
+
+async def test_a_replica_whose_claim_was_abandoned_while_it_started_stops_its_job(
+        store: BlobStore, work_dir: Path) -> None:
+    """Replica A stalls between starting the job and marking its claim started; meanwhile B
+    abandons the claim (reported lost, so the dispatcher runs attempt 2). A must not mark the
+    claim "started" over B's "abandoned" and leave its attempt running beside attempt 2."""
+    await _experiment(store, work_dir, "claims-d")
+    layout = Layout("claims-d")
+    (work_dir / "src" / "trial.py").write_text("import time\ntime.sleep(600)\n")
+    await store.write_bytes(layout.code_archive, build_code_archive(work_dir / "src"))
+    bus = FlakyBus()
+    slow = _submitter(store, work_dir, bus, "replica-a")
+    backend = slow.backends["local"]
+    started, resume = asyncio.Event(), asyncio.Event()
+    real_submit = backend.submit
+
+    async def stalls_after_starting(job: object) -> None:
+        await real_submit(job)  # type: ignore[arg-type]
+        started.set()
+        await resume.wait()  # e.g. a long GC pause or a frozen VM
+
+    backend.submit = stalls_after_starting  # type: ignore[method-assign]
+    first = asyncio.create_task(slow.on_submit(_submit("claims-d")))
+    await asyncio.wait_for(started.wait(), 60)
+    assert backend.running() == {"claims-d": {"t1": 1}}
+
+    other = _submitter(store, work_dir, bus, "replica-b")
+    other.backends["local"].claim_stale_seconds = 0.2  # type: ignore[attr-defined]
+    await other.on_submit(_submit("claims-d"))
+    [lost] = [s for s in bus.statuses() if s.lost]
+    assert lost.attempt == 1
+
+    resume.set()
+    await asyncio.wait_for(first, 60)
+    claim = await store.read_json(layout.claim_blob("t1", 1))
+    assert claim is not None and claim[0]["state"] == "abandoned", claim
+    end = await _end(bus, lost=False)
+    assert end.attempt == 1 and end.status == TrialStatus.SYS_CANCELED, end
+    assert end.error is not None and "abandoned" in end.error
+    assert backend.running() == {}

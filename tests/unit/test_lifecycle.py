@@ -299,6 +299,27 @@ def test_a_waiting_trial_with_no_sign_of_a_submitter_is_submitted_again_same_att
     assert not of(tick(state, p, T0 + timedelta(seconds=80)), TrialSubmit)
 
 
+def test_a_heartbeat_of_an_older_attempt_says_nothing_of_the_current_one() -> None:
+    # A replica that stalled mid-start may still run attempt 1 after it was given up (reported
+    # lost); its beats must neither mark attempt 2 RUNNING nor keep it alive once it is lost.
+    p = plan()
+    state, _ = started(p)
+    suggest(state, p, 0)
+    trial_id = state.by_sequence()[0].trial_id
+    trial = state.trials[trial_id]
+    trial.attempt = 2
+    before = trial.last_heartbeat
+    old = TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], attempts={trial_id: 1}, replica="stalled")
+    lifecycle.apply_heartbeat(state, old, T0 + timedelta(seconds=5))
+    assert trial.status == TrialStatus.WAITING and trial.last_heartbeat == before
+    current = TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], attempts={trial_id: 2}, replica="r")
+    lifecycle.apply_heartbeat(state, current, T0 + timedelta(seconds=6))
+    assert state.trials[trial_id].status == TrialStatus.RUNNING
+    assert state.trials[trial_id].last_heartbeat == T0 + timedelta(seconds=6)
+    lifecycle.apply_heartbeat(state, old, T0 + timedelta(seconds=30))
+    assert state.trials[trial_id].last_heartbeat == T0 + timedelta(seconds=6)
+
+
 def test_an_azure_ml_trial_whose_watch_went_silent_is_submitted_again_never_run_twice() -> None:
     p = plan(uses_heartbeats=False)
     state, _ = started(p)

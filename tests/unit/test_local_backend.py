@@ -35,9 +35,9 @@ def tmp_path() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _job(command: str, code_dir: Path, trial: str = "t1") -> JobRequest:
+def _job(command: str, code_dir: Path, trial: str = "t1", attempt: int = 1) -> JobRequest:
     return JobRequest(
-        who=TrialIdentity("exp1", trial, 3), parameters={"x": 0.5},
+        who=TrialIdentity("exp1", trial, 3, attempt), parameters={"x": 0.5},
         config={"trialCommand": command, "trainingService": {"platform": "local"}},
         code_dir=code_dir, metrics_url="http://127.0.0.1:9/acct/container?sig=x",
     )
@@ -95,7 +95,7 @@ async def test_kill_ends_the_trial_with_the_requested_status(tmp_path: Path) -> 
     rec = _Recorder()
     backend = _backend(tmp_path, rec)
     await backend.submit(_job("sleep 600", tmp_path))
-    assert backend.running() == {"exp1": ["t1"]}
+    assert backend.running() == {"exp1": {"t1": 1}}
     assert await backend.kill("exp1", "t1", TrialStatus.EARLY_STOPPED, "Medianstop")
     await asyncio.wait_for(rec.ended.wait(), 30)  # ended by the kill: the sleep alone takes 10 min
     assert rec.reports[-1].status == TrialStatus.EARLY_STOPPED
@@ -164,3 +164,22 @@ def test_the_trial_runtime_is_compiled_so_trials_do_not_compile_it(tmp_path: Pat
     assert not cached.exists()
     assert compile_trial_runtime(copy)
     assert cached.exists() and cached.stat().st_mtime >= shim.stat().st_mtime
+
+
+async def test_two_attempts_of_a_trial_run_apart_and_a_kill_may_name_one(tmp_path: Path) -> None:
+    # Attempt 1 left running by a stalled start, attempt 2 sent to this same replica: both run,
+    # the heartbeat names the newer, and stopping attempt 1 leaves attempt 2 alone.
+    rec = _Recorder()
+    backend = _backend(tmp_path, rec)
+    await backend.submit(_job("sleep 600", tmp_path, attempt=1))
+    await backend.submit(_job("sleep 600", tmp_path, attempt=2))
+    await backend.submit(_job("sleep 600", tmp_path, attempt=2))  # a duplicate: started once
+    assert backend.running() == {"exp1": {"t1": 2}}
+    assert await backend.kill("exp1", "t1", TrialStatus.SYS_CANCELED, "abandoned", attempt=1)
+    await asyncio.wait_for(rec.ended.wait(), 30)
+    [end] = [r for r in rec.reports if r.status != TrialStatus.RUNNING]
+    assert end.attempt == 1 and end.status == TrialStatus.SYS_CANCELED
+    assert backend.running() == {"exp1": {"t1": 2}}
+    assert sorted(r.attempt for r in rec.reports if r.status == TrialStatus.RUNNING) == [1, 2]
+    assert await backend.kill("exp1", "t1", TrialStatus.USER_CANCELED, "stop")  # any attempt
+    await backend.close()

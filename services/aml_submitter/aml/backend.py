@@ -242,11 +242,12 @@ class AmlBackend:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str) -> bool:
+    async def kill(self, experiment_id: str, trial_id: str, status: TrialStatus, reason: str,
+                   attempt: int | None = None) -> bool:
         """Per-replica kills do not apply: AML runs are cancelled from the shared kill queue."""
         return False
 
-    def running(self) -> dict[str, list[str]]:
+    def running(self) -> dict[str, dict[str, int]]:
         """None: AML runs carry no heartbeat, they are watched by tickets."""
         return {}
 
@@ -294,7 +295,7 @@ class AmlBackend:
         if time.time() - float(state.get("beat_at", 0.0)) >= self.options.heartbeat_seconds:
             # The dispatcher's sign that this watch lives: silence means its ticket was lost.
             await self.report(TrialHeartbeat(experiment_id=who.experiment_id, trial_ids=[who.trial_id],
-                                             replica="aml-watch"))
+                                             attempts={who.trial_id: who.attempt}, replica="aml-watch"))
             state["beat_at"] = time.time()
         await self._next_check(ticket, state, self.options.poll_seconds)
 
