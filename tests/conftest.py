@@ -277,3 +277,16 @@ def amqp_vhost(infra: Infra) -> Iterator[str]:
     infra.rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
     yield infra.amqp_url.rstrip("/") + "/" + quote(name, safe="")
     infra.rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A temporary folder the trial user can reach (pytest's own tmp folders are private to root),
+    for trials' work folders and the files tests hand them."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

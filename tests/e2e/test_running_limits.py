@@ -8,10 +8,7 @@ while they run is decided by the test, not by how fast the machine is.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +35,9 @@ nni.report_final_result(params["x"])
 
 
 @pytest.fixture
-def release() -> Iterator[Path]:
+def release(reachable_dir: Path) -> Path:
     """Where the barrier file goes: a folder the trial user can read."""
-    folder = Path(tempfile.mkdtemp(prefix="tunebus-barrier-"))
-    folder.chmod(0o755)
-    yield folder / "release"
-    shutil.rmtree(folder, ignore_errors=True)
+    return reachable_dir / "release"
 
 
 def _running(state: ExperimentState) -> int:

@@ -7,9 +7,8 @@ import asyncio
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,8 @@ AML = {"platform": "aml", "subscriptionId": "sub", "resourceGroup": "rg", "works
 
 
 @pytest.fixture
-def work_dir() -> Iterator[Path]:
-    """A work folder trials can reach (pytest's own tmp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="tunebus-hostile-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def work_dir(reachable_dir: Path) -> Path:
+    return reachable_dir
 
 
 @pytest.fixture

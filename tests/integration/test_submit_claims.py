@@ -9,10 +9,8 @@ again into the same results blob, and the trial FAILED with "sequence 0 reported
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,12 +54,8 @@ class FlakyBus:
 
 
 @pytest.fixture
-def work_dir() -> Iterator[Path]:
-    """A work folder trials can reach (pytest's own tmp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="tunebus-claims-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def work_dir(reachable_dir: Path) -> Path:
+    return reachable_dir
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ and a deployment without local trials."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,17 +59,10 @@ def test_a_root_submitter_runs_trials_as_the_trial_user_with_no_new_privileges()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-def test_a_trial_user_who_cannot_reach_the_venv_gets_a_bridge_to_its_packages() -> None:
+def test_a_trial_user_who_cannot_reach_the_venv_gets_a_bridge_to_its_packages(reachable_dir: Path) -> None:
     sandbox = Sandbox.for_this_process()
     assert sandbox.user is not None
-    tmp_path = Path(tempfile.mkdtemp(prefix="tunebus-bridge-"))  # pytest's tmp_path is root's alone
-    try:
-        _check_the_bridge(sandbox, tmp_path)
-    finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)
-
-
-def _check_the_bridge(sandbox: Sandbox, tmp_path: Path) -> None:
+    tmp_path = reachable_dir
     # The venv's interpreter behind a folder only root may pass (as a venv on a pyenv under /root).
     private = tmp_path / "private"
     (private / "bin").mkdir(parents=True)
