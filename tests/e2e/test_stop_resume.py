@@ -12,30 +12,40 @@ from tests.e2e.conftest import Stack, wait_finished, wait_until, write_experimen
 
 pytestmark = pytest.mark.e2e
 
-SLOW_TRIAL = """import time
+# The first trial ends at once; the others hold on a barrier the test controls until they are
+# stopped (before the stop, so it lands while they run, however slow the machine) or released.
+HELD_TRIAL = """import os, sys, time
 import nni
 params = nni.get_next_parameter()
-time.sleep(2.5)
+deadline = time.monotonic() + 300
+while nni.get_sequence_id() > 0 and not os.path.exists({release!r}):
+    if time.monotonic() > deadline:
+        sys.exit("never released")
+    time.sleep(0.05)
 nni.report_final_result(params["x"])
 """
 
 
-async def test_a_stopped_experiment_resumes_and_runs_to_its_limit(stack: Stack, tmp_path: Path) -> None:
-    config = write_experiment(tmp_path, SLOW_TRIAL, trialConcurrency=2, maxTrialNumber=5)
+async def test_a_stopped_experiment_resumes_and_runs_to_its_limit(stack: Stack, tmp_path: Path,
+                                                                  reachable_dir: Path) -> None:
+    release = reachable_dir / "release"
+    config = write_experiment(tmp_path, HELD_TRIAL.format(release=str(release)), trialConcurrency=2,
+                              maxTrialNumber=5)
     created = stack.cli("create", "--config", str(config), "--json")
     assert created.returncode == 0, created.stderr
     experiment_id = json.loads(created.stdout.strip().splitlines()[-1])["id"]
 
     await wait_until(stack, experiment_id, lambda s: s.trials_by_status().get("SUCCEEDED", 0) >= 1
-                     and len(s.running()) >= 1)
+                     and len(s.running()) == 2)
     stopped = stack.cli("stop", experiment_id)
     assert stopped.returncode == 0, stopped.stderr
     state = await wait_finished(stack, experiment_id)
     assert state.status == "STOPPED"
     cancelled = [t.trial_id for t in state.trials.values() if t.status == TrialStatus.USER_CANCELED]
     succeeded = [t.trial_id for t in state.trials.values() if t.status == TrialStatus.SUCCEEDED]
-    assert cancelled and succeeded and len(state.trials) < 5
+    assert len(cancelled) == 2 and len(succeeded) == 1 and len(state.trials) == 3
 
+    release.touch()  # trials run to their end from now on
     assert stack.cli("resume", "nosuchid").returncode == 2
     resumed = stack.cli("resume", experiment_id, "--wait", "--json", timeout=120)
     assert resumed.returncode == 0, resumed.stderr + stack.logs()
