@@ -53,9 +53,10 @@ from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
 from shared.service import Running
 from shared.settings import CommonSettings
+from shared.shards import ShardedConsumer
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
-from shared.topology import TUNER_QUEUE
+from shared.topology import TUNER_QUEUE, TUNER_SHARDS
 
 from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, WaitForResults, create_tuner
 from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
@@ -333,6 +334,16 @@ class TunerService:
         # The worker's folder (its cwd): removing it under a process about to be killed is harmless.
         shutil.rmtree(self._experiment_folder(experiment_id), ignore_errors=True)
 
+    async def forget(self, experiment_ids: list[str]) -> None:
+        """Drop these experiments' sessions (and what is known of their end): another replica
+        handles them now, so a session here would miss what it learns. Rebuilt from storage if
+        they come back. Each waits for its experiment's handler in hand, if any."""
+        for experiment_id in experiment_ids:
+            async with self._locks.hold(experiment_id):
+                self._end_session(experiment_id)
+                self._failed.discard(experiment_id)
+                self._finished.pop(experiment_id, None)
+
     # ------------------------------------------------------------------ handlers
 
     async def on_suggest(self, msg: SuggestRequest) -> None:
@@ -507,11 +518,14 @@ async def start(settings: TunerSettings) -> Running:
     service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
                            work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
-    await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=max(32, settings.tuner_concurrency),
-                      concurrency=settings.tuner_concurrency)
-    log.info("tuner consuming %s", TUNER_QUEUE.name)
+    await bus.drain_legacy_queue(TUNER_QUEUE, TUNER_SHARDS)
+    consumer = ShardedConsumer(bus, TUNER_SHARDS, service.handlers(),
+                               prefetch=max(32, settings.tuner_concurrency),
+                               concurrency=settings.tuner_concurrency, on_release=service.forget)
+    await consumer.start()
 
     async def shutdown() -> None:
+        await consumer.stop()
         await bus.close()
         await store.close()
 
