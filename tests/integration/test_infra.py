@@ -285,9 +285,10 @@ def test_compose_structure():
         login = urlsplit(env["TUNEBUS_AMQP_URL"])
         assert login.username and login.username.startswith("tunebus-") and login.password is None, name
         assert env["TUNEBUS_AMQP_PASSWORD_FILE"].startswith("/credentials/amqp-tunebus-"), name
-    submitter = services["aml-submitter"]
-    assert "container_name" not in submitter, "a fixed container name stops --scale"
-    assert "ports" not in submitter, "host ports stop --scale"
+    for scaled in ("aml-submitter", "tuner", "dispatcher"):  # README, Scaling: --scale each
+        assert "container_name" not in services[scaled], f"{scaled}: a fixed container name stops --scale"
+        assert "ports" not in services[scaled], f"{scaled}: host ports stop --scale"
+        assert "hostname" not in services[scaled], f"{scaled}: a fixed hostname makes replicas' names clash"
     for name in SERVICES:
         depends = services[name]["depends_on"]
         assert {dep: spec["condition"] for dep, spec in depends.items()} == {
@@ -320,6 +321,19 @@ def test_deploy_local_env_follows_ports(tmp_path):
     missing = subprocess.run([str(REPO_ROOT / "deploy/local"), "env"], env=env, capture_output=True,
                              text=True, check=False)
     assert missing.returncode != 0 and "deploy/local up" in missing.stderr
+
+
+def test_deploy_local_up_takes_replica_counts_for_tuners_and_dispatchers(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "TUNEBUS_LOCAL_DIR": str(tmp_path)}
+    for bad in (("--tuners", "0"), ("--dispatchers", "two"), ("--submitters", "100")):
+        refused = subprocess.run([str(REPO_ROOT / "deploy/local"), "up", *bad], env=env, capture_output=True,
+                                 text=True, check=False)
+        assert refused.returncode != 0 and f"{bad[0]} wants a number from 1 to 99" in refused.stderr, refused
+    # The instances `up` starts: the first replica keeps the plain name (logs, the supervisor).
+    script = f'REPO_ROOT={REPO_ROOT}; source "$REPO_ROOT/deploy/lib/services.sh"; service_instances 2 3 2'
+    listed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["tuner", "tuner-2", "tuner-3", "dispatcher", "dispatcher-2",
+                                     "metric_ingestor", "dashboard", "aml_submitter-1", "aml_submitter-2"]
 
 
 def test_deploy_local_takes_a_zombie_for_dead(tmp_path: Path) -> None:

@@ -212,3 +212,30 @@ async def test_a_legacy_single_queue_is_drained_into_the_shards_and_deleted(amqp
     finally:
         await bus.close()
     assert got == [0, 1, 2, 3, 4]
+
+
+async def test_a_message_without_the_experiment_header_reaches_a_shard_and_is_handled(
+        amqp_vhost: str) -> None:
+    """A publisher that sets no header (an earlier version, a program of one's own): the hash
+    exchange still routes it to a shard, and nothing breaks."""
+    bus = await _bus(amqp_vhost)
+    got: list[str] = []
+
+    async def on_suggest(msg: SuggestRequest) -> None:
+        got.append(msg.experiment_id)
+
+    try:
+        for shard in TUNER_SHARDS.queues():
+            await bus.consume(shard, {SuggestRequest: on_suggest})
+        connection = await aio_pika.connect(amqp_vhost)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            events = await channel.get_exchange(EVENTS_EXCHANGE)
+            for experiment in ("bare1", "bare2"):
+                body = SuggestRequest(experiment_id=experiment, parameter_ids=[1]).model_dump_json().encode()
+                await events.publish(aio_pika.Message(body), routing_key="suggest.request")
+        await bus.publish(SuggestRequest(experiment_id="with-header", parameter_ids=[1]))
+        await _until(lambda: len(got) == 3, "all three requests")
+    finally:
+        await bus.close()
+    assert sorted(got) == ["bare1", "bare2", "with-header"]
