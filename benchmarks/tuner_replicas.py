@@ -230,6 +230,8 @@ def main() -> None:
                 stop_extra_tuners(state_dir)
                 env = stack_env(tuners)
                 time.sleep(6)  # the replicas see each other and share the shards out (shared/shards.py)
+                # Warm-up, not counted: each replica imports the GP's libraries on its first experiment.
+                asyncio.run(run_cpu(env, 6, 2, tuners, args.deadline))
                 results.append(asyncio.run(run_cpu(env, args.experiments or 8, args.trials or 30, tuners,
                                                    args.deadline)))
                 print(json.dumps(results[-1]), flush=True)
