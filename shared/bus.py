@@ -374,6 +374,15 @@ class Bus:
         await exchange.publish(aio_pika.Message(body, content_type="application/json"),
                                routing_key=routing_key, mandatory=False, timeout=PUBLISH_CONFIRM_TIMEOUT)
 
+    async def drain_retired_queues(self, sharded: ShardedQueues, legacy: QueueSpec) -> int:
+        """Drain ``legacy`` (the single queue before shards) and the shard queues beyond the
+        present count (a deployment that had more) into the shards. Returns how many moved."""
+        moved = 0
+        # Retired shards first: once unbound, nothing drained from the legacy queue hashes to them.
+        for retired in (*sharded.retired_queues(), legacy):
+            moved += await self.drain_legacy_queue(retired, sharded)
+        return moved
+
     async def drain_legacy_queue(self, legacy: QueueSpec, sharded: ShardedQueues) -> int:
         """Move what waits in a queue the shards replaced into the shards, then delete it.
 
@@ -391,7 +400,7 @@ class Bus:
                 log.warning("%s still has consumers (earlier replicas): not drained yet", legacy.name)
                 return 0
             for key in legacy.bindings:
-                await queue.unbind(EVENTS_EXCHANGE, routing_key=key)
+                await queue.unbind(legacy.exchange, routing_key=key)
             target = await channel.get_exchange(sharded.exchange, ensure=False)
             moved = 0
             await channel.set_qos(prefetch_count=1)

@@ -163,6 +163,12 @@ class ShardedQueues:
     def queues(self) -> tuple[QueueSpec, ...]:
         return tuple(self.queue(i) for i in range(self.count))
 
+    def retired_queues(self) -> tuple[QueueSpec, ...]:
+        """Shard queues a deployment with more shards had (up to :data:`MAX_SHARDS`): drained
+        into the present shards and deleted when a replica starts (Bus.drain_retired_queue)."""
+        bigger = ShardedQueues(self.service, self.bindings, MAX_SHARDS)
+        return tuple(bigger.queue(i) for i in range(self.count, MAX_SHARDS))
+
 
 def shard_count(environ: Mapping[str, str] | None = None) -> int:
     """How many shards the dispatcher and the tuner each have (``TUNEBUS_SHARDS``, default 8).

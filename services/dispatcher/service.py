@@ -434,7 +434,7 @@ async def start(settings: DispatcherSettings) -> Running:
     bus = Bus(settings.amqp_url, service="dispatcher")
     await bus.connect()
     dispatcher = Dispatcher(bus, store, settings.policy(), settings.suggestion_lookahead)
-    await bus.drain_legacy_queue(DISPATCHER_QUEUE, DISPATCHER_SHARDS)
+    await bus.drain_retired_queues(DISPATCHER_SHARDS, DISPATCHER_QUEUE)
     consumer = ShardedConsumer(bus, DISPATCHER_SHARDS, dispatcher.handlers(),
                                prefetch=max(32, settings.dispatcher_concurrency),
                                concurrency=settings.dispatcher_concurrency, on_release=dispatcher.forget)

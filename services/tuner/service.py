@@ -518,7 +518,7 @@ async def start(settings: TunerSettings) -> Running:
     service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
                            work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
-    await bus.drain_legacy_queue(TUNER_QUEUE, TUNER_SHARDS)
+    await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE)
     consumer = ShardedConsumer(bus, TUNER_SHARDS, service.handlers(),
                                prefetch=max(32, settings.tuner_concurrency),
                                concurrency=settings.tuner_concurrency, on_release=service.forget)

@@ -184,7 +184,8 @@ async def test_a_slow_experiment_holds_up_only_itself(amqp_vhost: str) -> None:
     assert [pid for e, pid in order if e == "fast1"] == [0, 1, 2]
 
 
-async def test_a_legacy_single_queue_is_drained_into_the_shards_and_deleted(amqp_vhost: str) -> None:
+async def test_a_legacy_single_queue_and_a_retired_shard_are_drained_into_the_shards_and_deleted(
+        amqp_vhost: str) -> None:
     connection = await aio_pika.connect(amqp_vhost)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -197,6 +198,17 @@ async def test_a_legacy_single_queue_is_drained_into_the_shards_and_deleted(amqp
             body = SuggestRequest(experiment_id="old", parameter_ids=[pid]).model_dump_json().encode()
             await events.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                                  routing_key="suggest.request")
+        # A deployment that had one more shard than this one: its last shard holds a request.
+        retired = TUNER_SHARDS.retired_queues()[0]
+        hashing = await channel.declare_exchange(TUNER_SHARDS.exchange, "x-consistent-hash", durable=True,
+                                                 arguments=TUNER_SHARDS.exchange_spec().arguments)
+        shard = await channel.declare_queue(retired.name, durable=True, arguments=retired.declare_arguments())
+        await shard.bind(hashing, routing_key="1")
+        direct = await channel.declare_exchange("test.direct", "direct", auto_delete=True)
+        await shard.bind(direct, routing_key="suggest.request")
+        body = SuggestRequest(experiment_id="older", parameter_ids=[99]).model_dump_json().encode()
+        await direct.publish(aio_pika.Message(body, headers={EXPERIMENT_HEADER: "older"}),
+                             routing_key="suggest.request")
     bus = await _bus(amqp_vhost)
     got: list[int] = []
 
@@ -204,14 +216,14 @@ async def test_a_legacy_single_queue_is_drained_into_the_shards_and_deleted(amqp
         got.append(msg.parameter_ids[0])
 
     try:
-        assert await bus.drain_legacy_queue(TUNER_QUEUE, TUNER_SHARDS) == 5
-        for shard in TUNER_SHARDS.queues():
-            await bus.consume(shard, {SuggestRequest: on_suggest})
-        await _until(lambda: len(got) == 5, "the drained requests")
-        assert await bus.drain_legacy_queue(TUNER_QUEUE, TUNER_SHARDS) == 0  # gone
+        assert await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE) == 6
+        for present in TUNER_SHARDS.queues():
+            await bus.consume(present, {SuggestRequest: on_suggest})
+        await _until(lambda: len(got) == 6, "the drained requests")
+        assert await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE) == 0  # gone
     finally:
         await bus.close()
-    assert got == [0, 1, 2, 3, 4]
+    assert [pid for pid in got if pid != 99] == [0, 1, 2, 3, 4] and 99 in got
 
 
 async def test_a_message_without_the_experiment_header_reaches_a_shard_and_is_handled(
