@@ -119,7 +119,9 @@ def check_algorithm_code(msg: ExperimentStart, config: ExperimentConfig) -> dict
 
 
 class Dispatcher:
-    """Applies events to experiments; one instance per process (one active consumer)."""
+    """Applies events to experiments; one instance per process. Its handlers run for several
+    experiments at once, one message at a time per experiment (the bus sees to that); the
+    experiments of a shard another replica took over are forgotten (:meth:`forget`)."""
 
     def __init__(self, bus: Bus, store: BlobStore, policy: Policy, lookahead: int = 1) -> None:
         self.bus = bus
