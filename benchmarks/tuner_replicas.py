@@ -220,6 +220,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         if args.mode == "slow":
+            stop_extra_tuners(state_dir)  # one tuner: what a slow experiment could hold up
             env = stack_env(1)
             for with_slow in (False, True):
                 run = run_slow(env, args.experiments or 50, args.trials or 100, with_slow, args.deadline)
