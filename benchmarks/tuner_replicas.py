@@ -200,7 +200,19 @@ async def run_cpu(env: dict[str, str], experiments: int, trials: int, tuners: in
         await connection.close()
     wall = max(events.finished[i][1] for i in ids)
     return {"mode": "cpu", "tuners": tuners, "experiments": experiments, "trials_each": trials,
-            "wall_s": round(wall, 1), "load_before": float(load)}
+            "wall_s": round(wall, 1), "load_before": float(load),
+            "experiments_per_replica": _experiments_per_replica(tag)}
+
+
+def _experiments_per_replica(tag: str) -> dict[str, int]:
+    """How many of this run's experiments each tuner replica built a session for (its log)."""
+    logs = Path(os.environ["TUNEBUS_LOCAL_DIR"]) / "logs"
+    counts = {}
+    for log in sorted(logs.glob("tuner*.log")):
+        text = log.read_text(errors="replace")
+        counts[log.stem] = len({line.split()[5] for line in text.splitlines()
+                                if f"experiment gp{tag}" in line and "rebuilt" in line})
+    return counts
 
 
 def main() -> None:
