@@ -63,6 +63,7 @@ __all__ = [
     "Bus",
     "Consumption",
     "Handler",
+    "KeyedLocks",
     "PermanentError",
     "TransientError",
     "parse_message",

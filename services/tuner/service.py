@@ -21,20 +21,18 @@ one experiment run one at a time, in queue order; different experiments' run sid
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from shared.bus import Bus, PermanentError
+from shared.bus import Bus, KeyedLocks, PermanentError
 from shared.messages import (
     FINISHED_EXPERIMENT_STATUSES,
     ExperimentError,
@@ -107,28 +105,6 @@ class TunerSettings(CommonSettings):
     )
 
 
-class _ExperimentLocks:
-    """One asyncio lock per experiment with messages in hand, dropped when nobody holds or waits."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, experiment_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(experiment_id, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[experiment_id] = (lock, users + 1)
-        try:
-            async with lock:  # FIFO: an experiment's messages keep their queue order
-                yield
-        finally:
-            lock, users = self._locks[experiment_id]
-            if users == 1:
-                del self._locks[experiment_id]
-            else:
-                self._locks[experiment_id] = (lock, users - 1)
-
-
 def experiment_seed(experiment_id: str, class_args: dict[str, Any], start_seed: int | None) -> int:
     """classArgs' seed, else the start message's, else one derived from the experiment id."""
     if class_args.get("seed") is not None:
@@ -184,7 +160,7 @@ class TunerService:
         self.custom_call_timeout = custom_call_timeout
         self.custom_memory_limit_bytes = custom_memory_limit_mb * 2**20
         self.work_dir = work_dir or TunerSettings.model_fields["tuner_work_dir"].get_default()
-        self._locks = _ExperimentLocks()
+        self._locks = KeyedLocks()  # one FIFO lock per experiment with messages in hand
         self._sessions: dict[str, _Session] = {}
         self._failed: set[str] = set()
         # Experiments seen to finish: late messages for them must not rebuild a session.
