@@ -38,11 +38,12 @@ from shared.topology import (
     AML_KILL_QUEUE,
     AML_WATCH_QUEUE,
     DEAD_LETTER_EXCHANGE,
-    DISPATCHER_QUEUE,
+    DISPATCHER_SHARDS,
     EVENTS_EXCHANGE,
     INGESTOR_QUEUE,
     SUBMIT_QUEUE,
-    TUNER_QUEUE,
+    TUNER_SHARDS,
+    event_routing_keys,
 )
 
 __all__ = [
@@ -76,11 +77,11 @@ class BrokerUser:
 
 
 USERS: tuple[BrokerUser, ...] = (
-    BrokerUser("tunebus-dispatcher", (DISPATCHER_QUEUE.name,),
+    BrokerUser("tunebus-dispatcher", (f"{DISPATCHER_SHARDS.queue(0).name[:-1]}<k>",),
                ("experiment.status", "suggest.request", "trial.submit", "trial.kill", "trial.ended",
                 # trial.status: a lost job's end, or an end the ingestor never got, sent again
                 "trial.status", "ticket.dispatcher.tick")),
-    BrokerUser("tunebus-tuner", (TUNER_QUEUE.name,),
+    BrokerUser("tunebus-tuner", (f"{TUNER_SHARDS.queue(0).name[:-1]}<k>",),
                ("trial.suggested", "trial.stop_request", "experiment.error")),
     BrokerUser("tunebus-submitter",
                (SUBMIT_QUEUE.name, AML_WATCH_QUEUE.name, AML_KILL_QUEUE.name, "tunebus.submitter.<replica>"),
@@ -140,10 +141,7 @@ def definitions(folder: Path, vhost: str = "/") -> dict[str, Any]:
 
 def _bound_keys(user: BrokerUser) -> tuple[str, ...]:
     """Every service declares (so binds) the whole topology: all its queues' routing keys."""
-    from shared.topology import QUEUES
-
-    keys = {key for spec in QUEUES if spec.exchange == EVENTS_EXCHANGE for key in spec.bindings}
-    return tuple(sorted(keys))
+    return event_routing_keys()
 
 
 def _user(name: str, password: str, tags: str) -> dict[str, Any]:

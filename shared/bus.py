@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,15 +49,21 @@ from shared.topology import (
     DELAY_HEADER,
     EVENTS_EXCHANGE,
     EXCHANGES,
+    EXPERIMENT_HEADER,
     QUEUES,
+    REPLICAS_EXCHANGE,
+    SHARDED,
     QueueSpec,
+    ShardedQueues,
     delay_bucket_for,
     delay_queue_name,
 )
 
 __all__ = [
     "Bus",
+    "Consumption",
     "Handler",
+    "KeyedLocks",
     "PermanentError",
     "TransientError",
     "parse_message",
@@ -74,6 +80,8 @@ RETRY_FOR_HEADER = "x-tunebus-retry-for"
 RETRY_ATTEMPT_HEADER = "x-tunebus-attempt"
 PUBLISH_CONFIRM_TIMEOUT = 10.0
 PUBLISH_ATTEMPTS = 3
+# Draining a queue the shards replaced stops once it has delivered nothing for this long.
+LEGACY_IDLE_SECONDS = 2.0
 # A message body larger than this is refused (dead-lettered) before it is parsed.
 MAX_BODY_BYTES = 1 << 20
 # Retries of a message whose handler raised TransientError: about half an hour in all.
@@ -149,7 +157,7 @@ class Bus:
         self._events: AbstractExchange | None = None
         self._dlx: AbstractExchange | None = None
         self._delay: AbstractExchange | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._consumers: list[Consumption] = []
         self._in_flight: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,10 +185,17 @@ class Bus:
         channel = self._require_channel()
         exchanges: dict[str, AbstractExchange] = {}
         for ex in EXCHANGES:
-            exchanges[ex.name] = await channel.declare_exchange(ex.name, ex.type, durable=True)
+            exchanges[ex.name] = await channel.declare_exchange(ex.name, ex.type, durable=True,
+                                                                arguments=ex.arguments or None)
         self._events = exchanges[EVENTS_EXCHANGE]
         self._dlx = exchanges[DEAD_LETTER_EXCHANGE]
         self._delay = exchanges[DELAY_EXCHANGE]
+        for sharded in SHARDED:
+            hashing = sharded.exchange_spec()
+            shards = await channel.declare_exchange(hashing.name, hashing.type, durable=True,
+                                                    arguments=hashing.arguments)
+            for key in sharded.bindings:
+                await shards.bind(self._events, routing_key=key)
         for spec in QUEUES:
             await self._declare_queue(channel, spec)
 
@@ -198,9 +213,9 @@ class Bus:
 
     async def close(self, *, grace: float = 10.0) -> None:
         """Stop consuming, wait (bounded) for handlers in flight, close the connection."""
-        for queue, tag in self._consumers:
+        for consumption in self._consumers:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await consumption.queue.cancel(consumption.tag)
         self._consumers.clear()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=grace)
@@ -282,7 +297,8 @@ class Bus:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=msg.message_id,
             type=type(msg).__name__,
-            headers=headers or {},
+            # What the sharded services' consistent-hash exchanges route on.
+            headers={**(headers or {}), EXPERIMENT_HEADER: msg.experiment_id},
         )
 
     def _on_return(self, channel: Any, message: AbstractIncomingMessage) -> None:
@@ -298,33 +314,143 @@ class Bus:
         *,
         prefetch: int = 1,
         concurrency: int = 1,
-    ) -> None:
+        per_experiment: bool = False,
+    ) -> Consumption:
         """Consume ``spec`` on its own channel and route each message to its type's handler.
 
         ``concurrency`` 1 handles deliveries strictly in order (dispatcher, tuner); more lets
-        up to that many handlers run at once (submitters, ingestors).
+        up to that many handlers run at once (submitters, ingestors). With ``per_experiment``,
+        deliveries of one experiment (:data:`EXPERIMENT_HEADER`) are handled one at a time in
+        queue order while other experiments' go on beside them: a slow experiment holds up
+        only itself.
         """
         assert self._connection is not None, "Bus.connect() was not called"
         channel = await self._connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=max(prefetch, concurrency))
         queue = await self._declare_queue(channel, spec)
+        consumption = Consumption(spec, queue, channel)
         # aio-pika runs each delivery's callback as its own task, in delivery order; the
-        # semaphore's FIFO waiters keep that order, and with concurrency 1 make it strict.
+        # semaphore's (and the experiment locks') FIFO waiters keep that order, and with
+        # concurrency 1 make it strict.
         gate = asyncio.Semaphore(concurrency)
+        locks = KeyedLocks()
 
         async def on_message(delivery: AbstractIncomingMessage) -> None:
-            async with gate:
+            if consumption.stopping:
+                return  # left unacked: back to the queue when the channel closes (stop())
+            experiment = _text((delivery.headers or {}).get(EXPERIMENT_HEADER, ""))
+            async with locks.hold(experiment if per_experiment else ""), gate:
+                if consumption.stopping:
+                    return
                 task = asyncio.current_task()
                 if task is not None:
                     self._in_flight.add(task)
+                    consumption.in_flight.add(task)
+                consumption.saw(experiment)
                 try:
                     await self._handle(spec, handlers, delivery)
                 finally:
                     if task is not None:
                         self._in_flight.discard(task)
+                        consumption.in_flight.discard(task)
 
-        tag = await queue.consume(on_message)
-        self._consumers.append((queue, tag))
+        if not per_experiment:
+            locks = KeyedLocks(shared=True)
+        consumption.tag = await queue.consume(on_message)
+        self._consumers.append(consumption)
+        return consumption
+
+    async def consume_raw(self, spec: QueueSpec,
+                          callback: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        """Consume ``spec`` (an exclusive queue of this process's) without acks or validation."""
+        assert self._connection is not None, "Bus.connect() was not called"
+        channel = await self._connection.channel(publisher_confirms=False)
+        queue = await self._declare_queue(channel, spec)
+        await queue.consume(callback, no_ack=True)
+
+    async def announce(self, routing_key: str, body: bytes) -> None:
+        """Publish a transient note on the replicas exchange (replicas of a sharded service)."""
+        channel = self._require_channel()
+        exchange = await channel.get_exchange(REPLICAS_EXCHANGE, ensure=False)
+        await exchange.publish(aio_pika.Message(body, content_type="application/json"),
+                               routing_key=routing_key, mandatory=False, timeout=PUBLISH_CONFIRM_TIMEOUT)
+
+    async def drain_retired_queues(self, sharded: ShardedQueues, legacy: QueueSpec) -> int:
+        """Drain ``legacy`` (the single queue before shards) and the shard queues beyond the
+        present count (a deployment that had more) into the shards. Returns how many moved."""
+        moved = 0
+        # Retired shards first: once unbound, nothing drained from the legacy queue hashes to them.
+        for retired in (*sharded.retired_queues(), legacy):
+            moved += await self.drain_legacy_queue(retired, sharded)
+        return moved
+
+    async def drain_legacy_queue(self, legacy: QueueSpec, sharded: ShardedQueues) -> int:
+        """Move what waits in a queue the shards replaced into the shards, then delete it.
+
+        Left alone while it still has consumers (replicas of the earlier version): the last of
+        them to go, or the next start, drains it. Returns how many messages were moved.
+        """
+        assert self._connection is not None, "Bus.connect() was not called"
+        channel = await self._connection.channel(publisher_confirms=True)
+        try:
+            try:
+                queue = await channel.declare_queue(legacy.name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return 0  # never there, or drained before
+            if queue.declaration_result.consumer_count:
+                log.warning("%s still has consumers (earlier replicas): not drained yet", legacy.name)
+                return 0
+            for key in legacy.bindings:
+                await queue.unbind(legacy.exchange, routing_key=key)
+            target = await channel.get_exchange(sharded.exchange, ensure=False)
+            moved = 0
+            await channel.set_qos(prefetch_count=1)
+            # Consumed, not fetched: a quorum queue with a single active consumer refuses basic.get.
+            with contextlib.suppress(TimeoutError):
+                async with queue.iterator(timeout=LEGACY_IDLE_SECONDS) as deliveries:
+                    async for delivery in deliveries:
+                        await target.publish(self._moved(delivery), routing_key=delivery.routing_key or "",
+                                             timeout=PUBLISH_CONFIRM_TIMEOUT)
+                        await delivery.ack()
+                        moved += 1
+            # Unbound before it was drained, so nothing can arrive now; quorum queues take no if-empty.
+            left = await channel.declare_queue(legacy.name, passive=True)
+            if left.declaration_result.message_count == 0:
+                await queue.delete(if_unused=False, if_empty=False)
+            log.info("drained %d messages of %s into %s", moved, legacy.name, sharded.exchange)
+            return moved
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    @staticmethod
+    def _moved(delivery: AbstractIncomingMessage) -> aio_pika.Message:
+        """A copy of a legacy queue's delivery with its experiment id in the shards' header."""
+        headers = dict(delivery.headers or {})
+        if EXPERIMENT_HEADER not in headers:
+            with contextlib.suppress(Exception):  # not JSON: the shard it lands in dead-letters it
+                headers[EXPERIMENT_HEADER] = str(json.loads(delivery.body)["experiment_id"])[:64]
+        headers.setdefault(EXPERIMENT_HEADER, "")
+        return aio_pika.Message(delivery.body, content_type=delivery.content_type,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                message_id=delivery.message_id, type=delivery.type, headers=headers)
+
+    def on_connection_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the broker connection is lost (before reconnecting)."""
+        assert self._connection is not None, "Bus.connect() was not called"
+        self._connection.close_callbacks.add(lambda *_: callback())
+
+    async def stop_consuming(self, consumption: Consumption, *, grace: float = 60.0) -> None:
+        """Hand a queue back: handle no more of its deliveries, wait (bounded) for those in hand,
+        then close its channel, which returns the deliveries not handled to the queue, in order,
+        for its next consumer (a single active consumer's successor gets them all)."""
+        consumption.stopping = True
+        if consumption.in_flight:
+            await asyncio.wait(set(consumption.in_flight), timeout=grace)
+        with contextlib.suppress(ValueError):
+            self._consumers.remove(consumption)
+        with contextlib.suppress(Exception):
+            await consumption.channel.close()
 
     async def _handle(self, spec: QueueSpec, handlers: dict[type[Message], Handler],
                       delivery: AbstractIncomingMessage) -> None:
@@ -408,3 +534,55 @@ def _int(value: Any) -> int:
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class KeyedLocks:
+    """One FIFO asyncio lock per key with holders or waiters (dropped when nobody needs it);
+    ``shared`` makes every key share one lock that is never taken (no ordering beyond the gate)."""
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        if self.shared:
+            yield
+            return
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Consumption:
+    """One queue consumed on its own channel: the handlers in flight and the experiments seen."""
+
+    #: Experiment ids remembered per consumption (the oldest are forgotten first).
+    SEEN_LIMIT = 10_000
+
+    def __init__(self, spec: QueueSpec, queue: AbstractQueue, channel: AbstractChannel) -> None:
+        self.spec = spec
+        self.queue = queue
+        self.channel = channel
+        self.tag = ""
+        self.stopping = False
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.experiments: dict[str, None] = {}
+
+    def saw(self, experiment_id: str) -> None:
+        """Remember an experiment handled here (a service forgets its cache of it on hand-over)."""
+        if not experiment_id:
+            return
+        self.experiments.pop(experiment_id, None)
+        self.experiments[experiment_id] = None
+        while len(self.experiments) > self.SEEN_LIMIT:
+            del self.experiments[next(iter(self.experiments))]

@@ -9,6 +9,8 @@ exchange with the message's own routing key.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,22 +23,38 @@ __all__ = [
     "DELAY_EXCHANGE",
     "DELAY_HEADER",
     "DISPATCHER_QUEUE",
+    "DISPATCHER_SHARDS",
     "EVENTS_EXCHANGE",
+    "EXPERIMENT_HEADER",
     "INGESTOR_QUEUE",
+    "LEGACY_QUEUES",
     "QUEUES",
+    "REPLICAS_EXCHANGE",
+    "SHARDED",
+    "SHARDS",
     "SUBMIT_QUEUE",
     "TUNER_QUEUE",
+    "TUNER_SHARDS",
     "ExchangeSpec",
     "QueueSpec",
+    "ShardedQueues",
     "delay_bucket_for",
     "delay_queue_name",
+    "event_routing_keys",
     "replica_control_queue",
+    "replicas_queue",
+    "shard_count",
 ]
 
 EVENTS_EXCHANGE = "tunebus.events"
 DEAD_LETTER_EXCHANGE = "tunebus.dlx"
 DELAY_EXCHANGE = "tunebus.delay"
 DEAD_LETTER_QUEUE = "tunebus.dead-letter"
+REPLICAS_EXCHANGE = "tunebus.replicas"
+# The header every message carries with its experiment id: what the shards are hashed on.
+EXPERIMENT_HEADER = "tunebus-experiment"
+DEFAULT_SHARDS = 8
+MAX_SHARDS = 64
 
 # Seconds; a ticket waits in the largest bucket not longer than what is left, then re-delays.
 DELAY_BUCKETS: tuple[float, ...] = (0.2, 1.0, 5.0, 30.0)
@@ -53,7 +71,8 @@ class ExchangeSpec:
     """An exchange to declare."""
 
     name: str
-    type: str  # "topic" | "headers" | "fanout" | "direct"
+    type: str  # "topic" | "headers" | "fanout" | "direct" | "x-consistent-hash"
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,10 +105,13 @@ EXCHANGES: tuple[ExchangeSpec, ...] = (
     ExchangeSpec(EVENTS_EXCHANGE, "topic"),
     ExchangeSpec(DEAD_LETTER_EXCHANGE, "topic"),
     ExchangeSpec(DELAY_EXCHANGE, "headers"),
+    # Replicas of a sharded service announce themselves here (routing key: the service).
+    ExchangeSpec(REPLICAS_EXCHANGE, "topic"),
 )
 
-# The dispatcher and the tuner keep per-experiment order: one active consumer at a time,
-# a standby replica takes over when it goes away.
+# The dispatcher's and the tuner's messages, partitioned by experiment (see ShardedQueues):
+# the queues of the single active consumer that came before the shards, drained into the shards
+# by a replica that starts (shared.shards.migrate_legacy_queue). Not declared any more.
 DISPATCHER_QUEUE = QueueSpec(
     "tunebus.dispatcher",
     bindings=(
@@ -105,6 +127,66 @@ TUNER_QUEUE = QueueSpec(
     bindings=("suggest.request", "trial.metric", "trial.ended", "experiment.status"),
     single_active_consumer=True,
 )
+
+
+@dataclass(frozen=True)
+class ShardedQueues:
+    """One service's messages split over ``count`` queues by experiment, each with a single active
+    consumer, so replicas share the experiments and each experiment's messages stay in order.
+
+    The events exchange passes the service's routing keys to its own consistent-hash exchange
+    (an exchange-to-exchange binding), which hashes the experiment id a publisher puts in the
+    :data:`EXPERIMENT_HEADER` header: an experiment's messages always reach the same shard (as
+    long as the shards stay the same). A retry (a delay queue dead-lettering back to the events
+    exchange with the message's headers) comes back to the same shard.
+    """
+
+    service: str
+    bindings: tuple[str, ...]
+    count: int
+
+    @property
+    def exchange(self) -> str:
+        """The consistent-hash exchange, e.g. ``tunebus.dispatcher.shards``."""
+        return f"tunebus.{self.service}.shards"
+
+    def exchange_spec(self) -> ExchangeSpec:
+        return ExchangeSpec(self.exchange, "x-consistent-hash", {"hash-header": EXPERIMENT_HEADER})
+
+    def queue(self, index: int) -> QueueSpec:
+        """Shard ``index``'s queue, e.g. ``tunebus.dispatcher.shard-3``: bound with weight 1."""
+        if not 0 <= index < self.count:
+            raise ValueError(f"shard {index} is not one of the {self.count} shards of {self.service}")
+        return QueueSpec(f"tunebus.{self.service}.shard-{index}", bindings=("1",), exchange=self.exchange,
+                         single_active_consumer=True)
+
+    def queues(self) -> tuple[QueueSpec, ...]:
+        return tuple(self.queue(i) for i in range(self.count))
+
+    def retired_queues(self) -> tuple[QueueSpec, ...]:
+        """Shard queues a deployment with more shards had (up to :data:`MAX_SHARDS`): drained
+        into the present shards and deleted when a replica starts (Bus.drain_retired_queue)."""
+        bigger = ShardedQueues(self.service, self.bindings, MAX_SHARDS)
+        return tuple(bigger.queue(i) for i in range(self.count, MAX_SHARDS))
+
+
+def shard_count(environ: Mapping[str, str] | None = None) -> int:
+    """How many shards the dispatcher and the tuner each have (``TUNEBUS_SHARDS``, default 8).
+
+    Every component of a deployment must see the same number: it decides which queues exist.
+    Changing it moves experiments between shards (drain the old shards first: docs/architecture.md).
+    """
+    raw = (os.environ if environ is None else environ).get("TUNEBUS_SHARDS", str(DEFAULT_SHARDS)).strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SHARDS:
+        raise ValueError(f"TUNEBUS_SHARDS: want a whole number from 1 to {MAX_SHARDS}, got {raw!r}")
+    return int(raw)
+
+
+SHARDS = shard_count()
+DISPATCHER_SHARDS = ShardedQueues("dispatcher", DISPATCHER_QUEUE.bindings, SHARDS)
+TUNER_SHARDS = ShardedQueues("tuner", TUNER_QUEUE.bindings, SHARDS)
+SHARDED: tuple[ShardedQueues, ...] = (DISPATCHER_SHARDS, TUNER_SHARDS)
+
 # Competing consumers: any submitter replica takes any job.
 SUBMIT_QUEUE = QueueSpec("tunebus.submit", bindings=("trial.submit",))
 AML_WATCH_QUEUE = QueueSpec("tunebus.aml-watch", bindings=("ticket.aml.watch",))
@@ -138,8 +220,14 @@ def _delay_queue(seconds: float) -> QueueSpec:
 
 DELAY_QUEUES: tuple[QueueSpec, ...] = tuple(_delay_queue(s) for s in DELAY_BUCKETS)
 
+#: The legacy single queues and the sharded services that replaced them.
+LEGACY_QUEUES: tuple[tuple[QueueSpec, ShardedQueues], ...] = (
+    (DISPATCHER_QUEUE, DISPATCHER_SHARDS), (TUNER_QUEUE, TUNER_SHARDS),
+)
+
 QUEUES: tuple[QueueSpec, ...] = (
-    DISPATCHER_QUEUE, TUNER_QUEUE, SUBMIT_QUEUE, AML_WATCH_QUEUE, AML_KILL_QUEUE, INGESTOR_QUEUE,
+    *DISPATCHER_SHARDS.queues(), *TUNER_SHARDS.queues(),
+    SUBMIT_QUEUE, AML_WATCH_QUEUE, AML_KILL_QUEUE, INGESTOR_QUEUE,
     DEAD_LETTERS,
     *DELAY_QUEUES,
 )
@@ -160,3 +248,16 @@ def replica_control_queue(replica: str) -> QueueSpec:
         exclusive=True,
         auto_delete=True,
     )
+
+
+def replicas_queue(service: str, replica: str) -> QueueSpec:
+    """A sharded service replica's own queue of its peers' announcements (shared.shards)."""
+    return QueueSpec(f"tunebus.replicas.{service}.{replica}", bindings=(service,), exchange=REPLICAS_EXCHANGE,
+                     quorum=False, exclusive=True, auto_delete=True)
+
+
+def event_routing_keys() -> tuple[str, ...]:
+    """Every routing key bound on the events exchange (queues' and sharded services' bindings)."""
+    keys = {key for spec in QUEUES if spec.exchange == EVENTS_EXCHANGE for key in spec.bindings}
+    keys |= {key for sharded in SHARDED for key in sharded.bindings}
+    return tuple(sorted(keys))

@@ -3,11 +3,18 @@
 # Each instance gets its own health file, log, pid file and (submitters) work dir.
 
 SERVICE_PYTHON="${TUNEBUS_PYTHON:-$REPO_ROOT/.venv/bin/python}"
-SINGLE_SERVICES=(tuner dispatcher metric_ingestor dashboard)
+SINGLE_SERVICES=(metric_ingestor dashboard)
 
-# service_instances N_SUBMITTERS: instance names, one per line (aml_submitter-1 .. -N).
+# service_instances N_SUBMITTERS [N_TUNERS [N_DISPATCHERS]]: instance names, one per line: the
+# tuner and dispatcher replicas (tuner, tuner-2 .. tuner-N: the first keeps its plain name), the
+# single services, aml_submitter-1 .. -N.
 service_instances() {
-    local i
+    local i service count
+    for service in tuner dispatcher; do
+        if [[ "$service" == tuner ]]; then count="${2:-1}"; else count="${3:-1}"; fi
+        printf '%s\n' "$service"
+        for (( i = 2; i <= count; i++ )); do printf '%s-%s\n' "$service" "$i"; done
+    done
     printf '%s\n' "${SINGLE_SERVICES[@]}"
     for (( i = 1; i <= $1; i++ )); do printf 'aml_submitter-%s\n' "$i"; done
 }
@@ -82,11 +89,11 @@ service_start() {
 }
 
 services_up() {
-    local submitters="$1" instance
+    local submitters="$1" tuners="${2:-1}" dispatchers="${3:-1}" instance
     local -a instances
     [[ -x "$SERVICE_PYTHON" ]] || die "$SERVICE_PYTHON not found; run 'make venv' first"
     ensure_trial_user
-    mapfile -t instances < <(service_instances "$submitters")
+    mapfile -t instances < <(service_instances "$submitters" "$tuners" "$dispatchers")
     # Bytecode for the services, the CLI and the trials' nni shim: nothing else writes it when
     # PYTHONDONTWRITEBYTECODE is set or the install is editable. Up-to-date files are skipped.
     "$SERVICE_PYTHON" -m compileall -q "$REPO_ROOT/shared" "$REPO_ROOT/services" "$REPO_ROOT/tunebus" \

@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
 from shared.bus import Bus, PermanentError, TransientError
 from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
@@ -40,9 +42,10 @@ from shared.messages import (
 from shared.results import read_secrets
 from shared.service import Running
 from shared.settings import CommonSettings
+from shared.shards import ShardedConsumer
 from shared.state import ExperimentState, OutboxEntry
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
-from shared.topology import DISPATCHER_QUEUE
+from shared.topology import DISPATCHER_QUEUE, DISPATCHER_SHARDS
 
 from . import lifecycle
 from .lifecycle import Plan, Policy
@@ -70,6 +73,8 @@ class DispatcherSettings(CommonSettings):
     # was lost (with a broker crash); also how a restarted dispatcher finds its experiments.
     watchdog_seconds: float = 10.0
     suggestion_lookahead: int = 1  # suggestions asked for beyond the free slots
+    # Experiments whose messages one replica handles at once (each experiment's one at a time).
+    dispatcher_concurrency: int = Field(default=8, ge=1, le=1000)
 
     def policy(self) -> Policy:
         """The lifecycle's timings, from the settings of the same names."""
@@ -114,7 +119,9 @@ def check_algorithm_code(msg: ExperimentStart, config: ExperimentConfig) -> dict
 
 
 class Dispatcher:
-    """Applies events to experiments; one instance per process (one active consumer)."""
+    """Applies events to experiments; one instance per process. Its handlers run for several
+    experiments at once, one message at a time per experiment (the bus sees to that); the
+    experiments of a shard another replica took over are forgotten (:meth:`forget`)."""
 
     def __init__(self, bus: Bus, store: BlobStore, policy: Policy, lookahead: int = 1) -> None:
         self.bus = bus
@@ -384,6 +391,12 @@ class Dispatcher:
         await self._apply(msg.experiment_id,
                           lambda s, now: apply(s.state, s.plan, self.policy, msg, now), required=False)
 
+    async def forget(self, experiment_ids: list[str]) -> None:
+        """Drop what is cached of these experiments: another replica handles them now, so the
+        next message of theirs here loads them again from storage."""
+        for experiment_id in experiment_ids:
+            self._cache.pop(experiment_id, None)
+
     # ------------------------------------------------------------------ watchdog
 
     async def watch_experiments(self) -> None:
@@ -423,12 +436,16 @@ async def start(settings: DispatcherSettings) -> Running:
     bus = Bus(settings.amqp_url, service="dispatcher")
     await bus.connect()
     dispatcher = Dispatcher(bus, store, settings.policy(), settings.suggestion_lookahead)
-    await bus.consume(DISPATCHER_QUEUE, dispatcher.handlers(), prefetch=32)
+    await bus.drain_retired_queues(DISPATCHER_SHARDS, DISPATCHER_QUEUE)
+    consumer = ShardedConsumer(bus, DISPATCHER_SHARDS, dispatcher.handlers(),
+                               prefetch=max(32, settings.dispatcher_concurrency),
+                               concurrency=settings.dispatcher_concurrency, on_release=dispatcher.forget)
+    await consumer.start()
     watchdog = asyncio.create_task(dispatcher.watch_forever(settings.watchdog_seconds))
-    log.info("dispatcher consuming %s", DISPATCHER_QUEUE.name)
 
     async def shutdown() -> None:
         watchdog.cancel()
+        await consumer.stop()
         await bus.close()
         await store.close()
 

@@ -21,20 +21,18 @@ one experiment run one at a time, in queue order; different experiments' run sid
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from shared.bus import Bus, PermanentError
+from shared.bus import Bus, KeyedLocks, PermanentError
 from shared.messages import (
     FINISHED_EXPERIMENT_STATUSES,
     ExperimentError,
@@ -53,9 +51,10 @@ from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
 from shared.service import Running
 from shared.settings import CommonSettings
+from shared.shards import ShardedConsumer
 from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
-from shared.topology import TUNER_QUEUE
+from shared.topology import TUNER_QUEUE, TUNER_SHARDS
 
 from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, WaitForResults, create_tuner
 from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
@@ -104,28 +103,6 @@ class TunerSettings(CommonSettings):
         default=16, ge=1, le=1000,
         description="Experiments whose messages are handled at once (TUNEBUS_TUNER_CONCURRENCY).",
     )
-
-
-class _ExperimentLocks:
-    """One asyncio lock per experiment with messages in hand, dropped when nobody holds or waits."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, experiment_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(experiment_id, (None, 0))
-        lock = lock or asyncio.Lock()
-        self._locks[experiment_id] = (lock, users + 1)
-        try:
-            async with lock:  # FIFO: an experiment's messages keep their queue order
-                yield
-        finally:
-            lock, users = self._locks[experiment_id]
-            if users == 1:
-                del self._locks[experiment_id]
-            else:
-                self._locks[experiment_id] = (lock, users - 1)
 
 
 def experiment_seed(experiment_id: str, class_args: dict[str, Any], start_seed: int | None) -> int:
@@ -183,7 +160,7 @@ class TunerService:
         self.custom_call_timeout = custom_call_timeout
         self.custom_memory_limit_bytes = custom_memory_limit_mb * 2**20
         self.work_dir = work_dir or TunerSettings.model_fields["tuner_work_dir"].get_default()
-        self._locks = _ExperimentLocks()
+        self._locks = KeyedLocks()  # one FIFO lock per experiment with messages in hand
         self._sessions: dict[str, _Session] = {}
         self._failed: set[str] = set()
         # Experiments seen to finish: late messages for them must not rebuild a session.
@@ -332,6 +309,16 @@ class TunerService:
             session.calls.close()
         # The worker's folder (its cwd): removing it under a process about to be killed is harmless.
         shutil.rmtree(self._experiment_folder(experiment_id), ignore_errors=True)
+
+    async def forget(self, experiment_ids: list[str]) -> None:
+        """Drop these experiments' sessions (and what is known of their end): another replica
+        handles them now, so a session here would miss what it learns. Rebuilt from storage if
+        they come back. Each waits for its experiment's handler in hand, if any."""
+        for experiment_id in experiment_ids:
+            async with self._locks.hold(experiment_id):
+                self._end_session(experiment_id)
+                self._failed.discard(experiment_id)
+                self._finished.pop(experiment_id, None)
 
     # ------------------------------------------------------------------ handlers
 
@@ -507,11 +494,14 @@ async def start(settings: TunerSettings) -> Running:
     service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
                            work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
-    await bus.consume(TUNER_QUEUE, service.handlers(), prefetch=max(32, settings.tuner_concurrency),
-                      concurrency=settings.tuner_concurrency)
-    log.info("tuner consuming %s", TUNER_QUEUE.name)
+    await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE)
+    consumer = ShardedConsumer(bus, TUNER_SHARDS, service.handlers(),
+                               prefetch=max(32, settings.tuner_concurrency),
+                               concurrency=settings.tuner_concurrency, on_release=service.forget)
+    await consumer.start()
 
     async def shutdown() -> None:
+        await consumer.stop()
         await bus.close()
         await store.close()
 

@@ -20,14 +20,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from shared.messages import ExperimentStart, ExperimentStatus, Message, Ticket, TrialStatus, message_types
-from shared.topology import DELAY_QUEUES, EVENTS_EXCHANGE, QUEUES
+from shared.topology import DELAY_QUEUES, EVENTS_EXCHANGE, QUEUES, SHARDED, event_routing_keys
 from tests.e2e.conftest import Stack, publish, wait_finished
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = 250
-ROUTING_KEYS = sorted({key for spec in QUEUES if spec.exchange == EVENTS_EXCHANGE for key in spec.bindings})
-WORK_QUEUES = [spec.name for spec in QUEUES if spec.exchange == EVENTS_EXCHANGE and not spec.exclusive]
+ROUTING_KEYS = sorted(event_routing_keys())
+WORK_QUEUES = [spec.name for spec in QUEUES if spec.exchange == EVENTS_EXCHANGE and not spec.exclusive] + [
+    spec.name for sharded in SHARDED for spec in sharded.queues()]
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.text(max_size=30),

@@ -28,7 +28,15 @@ from azure.storage.blob import (
 )
 
 from shared.bus import Bus
-from shared.topology import DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE, QUEUES, QueueSpec
+from shared.topology import (
+    DEAD_LETTER_QUEUE,
+    DELIVERY_LIMIT,
+    EVENTS_EXCHANGE,
+    EXPERIMENT_HEADER,
+    QUEUES,
+    SHARDED,
+    QueueSpec,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -55,7 +63,19 @@ async def test_broker_takes_quorum_queue_and_confirmed_persistent_message(infra,
         await queue.delete(if_unused=False, if_empty=False)
 
 
-WORK_QUEUES = [spec for spec in QUEUES if spec.quorum]
+SHARD_QUEUES = {q.name for sharded in SHARDED for q in sharded.queues()}
+# One shard of each sharded service stands for all (they are declared alike); the shard a
+# message lands in is the hash ring's choice, so the test watches them all.
+WORK_QUEUES = [spec for spec in QUEUES if spec.quorum and spec.name not in SHARD_QUEUES] + [
+    sharded.queue(0) for sharded in SHARDED]
+
+
+def _routing(spec: QueueSpec) -> tuple[str, list[str]]:
+    """A routing key that reaches ``spec`` from the events exchange, and the queues to watch."""
+    for sharded in SHARDED:
+        if spec.name in {q.name for q in sharded.queues()}:
+            return sharded.bindings[0], [q.name for q in sharded.queues()]
+    return spec.bindings[0], [spec.name]
 
 
 @pytest.mark.parametrize("spec", WORK_QUEUES, ids=[spec.name for spec in WORK_QUEUES])
@@ -68,32 +88,37 @@ async def test_a_message_whose_consumer_keeps_dying_is_dead_lettered_at_the_deli
     bus = Bus(amqp_vhost, service="test")
     await bus.connect()  # the real topology, as every service declares it
     await bus.close()
-    routing_key = spec.bindings[0]
+    routing_key, watched = _routing(spec)
     body = b'{"poison": true, "storageAccountKey": "kept as published"}'
     connection = await aio_pika.connect(amqp_vhost, timeout=10)
     async with connection:
         publisher = await connection.channel(publisher_confirms=True)
         events = await publisher.get_exchange(EVENTS_EXCHANGE)
-        await events.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        await events.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                              headers={EXPERIMENT_HEADER: "poisoned"}),
                              routing_key=routing_key)
         delivery_counts: list[int] = []
+        left: set[str] = set()
         for _ in range(DELIVERY_LIMIT + 3):  # bounded: a limit that never bites fails below
-            where, message = await _next_delivery(connection, spec.name)
+            where, message = await _next_delivery(connection, watched)
             if where == DEAD_LETTER_QUEUE:
                 break
             delivery_counts.append(int((message.headers or {}).get("x-delivery-count", 0)))
+            left.add(where)
         else:
             pytest.fail(f"{spec.name}: still delivered after {len(delivery_counts)} deliveries")
     assert delivery_counts == list(range(DELIVERY_LIMIT + 1))
+    assert len(left) == 1, f"one experiment's message went to several shards: {left}"
     assert message.body == body and message.routing_key == routing_key
     death = message.headers["x-death"][0]
     assert (death["reason"], death["queue"], death["exchange"], list(death["routing-keys"])) == (
-        "delivery_limit", spec.name, EVENTS_EXCHANGE, [routing_key])
+        "delivery_limit", left.pop(), death["exchange"], [routing_key])
+    assert death["exchange"] in (EVENTS_EXCHANGE, *(sharded.exchange for sharded in SHARDED))
 
 
 async def _next_delivery(connection: aio_pika.abc.AbstractConnection,
-                         queue: str) -> tuple[str, aio_pika.abc.AbstractIncomingMessage]:
-    """The message's next appearance, on ``queue`` or on the dead-letter queue (whichever comes
+                         queues: list[str]) -> tuple[str, aio_pika.abc.AbstractIncomingMessage]:
+    """The message's next appearance, on one of ``queues`` or on the dead-letter queue (whichever comes
     first; waited for as an event, bounded). A delivery from ``queue`` is returned unacked by
     closing its channel, as a consumer that died; one from the dead-letter queue is acked."""
     channel = await connection.channel()
@@ -106,7 +131,7 @@ async def _next_delivery(connection: aio_pika.abc.AbstractConnection,
                 arrived.set_result((source, message))
         return take
 
-    for source in (queue, DEAD_LETTER_QUEUE):
+    for source in (*queues, DEAD_LETTER_QUEUE):
         await (await channel.get_queue(source)).consume(on_message(source))
     try:
         where, message = await asyncio.wait_for(arrived, timeout=60)
@@ -260,9 +285,10 @@ def test_compose_structure():
         login = urlsplit(env["TUNEBUS_AMQP_URL"])
         assert login.username and login.username.startswith("tunebus-") and login.password is None, name
         assert env["TUNEBUS_AMQP_PASSWORD_FILE"].startswith("/credentials/amqp-tunebus-"), name
-    submitter = services["aml-submitter"]
-    assert "container_name" not in submitter, "a fixed container name stops --scale"
-    assert "ports" not in submitter, "host ports stop --scale"
+    for scaled in ("aml-submitter", "tuner", "dispatcher"):  # README, Scaling: --scale each
+        assert "container_name" not in services[scaled], f"{scaled}: a fixed container name stops --scale"
+        assert "ports" not in services[scaled], f"{scaled}: host ports stop --scale"
+        assert "hostname" not in services[scaled], f"{scaled}: a fixed hostname makes replicas' names clash"
     for name in SERVICES:
         depends = services[name]["depends_on"]
         assert {dep: spec["condition"] for dep, spec in depends.items()} == {
@@ -295,6 +321,19 @@ def test_deploy_local_env_follows_ports(tmp_path):
     missing = subprocess.run([str(REPO_ROOT / "deploy/local"), "env"], env=env, capture_output=True,
                              text=True, check=False)
     assert missing.returncode != 0 and "deploy/local up" in missing.stderr
+
+
+def test_deploy_local_up_takes_replica_counts_for_tuners_and_dispatchers(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "TUNEBUS_LOCAL_DIR": str(tmp_path)}
+    for bad in (("--tuners", "0"), ("--dispatchers", "two"), ("--submitters", "100")):
+        refused = subprocess.run([str(REPO_ROOT / "deploy/local"), "up", *bad], env=env, capture_output=True,
+                                 text=True, check=False)
+        assert refused.returncode != 0 and f"{bad[0]} wants a number from 1 to 99" in refused.stderr, refused
+    # The instances `up` starts: the first replica keeps the plain name (logs, the supervisor).
+    script = f'REPO_ROOT={REPO_ROOT}; source "$REPO_ROOT/deploy/lib/services.sh"; service_instances 2 3 2'
+    listed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["tuner", "tuner-2", "tuner-3", "dispatcher", "dispatcher-2",
+                                     "metric_ingestor", "dashboard", "aml_submitter-1", "aml_submitter-2"]
 
 
 def test_deploy_local_takes_a_zombie_for_dead(tmp_path: Path) -> None:

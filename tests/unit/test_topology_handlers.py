@@ -14,7 +14,7 @@ from services.dispatcher.service import Dispatcher
 from services.metric_ingestor.service import Ingestor
 from services.tuner.service import TunerService
 from shared.messages import Message, Ticket
-from shared.topology import DISPATCHER_QUEUE, INGESTOR_QUEUE, SUBMIT_QUEUE, TUNER_QUEUE, QueueSpec
+from shared.topology import DISPATCHER_SHARDS, INGESTOR_QUEUE, SUBMIT_QUEUE, TUNER_SHARDS, QueueSpec
 
 
 def _keys(handled: dict[type[Message], Any], queue: QueueSpec) -> set[str]:
@@ -29,8 +29,10 @@ def _keys(handled: dict[type[Message], Any], queue: QueueSpec) -> set[str]:
 
 def _tables() -> list[tuple[QueueSpec, dict[type[Message], Any]]]:
     return [
-        (DISPATCHER_QUEUE, Dispatcher(None, None, Policy(), 8).handlers()),  # type: ignore[arg-type]
-        (TUNER_QUEUE, TunerService(None, None).handlers()),  # type: ignore[arg-type]
+        # A sharded service's routing keys are its hash exchange's bindings (every shard gets them).
+        (QueueSpec(DISPATCHER_SHARDS.exchange, DISPATCHER_SHARDS.bindings),
+         Dispatcher(None, None, Policy(), 8).handlers()),  # type: ignore[arg-type]
+        (QueueSpec(TUNER_SHARDS.exchange, TUNER_SHARDS.bindings), TunerService(None, None).handlers()),  # type: ignore[arg-type]
         (INGESTOR_QUEUE, Ingestor(None, None, 1.0).handlers()),  # type: ignore[arg-type]
         (SUBMIT_QUEUE, _handlers(Submitter(None, None, None, "r"))),  # type: ignore[arg-type]
     ]

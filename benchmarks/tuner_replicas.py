@@ -1,0 +1,257 @@
+"""Tuner scale-out: a slow experiment holds up only itself, and tuner replicas add CPU.
+
+Real processes on a local deployment (``deploy/local up``, started here with a private state dir
+and ports unless ``TUNEBUS_LOCAL_DIR`` is set). Experiments are started by publishing their
+start messages (as any program may), and followed by the events the services publish
+(``experiment.status``, ``trial.suggested``), not by reading storage.
+
+    .venv/bin/python benchmarks/tuner_replicas.py slow [--experiments 50] [--trials 100]
+    .venv/bin/python benchmarks/tuner_replicas.py cpu [--experiments 8] [--trials 30] [--repeat 3]
+
+* ``slow``: ``--experiments`` no-op experiments (Random tuner, concurrency 4), once alone and
+  once beside one more whose custom tuner sleeps 0.5 s in every ``generate_parameters``: when
+  the others have all ended (their last finish, median finish), and how many suggestions the
+  slow one had made by then.
+* ``cpu``: ``--experiments`` experiments with the GP tuner (a suggestion costs 0.4-1.5 s of CPU
+  once it has a few results), no-op trials, with 1 then 2 tuner replicas (``up --tuners 2``):
+  wall time to all DONE, and the ratio.
+
+Bounded: each run stops with an error past ``--deadline`` seconds (default 1800).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shared.bus import Bus  # noqa: E402
+from shared.code_archive import build_code_archive  # noqa: E402
+from shared.messages import ExperimentStart, ExperimentStop  # noqa: E402
+from shared.storage import BlobStore, Layout  # noqa: E402
+from shared.topology import EVENTS_EXCHANGE  # noqa: E402
+
+DEPLOY_LOCAL = REPO / "deploy" / "local"
+TRIAL = "import nni; p = nni.get_next_parameter(); nni.report_final_result(p['x'])"
+SLOW_TUNER = '''
+import time
+from nni.tuner import Tuner
+
+
+class Slow(Tuner):
+    def update_search_space(self, search_space):
+        pass
+
+    def generate_parameters(self, parameter_id, **kwargs):
+        time.sleep(0.5)
+        return {"x": 0.001 * parameter_id, "y": 1.0}
+
+    def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
+        pass
+'''
+FINISHED = ("DONE", "STOPPED", "ERROR")
+
+
+def _config(trials: int, concurrency: int, tuner: dict[str, Any]) -> dict[str, Any]:
+    return {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]},
+                            "y": {"_type": "uniform", "_value": [0, 1]}},
+            "trialCommand": f'python3 -c "{TRIAL}"', "trialConcurrency": concurrency,
+            "maxTrialNumber": trials, "maxExperimentDuration": "2h", "tuner": tuner,
+            "trainingService": {"platform": "local"}}
+
+
+def stack_env(tuners: int) -> dict[str, str]:
+    """``deploy/local up --tuners N`` (the ones already running stay), and the admin's environment."""
+    subprocess.run([str(DEPLOY_LOCAL), "up", "--tuners", str(tuners)], check=True, stdout=subprocess.DEVNULL)
+    exports = subprocess.run([str(DEPLOY_LOCAL), "env", "--admin"], check=True, capture_output=True,
+                             text=True).stdout
+    env = dict(os.environ)
+    for line in exports.splitlines():
+        key, value = line.removeprefix("export ").split("=", 1)
+        env[key] = value.strip("'")
+    return env
+
+
+def stop_extra_tuners(state_dir: Path) -> None:
+    """Stop tuner-2.. (started by an earlier ``up --tuners N`` of this script), SIGTERM, bounded."""
+    for pid_file in (state_dir / "run").glob("tuner-*.pid"):
+        pid = int(pid_file.read_text().split()[0])
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+
+
+class Events:
+    """Finished experiments and suggestions counted from the services' events."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, tuple[str, float]] = {}
+        self.suggested: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    async def follow(self, url: str) -> aio_pika.abc.AbstractConnection:
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in ("experiment.status", "trial.suggested"):
+            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+        await queue.consume(self._on_event, no_ack=True)
+        return connection
+
+    async def _on_event(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        body = json.loads(message.body)
+        experiment = body.get("experiment_id", "")
+        if message.routing_key == "trial.suggested":
+            self.suggested[experiment] = self.suggested.get(experiment, 0) + 1
+        elif body.get("status") in FINISHED and experiment not in self.finished:
+            self.finished[experiment] = (body["status"], time.monotonic() - self.started)
+
+    async def until_finished(self, ids: list[str], deadline: float, expected: str = "DONE") -> None:
+        while not all(i in self.finished for i in ids):
+            if time.monotonic() - self.started > deadline:
+                raise SystemExit(f"not finished within {deadline} s: {sum(i in self.finished for i in ids)}"
+                                 f"/{len(ids)}")
+            await asyncio.sleep(0.2)
+        failed = {i: self.finished[i][0] for i in ids if self.finished[i][0] != expected}
+        if failed:
+            raise SystemExit(f"not DONE: {failed}")
+
+
+async def _store_slow_tuner(env: dict[str, str], experiment_id: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "slow.py").write_text(textwrap.dedent(SLOW_TUNER))
+        blob = Layout(experiment_id).algorithm_code_archive("tuner")
+        async with BlobStore(env["TUNEBUS_STORAGE_CONNECTION_STRING"],
+                             env.get("TUNEBUS_STORAGE_CONTAINER", "tunebus")) as store:
+            await store.write_bytes(blob, build_code_archive(Path(tmp)))
+    return blob
+
+
+async def run_slow(env: dict[str, str], experiments: int, trials: int, with_slow: bool,
+                   deadline: float) -> dict[str, Any]:
+    events = Events()
+    connection = await events.follow(env["TUNEBUS_AMQP_URL"])
+    bus = Bus(env["TUNEBUS_AMQP_URL"], service="benchmark")
+    await bus.connect()
+    tag = uuid.uuid4().hex[:6]
+    slow_id = f"slow{tag}"
+    try:
+        if with_slow:
+            blob = await _store_slow_tuner(env, slow_id)
+            await bus.publish(ExperimentStart(experiment_id=slow_id, config=_config(
+                trials, 2, {"className": "slow.Slow"}), algorithm_code={"tuner": blob}))
+        ids = [f"fast{tag}{n:02d}" for n in range(experiments)]
+        events.started = time.monotonic()
+        for experiment_id in ids:
+            await bus.publish(ExperimentStart(experiment_id=experiment_id,
+                                              config=_config(trials, 4, {"name": "Random"})))
+        await events.until_finished(ids, deadline)
+        ends = sorted(events.finished[i][1] for i in ids)
+        slow_suggested = events.suggested.get(slow_id, 0)
+        if with_slow:
+            await bus.publish(ExperimentStop(experiment_id=slow_id))
+            await events.until_finished([slow_id], deadline, expected="STOPPED")
+    finally:
+        await bus.close()
+        await connection.close()
+    return {"mode": "slow", "with_slow_experiment": with_slow, "experiments": experiments,
+            "trials_each": trials, "last_finish_s": round(ends[-1], 1),
+            "median_finish_s": round(statistics.median(ends), 1), "first_finish_s": round(ends[0], 1),
+            **({"slow_suggestions_by_then": slow_suggested} if with_slow else {})}
+
+
+async def run_cpu(env: dict[str, str], experiments: int, trials: int, tuners: int,
+                  deadline: float) -> dict[str, Any]:
+    events = Events()
+    connection = await events.follow(env["TUNEBUS_AMQP_URL"])
+    bus = Bus(env["TUNEBUS_AMQP_URL"], service="benchmark")
+    await bus.connect()
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"gp{tag}{n:02d}" for n in range(experiments)]
+    load = Path("/proc/loadavg").read_text().split()[0]  # the machine is shared: say how busy it was
+    try:
+        events.started = time.monotonic()
+        for experiment_id in ids:
+            await bus.publish(ExperimentStart(experiment_id=experiment_id, config=_config(
+                trials, 2, {"name": "GP", "classArgs": {"optimize_mode": "maximize"}})))
+        await events.until_finished(ids, deadline)
+    finally:
+        await bus.close()
+        await connection.close()
+    wall = max(events.finished[i][1] for i in ids)
+    return {"mode": "cpu", "tuners": tuners, "experiments": experiments, "trials_each": trials,
+            "wall_s": round(wall, 1), "load_before": float(load),
+            "experiments_per_replica": _experiments_per_replica(tag)}
+
+
+def _experiments_per_replica(tag: str) -> dict[str, int]:
+    """How many of this run's experiments each tuner replica built a session for (its log)."""
+    logs = Path(os.environ["TUNEBUS_LOCAL_DIR"]) / "logs"
+    counts = {}
+    for log in sorted(logs.glob("tuner*.log")):
+        text = log.read_text(errors="replace")
+        counts[log.stem] = len({line.split()[5] for line in text.splitlines()
+                                if f"experiment gp{tag}" in line and "rebuilt" in line})
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("slow", "cpu"))
+    parser.add_argument("--experiments", type=int)
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--deadline", type=float, default=1800.0)
+    args = parser.parse_args()
+    if "TUNEBUS_LOCAL_DIR" not in os.environ:
+        os.environ.update(TUNEBUS_LOCAL_DIR=str(REPO / ".local-bench"), TUNEBUS_AMQP_PORT="25681",
+                          TUNEBUS_BLOB_PORT="25610", TUNEBUS_DASHBOARD_PORT="25680")
+        os.environ.setdefault("TUNEBUS_AZURITE_DIR", str(REPO / ".local" / "azurite"))
+    state_dir = Path(os.environ["TUNEBUS_LOCAL_DIR"])
+    results: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        if args.mode == "slow":
+            stop_extra_tuners(state_dir)  # one tuner: what a slow experiment could hold up
+            env = stack_env(1)
+            for with_slow in (False, True):
+                run = run_slow(env, args.experiments or 50, args.trials or 100, with_slow, args.deadline)
+                results.append(asyncio.run(run))
+                print(json.dumps(results[-1]), flush=True)
+        else:
+            for tuners in (1, 2):
+                stop_extra_tuners(state_dir)
+                env = stack_env(tuners)
+                time.sleep(6)  # the replicas see each other and share the shards out (shared/shards.py)
+                # Warm-up, not counted: each replica imports the GP's libraries on its first experiment.
+                asyncio.run(run_cpu(env, 6, 2, tuners, args.deadline))
+                results.append(asyncio.run(run_cpu(env, args.experiments or 8, args.trials or 30, tuners,
+                                                   args.deadline)))
+                print(json.dumps(results[-1]), flush=True)
+    if args.mode == "cpu":
+        walls = {n: statistics.median(r["wall_s"] for r in results if r["tuners"] == n) for n in (1, 2)}
+        print(json.dumps({"median_wall_s": walls, "speedup": round(walls[1] / walls[2], 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
