@@ -7,8 +7,9 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``, ``Batch`` and ``GP`` (NNI's aliases ``BatchTuner``,
-``GPTuner`` too). A custom tuner (NNI's ``className``) runs in the experiment's worker process:
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``PBT`` and the advisors
+``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``PBTTuner`` too).
+A custom tuner (NNI's ``className``) runs in the experiment's worker process:
 :class:`RemoteTuner` stands for it here.
 """
 
@@ -30,6 +31,7 @@ from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
 from .gp import UTILITIES, GpSettings, GpTuner
 from .hyperband import EXEC_MODES, HyperbandAdvisor
+from .pbt import PbtSettings, PbtTuner
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
@@ -165,6 +167,30 @@ def _bohb(args: ClassArgs) -> Tuner:
         eta=_integer(args.integer("eta", 3, low=2, high=9999)), settings=settings)
 
 
+MAX_CHECKPOINT_DIR_CHARS = 1024
+
+
+def _pbt(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's PBTClassArgsValidator requires it
+        raise TunerConfigError("PBT", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    minimize = args.optimize_mode()
+    d = PbtSettings()
+    settings = PbtSettings(
+        # NNI: a folder every trial reaches; None: tunebus keeps them in storage
+        all_checkpoint_dir=args.text("all_checkpoint_dir", MAX_CHECKPOINT_DIR_CHARS),
+        population_size=_integer(args.integer("population_size", d.population_size, low=1,
+                                              high=limits.MAX_CLASS_ARG_POPULATION)),
+        factor=_number(args.number("factor", d.factor, low=0.0, high=1e6)),
+        resample_probability=_number(args.number("resample_probability", d.resample_probability,
+                                                 low=0.0, high=1.0)),
+        fraction=_number(args.number("fraction", d.fraction, low=0.0, high=1.0)),
+    )
+    seed = args.integer("seed", None, low=0)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    return PbtTuner(seed=seed, minimize=minimize, settings=settings)
+
+
 def _number(value: float | None) -> float:
     assert value is not None  # every caller passes a default
     return value
@@ -185,6 +211,7 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "GP": _gp,
     "Hyperband": _hyperband,
     "BOHB": _bohb,
+    "PBT": _pbt,
 }
 
 
