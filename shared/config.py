@@ -91,15 +91,17 @@ __all__ = [
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
 BUILTIN_TUNERS: tuple[str, ...] = (
-    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Hyperband", "BOHB", "PBT",
+    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Metis", "Hyperband", "BOHB", "PBT",
 )
 #: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
 ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB", "PBT")
 #: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
-TUNER_ALIASES: dict[str, str] = {"BatchTuner": "Batch", "GPTuner": "GP", "PBTTuner": "PBT"}
+TUNER_ALIASES: dict[str, str] = {
+    "BatchTuner": "Batch", "GPTuner": "GP", "MetisTuner": "Metis", "PBTTuner": "PBT",
+}
 #: NNI built-ins tunebus does not run yet: named as such when refused.
 NOT_YET_SUPPORTED: tuple[str, ...] = (
-    "SMAC", "Metis", "MetisTuner", "DNGO", "DNGOTuner",
+    "SMAC", "DNGO", "DNGOTuner",
     "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
 )
 #: Built-in assessors tunebus runs, spelled as NNI registers them.

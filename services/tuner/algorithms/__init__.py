@@ -7,8 +7,9 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``PBT`` and the advisors
-``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``PBTTuner`` too).
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``Metis``, ``PBT`` and the advisors
+``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``MetisTuner``, ``PBTTuner``
+too).
 A custom tuner (NNI's ``className``) runs in the experiment's worker process:
 :class:`RemoteTuner` stands for it here.
 """
@@ -31,6 +32,7 @@ from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
 from .gp import UTILITIES, GpSettings, GpTuner
 from .hyperband import EXEC_MODES, HyperbandAdvisor
+from .metis import MetisSettings, MetisTuner
 from .pbt import PbtSettings, PbtTuner
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
@@ -126,6 +128,22 @@ def _gp(args: ClassArgs) -> Tuner:
     return GpTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
 
 
+def _metis(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = MetisSettings()
+    settings = MetisSettings(
+        no_resampling=args.flag("no_resampling", d.no_resampling),
+        no_candidates=args.flag("no_candidates", d.no_candidates),
+        selection_num_starting_points=_integer(args.integer(
+            "selection_num_starting_points", d.selection_num_starting_points, low=1, high=100_000)),
+        cold_start_num=_integer(args.integer("cold_start_num", d.cold_start_num, low=0,
+                                             high=limits.MAX_CLASS_ARG_COUNT)),
+        exploration_probability=_number(args.number("exploration_probability", d.exploration_probability,
+                                                    low=0.0, high=1.0)),
+    )
+    return MetisTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
 MAX_HYPERBAND_R = 100_000
 
 
@@ -212,6 +230,7 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "Hyperband": _hyperband,
     "BOHB": _bohb,
     "PBT": _pbt,
+    "Metis": _metis,
 }
 
 

@@ -69,6 +69,15 @@ class ClassArgs:
             raise self._error(key, f"must be between {low:g} and {high:g}, got {_short(value)}")
         return float(value)
 
+    def flag(self, key: str, default: bool) -> bool:
+        """An optional boolean (true/false in YAML, not 0/1 or a string)."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._error(key, f"must be true or false, got {_short(value)}")
+        return value
+
     def text(self, key: str, max_chars: int) -> str | None:
         """An optional non-blank string of at most ``max_chars`` characters (no NUL)."""
         value = self._get(key)

@@ -144,6 +144,16 @@ class GaussianProcess:
         grad[-1] = 0.5 * np.sum(inner * k)
         return -float(lml), -grad
 
+    def leave_one_out(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each fitted point's mean and standard deviation as predicted from all the others (the
+        closed form, same hyperparameters), in the units of y."""
+        if self._fit is None:
+            raise RuntimeError("fit the Gaussian process first")
+        inverse_diagonal = np.sum(self._fit.chol_inverse ** 2, axis=0)  # diag(K^-1), K^-1 = L^-T L^-1
+        z = (self._y - self._y_mean) / self._y_std
+        mean = z - self._fit.alpha / inverse_diagonal
+        return mean * self._y_std + self._y_mean, np.sqrt(1.0 / inverse_diagonal) * self._y_std
+
     # ------------------------------------------------------------ predicting
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
