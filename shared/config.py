@@ -91,18 +91,19 @@ __all__ = [
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
 BUILTIN_TUNERS: tuple[str, ...] = (
-    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Metis", "Hyperband", "BOHB", "PBT",
+    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Metis", "DNGO", "Hyperband", "BOHB",
+    "PBT",
 )
 #: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
 ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB", "PBT")
 #: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
 TUNER_ALIASES: dict[str, str] = {
-    "BatchTuner": "Batch", "GPTuner": "GP", "MetisTuner": "Metis", "PBTTuner": "PBT",
+    "BatchTuner": "Batch", "GPTuner": "GP", "MetisTuner": "Metis", "DNGOTuner": "DNGO",
+    "PBTTuner": "PBT",
 }
 #: NNI built-ins tunebus does not run yet: named as such when refused.
 NOT_YET_SUPPORTED: tuple[str, ...] = (
-    "SMAC", "DNGO", "DNGOTuner",
-    "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
+    "SMAC", "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
 )
 #: Built-in assessors tunebus runs, spelled as NNI registers them.
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")

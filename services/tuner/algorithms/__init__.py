@@ -7,9 +7,9 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``Metis``, ``PBT`` and the advisors
-``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``MetisTuner``, ``PBTTuner``
-too).
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``Metis``, ``DNGO``, ``PBT`` and the
+advisors ``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``MetisTuner``,
+``DNGOTuner``, ``PBTTuner`` too).
 A custom tuner (NNI's ``className``) runs in the experiment's worker process:
 :class:`RemoteTuner` stands for it here.
 """
@@ -28,6 +28,7 @@ from .args import ClassArgs
 from .batch import BatchTuner
 from .bohb import BohbAdvisor, BohbSettings
 from .custom import RemoteTuner
+from .dngo import DngoSettings, DngoTuner
 from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
 from .gp import UTILITIES, GpSettings, GpTuner
@@ -144,6 +145,19 @@ def _metis(args: ClassArgs) -> Tuner:
     return MetisTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
 
 
+def _dngo(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = DngoSettings()
+    settings = DngoSettings(
+        sample_size=_integer(args.integer("sample_size", d.sample_size, low=1, high=100_000)),
+        trials_per_update=_integer(args.integer("trials_per_update", d.trials_per_update, low=1,
+                                                high=100_000)),
+        num_epochs_per_training=_integer(args.integer("num_epochs_per_training", d.num_epochs_per_training,
+                                                      low=1, high=100_000)),
+    )
+    return DngoTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
 MAX_HYPERBAND_R = 100_000
 
 
@@ -231,6 +245,7 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "BOHB": _bohb,
     "PBT": _pbt,
     "Metis": _metis,
+    "DNGO": _dngo,
 }
 
 

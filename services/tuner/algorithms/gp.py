@@ -73,10 +73,11 @@ class GpTuner(BaseTuner):
             if spec.type not in GP_SPACE_TYPES or spec.nested:
                 kind = "a nested choice" if spec.nested else f"type {spec.type!r}"
                 raise TunerConfigError(self.name, f"search space parameter '{spec.name}' is {kind}; "
-                                                  f"GP supports {', '.join(GP_SPACE_TYPES)} (as in NNI)")
+                                                  f"{self.name} supports {', '.join(GP_SPACE_TYPES)} "
+                                                  f"(as in NNI)")
             if spec.type == "choice" and not all(_is_number(v) for v in spec.values):
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': GP takes a "
-                                                  f"choice of numbers only (as in NNI)")
+                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': {self.name} takes "
+                                                  f"a choice of numbers only (as in NNI)")
         super().update_search_space(search_space)
 
     def _on_search_space(self) -> None:
