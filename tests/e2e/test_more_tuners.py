@@ -1,4 +1,4 @@
-"""NNI's other built-ins end to end on the local stack: Batch, GP, PBT and the Hyperband and BOHB advisors.
+"""NNI's other built-ins end to end on the local stack: Batch, GP, Metis, DNGO, PBT, Hyperband and BOHB.
 
 Trials are no-ops that report a value computed from their parameters, so each run is short and
 its results can be checked exactly.
@@ -67,6 +67,24 @@ async def test_gp_runs_an_experiment(stack: Stack) -> None:
     space = {"a": {"_type": "uniform", "_value": [0, 6]}, "b": {"_type": "choice", "_value": [0, 1, 2]}}
     tuner = {"name": "GP", "classArgs": {"optimize_mode": "maximize", "cold_start_num": 3,
                                          "selection_num_warm_up": 2000, "selection_num_starting_points": 10}}
+    state = await _run(stack, _config(tuner, space, max_trials=6, concurrency=2))
+    points = [json.dumps(t.parameters, sort_keys=True) for t in state.by_sequence()]
+    assert len(points) == 6 and len(set(points)) == 6
+
+
+@pytest.mark.parametrize(
+    "tuner",
+    [
+        {"name": "Metis", "classArgs": {"optimize_mode": "maximize", "cold_start_num": 3,
+                                        "selection_num_starting_points": 50}},
+        {"name": "DNGOTuner", "classArgs": {"optimize_mode": "maximize", "trials_per_update": 3,
+                                            "num_epochs_per_training": 50, "sample_size": 200}},
+    ],
+    ids=["Metis", "DNGO"],
+)
+async def test_model_tuners_run_an_experiment(stack: Stack, tuner: dict[str, Any]) -> None:
+    # Three random trials, then three chosen by the model (rebuilt by any tuner process from storage).
+    space = {"a": {"_type": "uniform", "_value": [0, 6]}, "b": {"_type": "choice", "_value": [0, 1, 2]}}
     state = await _run(stack, _config(tuner, space, max_trials=6, concurrency=2))
     points = [json.dumps(t.parameters, sort_keys=True) for t in state.by_sequence()]
     assert len(points) == 6 and len(set(points)) == 6
