@@ -361,9 +361,12 @@ def test_randint_low_not_below_high_names_the_parameter(tmp_path: Path) -> None:
 
 
 def test_unknown_tuner_name() -> None:
-    [(field, reason)] = problems(local_config(tuner={"name": "SMAC"}))
+    [(field, reason)] = problems(local_config(tuner={"name": "smac"}))
     assert field == "tuner.name"
-    assert reason == ("NNI's built-in tuner 'SMAC' is not supported by tunebus yet "
+    assert reason.startswith("NNI's built-in tuner 'smac' is not built into tunebus: "
+                             "it needs the smac package")
+    [(field, reason)] = problems(local_config(tuner={"name": "PPOTuner"}))
+    assert reason == ("NNI's built-in tuner 'PPOTuner' is not supported by tunebus yet "
                       "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Metis, DNGO, "
                       "Hyperband, BOHB, PBT)")
     [(_, reason)] = problems(local_config(tuner={"name": "Grid"}))
