@@ -304,3 +304,27 @@ def test_gp_leave_one_out_predicts_each_point_from_the_others() -> None:
         assert mean[i] == pytest.approx(m[0], rel=1e-4)
         noise = (model.noise + model._fit.jitter) * model._y_std**2  # the left-out point's own noise
         assert std[i] ** 2 == pytest.approx(s[0] ** 2 + noise, rel=1e-3)
+
+
+@pytest.mark.parametrize("utility", ["ei", "ucb", "poi"])
+def test_gp_utility_gradient_matches_finite_differences_and_log_ei_never_underflows(utility: str) -> None:
+    space = {"x": {"_type": "uniform", "_value": [0.0, 1.0]}, "y": {"_type": "uniform", "_value": [0.0, 1.0]}}
+    tuner = gp(space=space, utility=utility)
+    for pid in range(8):
+        p = tuner.generate_parameters(pid)
+        tuner.receive_trial_result(pid, p, (p["x"] - 0.3) ** 2 + (p["y"] - 0.6) ** 2)
+    model = tuner._model()
+    points = np.random.default_rng(0).random((6, 2))
+    value, gradient = tuner._utility_with_gradient(model, points)
+    assert np.allclose(value, tuner._utility(model, points))
+    step = 1e-6
+    for j in range(2):
+        shift = np.zeros(2)
+        shift[j] = step
+        numeric = (tuner._utility(model, points + shift) - tuner._utility(model, points - shift)) / (2 * step)
+        assert np.allclose(gradient[:, j], numeric, rtol=1e-3, atol=1e-5)
+    if utility == "ei":  # log EI: finite and ordered even where EI itself is 0 in floating point
+        from services.tuner.algorithms.gp import _log_h
+
+        z = np.array([-200.0, -40.0, -9.0, -8.0, -3.0, 0.0, 4.0])
+        assert np.all(np.isfinite(_log_h(z))) and np.all(np.diff(_log_h(z)) > 0)

@@ -140,18 +140,20 @@ class GpTuner(BaseTuner):
         return [self.history[i] for i in sorted(best | set(latest))]
 
     def _utility(self, gp: GaussianProcess, u: np.ndarray) -> np.ndarray:
-        """Higher is better; losses are minimised (NNI maximises the negated loss: the same)."""
-        from scipy.special import ndtr  # lazily: `tunebus create` builds tuners to check them
+        """Higher is better; losses are minimised (NNI maximises the negated loss: the same).
+
+        Expected improvement is ranked by its logarithm: far from the best trials it underflows
+        to 0, and a warm-up of mostly zeros would pick its starting points at random."""
+        from scipy.special import log_ndtr  # lazily: `tunebus create` builds tuners to check them
 
         mean, std = gp.predict(u)
         s = self.settings
         if s.utility == "ucb":
             return -mean + s.kappa * std
-        gain = self._best - mean - s.xi
-        z = gain / std
+        z = (self._best - mean - s.xi) / std
         if s.utility == "poi":
-            return ndtr(z)
-        return gain * ndtr(z) + std * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            return np.exp(log_ndtr(z))
+        return np.log(std) + _log_h(z)
 
     def _maximise(self, gp: GaussianProcess, rng: np.random.Generator) -> np.ndarray:
         """Candidate points, best utility first: random warm-up, then local refinement of the best."""
@@ -202,14 +204,34 @@ class GpTuner(BaseTuner):
         s = self.settings
         if s.utility == "ucb":
             return -mean + s.kappa * std, -dmean + s.kappa * dstd
-        gain = self._best - mean - s.xi
-        z = gain / std
-        density = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        if s.utility == "poi":  # dz = (-dmean * std - gain * dstd) / std**2
-            dz = (-dmean * std[:, None] - gain[:, None] * dstd) / (std * std)[:, None]
+        z = (self._best - mean - s.xi) / std
+        dz = (-dmean - z[:, None] * dstd) / std[:, None]
+        if s.utility == "poi":
+            density = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
             return ndtr(z), density[:, None] * dz
-        value = gain * ndtr(z) + std * density
-        return value, -ndtr(z)[:, None] * dmean + density[:, None] * dstd
+        # log EI = log std + log h(z), h(z) = z Phi(z) + phi(z), h'(z) = Phi(z)
+        return np.log(std) + _log_h(z), dstd / std[:, None] + _phi_over_h(z)[:, None] * dz
+
+
+_ASYMPTOTIC_Z = -8.0  # below it h(z) = z Phi(z) + phi(z) cancels: its asymptotic series is used
+
+
+def _log_h(z: np.ndarray) -> np.ndarray:
+    """log(z Phi(z) + phi(z)), the log of expected improvement over the standard deviation, for any z."""
+    from scipy.special import ndtr
+
+    direct = np.maximum(z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi), 1e-300)
+    far = np.minimum(z, _ASYMPTOTIC_Z)  # h(z) ~ phi(z) / z**2 * (1 - 3 / z**2 + 15 / z**4 - 105 / z**6)
+    series = (-0.5 * far * far - 0.5 * math.log(2 * math.pi) - 2 * np.log(-far)
+              + np.log1p(-3 / far**2 + 15 / far**4 - 105 / far**6))
+    return np.where(z > _ASYMPTOTIC_Z, np.log(direct), series)
+
+
+def _phi_over_h(z: np.ndarray) -> np.ndarray:
+    """Phi(z) / h(z): the derivative of log h (for the gradient of log EI)."""
+    from scipy.special import log_ndtr
+
+    return np.exp(log_ndtr(z) - _log_h(z))
 
 
 def _is_number(value: Any) -> bool:
