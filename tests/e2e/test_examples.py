@@ -37,15 +37,15 @@ PBT_SGD = REPO_ROOT / "examples" / "pbt-sgd" / "config.yml"
 def test_pbt_example_trains_its_population_through_checkpoints(stack: Stack) -> None:
     summary = stack.create(PBT_SGD, timeout=280)
     assert summary["status"] == "DONE", stack.logs()
-    assert summary["trials"] == {"SUCCEEDED": 20}
+    assert summary["trials"] == {"SUCCEEDED": 12}
     listing = stack.cli("trial", "ls", str(summary["id"]), "--json")
     assert listing.returncode == 0, listing.stderr
     trials = sorted(json.loads(listing.stdout), key=lambda t: t["sequence_id"])
     first, last = trials[:4], trials[-4:]
-    # Five steps of training carried over by checkpoints beat one step, for the population's best.
+    # Three steps of training carried over by checkpoints beat one step, for the population's best.
     assert min(t["final_value"] for t in last) < min(t["final_value"] for t in first)
     assert [t["parameters"]["save_checkpoint_dir"] for t in last] == \
-        [f"tunebus-checkpoints/{m}/4" for m in range(4)]
+        [f"tunebus-checkpoints/{m}/2" for m in range(4)]
 
 
 def test_mnist_pytorch_example_runs_unchanged_on_local_processes(stack: Stack, tmp_path: Path) -> None:
