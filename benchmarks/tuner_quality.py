@@ -129,7 +129,7 @@ def make_tuner(name: str, space: dict[str, Any], seed: int, bench: ModuleType | 
     if name in PEERS:
         return PEERS[name](space, seed)
     args: dict[str, Any] = {"seed": seed}
-    if name in ("TPE", "Anneal", "Evolution", "GP"):
+    if name in ("TPE", "Anneal", "Evolution", "GP", "Metis", "DNGO"):
         args["optimize_mode"] = "minimize"
     return create_tuner(name, args, space)
 
@@ -233,6 +233,72 @@ def multi_fidelity(tuners: list[str], seeds: range, budgets: list[int]) -> None:
         print(f"{name:10s} " + " ".join(f"{c:5.3f}" for c in cells), flush=True)
 
 
+# ---------------------------------------------------------------- population based training (PBT)
+
+PBT_DIM = 10
+PBT_CURVATURES = np.logspace(0, 2, PBT_DIM)  # an ill-conditioned bowl: big steps diverge, small ones crawl
+PBT_ITERATIONS = 25  # SGD iterations per step (a trial)
+
+
+def _train_step(state: tuple[np.ndarray, np.ndarray] | None, p: dict[str, Any],
+                rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """One step of noisy SGD with momentum on the bowl, from a checkpoint (weights, velocity) or
+    from scratch; returns the new checkpoint and the loss. Early on large steps pay, late the noise
+    they carry costs: the best learning rate changes during training, which a schedule can follow."""
+    w, v = state if state is not None else (np.full(PBT_DIM, 3.0), np.zeros(PBT_DIM))
+    w, v = w.copy(), v.copy()
+    for _ in range(PBT_ITERATIONS):
+        gradient = PBT_CURVATURES * (w - 1.0) + rng.normal(0.0, 2.0, PBT_DIM)
+        v = p["momentum"] * v - p["lr"] * gradient
+        w = np.clip(w + v, -1e3, 1e3)
+    return (w, v), float(np.sum(PBT_CURVATURES * (w - 1.0) ** 2))
+
+
+def pbt_final_loss(name: str, seed: int, population: int, steps: int) -> float:
+    """The best final loss after ``population * steps`` trial-steps of compute.
+
+    PBT trains a population of ``population`` for ``steps`` steps, handing checkpoints on (kept
+    here in a dict by their save folder); any other tuner spends the same compute on
+    ``population`` full runs of ``steps`` steps, each with fixed hyperparameters."""
+    space = {"lr": {"_type": "loguniform", "_value": [1e-4, 0.05]},
+             "momentum": {"_type": "uniform", "_value": [0.0, 0.99]}}
+    rng = np.random.default_rng(seed)
+    if name != "PBT":
+        tuner = make_tuner(name, space, seed, None)
+        best = math.inf
+        for parameter_id in range(population):
+            params = tuner.generate_parameters(parameter_id)
+            state = None
+            for _ in range(steps):
+                state, loss = _train_step(state, params, rng)
+            best = min(best, loss)
+            tuner.receive_trial_result(parameter_id, params, loss)
+        return best
+    tuner = create_tuner("PBT", {"optimize_mode": "minimize", "population_size": population, "seed": seed},
+                         space)
+    checkpoints: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    losses: list[float] = []
+    for step in range(steps):
+        handed = [(step * population + i, tuner.generate_parameters(step * population + i))
+                  for i in range(population)]
+        losses = []
+        for parameter_id, params in handed:
+            state, loss = _train_step(checkpoints.get(params["load_checkpoint_dir"]), params, rng)
+            checkpoints[params["save_checkpoint_dir"]] = state
+            losses.append(loss)
+            tuner.receive_trial_result(parameter_id, params, loss)
+    return min(losses)
+
+
+def pbt(tuners: list[str], seeds: range, population: int, steps: int) -> None:
+    print(f"PBT toy (noisy SGD on a {PBT_DIM}-d ill-conditioned bowl), population {population} x {steps} "
+          f"steps: best final loss, seeds {seeds.start}..{seeds.stop - 1}")
+    for name in tuners:
+        losses = [pbt_final_loss(name, s, population, steps) for s in seeds]
+        print(f"{name:10s} mean {statistics.mean(losses):10.4f} median {statistics.median(losses):10.4f}",
+              flush=True)
+
+
 def main() -> None:
     """Print mean and median regret per objective, tuner and batch size."""
     parser = argparse.ArgumentParser(
@@ -247,7 +313,13 @@ def main() -> None:
     parser.add_argument("--multi-fidelity", action="store_true",
                         help="Hyperband/BOHB vs full-budget tuners on a budgeted Hartmann-6 "
                              "(--tuners Hyperband,BOHB,Random,TPE)")
+    parser.add_argument("--pbt", action="store_true",
+                        help="PBT vs full runs of other tuners on a toy training problem "
+                             "(--tuners PBT,Random,TPE)")
     args = parser.parse_args()
+    if args.pbt:
+        pbt(args.tuners.split(","), range(args.first_seed, args.first_seed + args.seeds), 10, 20)
+        return
     if args.multi_fidelity:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         multi_fidelity(args.tuners.split(","), seeds, [MAX_BUDGET * k for k in (10, 30, 100)])

@@ -71,6 +71,7 @@ __all__ = [
     "ADVISORS",
     "BUILTIN_ASSESSORS",
     "BUILTIN_TUNERS",
+    "REFUSED_BUILTINS",
     "SECRET_MASK",
     "SUPPORTED_PLATFORMS",
     "TUNER_ALIASES",
@@ -91,17 +92,26 @@ __all__ = [
 
 #: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
 BUILTIN_TUNERS: tuple[str, ...] = (
-    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Hyperband", "BOHB",
+    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Metis", "DNGO", "Hyperband", "BOHB",
+    "PBT",
 )
 #: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
-ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB")
+ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB", "PBT")
 #: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
-TUNER_ALIASES: dict[str, str] = {"BatchTuner": "Batch", "GPTuner": "GP"}
+TUNER_ALIASES: dict[str, str] = {
+    "BatchTuner": "Batch", "GPTuner": "GP", "MetisTuner": "Metis", "DNGOTuner": "DNGO",
+    "PBTTuner": "PBT",
+}
 #: NNI built-ins tunebus does not run yet: named as such when refused.
 NOT_YET_SUPPORTED: tuple[str, ...] = (
-    "SMAC", "Metis", "MetisTuner", "DNGO", "DNGOTuner", "PBT", "PBTTuner",
     "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
 )
+#: NNI built-ins tunebus refuses on purpose, and why (the refusal says it).
+REFUSED_BUILTINS: dict[str, str] = {
+    "SMAC": "it needs the smac package (SMAC3 with dask and distributed, about 350 MB), which "
+            "tunebus does not carry; BOHB (model-based and multi-fidelity, like SMAC), GP, Metis "
+            "or DNGO are built in",
+}
 #: Built-in assessors tunebus runs, spelled as NNI registers them.
 BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")
 #: Training-service platforms tunebus runs.
@@ -226,6 +236,7 @@ class AlgorithmConfig(_Section):
     builtin_names: ClassVar[tuple[str, ...]] = ()
     aliases: ClassVar[dict[str, str]] = {}
     not_yet: ClassVar[tuple[str, ...]] = ()
+    refused: ClassVar[dict[str, str]] = {}
 
     name: str | None = Field(default=None, description="Built-in algorithm, e.g. 'TPE'.")
     class_name: str | None = Field(default=None, description="Custom algorithm class, 'module.Class'.")
@@ -245,6 +256,9 @@ class AlgorithmConfig(_Section):
             if alias.lower() == value.lower():
                 return known
         supported = ", ".join(cls.builtin_names)
+        for name, reason in cls.refused.items():
+            if name.lower() == value.lower():
+                raise ValueError(f"NNI's built-in {cls.kind} {value!r} is not built into tunebus: {reason}")
         if any(name.lower() == value.lower() for name in cls.not_yet):
             raise ValueError(f"NNI's built-in {cls.kind} {value!r} is not supported by tunebus yet "
                              f"(supported: {supported})")
@@ -297,6 +311,7 @@ class TunerConfig(AlgorithmConfig):
     builtin_names: ClassVar[tuple[str, ...]] = BUILTIN_TUNERS
     aliases: ClassVar[dict[str, str]] = TUNER_ALIASES
     not_yet: ClassVar[tuple[str, ...]] = NOT_YET_SUPPORTED
+    refused: ClassVar[dict[str, str]] = REFUSED_BUILTINS
 
 
 class AssessorConfig(AlgorithmConfig):

@@ -80,6 +80,13 @@ class Layout:
     def log_blob(self, trial_id: str, stream: str, attempt: int = 1) -> str:
         return f"{self.attempt_root(trial_id, attempt)}/{stream}.log"
 
+    def checkpoint_prefix(self, member: int, step: int) -> str:
+        """PBT's checkpoint of population member ``member`` after step ``step``, when tunebus keeps
+        them (:mod:`shared.checkpoints`): one blob per file, named by its path in the folder."""
+        if member < 0 or step < 0:
+            raise ValueError(f"no checkpoint for member {member}, step {step}")
+        return f"{self.root}/checkpoints/{member}/{step}/"
+
     def claim_blob(self, trial_id: str, attempt: int) -> str:
         """Created (create-only) by the submitter that takes the job: at most one runs it."""
         return f"{self.trial_root(trial_id)}/claims/{attempt}.json"

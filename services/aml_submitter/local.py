@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from shared.checkpoints import managed_checkpoints
 from shared.messages import TrialStatus, TrialStatusChanged
 from shared.sandbox import Sandbox, SandboxError, allowlisted_environment
 
-from .backend import JobRequest, PermanentSubmitError, Reporter
+from .backend import JobRequest, PermanentSubmitError, Reporter, SubmitError
+from .checkpoints import CheckpointError, CheckpointFolders, CheckpointTransfer
 from .gpus import GpuAllocator
 from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 
@@ -101,6 +103,7 @@ class _Running:
     kill_status: TrialStatus | None = None
     kill_reason: str | None = None
     started_report: asyncio.Task[None] | None = None  # RUNNING, sent before the end is
+    checkpoints: CheckpointFolders | None = None  # PBT's, when tunebus keeps them
 
 
 class LocalBackend:
@@ -110,8 +113,10 @@ class LocalBackend:
 
     def __init__(self, work_dir: Path, report: Reporter, upload_logs: LogUploader,
                  gpus: GpuAllocator | None = None, interpreter_dir: Path | None = None,
-                 sandbox: Sandbox | None = None, sandbox_error: str | None = None) -> None:
+                 sandbox: Sandbox | None = None, sandbox_error: str | None = None,
+                 checkpoints: CheckpointTransfer | None = None) -> None:
         self.work_dir = work_dir
+        self.checkpoints = checkpoints  # None: PBT experiments whose checkpoints tunebus keeps fail
         self.report = report
         self.upload_logs = upload_logs
         self.gpus = gpus or GpuAllocator.detect()
@@ -183,8 +188,11 @@ class LocalBackend:
         # stdout.log by a link to any file, which this (root) process would then upload as its log.
         log_dir = output_dir.with_name(f"attempt-{who.attempt}.logs")
         log_dir.mkdir(exist_ok=True)
+        parameters, checkpoints = await self._checkpoints_for(job, output_dir)
         try:
             self.sandbox.hand_over(output_dir)
+            if checkpoints is not None:
+                self.sandbox.hand_over(checkpoints.save_dir)
         except SandboxError as exc:
             raise PermanentSubmitError(str(exc)) from exc
         gpu_count = int(job.config.get("trialGpuNumber") or 0)
@@ -194,7 +202,7 @@ class LocalBackend:
         except ValueError as exc:
             raise PermanentSubmitError(str(exc)) from exc
         env = self._base_environment(job, gpus, output_dir)
-        env.update(trial_environment(who, job.parameters, metrics_url=job.metrics_url,
+        env.update(trial_environment(who, parameters, metrics_url=job.metrics_url,
                                      output_dir=str(output_dir), platform="local"))
         command = job.config["trialCommand"]
         cwd = job.code_dir or output_dir
@@ -205,7 +213,7 @@ class LocalBackend:
             if gpus:
                 self.gpus.release(gpus)
             raise PermanentSubmitError(f"cannot start trial command {command!r}: {exc}") from exc
-        running = _Running(job, proc, output_dir, log_dir, gpus or [])
+        running = _Running(job, proc, output_dir, log_dir, gpus or [], checkpoints=checkpoints)
         self._running[key] = running
         log.info("trial %s/%s attempt %d started (pid %d)", who.experiment_id, who.trial_id, who.attempt,
                  proc.pid)
@@ -233,6 +241,9 @@ class LocalBackend:
             status = TrialStatus.FAILED
             tail = stderr_tail(running.log_dir / "stderr.log")
             error = f"exit code {code}" + (f"; stderr tail:\n{tail}" if tail else "")
+        if status == TrialStatus.SUCCEEDED and running.checkpoints is not None:
+            error = await self._save_checkpoint(running)  # before the end: the next step loads it
+            status = TrialStatus.FAILED if error else status
         if running.started_report is not None:
             await running.started_report  # the dispatcher hears RUNNING before the end
         await self._report_retried(TrialStatusChanged(
@@ -247,6 +258,37 @@ class LocalBackend:
             # Nothing of a finished trial stays on this machine's disk (its logs are uploaded).
             for folder in (running.log_dir, running.output_dir):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _checkpoints_for(self, job: JobRequest, output_dir: Path
+                               ) -> tuple[dict[str, Any], CheckpointFolders | None]:
+        """The trial's parameters, with PBT's checkpoint references made local folders (filled
+        from storage) when tunebus keeps the experiment's checkpoints."""
+        if not managed_checkpoints(job.config):
+            return job.parameters, None
+        if self.checkpoints is None:
+            raise PermanentSubmitError("this submitter keeps no PBT checkpoints (no storage given)")
+        try:
+            folders, parameters = await self.checkpoints.prepare(job, output_dir)
+        except PermanentSubmitError:
+            raise
+        except Exception as exc:  # storage unreachable: the submission is retried
+            raise SubmitError(f"loading the trial's checkpoint failed: {exc!r}") from exc
+        return parameters, folders
+
+    async def _save_checkpoint(self, running: _Running) -> str | None:
+        """Upload a succeeded trial's checkpoint; the reason it failed, or None."""
+        assert running.checkpoints is not None
+        who = running.job.who
+        try:
+            count = await self.checkpoints.save(running.checkpoints) if self.checkpoints else 0
+        except CheckpointError as exc:
+            return f"its checkpoint was not saved: {exc}"
+        except Exception as exc:
+            log.warning("saving the checkpoint of trial %s/%s failed: %r", who.experiment_id, who.trial_id,
+                        exc)
+            return f"saving its checkpoint failed: {exc!r}"
+        log.info("trial %s/%s: saved its checkpoint (%d files)", who.experiment_id, who.trial_id, count)
+        return None
 
     async def _report_retried(self, report: TrialStatusChanged) -> None:
         """A trial's start and end must get out: retry the report (same message id) with back-off."""

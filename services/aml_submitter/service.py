@@ -51,6 +51,7 @@ from .aml.backend import AmlBackend
 from .aml.options import AmlOptions
 from .aml.sdk import azure_ai_ml_api, azureml_api, standin_api, standin_v2_api
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
+from .checkpoints import CheckpointTransfer
 from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime
 
@@ -478,7 +479,7 @@ async def start(settings: SubmitterSettings) -> Running:
                           log_max_bytes=settings.log_max_bytes)
     if settings.local_trials:
         local = LocalBackend(work_dir, submitter.report, submitter.upload_logs, sandbox=sandbox,
-                             sandbox_error=sandbox_error)
+                             sandbox_error=sandbox_error, checkpoints=CheckpointTransfer(store))
         submitter.backends["local"] = local
         log.info("local trials run %s", f"as user {sandbox.user.name}" if sandbox and sandbox.user
                  else "as this process's user (not root)" if sandbox else f"never: {sandbox_error}")

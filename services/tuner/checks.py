@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.checkpoints import AML_CHECKPOINTS_REFUSED, PBT_NAMES
 from shared.config import ADVISORS
 from shared.search_space import SearchSpaceError
 
@@ -16,12 +17,13 @@ __all__ = ["builtin_algorithm_problems"]
 
 
 def builtin_algorithm_problems(
-    tuner: Any, assessor: Any | None, search_space: dict[str, Any]
+    tuner: Any, assessor: Any | None, search_space: dict[str, Any], platform: str | None = None
 ) -> list[tuple[str, str]]:
     """``(field, reason)`` for each built-in tuner or assessor its config would make fail.
 
     ``tuner`` and ``assessor`` are :class:`shared.config.AlgorithmConfig` sections; custom
     (``className``) algorithms are the tuner service's to load, so they are not built here.
+    ``platform`` (the training service's) refuses what a built-in cannot do there (PBT's checkpoints).
     """
     problems: list[tuple[str, str]] = []
     if tuner.class_name is None:
@@ -29,6 +31,9 @@ def builtin_algorithm_problems(
             create_tuner(tuner.name, tuner.class_args, search_space)
         except (TunerConfigError, SearchSpaceError) as exc:
             problems.append(("tuner", str(exc)))
+    class_args = tuner.class_args or {}
+    if platform == "aml" and tuner.name in PBT_NAMES and class_args.get("all_checkpoint_dir") is None:
+        problems.append(("tuner.classArgs.all_checkpoint_dir", AML_CHECKPOINTS_REFUSED))
     if assessor is not None and tuner.name in ADVISORS:
         problems.append(("assessor", f"{tuner.name} is an advisor: it stops and promotes trials itself, "
                                      f"so it takes no assessor (as in NNI)"))

@@ -68,7 +68,7 @@ log = logging.getLogger("tunebus.tuner")
 
 FINISHED_REMEMBERED = 10_000
 #: Built-in tuners that take a ``seed`` (the experiment's is given to them unless classArgs has one).
-SEEDED_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GP", "Hyperband", "BOHB")
+SEEDED_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GP", "Metis", "DNGO", "Hyperband", "BOHB", "PBT")
 #: The longest reason an experiment.error carries (it is stored in state.json).
 MAX_REASON_CHARS = 4000
 # Errors a user fixes in the config: their message is the reason, no traceback.

@@ -31,6 +31,23 @@ def test_sklearn_digits_example_finds_an_accurate_svm(stack: Stack) -> None:
     assert sorted(t["sequence_id"] for t in trials) == list(range(20))
 
 
+PBT_SGD = REPO_ROOT / "examples" / "pbt-sgd" / "config.yml"
+
+
+def test_pbt_example_trains_its_population_through_checkpoints(stack: Stack) -> None:
+    summary = stack.create(PBT_SGD, timeout=280)
+    assert summary["status"] == "DONE", stack.logs()
+    assert summary["trials"] == {"SUCCEEDED": 12}
+    listing = stack.cli("trial", "ls", str(summary["id"]), "--json")
+    assert listing.returncode == 0, listing.stderr
+    trials = sorted(json.loads(listing.stdout), key=lambda t: t["sequence_id"])
+    first, last = trials[:4], trials[-4:]
+    # Three steps of training carried over by checkpoints beat one step, for the population's best.
+    assert min(t["final_value"] for t in last) < min(t["final_value"] for t in first)
+    assert [t["parameters"]["save_checkpoint_dir"] for t in last] == \
+        [f"tunebus-checkpoints/{m}/2" for m in range(4)]
+
+
 def test_mnist_pytorch_example_runs_unchanged_on_local_processes(stack: Stack, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="torch (installed by `make venv`) is needed by the trial")
     example = tmp_path / "mnist-pytorch"

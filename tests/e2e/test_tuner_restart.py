@@ -71,8 +71,18 @@ HYPERBAND_CASE = (
 )
 
 
-@pytest.mark.parametrize(("tuner", "space", "max_trials"), [TPE_CASE, GRID_CASE, HYPERBAND_CASE],
-                         ids=["TPE", "GridSearch", "Hyperband"])
+# PBT: 3 steps of a population of 4; the restart lands in the first step, and the rebuilt tuner
+# must finish it, then hand the worst member the best one's checkpoint at each step.
+PBT_CASE = (
+    {"name": "PBT", "classArgs": {"optimize_mode": "maximize", "population_size": 4, "fraction": 0.25,
+                                  "seed": 4}},
+    {"a": {"_type": "uniform", "_value": [0, 6]}, "b": {"_type": "uniform", "_value": [0, 2]}},
+    12,
+)
+
+
+@pytest.mark.parametrize(("tuner", "space", "max_trials"), [TPE_CASE, GRID_CASE, HYPERBAND_CASE, PBT_CASE],
+                         ids=["TPE", "GridSearch", "Hyperband", "PBT"])
 async def test_tuner_sigkilled_mid_experiment_repeats_nothing(
     stack: Stack, tuner: dict[str, Any], space: dict[str, Any], max_trials: int
 ) -> None:
@@ -106,9 +116,23 @@ async def test_tuner_sigkilled_mid_experiment_repeats_nothing(
         ranked = sorted(trials[:9], key=lambda t: -(t.final_value or 0.0))[:3]
         assert {json.dumps({**t.parameters, "TRIAL_BUDGET": 3}, sort_keys=True) for t in ranked} == \
             set(points[9:12])
+    if tuner["name"] == "PBT":
+        _assert_pbt_steps(state.by_sequence())
     for trial in state.trials.values():
         assert trial.status == TrialStatus.SUCCEEDED, state.trials_by_status()
         assert trial.final_value == pytest.approx(_value(trial.parameters))
+
+
+def _assert_pbt_steps(trials: list[Any]) -> None:
+    assert [t.parameters["save_checkpoint_dir"] for t in trials] == \
+        [f"tunebus-checkpoints/{m}/{s}" for s in range(3) for m in range(4)]
+    for step in (1, 2):
+        before = trials[4 * (step - 1): 4 * step]
+        ranked = sorted(range(4), key=lambda m: -(before[m].final_value or 0.0))
+        best, worst = ranked[0], ranked[-1]
+        loads = [t.parameters["load_checkpoint_dir"] for t in trials[4 * step: 4 * step + 4]]
+        assert loads[worst] == f"tunebus-checkpoints/{best}/{step - 1}"
+        assert all(loads[m] == f"tunebus-checkpoints/{m}/{step - 1}" for m in range(4) if m != worst)
 
 
 DETERMINISM_SPACE = {

@@ -128,6 +128,15 @@ def test_dry_run_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str
          "assessor"),
         (VALID.replace("tuner:", "advisor:").replace("name: TPE", "name: Hyperband")
          .replace("optimize_mode: maximize", "optimize_mode: maximize, eta: 1"), None, "tuner"),
+        (VALID.replace("name: TPE", "name: PBT")
+         .replace("optimize_mode: maximize", "optimize_mode: maximize, fraction: 2"), None, "tuner"),
+        (VALID.replace("name: TPE", "name: PBTTuner") + "    assessor: {name: Medianstop}\n", None,
+         "assessor"),
+        # On Azure ML, PBT's checkpoints need a folder every job mounts.
+        (VALID.replace("name: TPE", "name: PBT").replace(
+            "platform: local", "platform: aml\n      subscriptionId: s\n      resourceGroup: r\n"
+                               "      workspaceName: w\n      computeTarget: c"), None,
+         "tuner.classArgs.all_checkpoint_dir"),
     ],
 )
 def test_invalid_config_exits_2_naming_the_field_before_connecting(

@@ -361,10 +361,14 @@ def test_randint_low_not_below_high_names_the_parameter(tmp_path: Path) -> None:
 
 
 def test_unknown_tuner_name() -> None:
-    [(field, reason)] = problems(local_config(tuner={"name": "SMAC"}))
+    [(field, reason)] = problems(local_config(tuner={"name": "smac"}))
     assert field == "tuner.name"
-    assert reason == ("NNI's built-in tuner 'SMAC' is not supported by tunebus yet "
-                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Hyperband, BOHB)")
+    assert reason.startswith("NNI's built-in tuner 'smac' is not built into tunebus: "
+                             "it needs the smac package")
+    [(field, reason)] = problems(local_config(tuner={"name": "PPOTuner"}))
+    assert reason == ("NNI's built-in tuner 'PPOTuner' is not supported by tunebus yet "
+                      "(supported: TPE, Random, Anneal, GridSearch, Evolution, Batch, GP, Metis, DNGO, "
+                      "Hyperband, BOHB, PBT)")
     [(_, reason)] = problems(local_config(tuner={"name": "Grid"}))
     assert reason.startswith("tuner 'Grid' is not supported (supported: TPE,")
 
@@ -372,6 +376,8 @@ def test_unknown_tuner_name() -> None:
 def test_nni_aliases_of_builtin_tuners_are_read_as_their_names() -> None:
     assert parse_experiment_config(local_config(tuner={"name": "GPTuner"})).tuner.name == "GP"
     assert parse_experiment_config(local_config(tuner={"name": "batchtuner"})).tuner.name == "Batch"
+    for alias, name in (("MetisTuner", "Metis"), ("DNGOTuner", "DNGO"), ("pbttuner", "PBT")):
+        assert parse_experiment_config(local_config(tuner={"name": alias})).tuner.name == name
 
 
 def test_builtin_names_match_case_insensitively_like_nni() -> None:
@@ -391,7 +397,8 @@ def test_advisor_is_read_as_the_tuner() -> None:
     assert fields(local_config(advisor={"name": "Random"})) == ["advisor"]
     hyperband = {"name": "Hyperband", "classArgs": {"optimize_mode": "maximize", "R": 27}}
     assert parse_experiment_config(local_config(tuner=None, advisor=hyperband)).tuner.name == "Hyperband"
-    assert fields(local_config(tuner=None, advisor={"name": "PBTTuner"})) == ["advisor.name"]
+    assert parse_experiment_config(local_config(tuner=None, advisor={"name": "PBTTuner"})).tuner.name == "PBT"
+    assert fields(local_config(tuner=None, advisor={"name": "PPOTuner"})) == ["advisor.name"]
 
 
 def test_custom_algorithm_needs_class_name_and_code_directory(tmp_path: Path) -> None:

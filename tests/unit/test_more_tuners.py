@@ -260,3 +260,71 @@ def test_gp_fits_on_the_best_and_latest_trials_only_past_its_cap() -> None:
     assert all(o in kept for o in tuner.history if o.loss < losses[MODEL_POINTS * 2 // 3 - 1])
     assert tuner.history[-1] in kept  # the latest trial is always in the model
     assert 0.0 <= tuner.generate_parameters(10_000)["x"] <= 1.0
+
+
+# ---------------------------------------------------------------- the Gaussian process itself
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
+def test_gp_gradients_match_finite_differences(nu: float) -> None:
+    from services.tuner.algorithms.gaussian_process import GaussianProcess
+
+    rng = np.random.default_rng(0)
+    x = rng.random((25, 3))
+    model = GaussianProcess(nu).fit(x, np.sin(5 * x[:, 0]) + x[:, 1] * x[:, 2])
+    points = rng.random((5, 3))
+    mean, std, dmean, dstd = model.predict_with_gradient(points)
+    assert np.allclose((mean, std), model.predict(points))
+    step = 1e-6
+    for j in range(3):
+        shift = np.zeros(3)
+        shift[j] = step
+        (m_up, s_up), (m_down, s_down) = model.predict(points + shift), model.predict(points - shift)
+        assert np.allclose(dmean[:, j], (m_up - m_down) / (2 * step), atol=1e-4)
+        assert np.allclose(dstd[:, j], (s_up - s_down) / (2 * step), atol=1e-4)
+
+
+def test_gp_leave_one_out_predicts_each_point_from_the_others() -> None:
+    from services.tuner.algorithms.gaussian_process import GaussianProcess
+
+    rng = np.random.default_rng(1)
+    x = rng.random((15, 2))
+    y = np.sin(5 * x[:, 0]) + x[:, 1]
+    model = GaussianProcess(2.5).fit(x, y)
+    mean, std = model.leave_one_out()
+    for i in (0, 7):  # the same hyperparameters, fitted without point i
+        others = np.delete(np.arange(15), i)
+        without = GaussianProcess(2.5)
+        without._x, without._y = x[others], y[others]
+        without._y_mean, without._y_std = model._y_mean, model._y_std
+        assert model._fit is not None
+        theta = np.append(model._fit.log_lengths, model._fit.log_signal)
+        without._fit = without._factor(theta, (y[others] - model._y_mean) / model._y_std)
+        m, s = without.predict(x[i:i + 1])
+        assert mean[i] == pytest.approx(m[0], rel=1e-4)
+        noise = (model.noise + model._fit.jitter) * model._y_std**2  # the left-out point's own noise
+        assert std[i] ** 2 == pytest.approx(s[0] ** 2 + noise, rel=1e-3)
+
+
+@pytest.mark.parametrize("utility", ["ei", "ucb", "poi"])
+def test_gp_utility_gradient_matches_finite_differences_and_log_ei_never_underflows(utility: str) -> None:
+    space = {"x": {"_type": "uniform", "_value": [0.0, 1.0]}, "y": {"_type": "uniform", "_value": [0.0, 1.0]}}
+    tuner = gp(space=space, utility=utility)
+    for pid in range(8):
+        p = tuner.generate_parameters(pid)
+        tuner.receive_trial_result(pid, p, (p["x"] - 0.3) ** 2 + (p["y"] - 0.6) ** 2)
+    model = tuner._model()
+    points = np.random.default_rng(0).random((6, 2))
+    value, gradient = tuner._utility_with_gradient(model, points)
+    assert np.allclose(value, tuner._utility(model, points))
+    step = 1e-6
+    for j in range(2):
+        shift = np.zeros(2)
+        shift[j] = step
+        numeric = (tuner._utility(model, points + shift) - tuner._utility(model, points - shift)) / (2 * step)
+        assert np.allclose(gradient[:, j], numeric, rtol=1e-3, atol=1e-5)
+    if utility == "ei":  # log EI: finite and ordered even where EI itself is 0 in floating point
+        from services.tuner.algorithms.gp import _log_h
+
+        z = np.array([-200.0, -40.0, -9.0, -8.0, -3.0, 0.0, 4.0])
+        assert np.all(np.isfinite(_log_h(z))) and np.all(np.diff(_log_h(z)) > 0)

@@ -168,6 +168,78 @@ class TestTunerContract:
             tuner.generate_parameters(0)
 
 
+# ---------------------------------------------------------------- the model tuners' contract
+
+# GP, Metis and DNGO take numbers only (as in NNI): the same contract over numeric spaces, with
+# classArgs that make their models start early and run fast.
+MODEL_TUNERS = {
+    "GP": {"cold_start_num": 4, "selection_num_warm_up": 500, "selection_num_starting_points": 10},
+    "Metis": {"cold_start_num": 4, "selection_num_starting_points": 40},
+    "DNGO": {"trials_per_update": 5, "num_epochs_per_training": 30, "sample_size": 100},
+}
+NUMERIC_SPACE: dict[str, Any] = {
+    "layers": {"_type": "randint", "_value": [1, 5]},
+    "dropout": {"_type": "uniform", "_value": [0.0, 0.5]},
+    "batch": {"_type": "quniform", "_value": [16, 128, 16]},
+    "lr": {"_type": "uniform", "_value": [1e-5, 1e-1]},
+    "momentum": {"_type": "choice", "_value": [0.5, 0.9, 0.99]},
+}
+SMALL_NUMERIC_SPACE: dict[str, Any] = {  # 3 x 2 x 2 = 12 points
+    "kind": {"_type": "choice", "_value": [1, 2, 3]},
+    "n": {"_type": "randint", "_value": [0, 2]},
+    "q": {"_type": "quniform", "_value": [0, 1, 1]},
+}
+
+
+def make_model_tuner(name: str, space: dict[str, Any] | None = None, seed: int = 7) -> Any:
+    args = {"optimize_mode": "minimize", "seed": seed, **MODEL_TUNERS[name]}
+    return create_tuner(name, args, space if space is not None else NUMERIC_SPACE)
+
+
+@pytest.mark.parametrize("name", list(MODEL_TUNERS))
+class TestModelTunerContract:
+    """What the service relies on, for the built-in tuners that model numeric spaces."""
+
+    def test_suggestions_lie_in_the_space(self, name: str) -> None:
+        for p in drive(make_model_tuner(name), 16, batch=4):
+            assert type(p["layers"]) is int and 1 <= p["layers"] <= 4 and 0.0 <= p["dropout"] <= 0.5
+            assert 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0 and p["momentum"] in (0.5, 0.9, 0.99)
+
+    def test_same_seed_and_calls_give_the_same_suggestions(self, name: str) -> None:
+        assert drive(make_model_tuner(name, seed=3), 12, batch=3) == \
+            drive(make_model_tuner(name, seed=3), 12, batch=3)
+
+    def test_rebuilt_from_history_suggests_as_the_uninterrupted_one(self, name: str) -> None:
+        uninterrupted = make_model_tuner(name)
+        records = []
+        for pid in range(10):  # DNGO: a multiple of trials_per_update, so the same model
+            params = uninterrupted.generate_parameters(pid)
+            uninterrupted.receive_trial_result(pid, params, objective(params))
+            records.append({"parameter": params, "value": objective(params)})
+        rebuilt = make_model_tuner(name)
+        assert rebuilt.import_data(records) == 10
+        assert [rebuilt.generate_parameters(pid) for pid in range(10, 13)] == \
+            [uninterrupted.generate_parameters(pid) for pid in range(10, 13)]
+
+    def test_pending_trials_never_get_identical_parameters_until_exhausted(self, name: str) -> None:
+        tuner = make_model_tuner(name, SMALL_NUMERIC_SPACE)
+        for i in range(6):  # half of the space learned, so the model is in play
+            params = tuner.generate_parameters(i)
+            tuner.receive_trial_result(i, params, float(params["kind"] + params["n"]))
+        suggested = [tuner.generate_parameters(i) for i in range(6, 12)]  # all pending
+        assert len({key(p) for p in suggested}) == 6
+        with pytest.raises(NoMoreTrials):
+            tuner.generate_parameters(12)
+
+    def test_repeated_result_counts_once_and_failed_trials_stop_pending(self, name: str) -> None:
+        tuner = make_model_tuner(name)
+        params = [tuner.generate_parameters(i) for i in range(2)]
+        tuner.receive_trial_result(0, params[0], 1.0)
+        tuner.receive_trial_result(0, params[0], 1.0)
+        tuner.trial_end(1, False)
+        assert len(tuner.history) == 1 and not tuner.pending
+
+
 # ---------------------------------------------------------------- configuration errors
 
 

@@ -66,7 +66,8 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
         # Only now: the algorithms import numpy and scipy (a second on a busy machine).
         from services.tuner.checks import builtin_algorithm_problems
 
-        problems = builtin_algorithm_problems(config.tuner, config.assessor, config.search_space)
+        problems = builtin_algorithm_problems(config.tuner, config.assessor, config.search_space,
+                                              platform=config.platform)
         if problems:
             raise ConfigError(problems, source=args.config)
     except ConfigError as exc:

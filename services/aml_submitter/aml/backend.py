@@ -51,6 +51,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from shared.bus import PermanentError, TransientError
+from shared.checkpoints import AML_CHECKPOINTS_REFUSED, managed_checkpoints
 from shared.messages import (
     TERMINAL_TRIAL_STATUSES,
     Ticket,
@@ -164,6 +165,8 @@ class AmlBackend:
     async def submit(self, job: JobRequest) -> None:
         """Submit the trial's AML run, record it, report WAITING and start watching it."""
         who = job.who
+        if managed_checkpoints(job.config):  # tunebus create refuses it; a published start may not
+            raise PermanentSubmitError(AML_CHECKPOINTS_REFUSED)
         target = AmlTarget.from_config(job.config)
         path = Layout(who.experiment_id).trial_doc(who.trial_id)
         found = await self.store.read_json(path)

@@ -7,8 +7,10 @@
 
 Every built-in tuner is pure and synchronous (no I/O, no threads) and reproducible: the same seed
 and the same sequence of calls give the same suggestions. Built-in names: ``TPE``, ``Random``,
-``Anneal``, ``GridSearch``, ``Evolution``, ``Batch`` and ``GP`` (NNI's aliases ``BatchTuner``,
-``GPTuner`` too). A custom tuner (NNI's ``className``) runs in the experiment's worker process:
+``Anneal``, ``GridSearch``, ``Evolution``, ``Batch``, ``GP``, ``Metis``, ``DNGO``, ``PBT`` and the
+advisors ``Hyperband`` and ``BOHB`` (NNI's aliases ``BatchTuner``, ``GPTuner``, ``MetisTuner``,
+``DNGOTuner``, ``PBTTuner`` too).
+A custom tuner (NNI's ``className``) runs in the experiment's worker process:
 :class:`RemoteTuner` stands for it here.
 """
 
@@ -26,10 +28,13 @@ from .args import ClassArgs
 from .batch import BatchTuner
 from .bohb import BohbAdvisor, BohbSettings
 from .custom import RemoteTuner
+from .dngo import DngoSettings, DngoTuner
 from .errors import NoMoreTrials, TunerConfigError, WaitForResults
 from .gaussian_process import MATERN_NUS
 from .gp import UTILITIES, GpSettings, GpTuner
 from .hyperband import EXEC_MODES, HyperbandAdvisor
+from .metis import MetisSettings, MetisTuner
+from .pbt import PbtSettings, PbtTuner
 from .simple import AnnealTuner, EvolutionTuner, GridSearchTuner, RandomTuner
 from .tpe import LIAR_TYPES, TpeSettings, TpeTuner
 
@@ -124,6 +129,35 @@ def _gp(args: ClassArgs) -> Tuner:
     return GpTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
 
 
+def _metis(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = MetisSettings()
+    settings = MetisSettings(
+        no_resampling=args.flag("no_resampling", d.no_resampling),
+        no_candidates=args.flag("no_candidates", d.no_candidates),
+        selection_num_starting_points=_integer(args.integer(
+            "selection_num_starting_points", d.selection_num_starting_points, low=1, high=100_000)),
+        cold_start_num=_integer(args.integer("cold_start_num", d.cold_start_num, low=0,
+                                             high=limits.MAX_CLASS_ARG_COUNT)),
+        exploration_probability=_number(args.number("exploration_probability", d.exploration_probability,
+                                                    low=0.0, high=1.0)),
+    )
+    return MetisTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
+def _dngo(args: ClassArgs) -> Tuner:
+    minimize = args.optimize_mode(default="maximize")
+    d = DngoSettings()
+    settings = DngoSettings(
+        sample_size=_integer(args.integer("sample_size", d.sample_size, low=1, high=100_000)),
+        trials_per_update=_integer(args.integer("trials_per_update", d.trials_per_update, low=1,
+                                                high=100_000)),
+        num_epochs_per_training=_integer(args.integer("num_epochs_per_training", d.num_epochs_per_training,
+                                                      low=1, high=100_000)),
+    )
+    return DngoTuner(seed=args.integer("seed", None, low=0), minimize=minimize, settings=settings)
+
+
 MAX_HYPERBAND_R = 100_000
 
 
@@ -165,6 +199,30 @@ def _bohb(args: ClassArgs) -> Tuner:
         eta=_integer(args.integer("eta", 3, low=2, high=9999)), settings=settings)
 
 
+MAX_CHECKPOINT_DIR_CHARS = 1024
+
+
+def _pbt(args: ClassArgs) -> Tuner:
+    if "optimize_mode" not in args.args:  # NNI's PBTClassArgsValidator requires it
+        raise TunerConfigError("PBT", "classArgs.optimize_mode is required ('maximize' or 'minimize')")
+    minimize = args.optimize_mode()
+    d = PbtSettings()
+    settings = PbtSettings(
+        # NNI: a folder every trial reaches; None: tunebus keeps them in storage
+        all_checkpoint_dir=args.text("all_checkpoint_dir", MAX_CHECKPOINT_DIR_CHARS),
+        population_size=_integer(args.integer("population_size", d.population_size, low=1,
+                                              high=limits.MAX_CLASS_ARG_POPULATION)),
+        factor=_number(args.number("factor", d.factor, low=0.0, high=1e6)),
+        resample_probability=_number(args.number("resample_probability", d.resample_probability,
+                                                 low=0.0, high=1.0)),
+        fraction=_number(args.number("fraction", d.fraction, low=0.0, high=1.0)),
+    )
+    seed = args.integer("seed", None, low=0)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    return PbtTuner(seed=seed, minimize=minimize, settings=settings)
+
+
 def _number(value: float | None) -> float:
     assert value is not None  # every caller passes a default
     return value
@@ -185,6 +243,9 @@ BUILTIN_TUNERS: dict[str, Callable[[ClassArgs], Tuner]] = {
     "GP": _gp,
     "Hyperband": _hyperband,
     "BOHB": _bohb,
+    "PBT": _pbt,
+    "Metis": _metis,
+    "DNGO": _dngo,
 }
 
 

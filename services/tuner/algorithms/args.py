@@ -69,6 +69,25 @@ class ClassArgs:
             raise self._error(key, f"must be between {low:g} and {high:g}, got {_short(value)}")
         return float(value)
 
+    def flag(self, key: str, default: bool) -> bool:
+        """An optional boolean (true/false in YAML, not 0/1 or a string)."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._error(key, f"must be true or false, got {_short(value)}")
+        return value
+
+    def text(self, key: str, max_chars: int) -> str | None:
+        """An optional non-blank string of at most ``max_chars`` characters (no NUL)."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip() or "\x00" in value or len(value) > max_chars:
+            raise self._error(key, f"must be a non-blank string of at most {max_chars} characters, "
+                                   f"got {_short(value)}")
+        return value
+
     def one_of(self, key: str, default: Any, options: Iterable[Any]) -> Any:
         """An optional argument from a fixed set of options."""
         if key not in self.args:

@@ -144,6 +144,16 @@ class GaussianProcess:
         grad[-1] = 0.5 * np.sum(inner * k)
         return -float(lml), -grad
 
+    def leave_one_out(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each fitted point's mean and standard deviation as predicted from all the others (the
+        closed form, same hyperparameters), in the units of y."""
+        if self._fit is None:
+            raise RuntimeError("fit the Gaussian process first")
+        inverse_diagonal = np.sum(self._fit.chol_inverse ** 2, axis=0)  # diag(K^-1), K^-1 = L^-T L^-1
+        z = (self._y - self._y_mean) / self._y_std
+        mean = z - self._fit.alpha / inverse_diagonal
+        return mean * self._y_std + self._y_mean, np.sqrt(1.0 / inverse_diagonal) * self._y_std
+
     # ------------------------------------------------------------ predicting
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,3 +169,27 @@ class GaussianProcess:
         v = k_star @ fit.chol_inverse.T
         variance = np.maximum(math.exp(fit.log_signal) - np.sum(v * v, axis=1), 1e-12)
         return mean * self._y_std + self._y_mean, np.sqrt(variance) * self._y_std
+
+    def predict_with_gradient(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mean and standard deviation at the rows of ``x`` (n x d), and their gradients in x (n x d)."""
+        if self._fit is None:
+            raise RuntimeError("fit the Gaussian process first")
+        fit = self._fit
+        lengths = np.exp(fit.log_lengths)
+        signal = math.exp(fit.log_signal)
+        x = np.asarray(x, dtype=float)
+        differences = x[:, None, :] - self._x[None, :, :]  # n x m x d
+        r = np.sqrt(np.sum((differences / lengths) ** 2, axis=-1))
+        shape, slope = _matern(self.nu, r)
+        k_star = signal * shape  # n x m
+        # dk/dx_j = -signal * g(r) * d_j / l_j**2 (g as in _matern)
+        dk = -signal * slope[:, :, None] * differences / lengths**2  # n x m x d
+        mean = k_star @ fit.alpha
+        dmean = np.einsum("nmd,m->nd", dk, fit.alpha)
+        v = k_star @ fit.chol_inverse.T  # n x m: L^-1 k*
+        variance = np.maximum(signal - np.sum(v * v, axis=1), 1e-12)
+        std = np.sqrt(variance)
+        # d var / dx = -2 v . (L^-1 dk*/dx)
+        dv = np.matmul(fit.chol_inverse, dk)  # n x m x d
+        dstd = -np.einsum("nk,nkd->nd", v, dv) / std[:, None]
+        return (mean * self._y_std + self._y_mean, std * self._y_std, dmean * self._y_std, dstd * self._y_std)

@@ -38,7 +38,7 @@ UTILITIES = ("ei", "ucb", "poi")
 
 #: Random points scored per block when maximising the utility (bounds memory: block x trials).
 _BLOCK = 8192
-_LOCAL_ROUNDS = 12
+_LOCAL_ITERATIONS = 60
 #: Finished trials the GP is fitted on, at most (see GpTuner._model_history).
 MODEL_POINTS = 300
 
@@ -73,10 +73,11 @@ class GpTuner(BaseTuner):
             if spec.type not in GP_SPACE_TYPES or spec.nested:
                 kind = "a nested choice" if spec.nested else f"type {spec.type!r}"
                 raise TunerConfigError(self.name, f"search space parameter '{spec.name}' is {kind}; "
-                                                  f"GP supports {', '.join(GP_SPACE_TYPES)} (as in NNI)")
+                                                  f"{self.name} supports {', '.join(GP_SPACE_TYPES)} "
+                                                  f"(as in NNI)")
             if spec.type == "choice" and not all(_is_number(v) for v in spec.values):
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': GP takes a "
-                                                  f"choice of numbers only (as in NNI)")
+                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': {self.name} takes "
+                                                  f"a choice of numbers only (as in NNI)")
         super().update_search_space(search_space)
 
     def _on_search_space(self) -> None:
@@ -139,18 +140,20 @@ class GpTuner(BaseTuner):
         return [self.history[i] for i in sorted(best | set(latest))]
 
     def _utility(self, gp: GaussianProcess, u: np.ndarray) -> np.ndarray:
-        """Higher is better; losses are minimised (NNI maximises the negated loss: the same)."""
-        from scipy.special import ndtr  # lazily: `tunebus create` builds tuners to check them
+        """Higher is better; losses are minimised (NNI maximises the negated loss: the same).
+
+        Expected improvement is ranked by its logarithm: far from the best trials it underflows
+        to 0, and a warm-up of mostly zeros would pick its starting points at random."""
+        from scipy.special import log_ndtr  # lazily: `tunebus create` builds tuners to check them
 
         mean, std = gp.predict(u)
         s = self.settings
         if s.utility == "ucb":
             return -mean + s.kappa * std
-        gain = self._best - mean - s.xi
-        z = gain / std
+        z = (self._best - mean - s.xi) / std
         if s.utility == "poi":
-            return ndtr(z)
-        return gain * ndtr(z) + std * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            return np.exp(log_ndtr(z))
+        return np.log(std) + _log_h(z)
 
     def _maximise(self, gp: GaussianProcess, rng: np.random.Generator) -> np.ndarray:
         """Candidate points, best utility first: random warm-up, then local refinement of the best."""
@@ -171,19 +174,64 @@ class GpTuner(BaseTuner):
         return every[order]
 
     def _refine(self, gp: GaussianProcess, x: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A batched compass search: each point tries a step along +-each axis, halving on failure."""
+        """L-BFGS-B from every starting point at once (as NNI runs it from each), on the utility's
+        analytic gradient: the starts are independent, so their summed utility is maximised as one
+        problem and each point climbs its own hill. A point keeps its start if it did not improve."""
+        from scipy.optimize import minimize  # lazily: `tunebus create` builds tuners to check them
+
+        if not len(x):
+            return x, fx
+        shape = x.shape
+
+        def negative_sum(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            value, gradient = self._utility_with_gradient(gp, flat.reshape(shape))
+            return -float(value.sum()), -gradient.ravel()
+
+        found = minimize(negative_sum, x.ravel(), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * x.size,
+                         options={"maxiter": _LOCAL_ITERATIONS})
+        refined = np.clip(found.x.reshape(shape), 0.0, 1.0)
+        refined_fx = self._utility(gp, refined)
+        better = refined_fx > fx
         x, fx = x.copy(), fx.copy()
-        step = np.full(len(x), 0.05)
-        for _ in range(_LOCAL_ROUNDS):
-            for axis in range(x.shape[1]):
-                for sign in (1.0, -1.0):
-                    trial = x.copy()
-                    trial[:, axis] = np.clip(trial[:, axis] + sign * step, 0.0, 1.0)
-                    f_trial = self._utility(gp, trial)
-                    better = f_trial > fx
-                    x[better], fx[better] = trial[better], f_trial[better]
-            step *= 0.5
+        x[better], fx[better] = refined[better], refined_fx[better]
         return x, fx
+
+    def _utility_with_gradient(self, gp: GaussianProcess, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The utility (as :meth:`_utility`) and its gradient in the unit cube."""
+        from scipy.special import ndtr
+
+        mean, std, dmean, dstd = gp.predict_with_gradient(u)
+        s = self.settings
+        if s.utility == "ucb":
+            return -mean + s.kappa * std, -dmean + s.kappa * dstd
+        z = (self._best - mean - s.xi) / std
+        dz = (-dmean - z[:, None] * dstd) / std[:, None]
+        if s.utility == "poi":
+            density = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            return ndtr(z), density[:, None] * dz
+        # log EI = log std + log h(z), h(z) = z Phi(z) + phi(z), h'(z) = Phi(z)
+        return np.log(std) + _log_h(z), dstd / std[:, None] + _phi_over_h(z)[:, None] * dz
+
+
+_ASYMPTOTIC_Z = -8.0  # below it h(z) = z Phi(z) + phi(z) cancels: its asymptotic series is used
+
+
+def _log_h(z: np.ndarray) -> np.ndarray:
+    """log(z Phi(z) + phi(z)), the log of expected improvement over the standard deviation, for any z."""
+    from scipy.special import ndtr
+
+    direct = np.maximum(z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi), 1e-300)
+    far = np.minimum(z, _ASYMPTOTIC_Z)  # h(z) ~ phi(z) / z**2 * (1 - 3 / z**2 + 15 / z**4 - 105 / z**6)
+    series = (-0.5 * far * far - 0.5 * math.log(2 * math.pi) - 2 * np.log(-far)
+              + np.log1p(-3 / far**2 + 15 / far**4 - 105 / far**6))
+    return np.where(z > _ASYMPTOTIC_Z, np.log(direct), series)
+
+
+def _phi_over_h(z: np.ndarray) -> np.ndarray:
+    """Phi(z) / h(z): the derivative of log h (for the gradient of log EI)."""
+    from scipy.special import log_ndtr
+
+    return np.exp(log_ndtr(z) - _log_h(z))
 
 
 def _is_number(value: Any) -> bool:
