@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from shared.checkpoints import CHECKPOINT_KEYS, LOAD_KEY, SAVE_KEY, checkpoint_ref
+from shared.metric_rule import metric_number
 from shared.search_space import ParamSpec, flatten_search_space, from_value, sample_internal, to_value
 
-from .base import metric_value
 from .errors import TunerConfigError, WaitForResults
 
 __all__ = ["PbtSettings", "PbtTuner"]
@@ -257,7 +257,7 @@ class PbtTuner:
 
     def _loss(self, value: Any) -> float | None:
         try:
-            loss = metric_value(value)
+            loss = metric_number(value)
         except ValueError:
             return None
         if not math.isfinite(loss):
