@@ -23,6 +23,7 @@ __all__ = [
     "PBT_NAMES",
     "SAVE_KEY",
     "CheckpointRef",
+    "checkpoint_ref",
     "managed_checkpoints",
     "parse_checkpoint_ref",
 ]

@@ -29,7 +29,7 @@ from shared.layout import Layout
 
 from .backend import JobRequest, PermanentSubmitError
 
-__all__ = ["CheckpointError", "CheckpointFolders", "CheckpointTransfer"]
+__all__ = ["CheckpointError", "CheckpointFolders", "CheckpointStore", "CheckpointTransfer"]
 
 MAX_CHECKPOINT_FILES = 10_000
 MAX_CHECKPOINT_BYTES = 32 * 2**30
