@@ -39,7 +39,6 @@ is ignored), and a parameter id is never turned into a trial twice (``requested`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -51,8 +50,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_RECORDS", "MAX_APPEND_BYTES", "append_pending", "chunk_count", "chunk_of", "chunk_path",
-    "encode_records", "merge_trials", "parse_chunk", "read_all_trials", "read_ended_chunk",
-    "retire_ended",
+    "encode_records", "full_view", "merge_trials", "parse_chunk", "read_all_trials", "read_ended",
+    "read_ended_chunk", "read_full_state", "read_summary", "retire_ended",
 ]
 
 #: Records per chunk of the ended log: a reader's page (and the most one dedupe read covers).
@@ -178,10 +177,40 @@ async def append_pending(store: BlobStore, state: ExperimentState, *, known_clea
     return len(pending)
 
 
-async def read_all_trials(store: BlobStore, state: ExperimentState) -> dict[str, TrialRecord]:
-    """Every trial of the experiment whose summary is ``state`` (reads every chunk: for the
-    readers that need the whole history, like a tuner rebuilding its search)."""
+async def read_ended(store: BlobStore, state: ExperimentState) -> list[TrialRecord]:
+    """Every record of the log of the experiment whose summary is ``state``, as stored (in the
+    order the trials ended; duplicates possible): reads every chunk."""
     ended: list[TrialRecord] = []
     for chunk in range(chunk_count(state)):
         ended += await read_ended_chunk(store, state.experiment_id, chunk)
-    return merge_trials(state, ended)
+    return ended
+
+
+async def read_all_trials(store: BlobStore, state: ExperimentState) -> dict[str, TrialRecord]:
+    """Every trial of the experiment whose summary is ``state``, by id (reads every chunk: for
+    the readers that need the whole history, like a tuner rebuilding its search)."""
+    return merge_trials(state, await read_ended(store, state))
+
+
+def full_view(state: ExperimentState, ended: Iterable[TrialRecord]) -> ExperimentState:
+    """``state`` with every trial in ``trials`` (the log's ``ended`` merged in) and the ended
+    counters emptied, so that its counts, best and ``by_sequence`` cover every trial: for the
+    readers that show or learn from the whole history (trial ls, the dashboard's table, a
+    tuner's rebuild). Never written back."""
+    return state.model_copy(update={
+        "trials": merge_trials(state, ended), "ended_counts": {}, "best": None, "pending_ended": [],
+        "ended_logged": 0})
+
+
+async def read_summary(store: BlobStore, experiment_id: str) -> ExperimentState | None:
+    """The experiment's summary (``state.json``), or None before its start."""
+    found = await store.read_bytes(Layout(experiment_id).state_doc)
+    return None if found is None else ExperimentState.model_validate_json(found)
+
+
+async def read_full_state(store: BlobStore, experiment_id: str) -> ExperimentState | None:
+    """:func:`full_view` of the stored experiment (reads every chunk of its log)."""
+    state = await read_summary(store, experiment_id)
+    if state is None:
+        return None
+    return full_view(state, await read_ended(store, state))

@@ -131,7 +131,8 @@ class ExperimentState(BaseModel):
     )
     trials: dict[str, TrialRecord] = Field(
         default_factory=dict, description="The trials not yet moved to the ended log (the active ones).")
-    trials_created: int = Field(default=0, description="Trials created so far (``maxTrialNumber`` counts them).")
+    trials_created: int = Field(
+        default=0, description="Trials created so far (``maxTrialNumber`` counts them).")
     ended_counts: dict[str, int] = Field(
         default_factory=dict, description="Trials moved to the ended log, by status.")
     best: TrialRecord | None = Field(

@@ -48,6 +48,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.records import read_full_state
 from shared.sandbox import DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
@@ -222,8 +223,8 @@ class TunerService:
         except CustomCodeError as exc:
             await self._fail(experiment_id, AlgorithmFailed(str(exc)))
             return None
-        state = await self.store.read_json(layout.state_doc)
-        record = None if state is None else ExperimentState.model_validate(state[0])
+        # Every trial handed out so far (the ended log's too): the search's whole history.
+        record = await read_full_state(self.store, experiment_id)
         try:
             config = doc["config"]
             what = "loading " + " and ".join(_role_name(role, config[role]) for role in ROLES

@@ -150,7 +150,7 @@ def trial_row(trial: TrialRecord) -> dict[str, Any]:
 def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
     """``tunebus trial ls ID``: a table of the experiment's trials in sequence order."""
     experiment_id = _check_id(args.id)
-    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id))
+    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id, full=True))
     trials = state.by_sequence() if state is not None else []
     if args.json:
         output.result([trial_row(t) for t in trials])
@@ -192,7 +192,7 @@ def cmd_trial_log(args: argparse.Namespace, output: _Output) -> int:
     stream = "stderr" if args.stderr else "stdout"
 
     async def body(storage: _Storage) -> tuple[TrialRecord, int, bytes | None]:
-        state = await _state_or_unknown(storage, experiment_id)
+        state = await _state_or_unknown(storage, experiment_id, full=True)
         trial = _find_trial(state, experiment_id, args.trial)
         attempt = args.attempt or trial.attempt
         if not 1 <= attempt <= trial.attempt:

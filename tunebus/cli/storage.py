@@ -56,6 +56,23 @@ class _Storage:
         found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).state_doc)
         return None if found is None else ExperimentState.model_validate(found)
 
+    async def read_full_state(self, experiment_id: str) -> ExperimentState | None:
+        """The summary with every trial in it (the ended log's chunks read too: for ``trial ls``
+        and the commands that look a trial up by id)."""
+        import asyncio
+
+        from shared import records
+
+        state = await self.read_state(experiment_id)
+        if state is None:
+            return None
+        ended = []
+        for chunk in range(records.chunk_count(state)):
+            path = Layout(experiment_id).ended_chunk(chunk)
+            body = await asyncio.to_thread(self.client.get_blob, path)
+            ended += [] if body is None else records.parse_chunk(body, path)
+        return records.full_view(state, ended)
+
     async def read_blob(self, name: str) -> bytes | None:
         import asyncio
 
@@ -134,9 +151,11 @@ def _run_with_storage(body: Any) -> Any:
     return asyncio.run(go())
 
 
-async def _state_or_unknown(storage: _Storage, experiment_id: str) -> ExperimentState | None:
-    """The state; None if the experiment exists but has not started; CliError(2) if unknown."""
-    state = await storage.read_state(experiment_id)
+async def _state_or_unknown(storage: _Storage, experiment_id: str, *,
+                            full: bool = False) -> ExperimentState | None:
+    """The summary (``full``: with every trial, the ended log read too); None if the experiment
+    exists but has not started; CliError(2) if unknown."""
+    state = await (storage.read_full_state(experiment_id) if full else storage.read_state(experiment_id))
     if state is None and not await storage.exists(experiment_id):
         raise CliError(f"no experiment {experiment_id} in container "
                        f"{storage.container_name!r} at {storage.endpoint}", EXIT_USAGE)
