@@ -49,9 +49,24 @@ if TYPE_CHECKING:
     from shared.storage import BlobStore
 
 __all__ = [
-    "CHUNK_RECORDS", "MAX_APPEND_BYTES", "append_pending", "chunk_count", "chunk_of", "chunk_path",
-    "encode_records", "full_view", "merge_trials", "parse_chunk", "read_all_trials", "read_ended",
-    "read_ended_chunk", "read_full_state", "read_summary", "retire_ended",
+    "CHUNK_RECORDS",
+    "MAX_APPEND_BYTES",
+    "append_pending",
+    "chunk_count",
+    "chunk_of",
+    "chunk_path",
+    "chunks_for_last",
+    "encode_records",
+    "full_view",
+    "last_ended",
+    "merge_trials",
+    "parse_chunk",
+    "read_all_trials",
+    "read_ended",
+    "read_ended_chunk",
+    "read_full_state",
+    "read_summary",
+    "retire_ended",
 ]
 
 #: Records per chunk of the ended log: a reader's page (and the most one dedupe read covers).
@@ -139,6 +154,24 @@ def _blocks(records: list[TrialRecord]) -> list[bytes]:
             current = b""
         current += line
     return [*blocks, current] if current else blocks
+
+
+def chunks_for_last(state: ExperimentState, last: int) -> range:
+    """The chunks that hold the ``last`` trials to end (before the summary's pending ones)."""
+    if last < 0:
+        raise ValueError(f"last must be 0 or more, not {last}")
+    end = chunk_count(state)
+    wanted = max(last - len(state.pending_ended), 0)
+    return range(end, end) if wanted == 0 else range(chunk_of(max(state.ended_logged - wanted, 0)), end)
+
+
+def last_ended(state: ExperimentState, ended: Iterable[TrialRecord], last: int) -> list[TrialRecord]:
+    """The ``last`` trials to end (the log's ``ended`` records in order, then the pending ones),
+    deduped, oldest first."""
+    seen: dict[str, TrialRecord] = {}
+    for trial in (*ended, *state.pending_ended):
+        seen.setdefault(trial.trial_id, trial)
+    return list(seen.values())[-last:] if last else []
 
 
 # ---------------------------------------------------------------- I/O

@@ -210,3 +210,76 @@ def test_large_pending_sets_split_into_bounded_blocks(monkeypatch: pytest.Monkey
     run(append_pending(store, state))  # type: ignore[arg-type]
     assert store.appends > 1
     assert len(parse_chunk(store.blobs[chunk_path("exp", 0)])) == 5
+
+
+class CountingClient:
+    """The CLI's stdlib client's reads, from a MemoryStore, noting which blobs were read."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.read: list[str] = []
+
+    def get_blob(self, name: str) -> bytes | None:
+        self.read.append(name)
+        return self.store.blobs.get(name)
+
+    def get_json(self, name: str) -> Any:
+        import json
+
+        body = self.get_blob(name)
+        return None if body is None else json.loads(body)
+
+
+def logged_experiment(ended: int, running: int) -> tuple[MemoryStore, ExperimentState]:
+    from shared.layout import Layout
+
+    store = MemoryStore()
+    state = state_with(*(trial(i, value=float(i)) for i in range(ended)),
+                       *(trial(ended + i, TrialStatus.RUNNING) for i in range(running)))
+    retire_ended(state)
+    run(append_pending(store, state))  # type: ignore[arg-type]
+    state.trials[f"t{ended + running:05d}"] = trial(ended + running, TrialStatus.FAILED)
+    state.trials_created += 1
+    retire_ended(state)  # one pending, not yet appended
+    store.blobs[Layout("exp").state_doc] = state.model_dump_json().encode()
+    return store, state
+
+
+def cli_storage(store: MemoryStore) -> Any:
+    from tunebus.cli.storage import _Storage
+
+    storage = _Storage.__new__(_Storage)
+    storage.client = CountingClient(store)  # type: ignore[assignment]
+    return storage
+
+
+def test_cli_last_reads_only_the_chunks_holding_the_last_trials() -> None:
+    ended = CHUNK_RECORDS * 3 + 10
+    store, _ = logged_experiment(ended, running=4)
+    storage = cli_storage(store)
+    view = run(storage.read_full_state("exp", last=11))
+    chunks_read = [n for n in storage.client.read if "/trials-ended/" in n]
+    assert chunks_read == [chunk_path("exp", 3)]  # the pending one and the 10 of the last chunk
+    ended_ids = sorted(t.trial_id for t in view.trials.values() if t.ended)
+    assert ended_ids == [f"t{i:05d}" for i in range(ended - 10, ended)] + [f"t{ended + 4:05d}"]
+    assert sum(1 for t in view.trials.values() if not t.ended) == 4
+    assert view.trials_by_status() == {"SUCCEEDED": 10, "FAILED": 1, "RUNNING": 4}
+
+    storage = cli_storage(store)
+    view = run(storage.read_full_state("exp", last=CHUNK_RECORDS))  # reaches back into chunk 2
+    assert [n for n in storage.client.read if "/trials-ended/" in n] == [chunk_path("exp", c) for c in (2, 3)]
+    assert sum(1 for t in view.trials.values() if t.ended) == CHUNK_RECORDS
+
+    storage = cli_storage(store)
+    everything = run(storage.read_full_state("exp"))
+    assert len(everything.trials) == ended + 5 and everything.trials_created == ended + 5
+
+
+def test_cli_summary_reads_no_chunk_and_counts_every_trial() -> None:
+    store, _ = logged_experiment(CHUNK_RECORDS + 5, running=2)
+    storage = cli_storage(store)
+    state = run(storage.read_state("exp"))
+    assert not any("/trials-ended/" in n for n in storage.client.read)
+    assert state.trials_by_status() == {"SUCCEEDED": CHUNK_RECORDS + 5, "FAILED": 1, "RUNNING": 2}
+    best = best_trial(state)
+    assert best is not None and best.sequence_id == CHUNK_RECORDS + 4

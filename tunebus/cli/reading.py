@@ -148,9 +148,13 @@ def trial_row(trial: TrialRecord) -> dict[str, Any]:
 
 
 def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
-    """``tunebus trial ls ID``: a table of the experiment's trials in sequence order."""
+    """``tunebus trial ls ID``: a table of the experiment's trials in sequence order (``--last N``:
+    the running ones and the N that ended last, reading only the ended log's chunks that hold them)."""
     experiment_id = _check_id(args.id)
-    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id, full=True))
+    last = getattr(args, "last", None)
+    if last is not None and last < 0:
+        raise CliError(f"--last: 0 or more trials, not {last}", EXIT_USAGE)
+    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id, full=True, last=last))
     trials = state.by_sequence() if state is not None else []
     if args.json:
         output.result([trial_row(t) for t in trials])
