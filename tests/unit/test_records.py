@@ -283,3 +283,52 @@ def test_cli_summary_reads_no_chunk_and_counts_every_trial() -> None:
     assert state.trials_by_status() == {"SUCCEEDED": CHUNK_RECORDS + 5, "FAILED": 1, "RUNNING": 2}
     best = best_trial(state)
     assert best is not None and best.sequence_id == CHUNK_RECORDS + 4
+
+
+class DashboardStore(MemoryStore):
+    """MemoryStore with the conditional read the dashboard makes; counts chunk reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunk_reads: list[str] = []
+
+    async def read_bytes(self, path: str) -> bytes | None:
+        if "/trials-ended/" in path:
+            self.chunk_reads.append(path)
+        return self.blobs.get(path)
+
+    async def read_document_if_changed(self, path: str, etag: str | None) -> tuple[bytes | None, str] | None:
+        body = self.blobs.get(path)
+        if body is None:
+            return None
+        tag = str(hash(body))
+        return (None, tag) if tag == etag else (body, tag)
+
+
+def test_the_dashboard_shows_every_trial_and_reads_a_full_chunk_once() -> None:
+    from services.dashboard.reader import ExperimentReader
+    from shared.layout import Layout
+
+    store = DashboardStore()
+    state = state_with(*(trial(i, value=float(i)) for i in range(CHUNK_RECORDS + 20)),
+                       trial(CHUNK_RECORDS + 20, TrialStatus.RUNNING))
+    retire_ended(state)
+    run(append_pending(store, state))  # type: ignore[arg-type]
+    store.blobs[Layout("exp").state_doc] = state.model_dump_json().encode()
+    reader = ExperimentReader(store, refresh_seconds=0.0)  # type: ignore[arg-type]
+
+    cached = run(reader.state("exp"))
+    assert cached is not None and len(cached.index.trials) == CHUNK_RECORDS + 21
+    assert cached.summary.trials_total == CHUNK_RECORDS + 21
+    assert cached.summary.counts == {"SUCCEEDED": CHUNK_RECORDS + 20, "RUNNING": 1}
+    assert cached.summary.best_trial == f"t{CHUNK_RECORDS + 19:05d}"
+    assert store.chunk_reads == [chunk_path("exp", 0), chunk_path("exp", 1)]
+
+    state.trials[f"t{CHUNK_RECORDS + 20:05d}"] = trial(CHUNK_RECORDS + 20, TrialStatus.FAILED)
+    retire_ended(state)
+    run(append_pending(store, state))  # type: ignore[arg-type]
+    store.blobs[Layout("exp").state_doc] = state.model_dump_json().encode()
+    store.chunk_reads.clear()
+    cached = run(reader.state("exp"))
+    assert cached is not None and cached.summary.counts == {"SUCCEEDED": CHUNK_RECORDS + 20, "FAILED": 1}
+    assert store.chunk_reads == [chunk_path("exp", 1)]  # the full chunk 0 came from the cache
