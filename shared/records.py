@@ -1,5 +1,6 @@
-"""The ended-trial log: where a trial's record goes once it has ended. One home for its path,
-model (:class:`shared.state.TrialRecord`, one JSON line each) and reads and writes.
+"""Stored records' one home (with :mod:`shared.state` for the summary): the ended-trial log,
+where a trial's record goes once it has ended (its path, model :class:`shared.state.TrialRecord`,
+one JSON line each, reads and writes), and ``experiment.json`` (:class:`ExperimentDocument`).
 
 Why: the summary (``state.json``, :class:`shared.state.ExperimentState`) is rewritten on every
 change; holding every trial made that O(n²) bytes over an experiment. It now holds only the
@@ -40,7 +41,10 @@ is ignored), and a parameter id is never turned into a trial twice (``requested`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.layout import Layout
 from shared.state import ExperimentState, TrialRecord, better_trial
@@ -51,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_RECORDS",
     "MAX_APPEND_BYTES",
+    "BadExperimentDocument",
+    "ExperimentDocument",
     "append_pending",
     "chunk_count",
     "chunk_of",
@@ -64,9 +70,11 @@ __all__ = [
     "read_all_trials",
     "read_ended",
     "read_ended_chunk",
+    "read_experiment_doc",
     "read_full_state",
     "read_summary",
     "retire_ended",
+    "write_experiment_doc",
 ]
 
 #: Records per chunk of the ended log: a reader's page (and the most one dedupe read covers).
@@ -247,3 +255,44 @@ async def read_full_state(store: BlobStore, experiment_id: str) -> ExperimentSta
     if state is None:
         return None
     return full_view(state, await read_ended(store, state))
+
+
+# ---------------------------------------------------------------- experiment.json
+
+
+class ExperimentDocument(BaseModel):
+    """``experiments/<exp>/experiment.json``: written once by the dispatcher when it starts the
+    experiment (before anything of it is published), read by every service."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    experiment_id: str | None = None
+    config: dict[str, Any] = Field(description="The NNI config in wire form (no secret).")
+    code_blob: str | None = Field(default=None, description="The trial code archive's blob.")
+    algorithm_code: dict[str, str] = Field(
+        default_factory=dict, description="A custom tuner's / assessor's code archive, by role.")
+    seed: int | None = None
+    created_at: datetime | None = None
+
+
+class BadExperimentDocument(ValueError):
+    """A stored ``experiment.json`` that does not validate; the message names the experiment."""
+
+
+async def read_experiment_doc(store: BlobStore, experiment_id: str) -> ExperimentDocument | None:
+    """The experiment's ``experiment.json``; None before the dispatcher wrote it (or after a
+    rejected start); BadExperimentDocument if it is not one."""
+    found = await store.read_json(Layout(experiment_id).experiment_doc)
+    if found is None:
+        return None
+    try:
+        return ExperimentDocument.model_validate(found[0])
+    except ValidationError as exc:
+        raise BadExperimentDocument(f"experiment.json of {experiment_id}: {str(exc)[:500]}") from None
+
+
+async def write_experiment_doc(store: BlobStore, doc: ExperimentDocument) -> None:
+    """Write ``experiment.json`` (the dispatcher, once per experiment)."""
+    if doc.experiment_id is None:
+        raise ValueError("experiment.json needs its experiment_id")
+    await store.write_json(Layout(doc.experiment_id).experiment_doc, doc.model_dump(mode="json"))

@@ -208,12 +208,13 @@ class ExperimentReader:
         """The experiment file (wire form) from ``experiment.json``; written once, so kept."""
         if experiment_id in self._configs:
             return self._configs[experiment_id]
-        found = await self.store.read_json(Layout(experiment_id).experiment_doc)
-        if found is None or not isinstance(found[0], dict):
+        try:
+            doc = await records.read_experiment_doc(self.store, experiment_id)
+        except records.BadExperimentDocument:
+            return None  # shown as an experiment without its config
+        if doc is None:
             return None
-        config = found[0].get("config")
-        if not isinstance(config, dict):
-            return None
+        config = doc.config
         if len(self._configs) >= 4 * self.capacity:
             self._configs.pop(next(iter(self._configs)))
         self._configs[experiment_id] = config

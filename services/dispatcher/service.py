@@ -164,13 +164,16 @@ class Dispatcher:
         if found is None:
             return None
         body, etag = found
-        experiment = await self.store.read_json(layout.experiment_doc)
+        try:
+            experiment = await records.read_experiment_doc(self.store, experiment_id)
+        except records.BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
         if experiment is None:
             # experiment.json is written before the state: only a start that was rejected (its
             # ERROR state is all there is) has none. Nothing can happen to it any more.
             raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected; "
                                  "its state says why)")
-        plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
+        plan = lifecycle.plan_from_config(experiment.config, self.lookahead)
         try:
             state = checked_state(body, experiment_id)
             outbox = checked_outbox(state)
@@ -308,9 +311,9 @@ class Dispatcher:
             await self._record_rejected(msg, str(exc))
             raise
         config = parsed.to_wire()  # no secret: experiment.json is read by every service
-        doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
-               "algorithm_code": algorithm_code, "seed": msg.seed, "created_at": msg.time.isoformat()}
-        await self.store.write_json(layout.experiment_doc, doc)
+        await records.write_experiment_doc(self.store, records.ExperimentDocument(
+            experiment_id=msg.experiment_id, config=config, code_blob=msg.code_blob,
+            algorithm_code=algorithm_code, seed=msg.seed, created_at=msg.time))
         await self.store.write_bytes(active_marker(msg.experiment_id), b"")  # before it can run
         plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
@@ -370,7 +373,7 @@ class Dispatcher:
 
     async def on_resume(self, msg: ExperimentResume) -> None:
         if (msg.experiment_id not in self._cache
-                and await self.store.read_json(Layout(msg.experiment_id).experiment_doc) is None):
+                and await records.read_experiment_doc(self.store, msg.experiment_id) is None):
             # Unknown, or its start was rejected (only an ERROR state was written): nothing to run.
             raise PermanentError(f"experiment {msg.experiment_id!r} cannot be resumed: it never "
                                  "started (unknown, or its start was rejected)")

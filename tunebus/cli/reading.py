@@ -24,6 +24,7 @@ from .output import _Output, _table, _utc
 from .storage import _run_with_storage, _state_or_unknown, _Storage
 
 if TYPE_CHECKING:
+    from shared.records import ExperimentDocument
     from shared.state import ExperimentState, TrialRecord
 
 
@@ -67,7 +68,7 @@ def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
     """``tunebus experiment show ID``: the summary, plus config highlights in plain mode."""
     experiment_id = _check_id(args.id)
 
-    async def body(storage: _Storage) -> tuple[ExperimentState | None, dict[str, Any] | None]:
+    async def body(storage: _Storage) -> tuple[ExperimentState | None, ExperimentDocument | None]:
         state = await _state_or_unknown(storage, experiment_id)
         return state, await storage.read_experiment_doc(experiment_id)
 
@@ -75,7 +76,7 @@ def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
     if args.json:
         output.result(experiment_summary(state) if state else pending_summary(experiment_id))
         return EXIT_OK
-    print("\n".join(_show_lines(experiment_id, state, (doc or {}).get("config") or {})), file=output.out)
+    print("\n".join(_show_lines(experiment_id, state, doc.config if doc else {})), file=output.out)
     return EXIT_OK
 
 

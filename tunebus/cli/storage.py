@@ -10,6 +10,7 @@ from .common import _CONNECT_TIMEOUT, _STORAGE_TIMEOUT, EXIT_USAGE, CliError, _c
 
 if TYPE_CHECKING:
     from shared.blob_rest import BlobRestClient
+    from shared.records import ExperimentDocument
     from shared.settings import CommonSettings
     from shared.state import ExperimentState, TrialRecord
 
@@ -88,12 +89,21 @@ class _Storage:
 
         return await asyncio.to_thread(self.client.get_blob, name)
 
-    async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
+    async def read_experiment_doc(self, experiment_id: str) -> ExperimentDocument | None:
+        """``experiment.json`` (None before the dispatcher wrote it); CliError if it is not one."""
         import asyncio
 
-        doc = Layout(experiment_id).experiment_doc
-        found = await asyncio.to_thread(self.client.get_json, doc)
-        return found if isinstance(found, dict) else None
+        from pydantic import ValidationError
+
+        from shared.records import ExperimentDocument
+
+        found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).experiment_doc)
+        if found is None:
+            return None
+        try:
+            return ExperimentDocument.model_validate(found)
+        except ValidationError as exc:
+            raise CliError(f"experiment.json of {experiment_id} is not one: {str(exc)[:300]}") from None
 
     async def upload(self, name: str, data: bytes, content_type: str, *, create_only: bool = False) -> None:
         """Write a blob, creating the container first if the write finds none.
