@@ -119,18 +119,20 @@ class Stack:
 
 def experiment_seconds(env: dict[str, str], experiment_id: str) -> float:
     """The experiment's own duration, from the dispatcher's state: started_at to ended_at."""
-    from datetime import datetime
 
     from azure.storage.blob import ContainerClient
 
+    from shared.state import ExperimentState
     from shared.storage import Layout
 
     container = ContainerClient.from_connection_string(env["TUNEBUS_STORAGE_CONNECTION_STRING"],
                                                        env["TUNEBUS_STORAGE_CONTAINER"])
     with container:
-        state = json.loads(container.download_blob(Layout(experiment_id).state_doc).readall())
-    started, ended = (datetime.fromisoformat(state[k]) for k in ("started_at", "ended_at"))
-    return (ended - started).total_seconds()
+        body = container.download_blob(Layout(experiment_id).state_doc).readall()
+    state = ExperimentState.model_validate_json(body)
+    if state.ended_at is None:
+        raise SystemExit(f"experiment {experiment_id} has not ended")
+    return (state.ended_at - state.started_at).total_seconds()
 
 
 def measure(base_env: dict[str, str], replicas: int, sdk: str, args: argparse.Namespace,

@@ -35,8 +35,9 @@ import yaml
 from e2e_overhead import stack_env  # this script's folder is on sys.path when it is run
 
 from shared.messages import TrialStatus
+from shared.records import read_full_state
 from shared.state import ExperimentState, best_trial
-from shared.storage import BlobStore, Layout
+from shared.storage import BlobStore
 
 TUNEBUS = Path(sys.executable).parent / "tunebus"
 EPOCHS = 20
@@ -103,10 +104,10 @@ def write_experiment(folder: Path, args: argparse.Namespace, assessor: dict[str,
 
 async def read_state(env: dict[str, str], experiment_id: str) -> ExperimentState:
     async with BlobStore(env["TUNEBUS_STORAGE_CONNECTION_STRING"], env["TUNEBUS_STORAGE_CONTAINER"]) as store:
-        found = await store.read_json(Layout(experiment_id).state_doc)
-    if found is None:
+        state = await read_full_state(store, experiment_id)  # every trial, the ended log's too
+    if state is None:
         raise SystemExit(f"experiment {experiment_id}: no state document")
-    return ExperimentState.model_validate(found[0])
+    return state
 
 
 def tunebus(env: dict[str, str], *args: str, timeout: float = 1800) -> Any:

@@ -7,11 +7,22 @@ nni, get the parameters, report a final result), Random tuner. Reported per run:
 * wall time from ``tunebus create`` to DONE, and per trial;
 * CPU seconds per trial of each service process (its own ``utime+stime``; the trials' CPU, which
   the submitter reaps, apart), of the RabbitMQ node and of Azurite;
-* bytes Azurite wrote to disk per trial (``/proc/<pid>/io`` ``write_bytes``);
+* bytes Azurite wrote to disk per trial (``/proc/<pid>/io`` ``write_bytes``). Beware: beside
+  the blobs, Azurite rewrites its own metadata database (one JSON file listing every blob of the
+  container, ~3 KB a trial) every few seconds while anything changes, so this grows with the
+  container's blob count whatever tunebus writes; hence also
+* bytes Azurite read per trial (``rchar``: the requests it received, bodies included, and the
+  blob data it read from disk to answer), which follows what the services send and fetch;
+* the orchestration CPU per trial (the four services' own CPU, summed), and the size of the
+  experiment's ``state.json`` at its end and of Azurite's metadata database;
 * each service's peak RSS during the run (``VmHWM``, reset before the run).
 
     .venv/bin/python benchmarks/scale.py single --trials 100 1000 [--concurrency 16]
     .venv/bin/python benchmarks/scale.py many --experiments 50 --trials 100 [--concurrency 4]
+
+At 10,000 trials Azurite on disk dominates the run (it rewrites its whole metadata database every
+5 s); ``TUNEBUS_AZURITE_IN_MEMORY=1`` keeps it off disk, but once stopped answering at ~1,800
+trials: see the README's Performance section.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 3600). Needs to run as
 the user that started the stack (it reads the services' ``/proc`` entries).
@@ -82,20 +93,19 @@ class Usage:
     own_cpu: float  # seconds of utime+stime
     children_cpu: float  # reaped children's (a submitter's trials)
     written: int  # bytes written to disk
+    read_chars: int  # bytes read by read()-family calls: sockets and files
 
     @classmethod
     def of(cls, pid: int) -> Usage:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-        written = 0
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                written = int(line.split()[1])
-        return cls((utime + stime) / TICKS, (cutime + cstime) / TICKS, written)
+        io = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return cls((utime + stime) / TICKS, (cutime + cstime) / TICKS, int(io["write_bytes"]),
+                   int(io["rchar"]))
 
     def __sub__(self, other: Usage) -> Usage:
         return Usage(self.own_cpu - other.own_cpu, self.children_cpu - other.children_cpu,
-                     self.written - other.written)
+                     self.written - other.written, self.read_chars - other.read_chars)
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -117,7 +127,8 @@ def measured(names: tuple[str, ...]) -> Iterator[dict[str, dict[str, float]]]:
     for name, pid in pids.items():
         spent = Usage.of(pid) - before[name]
         report[name] = {"cpu_s": spent.own_cpu, "children_cpu_s": spent.children_cpu,
-                        "written_bytes": spent.written, "peak_rss_mb": _peak_rss_mb(pid)}
+                        "written_bytes": spent.written, "read_chars": spent.read_chars,
+                        "peak_rss_mb": _peak_rss_mb(pid)}
 
 
 # ---------------------------------------------------------------- runs
@@ -142,6 +153,25 @@ def _per_trial(report: dict[str, dict[str, float]], trials: int) -> dict[str, di
                    for key, value in usage.items()} for name, usage in report.items()}
 
 
+def _orchestration_ms(report: dict[str, dict[str, float]], trials: int) -> float:
+    """The services' own CPU per trial, summed (the trials' processes and the infrastructure apart)."""
+    return round(1000 * sum(report[name]["cpu_s"] for name in SERVICES) / trials, 2)
+
+
+def _stored_sizes(experiment_id: str, env: dict[str, str]) -> dict[str, int]:
+    """The experiment's summary size at its end, and Azurite's metadata database's."""
+    sys.path.insert(0, str(REPO))
+    from shared.blob_rest import BlobRestClient
+    from shared.layout import Layout
+
+    with BlobRestClient.from_connection_string(env["TUNEBUS_STORAGE_CONNECTION_STRING"],
+                                               env.get("TUNEBUS_STORAGE_CONTAINER", "tunebus")) as client:
+        summary = client.get_blob(Layout(experiment_id).state_doc) or b""
+    database = STATE_DIR / "azurite-data" / "__azurite_db_blob__.json"
+    return {"summary_bytes": len(summary),
+            "azurite_db_bytes": database.stat().st_size if database.exists() else 0}
+
+
 def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
         config = write_experiment(Path(tmp), f"scale-{trials}", trials, concurrency)
@@ -151,7 +181,10 @@ def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: flo
     if summary["status"] != "DONE" or summary["trials"] != {"SUCCEEDED": trials}:
         raise SystemExit(f"{trials} trials: not DONE with every trial SUCCEEDED: {summary}")
     return {"mode": "single", "trials": trials, "concurrency": concurrency, "wall_s": round(wall, 2),
-            "wall_ms_per_trial": round(1000 * wall / trials, 2), "per_trial": _per_trial(report, trials)}
+            "wall_ms_per_trial": round(1000 * wall / trials, 2),
+            "orchestration_cpu_ms_per_trial": _orchestration_ms(report, trials),
+            **_stored_sizes(str(summary["id"]), env), "load_avg_1m": os.getloadavg()[0],
+            "per_trial": _per_trial(report, trials)}
 
 
 def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str],
@@ -179,6 +212,8 @@ def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str
             "wall_s": round(wall, 2), "wall_ms_per_trial": round(1000 * wall / total, 2),
             "finish_s": {"first": round(ends[0], 1), "median": round(statistics.median(ends), 1),
                          "last": round(ends[-1], 1)},
+            "orchestration_cpu_ms_per_trial": _orchestration_ms(report, total),
+            "load_avg_1m": os.getloadavg()[0],
             "per_trial": _per_trial(report, total)}
 
 

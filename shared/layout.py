@@ -58,6 +58,13 @@ class Layout:
     def state_doc(self) -> str:
         return f"{self.root}/state.json"
 
+    def ended_chunk(self, chunk: int) -> str:
+        """Chunk ``chunk`` (0-based) of the ended-trial log: an append blob of JSON-line trial
+        records (:mod:`shared.records` says how it is written and read)."""
+        if chunk < 0:
+            raise ValueError(f"no ended-log chunk {chunk}")
+        return f"{self.root}/trials-ended/{chunk:06d}.jsonl"
+
     def trial_root(self, trial_id: str) -> str:
         return f"{self.root}/trials/{trial_id}"
 

@@ -1,19 +1,27 @@
-"""The experiment state document: what the dispatcher knows, durable in blob storage.
+"""The experiment summary document: what the dispatcher knows, durable in blob storage.
 
 ``experiments/<exp>/state.json`` is written by the dispatcher only, with ETag-conditional
-writes. It is the record the CLI reads and the one a restarted tuner or dispatcher rebuilds
-from. Messages the dispatcher must publish as a consequence of a change are stored in the
+writes. It holds the experiment's fields, its outbox, and only its *active* (not ended)
+trials plus counters of the ended ones (by status, the best, how many were created): its size
+is bounded by the concurrency, not by the number of trials. Ended trials move to an
+append-only log of chunks (:mod:`shared.records`, which also says how the move survives a
+crash). Messages the dispatcher must publish as a consequence of a change are stored in the
 same write (``outbox``) and published after it, so a crash between the two loses nothing.
+
+A document written before the log existed (every trial in ``trials``, no ``trials_created``)
+still validates: ``trials_created`` is then counted from ``trials``, and its ended trials are
+read from there (the dispatcher moves them to the log when it next loads the experiment).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, Field, field_serializer, model_validator
 
 from shared.messages import (
     FINISHED_EXPERIMENT_STATUSES,
@@ -25,7 +33,8 @@ from shared.messages import (
 )
 from shared.secrets_mask import mask_secrets
 
-__all__ = ["ExperimentState", "OutboxEntry", "ReadySuggestion", "TrialRecord", "best_trial", "trial_id_for"]
+__all__ = ["ExperimentState", "OutboxEntry", "ReadySuggestion", "TrialRecord", "best_trial", "better_trial",
+           "trial_id_for"]
 
 
 def trial_id_for(experiment_id: str, sequence_id: int) -> str:
@@ -120,7 +129,18 @@ class ExperimentState(BaseModel):
     ready: list[ReadySuggestion] = Field(
         default_factory=list, description="Suggestions waiting for a free slot (asked for ahead of time)."
     )
-    trials: dict[str, TrialRecord] = Field(default_factory=dict)
+    trials: dict[str, TrialRecord] = Field(
+        default_factory=dict, description="The trials not yet moved to the ended log (the active ones).")
+    trials_created: int = Field(
+        default=0, description="Trials created so far (``maxTrialNumber`` counts them).")
+    ended_counts: dict[str, int] = Field(
+        default_factory=dict, description="Trials moved to the ended log, by status.")
+    best: TrialRecord | None = Field(
+        default=None, description="The best of the trials moved to the ended log (optimize mode).")
+    ended_logged: int = Field(default=0, description="Ended trials known to be appended to the log.")
+    pending_ended: list[TrialRecord] = Field(
+        default_factory=list, description="Ended trials counted above, maybe not yet in the log "
+                                          "(appended after this write; see shared.records).")
     outbox: list[OutboxEntry] = Field(default_factory=list)
     drain_to: ExperimentStatus | None = Field(
         default=None, description="While STOPPING: the status to end in once no trial is running."
@@ -142,6 +162,14 @@ class ExperimentState(BaseModel):
         default=0.0, description="Seconds it ran before its last resume (stopped time does not count)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _count_old_format(cls, data: Any) -> Any:
+        # A document from before the ended log: every trial it created is in ``trials``.
+        if isinstance(data, dict) and "trials_created" not in data and isinstance(data.get("trials"), dict):
+            return {**data, "trials_created": len(data["trials"])}
+        return data
+
     @field_serializer("reason")
     def _masked(self, text: str | None) -> str | None:
         return None if text is None else mask_secrets(text)
@@ -152,7 +180,8 @@ class ExperimentState(BaseModel):
         return self.ran_before_resume + ((self.ended_at or now) - since).total_seconds()
 
     def trials_by_status(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+        """Every trial's status counted: the ended log's counts and the trials still here."""
+        counts = dict(self.ended_counts)
         for trial in self.trials.values():
             counts[trial.status.value] = counts.get(trial.status.value, 0) + 1
         return counts
@@ -161,7 +190,13 @@ class ExperimentState(BaseModel):
         return [t for t in self.trials.values() if not t.ended]
 
     def by_sequence(self) -> list[TrialRecord]:
+        """The trials in this document (not those in the ended log) by sequence id."""
         return sorted(self.trials.values(), key=lambda t: t.sequence_id)
+
+    @property
+    def ended_total(self) -> int:
+        """How many trials have ended (those in the ended log and those still here)."""
+        return sum(self.ended_counts.values()) + sum(1 for t in self.trials.values() if t.ended)
 
     @property
     def finished(self) -> bool:
@@ -169,9 +204,15 @@ class ExperimentState(BaseModel):
 
 
 def best_trial(state: ExperimentState) -> TrialRecord | None:
-    """The trial with the best final result for the experiment's optimize mode."""
-    scored = [t for t in state.trials.values() if t.final_value is not None]
+    """The trial with the best final result for the experiment's optimize mode (of the ended
+    log's best and the trials still in the document)."""
+    return better_trial(state.optimize_mode, [state.best, *state.trials.values()])
+
+
+def better_trial(optimize_mode: str, trials: Iterable[TrialRecord | None]) -> TrialRecord | None:
+    """The trial with the best final result of ``trials`` (the first of equals), or None."""
+    scored = [t for t in trials if t is not None and t.final_value is not None]
     if not scored:
         return None
-    pick = max if state.optimize_mode == "maximize" else min
+    pick = max if optimize_mode == "maximize" else min
     return pick(scored, key=lambda t: t.final_value if t.final_value is not None else 0.0)

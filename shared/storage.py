@@ -5,7 +5,9 @@ experiments/<exp>/experiment.json          config (NNI v2, wire form: no secret)
 experiments/<exp>/secrets.json             the config's secrets (sharedStorage account key), if any
 experiments/<exp>/code.tar.gz              the trial code snapshot
 experiments/<exp>/algorithms/<role>.tar.gz a custom tuner's / assessor's code (its codeDirectory)
-experiments/<exp>/state.json               the dispatcher's state document (ETag-conditional writes)
+experiments/<exp>/state.json               the dispatcher's summary: experiment fields, outbox, active
+                                           trials, counts (ETag-conditional writes; shared.state)
+experiments/<exp>/trials-ended/<n>.jsonl   the ended trials' records, append blobs (shared.records)
 experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
 experiments/<exp>/trials/<trial>/results.jsonl   the attempt's results: an append blob, one
                                                 line per report, appended by the trial itself
@@ -314,6 +316,16 @@ class BlobStore:
             return False
         self._check(reply, "Put Blob (append)", name=path)
         return True
+
+    async def append_block(self, path: str, data: bytes) -> None:
+        """Append ``data`` (one block: all of it or none) to the append blob ``path``.
+
+        A retry after a lost answer may append it twice: callers' records carry ids to dedupe by.
+        """
+        if not data:
+            raise ValueError("append_block wants some bytes to append")
+        reply = await self._request("PUT", path, {"comp": "appendblock"}, {}, data)
+        self._check(reply, "Append Block", name=path)
 
     async def read_range(self, path: str, start: int, length: int) -> tuple[bytes, int] | None:
         """At most ``length`` bytes of the blob from offset ``start``, and the blob's whole size;

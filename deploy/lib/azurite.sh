@@ -35,8 +35,13 @@ azurite_up() {
     require_free_port "$BLOB_PORT" "Azurite blob"
     mkdir -p "$AZURITE_DATA"
     log "starting Azurite blob service on 127.0.0.1:$BLOB_PORT"
+    # TUNEBUS_AZURITE_IN_MEMORY=1: nothing on disk (lost when it stops). For benchmarks at scale:
+    # on disk, Azurite rewrites its whole metadata database (every blob's entry) every 5 s while
+    # anything changes, a cost that grows with the container and that Azure Blob does not have.
+    local storage=(--location "$AZURITE_DATA")
+    [[ "${TUNEBUS_AZURITE_IN_MEMORY:-}" == 1 ]] && storage=(--inMemoryPersistence)
     start_background azurite "$(azurite_bin)" \
-        --blobHost 127.0.0.1 --blobPort "$BLOB_PORT" --location "$AZURITE_DATA" \
+        --blobHost 127.0.0.1 --blobPort "$BLOB_PORT" "${storage[@]}" \
         --skipApiVersionCheck --disableTelemetry
     wait_for "$UP_TIMEOUT" azurite port_open "$BLOB_PORT"
 }

@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from shared.messages import (
     TrialStatusChanged,
     TrialSubmit,
 )
+from shared.records import BadExperimentDocument, read_experiment_doc
 from shared.results import (
     SharedStorageAccount,
     SharedStorageError,
@@ -56,6 +58,9 @@ from .local import LocalBackend
 from .trial_env import TrialIdentity, sas_lifetime
 
 __all__ = ["Submitter", "SubmitterSettings", "start"]
+
+#: Experiments a replica keeps loaded (config, code folder, results account), least recently used out.
+MAX_CACHED_EXPERIMENTS = 256
 
 log = logging.getLogger("tunebus.submitter")
 
@@ -132,7 +137,9 @@ class Submitter:
         self.replica = replica
         self.shared_storage_endpoint = shared_storage_endpoint  # template, {account} for the name
         self.backends: dict[str, Backend] = {}
-        self._experiments: dict[str, _Experiment] = {}
+        # The experiments whose trials came here lately (least recently used first): bounded,
+        # so a long-lived replica does not keep every experiment it ever ran.
+        self._experiments: OrderedDict[str, _Experiment] = OrderedDict()
         self._loading: dict[str, asyncio.Lock] = {}
 
     async def report(self, msg: TrialStatusChanged | TrialHeartbeat) -> None:
@@ -157,27 +164,43 @@ class Submitter:
     async def _experiment(self, experiment_id: str) -> _Experiment:
         cached = self._experiments.get(experiment_id)
         if cached is not None:
+            self._experiments.move_to_end(experiment_id)
             return cached
         lock = self._loading.setdefault(experiment_id, asyncio.Lock())
-        async with lock:
-            if experiment_id in self._experiments:
-                return self._experiments[experiment_id]
-            layout = Layout(experiment_id)
-            found = await self.store.read_json(layout.experiment_doc)
-            if found is None:
-                raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
-            doc = found[0]
-            config = doc["config"]
-            code_dir = await self._unpack_code(experiment_id, doc.get("code_blob"))
-            # Raises SharedStorageError when the sharedStorage has no key to sign with.
-            account = await results_account(self.store, experiment_id, config,
-                                            endpoint_template=self.shared_storage_endpoint)
-            if account is not None:
-                log.info("experiment %s: trials write metrics to sharedStorage %s", experiment_id,
-                         account.container_url)
-            loaded = _Experiment(config, code_dir, account)
-            self._experiments[experiment_id] = loaded
-            return loaded
+        try:
+            async with lock:
+                if experiment_id in self._experiments:
+                    return self._experiments[experiment_id]
+                loaded = await self._load_experiment(experiment_id)
+        finally:
+            if not lock.locked():
+                self._loading.pop(experiment_id, None)
+        self._experiments[experiment_id] = loaded
+        while len(self._experiments) > MAX_CACHED_EXPERIMENTS:
+            _, evicted = self._experiments.popitem(last=False)
+            if evicted.results_store is not None:
+                # A call still in flight on it reopens its session (BlobStore does on use).
+                await evicted.results_store.close()
+        return loaded
+
+    async def _load_experiment(self, experiment_id: str) -> _Experiment:
+        """An experiment's config, unpacked code and results account, from storage."""
+        layout = Layout(experiment_id)
+        try:
+            doc = await read_experiment_doc(self.store, experiment_id)
+        except BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
+        if doc is None:
+            raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
+        config = doc.config
+        code_dir = await self._unpack_code(experiment_id, doc.code_blob)
+        # Raises SharedStorageError when the sharedStorage has no key to sign with.
+        account = await results_account(self.store, experiment_id, config,
+                                        endpoint_template=self.shared_storage_endpoint)
+        if account is not None:
+            log.info("experiment %s: trials write metrics to sharedStorage %s", experiment_id,
+                     account.container_url)
+        return _Experiment(config, code_dir, account)
 
     async def _results_url(self, experiment: _Experiment, who: TrialIdentity) -> str:
         """The attempt's results credential: its results blob, created now (empty) if it is not

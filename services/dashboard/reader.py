@@ -1,8 +1,11 @@
 """The dashboard's reads of blob storage, cached by ETag and bounded.
 
-An experiment's state document is parsed once per change: it is read again with
+An experiment's summary (``state.json``) is parsed once per change: it is read again with
 ``If-None-Match`` (a 304 carries no body) at most once per ``refresh_seconds`` however many
-pages watch it, and only while someone asks: nothing is read when nobody watches. A trial's
+pages watch it, and only while someone asks: nothing is read when nobody watches. The trials
+table shows every trial (sorted and filtered by any column), so the full state adds the ended
+log's chunks (:mod:`shared.records`): a chunk that is full is read once and kept, so a refresh
+reads the summary and the log's last chunk, whatever the experiment's size. A trial's
 own blobs (its log, its results) are written by untrusted code: read as bounded ranges.
 """
 
@@ -14,11 +17,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import records
 from shared.results import SharedStorageError, results_account
 from shared.results_records import ParsedMetric, ResultsLimits, parse_results
 from shared.secrets_mask import mask_secrets
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
-from shared.state import ExperimentState
+from shared.state import ExperimentState, TrialRecord
 from shared.storage import BlobStore, ContainerNotFoundError, Layout
 
 from .views import ExperimentSummary, TrialIndex
@@ -29,6 +33,8 @@ __all__ = ["CachedState", "CachedSummary", "ExperimentReader", "LogTail"]
 MAX_SUMMARIES = 10_000
 #: Ended trial attempts whose parsed results are kept (the curves of the best are asked often).
 MAX_ENDED_RESULTS = 512
+#: Full chunks of ended-trial logs kept parsed (200 records each).
+MAX_CHUNKS = 1024
 
 
 @dataclass
@@ -91,6 +97,7 @@ class ExperimentReader:
         self._configs: dict[str, dict[str, Any]] = {}
         self._results_stores: dict[str, BlobStore] = {}
         self._ids: tuple[float, list[str]] | None = None
+        self._chunks: OrderedDict[tuple[str, int], list[TrialRecord]] = OrderedDict()
 
     async def close(self) -> None:
         stores = list(self._results_stores.values())
@@ -134,14 +141,34 @@ class ExperimentReader:
             cached.checked = time.monotonic()
             return cached
         assert body is not None
-        # A 10,000-trial document takes a while to parse: off the event loop.
-        state = await asyncio.to_thread(ExperimentState.model_validate_json, body)
+        summary = await asyncio.to_thread(ExperimentState.model_validate_json, body)
+        state = records.full_view(summary, await self._ended(summary))
         fresh = CachedState(etag, state, time.monotonic())
         self._states[experiment_id] = fresh
         self._states.move_to_end(experiment_id)
         while len(self._states) > self.capacity:
             self._states.popitem(last=False)
         return fresh
+
+    async def _ended(self, summary: ExperimentState) -> list[TrialRecord]:
+        """The ended log's records; full chunks (which only a duplicate could still change,
+        and readers dedupe) from the cache after their first read."""
+        full = records.chunk_of(summary.ended_logged)
+        ended: list[TrialRecord] = []
+        for chunk in range(records.chunk_count(summary)):
+            key = (summary.experiment_id, chunk)
+            found = self._chunks.get(key)
+            if found is None:
+                path = Layout(summary.experiment_id).ended_chunk(chunk)
+                body = await self.store.read_bytes(path)
+                # 200 records take a while to parse: off the event loop.
+                found = [] if body is None else await asyncio.to_thread(records.parse_chunk, body, path)
+                if chunk < full:
+                    self._chunks[key] = found
+                    while len(self._chunks) > MAX_CHUNKS:
+                        self._chunks.popitem(last=False)
+            ended += found
+        return ended
 
     async def summary(self, experiment_id: str) -> CachedSummary | None:
         """The experiment's summary (as fresh as :meth:`state`); None before its start. Kept for
@@ -181,12 +208,13 @@ class ExperimentReader:
         """The experiment file (wire form) from ``experiment.json``; written once, so kept."""
         if experiment_id in self._configs:
             return self._configs[experiment_id]
-        found = await self.store.read_json(Layout(experiment_id).experiment_doc)
-        if found is None or not isinstance(found[0], dict):
+        try:
+            doc = await records.read_experiment_doc(self.store, experiment_id)
+        except records.BadExperimentDocument:
+            return None  # shown as an experiment without its config
+        if doc is None:
             return None
-        config = found[0].get("config")
-        if not isinstance(config, dict):
-            return None
+        config = doc.config
         if len(self._configs) >= 4 * self.capacity:
             self._configs.pop(next(iter(self._configs)))
         self._configs[experiment_id] = config

@@ -74,7 +74,7 @@ class ExperimentSummary:
     def of(cls, state: ExperimentState) -> ExperimentSummary:
         best = best_trial(state)
         return cls(state.model_copy(update={"trials": {}, "outbox": [], "ready": []}),
-                   sum(1 for t in state.trials.values() if t.ended), len(state.trials),
+                   state.ended_total, state.trials_created,
                    None if best is None else best.final_value, None if best is None else best.trial_id,
                    state.trials_by_status())
 

@@ -195,6 +195,7 @@ def _submit(state: ExperimentState, parameter_id: int, parameters: dict[str, Any
         trial_id=trial_id, sequence_id=parameter_id, parameters=parameters,
         submitted_at=now, last_heartbeat=now,
     )
+    state.trials_created += 1
     return TrialSubmit(experiment_id=state.experiment_id, trial_id=trial_id,
                        sequence_id=parameter_id, parameters=parameters)
 
@@ -214,7 +215,7 @@ def _fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Messa
     if state.status == ExperimentStatus.RUNNING:
         want = plan.concurrency + plan.lookahead - running - queued
         if plan.max_trials is not None:
-            want = min(want, plan.max_trials - len(state.trials) - queued)
+            want = min(want, plan.max_trials - state.trials_created - queued)
         if want > 0:
             ids = list(range(state.next_parameter_id, state.next_parameter_id + want))
             state.next_parameter_id += want
@@ -367,7 +368,7 @@ def apply_update(state: ExperimentState, plan: Plan, msg: ExperimentUpdate,
     state.updated_limits.update(msg.limits())
     plan = plan_with_limits(plan, state.updated_limits)
     if plan.max_trials is not None:
-        room = max(plan.max_trials - len(state.trials), 0)
+        room = max(plan.max_trials - state.trials_created, 0)
         del state.ready[room:]
         del state.requested[max(room - len(state.ready), 0):]
     if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):

@@ -71,7 +71,9 @@ def _checked_entry(index: int, entry: OutboxEntry, state: ExperimentState) -> Me
     if msg.experiment_id != state.experiment_id:
         raise CorruptState(f"{where}: for experiment {msg.experiment_id[:60]!r}, not {state.experiment_id!r}")
     trial_id = getattr(msg, "trial_id", None)
-    if trial_id is not None and trial_id not in state.trials:
+    if trial_id is not None and trial_id not in state.trials and all(
+            t.trial_id != trial_id for t in state.pending_ended):
+        # A trial that ended in the same change is in pending_ended (written with this outbox).
         raise CorruptState(f"{where}: trial {trial_id[:60]!r} is not one of the experiment's")
     return msg
 

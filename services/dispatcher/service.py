@@ -1,8 +1,11 @@
 """The dispatcher service: owns each experiment's lifecycle.
 
-Handlers are thin: load the experiment's state (cached, ETag-checked), apply the pure
-lifecycle function, write the state with the resulting messages in its outbox, publish them,
-ack. A crash after the write republishes the outbox when the experiment is next loaded —
+Handlers are thin: load the experiment's summary (cached, ETag-checked), apply the pure
+lifecycle function, move the trials that ended to the summary's pending list, write it with the
+resulting messages in its outbox, publish them, append the ended trials to the ended log
+(:mod:`shared.records`), ack. A finished experiment leaves the cache (written with an empty
+outbox first), so memory follows the running experiments, not every one ever run.
+A crash after the write republishes the outbox when the experiment is next loaded —
 only after checking it (:mod:`.outbox`): a state document that does not validate, or an
 outbox entry the dispatcher would not have written, ends that experiment in ERROR instead.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -18,6 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
+from shared import records
 from shared.bus import Bus, PermanentError, TransientError
 from shared.config import ExperimentConfig, parse_experiment_config
 from shared.errors import ConfigError
@@ -55,6 +60,9 @@ __all__ = ["Dispatcher", "DispatcherSettings", "check_algorithm_code", "start", 
 
 log = logging.getLogger("tunebus.dispatcher")
 
+#: Finished experiments' ids the dispatcher remembers (for its watchdog; ~100 bytes each).
+FINISHED_IDS = 10_000
+
 
 class DispatcherSettings(CommonSettings):
     """Dispatcher settings (``TUNEBUS_`` environment variables)."""
@@ -87,6 +95,9 @@ class _Loaded:
     etag: str
     plan: Plan
     written: str  # the JSON last written, to skip writes that change nothing
+    # Whether this process knows that no record of ``state.pending_ended`` is in the log yet
+    # (false after a load or a failed append: the append then reads the chunks first).
+    log_clean: bool = True
 
 
 
@@ -129,6 +140,9 @@ class Dispatcher:
         self.policy = policy
         self.lookahead = lookahead
         self._cache: dict[str, _Loaded] = {}
+        # Ids of experiments that finished here (ids only, the newest FINISHED_IDS): the
+        # watchdog removes a marker one of them left behind without loading it again.
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {
@@ -157,20 +171,27 @@ class Dispatcher:
         if found is None:
             return None
         body, etag = found
-        experiment = await self.store.read_json(layout.experiment_doc)
+        try:
+            experiment = await records.read_experiment_doc(self.store, experiment_id)
+        except records.BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
         if experiment is None:
             # experiment.json is written before the state: only a start that was rejected (its
             # ERROR state is all there is) has none. Nothing can happen to it any more.
             raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected; "
                                  "its state says why)")
-        plan = lifecycle.plan_from_config(experiment[0]["config"], self.lookahead)
+        plan = lifecycle.plan_from_config(experiment.config, self.lookahead)
         try:
             state = checked_state(body, experiment_id)
             outbox = checked_outbox(state)
         except CorruptState as exc:
             return await self._end_corrupt(experiment_id, body, etag, plan, str(exc))
         loaded = _Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),
-                         state.model_dump_json())
+                         state.model_dump_json(), log_clean=False)
+        # Ended trials of an old-format document (all trials in it) move to the log now; pending
+        # ones of a write whose appends a crash may have cut short are appended (deduped).
+        records.retire_ended(state)
+        await self._append_ended(loaded)
         self._cache[experiment_id] = loaded
         if outbox:
             # Decided before a crash, maybe never published: publish again (consumers dedupe).
@@ -203,13 +224,14 @@ class Dispatcher:
         else:
             state.outbox = []
             out = [] if state.finished else lifecycle.apply_error(state, reason, now)
-        loaded = _Loaded(state, etag, plan, body.decode("utf-8", "replace"))
+        loaded = _Loaded(state, etag, plan, body.decode("utf-8", "replace"), log_clean=False)
         self._cache[experiment_id] = loaded
         await self._commit(loaded, out)
         return loaded
 
     async def _commit(self, loaded: _Loaded, out: list[Message]) -> None:
         state = loaded.state
+        records.retire_ended(state)  # durable with this write; appended to the log after it
         state.outbox = [OutboxEntry.of(m) for m in out]
         body = state.model_dump_json()
         if body != loaded.written:
@@ -224,6 +246,27 @@ class Dispatcher:
             loaded.written = body
         if out:
             await self.bus.publish_many(out)
+        await self._append_ended(loaded)  # after the publish: off the next trial's path
+
+    async def _append_ended(self, loaded: _Loaded) -> None:
+        """Append the summary's pending ended trials to the log (the next write records it)."""
+        if not loaded.state.pending_ended:
+            return
+        clean, loaded.log_clean = loaded.log_clean, False
+        await records.append_pending(self.store, loaded.state, known_clean=clean)
+        loaded.log_clean = True
+
+    async def _forget_finished(self, loaded: _Loaded) -> None:
+        """A finished experiment leaves the cache: its outbox (published) and pending trials
+        (appended) are written away first, so a later load republishes and appends nothing."""
+        experiment_id = loaded.state.experiment_id
+        await self._commit(loaded, [])
+        await self.store.delete(active_marker(experiment_id))
+        self._cache.pop(experiment_id, None)
+        self._finished[experiment_id] = None
+        self._finished.move_to_end(experiment_id)
+        while len(self._finished) > FINISHED_IDS:
+            self._finished.popitem(last=False)
 
     async def _apply(self, experiment_id: str,
                      change: Callable[[_Loaded, datetime], list[Message]], *,
@@ -246,19 +289,22 @@ class Dispatcher:
         except Exception:
             self._cache.pop(experiment_id, None)  # the cached state may be half-changed
             raise
-        if deferrable and not out:
+        if deferrable and not out and not loaded.state.finished:
             return
         if was_finished and not loaded.state.finished:  # resumed: running again
+            self._finished.pop(experiment_id, None)
             await self.store.write_bytes(active_marker(experiment_id), b"")
         await self._commit(loaded, out)
-        if loaded.state.finished and not was_finished:
-            await self.store.delete(active_marker(experiment_id))
+        if loaded.state.finished:
+            await self._forget_finished(loaded)
 
     # ------------------------------------------------------------------ handlers
 
     async def on_start(self, msg: ExperimentStart) -> None:
         existing = await self._load(msg.experiment_id)
         if existing is not None:
+            if existing.state.finished:
+                self._cache.pop(msg.experiment_id, None)  # finished experiments are not kept
             if msg.message_id not in existing.state.seen_starts:
                 log.warning("experiment %s already exists; start message %s ignored",
                             msg.experiment_id, msg.message_id)
@@ -272,9 +318,9 @@ class Dispatcher:
             await self._record_rejected(msg, str(exc))
             raise
         config = parsed.to_wire()  # no secret: experiment.json is read by every service
-        doc = {"experiment_id": msg.experiment_id, "config": config, "code_blob": msg.code_blob,
-               "algorithm_code": algorithm_code, "seed": msg.seed, "created_at": msg.time.isoformat()}
-        await self.store.write_json(layout.experiment_doc, doc)
+        await records.write_experiment_doc(self.store, records.ExperimentDocument(
+            experiment_id=msg.experiment_id, config=config, code_blob=msg.code_blob,
+            algorithm_code=algorithm_code, seed=msg.seed, created_at=msg.time))
         await self.store.write_bytes(active_marker(msg.experiment_id), b"")  # before it can run
         plan = lifecycle.plan_from_config(config, self.lookahead)
         state, out = lifecycle.start_experiment(msg.experiment_id, plan, self.policy,
@@ -334,7 +380,7 @@ class Dispatcher:
 
     async def on_resume(self, msg: ExperimentResume) -> None:
         if (msg.experiment_id not in self._cache
-                and await self.store.read_json(Layout(msg.experiment_id).experiment_doc) is None):
+                and await records.read_experiment_doc(self.store, msg.experiment_id) is None):
             # Unknown, or its start was rejected (only an ERROR state was written): nothing to run.
             raise PermanentError(f"experiment {msg.experiment_id!r} cannot be resumed: it never "
                                  "started (unknown, or its start was rejected)")
@@ -411,7 +457,7 @@ class Dispatcher:
         for name in await self.store.list(ACTIVE_PREFIX):
             experiment_id = name.removeprefix(ACTIVE_PREFIX)
             cached = self._cache.get(experiment_id)
-            if cached is not None and cached.state.finished:
+            if experiment_id in self._finished or (cached is not None and cached.state.finished):
                 await self.store.delete(name)  # ended (its marker outlived a crash, or a corrupt state)
                 continue
             if cached is not None and cached.state.ticked_at is not None and (

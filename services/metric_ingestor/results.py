@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from shared.bus import PermanentError
+from shared.records import BadExperimentDocument, read_experiment_doc
 from shared.results import SharedStorageError, results_account
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
 from shared.storage import BlobStore, Layout
@@ -97,10 +98,13 @@ class ResultsStores:
 
     async def _open(self, experiment_id: str) -> _Entry:
         layout = Layout(experiment_id)
-        found = await self.deployment.read_json(layout.experiment_doc)
-        if found is None:
+        try:
+            doc = await read_experiment_doc(self.deployment, experiment_id)
+        except BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
+        if doc is None:
             raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
-        config = found[0].get("config") or {}
+        config = doc.config
         live = bool(config.get("assessor"))
         local = (config.get("trainingService") or {}).get("platform", "local") == "local"
         try:

@@ -47,10 +47,10 @@ from shared.messages import (
     TrialStatus,
     TrialStatusChanged,
 )
+from shared.records import read_summary
 from shared.results_records import ParsedMetric, ResultsLimits, ResultsRead, parse_results
 from shared.service import Running
 from shared.settings import CommonSettings
-from shared.state import ExperimentState
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
 
@@ -160,10 +160,9 @@ class Ingestor:
         new = [t for t in msg.trial_ids if (msg.experiment_id, t) not in self._watching]
         if not new:
             return
-        found = await self.store.read_json(Layout(msg.experiment_id).state_doc)
-        if found is None:
+        state = await read_summary(self.store, msg.experiment_id)  # its active trials: those it runs
+        if state is None:
             return
-        state = ExperimentState.model_validate(found[0])
         for trial_id in new:
             trial = state.trials.get(trial_id)
             if trial is None or trial.ended:
@@ -237,11 +236,10 @@ class Ingestor:
 
     async def _still_current(self, msg: Ticket, attempt: int) -> bool:
         """Whether the experiment's record still expects metrics from this trial attempt."""
-        found = await self.store.read_json(Layout(msg.experiment_id).state_doc)
-        if found is None:
+        state = await read_summary(self.store, msg.experiment_id)
+        if state is None:
             return False
-        state = ExperimentState.model_validate(found[0])
-        trial = state.trials.get(msg.trial_id or "")
+        trial = state.trials.get(msg.trial_id or "")  # an ended trial has left the summary
         return not state.finished and trial is not None and trial.attempt == attempt and not trial.ended
 
     def _error_text(self, job_error: str | None, problems: list[str]) -> str | None:

@@ -13,10 +13,10 @@ import asyncio
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from shared.code_archive import MAX_ALGORITHM_CODE_BYTES, CodeArchiveError, extract_code_archive
 from shared.layout import Layout
+from shared.records import ExperimentDocument
 from shared.storage import BlobStore
 
 __all__ = ["CustomCodeError", "fetch_algorithm_code"]
@@ -26,13 +26,13 @@ class CustomCodeError(Exception):
     """A custom algorithm's stored code cannot be had; the message is the experiment's reason."""
 
 
-async def fetch_algorithm_code(store: BlobStore, experiment_id: str, doc: dict[str, Any],
+async def fetch_algorithm_code(store: BlobStore, experiment_id: str, doc: ExperimentDocument,
                                roles: Sequence[str], folder: Path) -> None:
     """Unpack the stored code of each of ``roles`` into ``folder/<role>`` (``folder`` is recreated)."""
-    archives = doc.get("algorithm_code") or {}
+    archives = doc.algorithm_code
     blobs = {}
     for role in roles:
-        class_name = doc["config"][role].get("className")
+        class_name = doc.config[role].get("className")
         expected = Layout(experiment_id).algorithm_code_archive(role)
         if archives.get(role) != expected:
             raise CustomCodeError(

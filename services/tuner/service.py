@@ -46,6 +46,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
+from shared.records import BadExperimentDocument, ExperimentDocument, read_experiment_doc, read_full_state
 from shared.sandbox import DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
@@ -189,20 +190,22 @@ class TunerService:
         if session is not None or experiment_id in self._failed or experiment_id in self._finished:
             return session
         layout = Layout(experiment_id)
-        found = await self.store.read_json(layout.experiment_doc)
-        if found is None:
+        try:
+            doc = await read_experiment_doc(self.store, experiment_id)
+        except BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
+        if doc is None:
             # The dispatcher writes it before it publishes anything of the experiment.
             raise PermanentError(f"unknown experiment {experiment_id!r}: no {layout.experiment_doc}")
-        doc = found[0]
         try:
             calls = await self._calls_for(experiment_id, doc)
         except CustomCodeError as exc:
             await self._fail(experiment_id, AlgorithmFailed(str(exc)))
             return None
-        state = await self.store.read_json(layout.state_doc)
-        record = None if state is None else ExperimentState.model_validate(state[0])
+        # Every trial handed out so far (the ended log's too): the search's whole history.
+        record = await read_full_state(self.store, experiment_id)
         try:
-            config = doc["config"]
+            config = doc.config
             what = "loading " + " and ".join(_role_name(role, config[role]) for role in ROLES
                                              if config.get(role))
             session = await calls.run(what, lambda: self._new_session(experiment_id, doc, calls))
@@ -218,10 +221,10 @@ class TunerService:
         self._sessions[experiment_id] = session
         return session
 
-    async def _calls_for(self, experiment_id: str, doc: dict[str, Any]) -> AlgorithmCalls:
+    async def _calls_for(self, experiment_id: str, doc: ExperimentDocument) -> AlgorithmCalls:
         """Built-in algorithms' calls; or, with a custom one, a worker process in a fresh folder
         holding the experiment's stored algorithm code (CustomCodeError if it cannot be had)."""
-        custom = [role for role in ROLES if (doc["config"].get(role) or {}).get("className")]
+        custom = [role for role in ROLES if (doc.config.get(role) or {}).get("className")]
         if not custom:
             return BuiltinCalls()
         if isinstance(self.sandbox, str):
@@ -236,8 +239,8 @@ class TunerService:
         return Path(self.work_dir) / experiment_id
 
     @staticmethod
-    def _new_session(experiment_id: str, doc: dict[str, Any], calls: AlgorithmCalls) -> _Session:
-        config = doc["config"]
+    def _new_session(experiment_id: str, doc: ExperimentDocument, calls: AlgorithmCalls) -> _Session:
+        config = doc.config
         spec = config["tuner"]
         assessor_spec = config.get("assessor") or {}
         process = calls.process if isinstance(calls, ProcessCalls) else None
@@ -249,7 +252,7 @@ class TunerService:
         else:
             class_args = dict(spec.get("classArgs") or {})
             if spec.get("name") in SEEDED_TUNERS:
-                class_args["seed"] = experiment_seed(experiment_id, class_args, doc.get("seed"))
+                class_args["seed"] = experiment_seed(experiment_id, class_args, doc.seed)
             tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"])
         assessor: Any = None
         if assessor_spec.get("className") and process is not None:

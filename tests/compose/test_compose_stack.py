@@ -29,8 +29,9 @@ import pytest
 import yaml
 
 from shared.messages import TrialStatus
+from shared.records import read_full_state
 from shared.state import ExperimentState
-from shared.storage import BlobStore, Layout
+from shared.storage import BlobStore
 from tests.compose.conftest import IMAGE, TUNEBUS_SERVICES, Compose
 from tests.conftest import REPO_ROOT
 
@@ -117,8 +118,7 @@ def _experiment(folder: Path, trial: str, **config: Any) -> Path:
 async def _read_state(stack: Compose, experiment_id: str) -> ExperimentState | None:
     env = stack.cli_env()
     async with BlobStore(env["TUNEBUS_STORAGE_CONNECTION_STRING"], env["TUNEBUS_STORAGE_CONTAINER"]) as store:
-        found = await store.read_json(Layout(experiment_id).state_doc)
-    return None if found is None else ExperimentState.model_validate(found[0])
+        return await read_full_state(store, experiment_id)  # every trial, the ended log's too
 
 
 async def _claiming_replicas(stack: Compose, experiment_id: str) -> set[str]:

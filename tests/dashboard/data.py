@@ -43,6 +43,7 @@ def synthetic_state(experiment_id: str, trials: int, *, running: int = 2, seed: 
             final_value=value, last_intermediate=value, metric_count=3 if value is not None else 0,
             error="Traceback: boom" if trial_status == TrialStatus.FAILED else None)
     state.next_parameter_id = trials
+    state.trials_created = trials
     return state
 
 

@@ -23,8 +23,9 @@ import pytest
 from shared.bus import Bus
 from shared.health import is_healthy
 from shared.messages import Message
+from shared.records import read_full_state
 from shared.state import ExperimentState
-from shared.storage import BlobStore, Layout, parse_connection_string
+from shared.storage import BlobStore, parse_connection_string
 from tests.conftest import REPO_ROOT, Infra, _create_container
 
 SERVICES = ("tuner", "dispatcher", "aml_submitter", "metric_ingestor")
@@ -248,8 +249,7 @@ async def publish(stack: Stack, msg: Message) -> None:
 async def read_state(stack: Stack, experiment_id: str) -> ExperimentState | None:
     async with BlobStore(stack.env["TUNEBUS_STORAGE_CONNECTION_STRING"],
                          stack.env["TUNEBUS_STORAGE_CONTAINER"]) as store:
-        found = await store.read_json(Layout(experiment_id).state_doc)
-    return None if found is None else ExperimentState.model_validate(found[0])
+        return await read_full_state(store, experiment_id)  # every trial, the ended log's too
 
 
 async def wait_until(stack: Stack, experiment_id: str, done: object, timeout: float = 90) -> ExperimentState:

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from shared.messages import ExperimentStart, ExperimentStatus, TrialStatus
+from shared.records import read_full_state
 from shared.state import ExperimentState
-from shared.storage import BlobStore, Layout
+from shared.storage import BlobStore
 from tests.conftest import DEPLOY_LOCAL, REPO_ROOT, _free_port
 
 pytestmark = pytest.mark.e2e
@@ -133,10 +134,9 @@ async def _state(env: dict[str, str], experiment_id: str) -> ExperimentState | N
     try:
         async with BlobStore(env["TUNEBUS_STORAGE_CONNECTION_STRING"], env["TUNEBUS_STORAGE_CONTAINER"],
                              timeout=5) as store:
-            found = await store.read_json(Layout(experiment_id).state_doc)
+            return await read_full_state(store, experiment_id)  # every trial, the ended log's too
     except Exception:
         return None
-    return None if found is None else ExperimentState.model_validate(found[0])
 
 
 def _kill(stack: Deployment, victim: str) -> None:

@@ -220,3 +220,15 @@ async def test_a_file_is_uploaded_in_blocks_keeping_its_tail(infra: Infra, fresh
     note, rest = body.split(b"\n", 1)
     assert note == b"[tunebus: the first 34900 bytes of this log were left out]"
     assert rest == log.read_bytes()[-1100:] and rest.endswith(b"line 002999\n")
+
+
+async def test_append_blocks_land_whole_and_in_order(infra: Infra, fresh_container: str) -> None:
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        path = "exp/trials-ended/000000.jsonl"
+        assert await store.create_append_blob(path) is True
+        assert await store.create_append_blob(path) is False  # a repeat keeps what is there
+        await store.append_block(path, b'{"a": 1}\n')
+        await store.append_block(path, b'{"b": 2}\n{"c": 3}\n')
+        assert await store.read_bytes(path) == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+        with pytest.raises(ValueError, match="some bytes"):
+            await store.append_block(path, b"")

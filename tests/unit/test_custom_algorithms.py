@@ -5,6 +5,7 @@ memory-leaking one ends its own experiment in ERROR with a reason, and no other 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import textwrap
 import time
@@ -101,6 +102,8 @@ class _Store:
         return (self.docs[path], "etag") if path in self.docs else None
 
     async def read_bytes(self, path: str) -> bytes | None:
+        if path in self.docs:  # a document, read as bytes (the state summary is)
+            return json.dumps(self.docs[path]).encode()
         return self.blobs.get(path)
 
 

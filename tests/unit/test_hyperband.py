@@ -191,6 +191,11 @@ class _Store:
     async def read_json(self, path: str) -> tuple[object, str] | None:
         return (self.docs[path], "etag") if path in self.docs else None
 
+    async def read_bytes(self, path: str) -> bytes | None:
+        import json
+
+        return json.dumps(self.docs[path]).encode() if path in self.docs else None
+
 
 async def test_the_service_holds_requests_and_answers_them_when_a_round_completes() -> None:
     from datetime import UTC, datetime

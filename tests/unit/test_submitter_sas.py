@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 from services.aml_submitter.service import Submitter, _Experiment
 from services.aml_submitter.trial_env import DEFAULT_TRIAL_LIMIT, SAS_MARGIN, sas_lifetime
@@ -46,3 +49,36 @@ def test_a_development_storage_connection_string_signs_sas_urls_too() -> None:
     url = store.results_sas_url("a b/results.jsonl", timedelta(minutes=5))
     assert url.startswith("http://127.0.0.1:10000/devstoreaccount1/tunebus/a%20b/results.jsonl?")
     assert parse_qs(urlsplit(url).query)["sp"] == ["a"]
+
+
+class _DocStore:
+    """experiment.json of any experiment (no code, no sharedStorage); counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    async def read_json(self, path: str) -> tuple[object, str]:
+        self.reads.append(path)
+        return {"config": {"trialConcurrency": 1}, "code_blob": None}, "etag"
+
+
+def test_a_replica_keeps_a_bounded_number_of_experiments_loaded(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.aml_submitter import service
+
+    monkeypatch.setattr(service, "MAX_CACHED_EXPERIMENTS", 3)
+    store = _DocStore()
+    submitter = Submitter(bus=None, store=store, work_dir=tmp_path, replica="r1")  # type: ignore[arg-type]
+
+    async def load(*ids: str) -> None:
+        for experiment_id in ids:
+            await submitter._experiment(experiment_id)
+
+    asyncio.run(load("e1", "e2", "e3", "e1", "e4", "e5"))
+    assert list(submitter._experiments) == ["e1", "e4", "e5"]  # the least recently used left
+    assert submitter._loading == {}
+    reads = len(store.reads)
+    asyncio.run(load("e5", "e1"))
+    assert len(store.reads) == reads  # still cached: not read again
+    asyncio.run(load("e2"))
+    assert len(store.reads) == reads + 1 and "e4" not in submitter._experiments

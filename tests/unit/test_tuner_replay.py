@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from services.tuner.algorithms import create_tuner
@@ -41,6 +42,9 @@ class _Store:
 
     async def read_json(self, path: str) -> tuple[object, str] | None:
         return (self.docs[path], "etag") if path in self.docs else None
+
+    async def read_bytes(self, path: str) -> bytes | None:
+        return json.dumps(self.docs[path]).encode() if path in self.docs else None
 
 
 async def test_a_resumed_experiment_gets_suggestions_again() -> None:

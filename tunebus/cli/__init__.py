@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     trial_ls = trial_commands.add_parser("ls", aliases=["list"], help="list the trials of an experiment")
     trial_ls.add_argument("id", metavar="ID")
     trial_ls.add_argument("--json", action="store_true", help="print a JSON array of trials")
+    trial_ls.add_argument("--last", type=int, metavar="N",
+                          help="only the running trials and the N that ended last (reads only those)")
     trial_ls.set_defaults(handler=cmd_trial_ls)
     trial_log = trial_commands.add_parser("log", help="print a local trial's stdout (or stderr)")
     trial_log.add_argument("id", metavar="ID")

@@ -47,10 +47,11 @@ class _Command:
     async def __aexit__(self, *exc: object) -> None:
         await _close_quietly(self.bus, self.storage)
 
-    async def state(self) -> ExperimentState | None:
-        """The experiment's state (None: created, not started); CliError(2) if it is unknown."""
+    async def state(self, *, full: bool = False) -> ExperimentState | None:
+        """The experiment's summary (``full``: with every trial; None: created, not started);
+        CliError(2) if it is unknown."""
         try:
-            return await _state_or_unknown(self.storage, self.experiment_id)
+            return await _state_or_unknown(self.storage, self.experiment_id, full=full)
         except CliError:
             raise
         except Exception as exc:
@@ -81,7 +82,7 @@ def cmd_trial_kill(args: argparse.Namespace, output: _Output) -> int:
         from shared.messages import TrialStatus, TrialStopRequested
 
         async with _Command(settings, experiment_id) as command:
-            trial = _find_trial(await command.state(), experiment_id, args.trial)
+            trial = _find_trial(await command.state(full=True), experiment_id, args.trial)
             if trial.ended:
                 print(f"trial {trial.trial_id} already ended ({trial.status.value}); nothing to kill",
                       file=output.out)

@@ -24,6 +24,7 @@ from .output import _Output, _table, _utc
 from .storage import _run_with_storage, _state_or_unknown, _Storage
 
 if TYPE_CHECKING:
+    from shared.records import ExperimentDocument
     from shared.state import ExperimentState, TrialRecord
 
 
@@ -67,7 +68,7 @@ def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
     """``tunebus experiment show ID``: the summary, plus config highlights in plain mode."""
     experiment_id = _check_id(args.id)
 
-    async def body(storage: _Storage) -> tuple[ExperimentState | None, dict[str, Any] | None]:
+    async def body(storage: _Storage) -> tuple[ExperimentState | None, ExperimentDocument | None]:
         state = await _state_or_unknown(storage, experiment_id)
         return state, await storage.read_experiment_doc(experiment_id)
 
@@ -75,7 +76,7 @@ def cmd_experiment_show(args: argparse.Namespace, output: _Output) -> int:
     if args.json:
         output.result(experiment_summary(state) if state else pending_summary(experiment_id))
         return EXIT_OK
-    print("\n".join(_show_lines(experiment_id, state, (doc or {}).get("config") or {})), file=output.out)
+    print("\n".join(_show_lines(experiment_id, state, doc.config if doc else {})), file=output.out)
     return EXIT_OK
 
 
@@ -148,9 +149,13 @@ def trial_row(trial: TrialRecord) -> dict[str, Any]:
 
 
 def cmd_trial_ls(args: argparse.Namespace, output: _Output) -> int:
-    """``tunebus trial ls ID``: a table of the experiment's trials in sequence order."""
+    """``tunebus trial ls ID``: a table of the experiment's trials in sequence order (``--last N``:
+    the running ones and the N that ended last, reading only the ended log's chunks that hold them)."""
     experiment_id = _check_id(args.id)
-    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id))
+    last = getattr(args, "last", None)
+    if last is not None and last < 0:
+        raise CliError(f"--last: 0 or more trials, not {last}", EXIT_USAGE)
+    state = _run_with_storage(lambda storage: _state_or_unknown(storage, experiment_id, full=True, last=last))
     trials = state.by_sequence() if state is not None else []
     if args.json:
         output.result([trial_row(t) for t in trials])
@@ -192,7 +197,7 @@ def cmd_trial_log(args: argparse.Namespace, output: _Output) -> int:
     stream = "stderr" if args.stderr else "stdout"
 
     async def body(storage: _Storage) -> tuple[TrialRecord, int, bytes | None]:
-        state = await _state_or_unknown(storage, experiment_id)
+        state = await _state_or_unknown(storage, experiment_id, full=True)
         trial = _find_trial(state, experiment_id, args.trial)
         attempt = args.attempt or trial.attempt
         if not 1 <= attempt <= trial.attempt:

@@ -10,8 +10,9 @@ from .common import _CONNECT_TIMEOUT, _STORAGE_TIMEOUT, EXIT_USAGE, CliError, _c
 
 if TYPE_CHECKING:
     from shared.blob_rest import BlobRestClient
+    from shared.records import ExperimentDocument
     from shared.settings import CommonSettings
-    from shared.state import ExperimentState
+    from shared.state import ExperimentState, TrialRecord
 
 
 class _Storage:
@@ -56,17 +57,53 @@ class _Storage:
         found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).state_doc)
         return None if found is None else ExperimentState.model_validate(found)
 
+    async def read_full_state(self, experiment_id: str, *, last: int | None = None) -> ExperimentState | None:
+        """The summary with every trial in it (the ended log's chunks read too: for ``trial ls``
+        and the commands that look a trial up by id); with ``last``, only the active trials and
+        the ``last`` to end (only the chunks that hold them are read)."""
+        from shared import records
+
+        state = await self.read_state(experiment_id)
+        if state is None:
+            return None
+        chunks = range(records.chunk_count(state)) if last is None else records.chunks_for_last(state, last)
+        ended = []
+        for chunk in chunks:
+            ended += await self._ended_chunk(experiment_id, chunk)
+        if last is not None:
+            ended = records.last_ended(state, ended, last)
+            state = state.model_copy(update={"pending_ended": []})  # in ``ended`` when among the last
+        return records.full_view(state, ended)
+
+    async def _ended_chunk(self, experiment_id: str, chunk: int) -> list[TrialRecord]:
+        import asyncio
+
+        from shared import records
+
+        path = Layout(experiment_id).ended_chunk(chunk)
+        body = await asyncio.to_thread(self.client.get_blob, path)
+        return [] if body is None else records.parse_chunk(body, path)
+
     async def read_blob(self, name: str) -> bytes | None:
         import asyncio
 
         return await asyncio.to_thread(self.client.get_blob, name)
 
-    async def read_experiment_doc(self, experiment_id: str) -> dict[str, Any] | None:
+    async def read_experiment_doc(self, experiment_id: str) -> ExperimentDocument | None:
+        """``experiment.json`` (None before the dispatcher wrote it); CliError if it is not one."""
         import asyncio
 
-        doc = Layout(experiment_id).experiment_doc
-        found = await asyncio.to_thread(self.client.get_json, doc)
-        return found if isinstance(found, dict) else None
+        from pydantic import ValidationError
+
+        from shared.records import ExperimentDocument
+
+        found = await asyncio.to_thread(self.client.get_json, Layout(experiment_id).experiment_doc)
+        if found is None:
+            return None
+        try:
+            return ExperimentDocument.model_validate(found)
+        except ValidationError as exc:
+            raise CliError(f"experiment.json of {experiment_id} is not one: {str(exc)[:300]}") from None
 
     async def upload(self, name: str, data: bytes, content_type: str, *, create_only: bool = False) -> None:
         """Write a blob, creating the container first if the write finds none.
@@ -134,9 +171,12 @@ def _run_with_storage(body: Any) -> Any:
     return asyncio.run(go())
 
 
-async def _state_or_unknown(storage: _Storage, experiment_id: str) -> ExperimentState | None:
-    """The state; None if the experiment exists but has not started; CliError(2) if unknown."""
-    state = await storage.read_state(experiment_id)
+async def _state_or_unknown(storage: _Storage, experiment_id: str, *, full: bool = False,
+                            last: int | None = None) -> ExperimentState | None:
+    """The summary (``full``: with every trial, or the active ones and the ``last`` to end; the
+    ended log read too); None if the experiment exists but has not started; CliError(2) if unknown."""
+    state = await (storage.read_full_state(experiment_id, last=last) if full
+                   else storage.read_state(experiment_id))
     if state is None and not await storage.exists(experiment_id):
         raise CliError(f"no experiment {experiment_id} in container "
                        f"{storage.container_name!r} at {storage.endpoint}", EXIT_USAGE)

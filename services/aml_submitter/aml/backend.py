@@ -60,6 +60,7 @@ from shared.messages import (
     TrialStatus,
     TrialStatusChanged,
 )
+from shared.records import BadExperimentDocument, read_experiment_doc
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 
 from ..backend import JobRequest, PermanentSubmitError, Reporter, SubmitError
@@ -379,8 +380,11 @@ class AmlBackend:
         layout = Layout(msg.experiment_id)
         found = await self.store.read_json(layout.trial_doc(msg.trial_id))
         if found is None:
-            experiment = await self.store.read_json(layout.experiment_doc)
-            platform = ((experiment[0] if experiment else {}).get("config") or {}).get("trainingService", {})
+            try:
+                experiment = await read_experiment_doc(self.store, msg.experiment_id)
+            except BadExperimentDocument as exc:
+                raise PermanentError(str(exc)) from None
+            platform = (experiment.config if experiment else {}).get("trainingService") or {}
             if platform.get("platform") != "aml":
                 return  # a local trial: its replica's own queue handles it
         elif found[0].get("platform") != "aml":
