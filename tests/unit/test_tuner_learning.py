@@ -19,20 +19,11 @@ from shared.layout import Layout
 from shared.messages import SuggestRequest, TrialEnded, TrialStatus, TrialSuggested
 from shared.state import ExperimentState, TrialRecord
 from tests.integration.fakes import RecordingBus
+from tests.unit.test_tuner_replay import _Store
 
 SPACE = {"x": {"_type": "uniform", "_value": [0, 1]}}
 CONFIG = {"searchSpace": SPACE, "tuner": {"name": "TPE", "classArgs": {"optimize_mode": "maximize"}},
           "trialConcurrency": 4}
-
-
-class _Store:
-    """Just the reads a tuner session is built from."""
-
-    def __init__(self, docs: dict[str, object]) -> None:
-        self.docs = docs
-
-    async def read_json(self, path: str) -> tuple[object, str] | None:
-        return (self.docs[path], "etag") if path in self.docs else None
 
 
 def _store(record: ExperimentState) -> _Store:
