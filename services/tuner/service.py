@@ -204,6 +204,7 @@ class TunerService:
             return None
         # Every trial handed out so far (the ended log's too): the search's whole history.
         record = await read_full_state(self.store, experiment_id)
+        owed: list[tuple[int, dict[str, Any] | None]] = []
         try:
             config = doc.config
             what = "loading " + " and ".join(_role_name(role, config[role]) for role in ROLES
@@ -212,13 +213,21 @@ class TunerService:
             if record is not None:
                 await calls.run(f"{session.tuner_name}: import_data",
                                 lambda: self._replay(session, record, answer_requested=False))
-                await calls.run(f"{session.tuner_name}: generate_parameters",
-                                lambda: self._suggest(session, sorted(record.requested)))
+                owed = await calls.run(f"{session.tuner_name}: generate_parameters",
+                                       lambda: self._suggest(session, sorted(record.requested)))
         except AlgorithmFailed as exc:
             calls.close()
             await self._fail(experiment_id, exc)
             return None
         self._sessions[experiment_id] = session
+        if owed:
+            # The ids the dispatcher still waits for: the process that died may have taken their
+            # requests and put them off (an advisor between steps), and those deliveries went with
+            # it. Answered now, whatever message brought the session up (the dispatcher keeps
+            # the first answer for an id; one it waits for no more is ignored).
+            await self.bus.publish_many(
+                TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
+                for pid, params in owed)
         return session
 
     async def _calls_for(self, experiment_id: str, doc: ExperimentDocument) -> AlgorithmCalls:
