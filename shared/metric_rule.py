@@ -8,11 +8,12 @@ sees a diverged curve.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["InvalidMetric", "metric_number"]
+__all__ = ["InvalidMetric", "loss_of", "metric_number"]
 
 _SHOWN = 80  # characters of the offending value quoted in an error
 
@@ -39,3 +40,15 @@ def metric_number(raw: Any) -> float:
     except OverflowError:
         bits = candidate.bit_length() if isinstance(candidate, int) else "too many"
         raise InvalidMetric(f"value is an int too large for a float ({bits} bits)") from None
+
+
+def loss_of(raw: Any, *, minimize: bool) -> float | None:
+    """What an algorithm minimises for a reported result: the number (negated when maximising);
+    None for a result that is not a finite number (a failed or diverged trial ranks last)."""
+    try:
+        value = metric_number(raw)
+    except InvalidMetric:
+        return None
+    if not math.isfinite(value):
+        return None
+    return value if minimize else -value

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.metric_rule import metric_number
+from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, build_parameters, flatten_search_space, is_active, sample_internal
 
 from .errors import TunerConfigError, WaitForResults
@@ -284,13 +284,7 @@ class HyperbandAdvisor:
         return None
 
     def _loss(self, value: Any) -> float | None:
-        try:
-            loss = metric_number(value)
-        except ValueError:
-            return None
-        if not math.isfinite(loss):
-            return None
-        return loss if self.minimize else -loss
+        return loss_of(value, minimize=self.minimize)
 
     def budgets(self) -> Counter[int]:
         """How many runs were handed out at each budget (for reports and tests)."""

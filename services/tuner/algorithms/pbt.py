@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from shared.checkpoints import CHECKPOINT_KEYS, LOAD_KEY, SAVE_KEY, checkpoint_ref
-from shared.metric_rule import metric_number
+from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, flatten_search_space, from_value, sample_internal, to_value
 
 from .errors import TunerConfigError, WaitForResults
@@ -256,13 +256,7 @@ class PbtTuner:
         return None
 
     def _loss(self, value: Any) -> float | None:
-        try:
-            loss = metric_number(value)
-        except ValueError:
-            return None
-        if not math.isfinite(loss):
-            return None
-        return loss if self.minimize else -loss
+        return loss_of(value, minimize=self.minimize)
 
 
 def _key(parameters: Mapping[str, Any]) -> str:
