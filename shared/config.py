@@ -28,7 +28,7 @@ Every problem is reported at once in a :class:`~shared.errors.ConfigError` as
 
 Where tunebus differs from NNI: ``useAnnotation: true``, platforms other than local/aml, NFS
 shared storage, several training services (hybrid mode) and tuners other than those in
-:data:`BUILTIN_TUNERS` are rejected; ``trialGpuNumber`` defaults to 0; aml accepts
+:data:`shared.algorithms.TUNERS` are rejected; ``trialGpuNumber`` defaults to 0; aml accepts
 ``useActiveGpu`` (as the seed document uses it); durations are kept as float seconds
 (NNI rounds up to whole seconds); ``${...}`` placeholders left in the file are errors.
 """
@@ -62,19 +62,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared import limits
+from shared import algorithms, limits
+from shared.algorithms import Role
 from shared.errors import ConfigError
 from shared.search_space import SearchSpaceError, validate_search_space
 from shared.secrets_mask import SECRET_MASK, is_secret_name, redact_secrets
 
 __all__ = [
-    "ADVISORS",
-    "BUILTIN_ASSESSORS",
-    "BUILTIN_TUNERS",
-    "REFUSED_BUILTINS",
     "SECRET_MASK",
     "SUPPORTED_PLATFORMS",
-    "TUNER_ALIASES",
     "AlgorithmConfig",
     "AmlConfig",
     "AssessorConfig",
@@ -90,30 +86,6 @@ __all__ = [
     "redact_secrets",
 ]
 
-#: Built-in tuners tunebus runs, spelled as NNI registers them (matched case-insensitively).
-BUILTIN_TUNERS: tuple[str, ...] = (
-    "TPE", "Random", "Anneal", "GridSearch", "Evolution", "Batch", "GP", "Metis", "DNGO", "Hyperband", "BOHB",
-    "PBT",
-)
-#: Built-ins that are NNI advisors: they hand budgets to trials and may wait for results.
-ADVISORS: tuple[str, ...] = ("Hyperband", "BOHB", "PBT")
-#: NNI's other spellings of built-in tuners (``alias`` in NNI's builtin_algorithms.yml).
-TUNER_ALIASES: dict[str, str] = {
-    "BatchTuner": "Batch", "GPTuner": "GP", "MetisTuner": "Metis", "DNGOTuner": "DNGO",
-    "PBTTuner": "PBT",
-}
-#: NNI built-ins tunebus does not run yet: named as such when refused.
-NOT_YET_SUPPORTED: tuple[str, ...] = (
-    "PPO", "PPOTuner", "NetworkMorphism", "RegularizedEvolutionTuner", "TPE_legacy",
-)
-#: NNI built-ins tunebus refuses on purpose, and why (the refusal says it).
-REFUSED_BUILTINS: dict[str, str] = {
-    "SMAC": "it needs the smac package (SMAC3 with dask and distributed, about 350 MB), which "
-            "tunebus does not carry; BOHB (model-based and multi-fidelity, like SMAC), GP, Metis "
-            "or DNGO are built in",
-}
-#: Built-in assessors tunebus runs, spelled as NNI registers them.
-BUILTIN_ASSESSORS: tuple[str, ...] = ("Medianstop", "Curvefitting")
 #: Training-service platforms tunebus runs.
 SUPPORTED_PLATFORMS: tuple[str, ...] = ("local", "aml")
 
@@ -232,11 +204,7 @@ class _Section(BaseModel):
 class AlgorithmConfig(_Section):
     """A tuner or assessor: a built-in ``name``, or a custom ``className`` in ``codeDirectory``."""
 
-    kind: ClassVar[str] = "algorithm"
-    builtin_names: ClassVar[tuple[str, ...]] = ()
-    aliases: ClassVar[dict[str, str]] = {}
-    not_yet: ClassVar[tuple[str, ...]] = ()
-    refused: ClassVar[dict[str, str]] = {}
+    kind: ClassVar[Role] = "tuner"
 
     name: str | None = Field(default=None, description="Built-in algorithm, e.g. 'TPE'.")
     class_name: str | None = Field(default=None, description="Custom algorithm class, 'module.Class'.")
@@ -247,22 +215,7 @@ class AlgorithmConfig(_Section):
     @classmethod
     def _builtin_name(cls, value: str | None) -> str | None:
         # NNI matches built-in names case-insensitively; keep its registered spelling.
-        if value is None:
-            return None
-        for known in cls.builtin_names:
-            if known.lower() == value.lower():
-                return known
-        for alias, known in cls.aliases.items():
-            if alias.lower() == value.lower():
-                return known
-        supported = ", ".join(cls.builtin_names)
-        for name, reason in cls.refused.items():
-            if name.lower() == value.lower():
-                raise ValueError(f"NNI's built-in {cls.kind} {value!r} is not built into tunebus: {reason}")
-        if any(name.lower() == value.lower() for name in cls.not_yet):
-            raise ValueError(f"NNI's built-in {cls.kind} {value!r} is not supported by tunebus yet "
-                             f"(supported: {supported})")
-        raise ValueError(f"{cls.kind} {value!r} is not supported (supported: {supported})")
+        return None if value is None else algorithms.find(cls.kind, value).name
 
     @field_validator("code_directory")
     @classmethod
@@ -307,18 +260,13 @@ class AlgorithmConfig(_Section):
 class TunerConfig(AlgorithmConfig):
     """The experiment's tuner (NNI's deprecated ``advisor`` is read as the tuner)."""
 
-    kind: ClassVar[str] = "tuner"
-    builtin_names: ClassVar[tuple[str, ...]] = BUILTIN_TUNERS
-    aliases: ClassVar[dict[str, str]] = TUNER_ALIASES
-    not_yet: ClassVar[tuple[str, ...]] = NOT_YET_SUPPORTED
-    refused: ClassVar[dict[str, str]] = REFUSED_BUILTINS
+    kind: ClassVar[Role] = "tuner"
 
 
 class AssessorConfig(AlgorithmConfig):
     """The experiment's assessor, which may stop poor trials early."""
 
-    kind: ClassVar[str] = "assessor"
-    builtin_names: ClassVar[tuple[str, ...]] = BUILTIN_ASSESSORS
+    kind: ClassVar[Role] = "assessor"
 
 
 class LocalConfig(_Section):

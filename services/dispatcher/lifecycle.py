@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.config import ADVISORS
+from shared.algorithms import ADVISORS
 from shared.messages import (
     MAX_SUGGEST_BATCH,
     TERMINAL_TRIAL_STATUSES,

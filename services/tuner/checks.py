@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.algorithms import ADVISORS
 from shared.checkpoints import AML_CHECKPOINTS_REFUSED, PBT_NAMES
-from shared.config import ADVISORS
 from shared.search_space import SearchSpaceError
 
 from .algorithms import TunerConfigError, create_tuner

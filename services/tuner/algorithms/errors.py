@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from shared.algorithms import ClassArgsError
+
 __all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults"]
 
 
-class TunerConfigError(ValueError):
+class TunerConfigError(ClassArgsError):
     """A tuner name or one of its classArgs is wrong; the message names the tuner and the argument."""
 
     def __init__(self, tuner: str, reason: str, argument: str | None = None) -> None:
-        where = f"classArgs.{argument} " if argument else ""
-        super().__init__(f"tuner '{tuner}': {where}{reason}")
+        super().__init__("tuner", tuner, reason, argument)
         self.tuner = tuner
-        self.argument = argument
-        self.reason = reason
 
 
 class NoMoreTrials(Exception):

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MATERN_NUS", "GaussianProcess"]
+from shared.algorithms import MATERN_NUS
+
+__all__ = ["GaussianProcess"]
 
 #: Smoothness values with closed forms (scikit-learn's Matern takes any nu; these are the ones used).
-MATERN_NUS = (0.5, 1.5, 2.5)
 
 _LOG_LENGTH = (math.log(0.01), math.log(20.0))
 _LOG_SIGNAL = (math.log(0.05), math.log(20.0))

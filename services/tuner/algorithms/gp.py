@@ -31,10 +31,9 @@ from .encoding import Encoding
 from .errors import TunerConfigError
 from .gaussian_process import GaussianProcess
 
-__all__ = ["GP_SPACE_TYPES", "UTILITIES", "GpSettings", "GpTuner"]
+__all__ = ["GP_SPACE_TYPES", "GpSettings", "GpTuner"]
 
 GP_SPACE_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform")
-UTILITIES = ("ei", "ucb", "poi")
 
 #: Random points scored per block when maximising the utility (bounds memory: block x trials).
 _BLOCK = 8192

@@ -35,10 +35,9 @@ from shared.search_space import ParamSpec, build_parameters, flatten_search_spac
 
 from .errors import TunerConfigError, WaitForResults
 
-__all__ = ["BUDGET_KEY", "EXEC_MODES", "HyperbandAdvisor"]
+__all__ = ["BUDGET_KEY", "HyperbandAdvisor"]
 
 BUDGET_KEY = "TRIAL_BUDGET"
-EXEC_MODES = ("parallelism", "serial")
 _EPSILON = 1e-6  # as NNI: keeps floor(log(81, 3)) at 4 despite rounding
 _DEDUP_ATTEMPTS = 32
 

@@ -30,9 +30,8 @@ from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
 from .parzen import ParzenEstimator
 
-__all__ = ["LIAR_TYPES", "TpeSettings", "TpeTuner"]
+__all__ = ["TpeSettings", "TpeTuner"]
 
-LIAR_TYPES = ("worst", "mean", "best")
 
 
 @dataclass(frozen=True)

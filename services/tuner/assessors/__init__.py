@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from shared import algorithms
+
 from .curvefitting import CurvefittingAssessor
 from .custom import RemoteAssessor
 from .errors import AssessorConfigError
@@ -17,7 +19,7 @@ from .medianstop import MedianstopAssessor
 from .result import AssessResult
 
 __all__ = [
-    "BUILTIN_ASSESSORS",
+    "BUILDERS",
     "AssessResult",
     "Assessor",
     "AssessorConfigError",
@@ -35,7 +37,8 @@ class Assessor(Protocol):
     def trial_end(self, trial_job_id: str, success: bool) -> None: ...
 
 
-BUILTIN_ASSESSORS: dict[str, Callable[[Mapping[str, Any]], Assessor]] = {
+#: How each built-in assessor of :data:`shared.algorithms.ASSESSORS` is built from its checked classArgs.
+BUILDERS: dict[str, Callable[[dict[str, Any]], Assessor]] = {
     "Medianstop": MedianstopAssessor.from_class_args,
     "Curvefitting": CurvefittingAssessor.from_class_args,
 }
@@ -50,11 +53,14 @@ def create_assessor(
 
     Raises :class:`AssessorConfigError` naming the assessor and the classArg at fault.
     """
-    canonical = {key.lower(): key for key in BUILTIN_ASSESSORS}.get((name or "").lower())
-    if canonical is None:
+    try:
+        algorithm = algorithms.find("assessor", name)
+    except ValueError:
         raise AssessorConfigError(
-            str(name), f"unknown assessor; built-in assessors are {', '.join(BUILTIN_ASSESSORS)}"
-        )
-    if class_args is not None and not isinstance(class_args, Mapping):
-        raise AssessorConfigError(canonical, "classArgs must be an object")
-    return BUILTIN_ASSESSORS[canonical](class_args or {})
+            str(name), f"unknown assessor; built-in assessors are {', '.join(algorithms.ASSESSORS)}"
+        ) from None
+    try:
+        checked = algorithms.read_class_args(algorithm, class_args)
+    except algorithms.ClassArgsError as exc:
+        raise AssessorConfigError(exc.algorithm, exc.reason, exc.argument) from None
+    return BUILDERS[algorithm.name](checked)

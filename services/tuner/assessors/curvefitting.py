@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .errors import AssessorConfigError, check_int, check_known, check_mode, check_number
+from .errors import AssessorConfigError
 from .result import AssessResult, finite, scalar_history
 
 __all__ = ["CurvefittingAssessor", "predict_final"]
@@ -132,19 +132,14 @@ class CurvefittingAssessor:
         self._last_judged: dict[str, int] = {}
 
     @classmethod
-    def from_class_args(cls, args: Mapping[str, Any]) -> CurvefittingAssessor:
-        """Build from NNI's classArgs (epoch_num, start_step, threshold, gap) and optimize_mode."""
-        name = cls.name
-        check_known(name, args, ("epoch_num", "start_step", "threshold", "gap", "optimize_mode"))
-        epoch_num = check_int(name, args, "epoch_num", 20, 1)
-        start_step = check_int(name, args, "start_step", 6, 1)
+    def from_class_args(cls, args: dict[str, Any]) -> CurvefittingAssessor:
+        """Build from NNI's classArgs (epoch_num, start_step, threshold, gap, optimize_mode), checked."""
+        epoch_num, start_step = args["epoch_num"], args["start_step"]
         if start_step > epoch_num:
             raise AssessorConfigError(
-                name, f"must be <= epoch_num ({epoch_num}), got {start_step}", "start_step"
+                cls.name, f"must be <= epoch_num ({epoch_num}), got {start_step}", "start_step"
             )
-        threshold = check_number(name, args, "threshold", 0.95, 0.0, 1.0)
-        gap = check_int(name, args, "gap", 1, 1)
-        return cls(epoch_num, start_step, threshold, gap, check_mode(name, args))
+        return cls(epoch_num, start_step, args["threshold"], args["gap"], args["optimize_mode"] == "maximize")
 
     def assess_trial(self, trial_job_id: str, trial_history: list[Any]) -> AssessResult:
         """Good or Bad for a running trial, given all its intermediate results so far."""

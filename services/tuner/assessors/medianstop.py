@@ -7,10 +7,8 @@ reached step t count; before ``start_step`` results, or with no such trial, the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from .errors import check_int, check_known, check_mode
 from .result import AssessResult, scalar_history
 
 __all__ = ["MedianstopAssessor"]
@@ -28,10 +26,9 @@ class MedianstopAssessor:
         self._completed_averages: dict[str, list[float]] = {}
 
     @classmethod
-    def from_class_args(cls, args: Mapping[str, Any]) -> MedianstopAssessor:
-        """Build from classArgs ``optimize_mode`` (default maximize) and ``start_step`` (default 0)."""
-        check_known(cls.name, args, ("optimize_mode", "start_step"))
-        return cls(check_mode(cls.name, args), check_int(cls.name, args, "start_step", 0, 0))
+    def from_class_args(cls, args: dict[str, Any]) -> MedianstopAssessor:
+        """Build from its classArgs as :func:`shared.algorithms.read_class_args` checked them."""
+        return cls(args["optimize_mode"] == "maximize", args["start_step"])
 
     def assess_trial(self, trial_job_id: str, trial_history: list[Any]) -> AssessResult:
         """Good or Bad for a running trial, given all its intermediate results so far."""
