@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from shared.config import SECRET_MASK, ExperimentSecrets
+from shared.config import ExperimentSecrets
+from shared.secrets_mask import SECRET_MASK
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
 from shared.storage import BlobStore, Layout, account_connection_string, results_sas_token
 

@@ -11,12 +11,12 @@ import yaml
 
 from shared.config import (
     AmlConfig,
-    ConfigError,
     LocalConfig,
     load_experiment_config,
     parse_duration,
     parse_experiment_config,
 )
+from shared.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
 SEED = DATA / "seed_aml" / "config_aml.yml"

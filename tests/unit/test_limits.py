@@ -16,7 +16,8 @@ from services.tuner.algorithms import TunerConfigError, create_tuner
 from services.tuner.assessors import AssessorConfigError, create_assessor
 from shared import limits
 from shared.bus import PermanentError, parse_message
-from shared.config import ConfigError, parse_duration, parse_experiment_config
+from shared.config import parse_duration, parse_experiment_config
+from shared.errors import ConfigError
 from shared.messages import ExperimentUpdate
 from shared.search_space import SearchSpaceError, validate_search_space
 from tests.unit.test_cli import VALID, unreachable, write_config  # noqa: F401 (a fixture)

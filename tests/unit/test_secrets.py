@@ -13,7 +13,7 @@ import pytest
 from services.dispatcher.lifecycle import Policy
 from services.dispatcher.service import Dispatcher
 from shared.bus import PermanentError, _without_secrets
-from shared.config import ExperimentSecrets, parse_experiment_config, redact_secrets
+from shared.config import ExperimentSecrets, parse_experiment_config
 from shared.messages import ExperimentStart, ExperimentStatus, Message
 from shared.results import (
     SharedStorageError,
@@ -22,6 +22,7 @@ from shared.results import (
     shared_storage_endpoint,
     shared_storage_results_url,
 )
+from shared.secrets_mask import redact_secrets
 from shared.storage import ConcurrentWriteError, Layout
 
 KEY = "c2VjcmV0LWFjY291bnQta2V5"
