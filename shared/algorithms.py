@@ -8,11 +8,13 @@ further where a value would only exhaust memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared import limits
+from shared.search_space import ParamSpec
 
 Role = Literal["tuner", "assessor"]
 ArgKind = Literal["integer", "number", "flag", "text", "choice", "object"]
@@ -22,6 +24,8 @@ LIAR_TYPES = ("worst", "mean", "best")
 GP_UTILITIES = ("ei", "ucb", "poi")
 MATERN_NUS = (0.5, 1.5, 2.5)
 HYPERBAND_EXEC_MODES = ("parallelism", "serial")
+GP_SPACE_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform")
+METIS_SPACE_TYPES = ("choice", "randint", "uniform", "quniform")
 #: Hyperband's first bracket starts about R configurations at once: R is bounded to keep that in memory.
 MAX_HYPERBAND_R = 100_000
 MAX_CHECKPOINT_DIR_CHARS = 1024
@@ -55,6 +59,12 @@ class Algorithm:
     takes_class_args: bool = True
     refused_args: tuple[tuple[str, str], ...] = ()
     """NNI arguments tunebus refuses, with the reason."""
+    space_types: tuple[str, ...] | None = None
+    """The search-space types it takes (None: every one)."""
+    flat_space: bool = False
+    """Takes no nested choice."""
+    numeric_choices: bool = False
+    """A ``choice`` must list numbers."""
 
 
 class ClassArgsError(ValueError):
@@ -111,7 +121,7 @@ _TUNERS = (
         _count("cold_start_num", 10),
         _count("selection_num_warm_up", 100_000, low=1, high=1_000_000),
         _count("selection_num_starting_points", 250, high=10_000),
-    ), aliases=("GPTuner",)),
+    ), aliases=("GPTuner",), space_types=GP_SPACE_TYPES, flat_space=True, numeric_choices=True),
     Algorithm("Metis", "tuner", (
         _mode("maximize"), _SEED,
         Arg("no_resampling", "flag", True),
@@ -119,13 +129,13 @@ _TUNERS = (
         _count("selection_num_starting_points", 600, low=1, high=100_000),
         _count("cold_start_num", 10),
         _fraction("exploration_probability", 0.9),
-    ), aliases=("MetisTuner",)),
+    ), aliases=("MetisTuner",), space_types=METIS_SPACE_TYPES, flat_space=True, numeric_choices=True),
     Algorithm("DNGO", "tuner", (
         _mode("maximize"), _SEED,
         _count("sample_size", 1000, low=1, high=100_000),
         _count("trials_per_update", 20, low=1, high=100_000),
         _count("num_epochs_per_training", 500, low=1, high=100_000),
-    ), aliases=("DNGOTuner",)),
+    ), aliases=("DNGOTuner",), space_types=GP_SPACE_TYPES, flat_space=True, numeric_choices=True),
     Algorithm("Hyperband", "tuner", (
         _mode(None), _SEED,
         _count("R", 60, low=1, high=MAX_HYPERBAND_R),
@@ -143,7 +153,7 @@ _TUNERS = (
         _fraction("random_fraction", 1 / 3),
         Arg("bandwidth_factor", "number", 3.0, low=1e-6, high=9999),
         Arg("min_bandwidth", "number", 1e-3, low=1e-6, high=1.0),
-    ), advisor=True, refused_args=(
+    ), advisor=True, flat_space=True, refused_args=(
         ("config_space", "(a ConfigSpace file) is not supported: give the search space in NNI's format"),)),
     Algorithm("PBT", "tuner", (
         _mode(None), _SEED,
@@ -153,7 +163,7 @@ _TUNERS = (
         Arg("factor", "number", 0.2, low=0.0, high=1e6),
         _fraction("resample_probability", 0.25),
         _fraction("fraction", 0.2),
-    ), aliases=("PBTTuner",), advisor=True),
+    ), aliases=("PBTTuner",), advisor=True, flat_space=True),
 )
 
 _ASSESSORS = (
@@ -222,6 +232,26 @@ def read_class_args(algorithm: Algorithm, class_args: Any) -> dict[str, Any]:
         if name in given:
             raise error(reason, name)
     return _read_object(algorithm.args, given, "", error)
+
+
+def search_space_problem(algorithm: Algorithm, specs: Iterable[ParamSpec]) -> str | None:
+    """Why the algorithm cannot take this (flattened) search space, as NNI's refuses it; None if it can."""
+    name = algorithm.name
+    for spec in specs:
+        where = f"search space parameter '{spec.name}'"
+        if algorithm.flat_space and (spec.nested or spec.parent is not None):
+            kind = "a nested choice" if spec.nested else "inside a nested choice"
+            return f"{where} is {kind}; {name} takes flat parameters only, not nested choices (as in NNI)"
+        if algorithm.space_types is not None and spec.type not in algorithm.space_types:
+            types = ", ".join(algorithm.space_types)
+            return f"{where} is type {spec.type!r}; {name} supports {types} (as in NNI)"
+        if algorithm.numeric_choices and spec.type == "choice" and not all(map(_is_number, spec.values)):
+            return f"{where}: {name} takes a choice of numbers only (as in NNI)"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_object(args: tuple[Arg, ...], given: dict[Any, Any], prefix: str, error: _Error) -> dict[str, Any]:

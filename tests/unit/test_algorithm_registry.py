@@ -22,7 +22,9 @@ from shared import algorithms
 from shared.algorithms import ClassArgsError, find, read_class_args
 from shared.config import parse_experiment_config
 from shared.errors import ConfigError
+from shared.search_space import flatten_search_space
 
+UNIFORM = {"_type": "uniform", "_value": [0, 1]}
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -116,3 +118,39 @@ def _config(tuner: dict[str, Any]) -> Any:
         "tuner": tuner,
         "trainingService": {"platform": "local"},
     })
+
+
+def test_the_readme_table_lists_the_search_space_types_each_takes() -> None:
+    rows = re.findall(r"^\| `(\w+)`[^|]*\|[^|]*\| ([^|]*) \|", README.read_text(), flags=re.MULTILINE)
+    columns = {name: text for name, text in rows if name in algorithms.TUNERS}
+    for name, algorithm in algorithms.TUNERS.items():
+        if algorithm.space_types is None or name not in columns:
+            continue
+        text = columns[name]
+        if text.startswith("as "):  # "as GP": the same rules as the algorithm named
+            assert algorithms.TUNERS[text.split()[1]].space_types == algorithm.space_types, name
+            continue
+        assert tuple(re.findall(r"`(\w+)`", text)) == algorithm.space_types, name
+        assert ("of numbers" in text) == algorithm.numeric_choices, name
+
+
+@pytest.mark.parametrize(("name", "space", "message"), [
+    ("GP", {"x": {"_type": "normal", "_value": [0, 1]}},
+     "search space parameter 'x' is type 'normal'; GP supports choice, randint, uniform"),
+    ("Metis", {"x": {"_type": "loguniform", "_value": [0.1, 1]}}, "'x' is type 'loguniform'; Metis supports"),
+    ("DNGO", {"k": {"_type": "choice", "_value": ["a", "b"]}}, "'k': DNGO takes a choice of numbers only"),
+    ("PBT", {"opt": {"_type": "choice", "_value": [{"_name": "sgd", "lr": UNIFORM}]}},
+     "'opt' is a nested choice; PBT takes flat parameters only"),
+])
+def test_the_registry_search_space_rules_refuse_what_nni_refuses(name: str, space: Any, message: str) -> None:
+    args = {"optimize_mode": "maximize"}
+    with pytest.raises(TunerConfigError) as caught:
+        create_tuner(name, args, space)
+    assert message in str(caught.value)
+
+
+def test_a_space_every_rule_allows_is_taken() -> None:
+    space = {"x": {"_type": "uniform", "_value": [0, 1]}, "k": {"_type": "choice", "_value": [1, 2]}}
+    for name, algorithm in algorithms.TUNERS.items():
+        specs = flatten_search_space(space)
+        assert algorithms.search_space_problem(algorithm, specs) is None, name

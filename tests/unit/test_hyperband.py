@@ -310,5 +310,5 @@ def test_bohb_class_args_are_checked(args: dict[str, Any], message: str) -> None
 
 
 def test_bohb_refuses_a_nested_choice() -> None:
-    with pytest.raises(TunerConfigError, match="'opt' is a nested choice; BOHB takes flat search spaces"):
+    with pytest.raises(TunerConfigError, match="'opt' is a nested choice; BOHB takes flat parameters only"):
         create_tuner("BOHB", {"optimize_mode": "maximize"}, SPACE)

@@ -30,7 +30,7 @@ import numpy as np
 from shared.search_space import build_parameters, flatten_search_space, parse_parameters
 
 from .encoding import Encoding
-from .errors import TunerConfigError
+from .errors import TunerConfigError, refuse_unsupported_space
 from .hyperband import BUDGET_KEY, HyperbandAdvisor, _Job, _key
 from .parzen import ParzenEstimator
 
@@ -66,10 +66,7 @@ class BohbAdvisor(HyperbandAdvisor):
         self._results: dict[int, list[tuple[np.ndarray, float]]] = defaultdict(list)
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        for spec in flatten_search_space(search_space):
-            if spec.nested:
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}' is a nested choice; "
-                                                  f"BOHB takes flat search spaces only (as in NNI)")
+        refuse_unsupported_space(self.name, flatten_search_space(search_space))
         super().update_search_space(search_space)
         self.encoding = Encoding(self.specs)
         self._results = defaultdict(list)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from shared.algorithms import ClassArgsError
+from collections.abc import Iterable
 
-__all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults"]
+from shared import algorithms
+from shared.algorithms import ClassArgsError
+from shared.search_space import ParamSpec
+
+__all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults", "refuse_unsupported_space"]
 
 
 class TunerConfigError(ClassArgsError):
@@ -23,3 +27,11 @@ class WaitForResults(Exception):
     """Nothing to suggest until running trials report (an advisor between two rounds of a bracket).
 
     The service keeps the request and answers it after a later trial ends."""
+
+
+def refuse_unsupported_space(tuner: str, specs: Iterable[ParamSpec]) -> None:
+    """Raise :class:`TunerConfigError` for a search space the built-in ``tuner`` cannot take
+    (its registry entry's rules, :func:`shared.algorithms.search_space_problem`)."""
+    problem = algorithms.search_space_problem(algorithms.TUNERS[tuner], specs)
+    if problem is not None:
+        raise TunerConfigError(tuner, problem)

@@ -28,12 +28,11 @@ from shared.search_space import flatten_search_space
 
 from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
-from .errors import TunerConfigError
+from .errors import refuse_unsupported_space
 from .gaussian_process import GaussianProcess
 
-__all__ = ["GP_SPACE_TYPES", "GpSettings", "GpTuner"]
+__all__ = ["GpSettings", "GpTuner"]
 
-GP_SPACE_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform")
 
 #: Random points scored per block when maximising the utility (bounds memory: block x trials).
 _BLOCK = 8192
@@ -68,15 +67,7 @@ class GpTuner(BaseTuner):
         self.encoding = Encoding([])
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        for spec in flatten_search_space(search_space):
-            if spec.type not in GP_SPACE_TYPES or spec.nested:
-                kind = "a nested choice" if spec.nested else f"type {spec.type!r}"
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}' is {kind}; "
-                                                  f"{self.name} supports {', '.join(GP_SPACE_TYPES)} "
-                                                  f"(as in NNI)")
-            if spec.type == "choice" and not all(_is_number(v) for v in spec.values):
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': {self.name} takes "
-                                                  f"a choice of numbers only (as in NNI)")
+        refuse_unsupported_space(self.name, flatten_search_space(search_space))
         super().update_search_space(search_space)
 
     def _on_search_space(self) -> None:
@@ -231,7 +222,3 @@ def _phi_over_h(z: np.ndarray) -> np.ndarray:
     from scipy.special import log_ndtr
 
     return np.exp(log_ndtr(z) - _log_h(z))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

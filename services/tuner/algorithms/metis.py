@@ -36,16 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from shared.search_space import flatten_search_space
-
 from .base import Internal, Observation
-from .errors import TunerConfigError
 from .gaussian_process import GaussianProcess
-from .gp import GpSettings, GpTuner, _is_number
+from .gp import GpSettings, GpTuner
 
-__all__ = ["METIS_SPACE_TYPES", "MetisSettings", "MetisTuner"]
+__all__ = ["MetisSettings", "MetisTuner"]
 
-METIS_SPACE_TYPES = ("choice", "randint", "uniform", "quniform")
 _EXPLOITATION_FROM = 12  # NNI's threshold_samplessize_exploitation
 _RESAMPLING_FROM = 50  # NNI's threshold_samplessize_resampling
 _MAX_RESAMPLING = 3  # NNI's max_resampling_per_x
@@ -86,16 +82,7 @@ class MetisTuner(GpTuner):
         self._resample_next: str | None = None  # key of an outlier chosen to run again
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        for spec in flatten_search_space(search_space):
-            if spec.type not in METIS_SPACE_TYPES or spec.nested:
-                kind = "a nested choice" if spec.nested else f"type {spec.type!r}"
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}' is {kind}; "
-                                                  f"Metis supports {', '.join(METIS_SPACE_TYPES)} "
-                                                  f"(as in NNI)")
-            if spec.type == "choice" and not all(_is_number(v) for v in spec.values):
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': Metis takes a "
-                                                  f"choice of numbers only (as in NNI)")
-        super().update_search_space(search_space)
+        super().update_search_space(search_space)  # GP's, with Metis's rules (the registry's)
 
     # ------------------------------------------------------------ suggesting
 

@@ -37,7 +37,7 @@ from shared.checkpoints import CHECKPOINT_KEYS, LOAD_KEY, SAVE_KEY, checkpoint_r
 from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, flatten_search_space, from_value, sample_internal, to_value
 
-from .errors import TunerConfigError, WaitForResults
+from .errors import TunerConfigError, WaitForResults, refuse_unsupported_space
 
 __all__ = ["PbtSettings", "PbtTuner"]
 
@@ -98,9 +98,7 @@ class PbtTuner:
             if spec.name in CHECKPOINT_KEYS:
                 raise TunerConfigError(self.name, f"the search space may not have a parameter named "
                                                   f"{spec.name}: PBT sets it to a checkpoint folder")
-            if spec.nested or spec.parent is not None:
-                raise TunerConfigError(self.name, f"search space parameter '{spec.name}': PBT perturbs "
-                                                  f"flat parameters only, not nested choices (as in NNI)")
+        refuse_unsupported_space(self.name, specs)
         self.specs = specs
         self.step = 0
         self._by_id = {}
