@@ -28,7 +28,7 @@ from shared.search_space import (
     sample_internal,
 )
 
-from .errors import NoMoreTrials
+from .errors import NoMoreTrials, suggest_each
 from .finite import enumerate_points, space_size
 
 __all__ = ["BaseTuner", "Internal", "Observation", "parameter_seed"]
@@ -108,13 +108,8 @@ class BaseTuner:
         self, parameter_id_list: Sequence[Any], **kwargs: Any
     ) -> list[dict[str, Any]]:
         """One suggestion per id, in order; stops early (like NNI) when the space is exhausted."""
-        out: list[dict[str, Any]] = []
-        for parameter_id in parameter_id_list:
-            try:
-                out.append(self.generate_parameters(parameter_id, **kwargs))
-            except NoMoreTrials:
-                break
-        return out
+        return suggest_each(lambda parameter_id: self.generate_parameters(parameter_id, **kwargs),
+                            parameter_id_list)
 
     def receive_trial_result(
         self, parameter_id: Any, parameters: dict[str, Any], value: Any, **kwargs: Any

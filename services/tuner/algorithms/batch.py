@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import NoMoreTrials, TunerConfigError
+from .errors import NoMoreTrials, TunerConfigError, suggest_each
 
 __all__ = ["BatchTuner"]
 
@@ -56,13 +56,7 @@ class BatchTuner:
         return dict(self._configs[index])
 
     def generate_multiple_parameters(self, parameter_id_list: Sequence[Any], **kwargs: Any) -> list[Any]:
-        out: list[Any] = []
-        for parameter_id in parameter_id_list:
-            try:
-                out.append(self.generate_parameters(parameter_id))
-            except NoMoreTrials:
-                break
-        return out
+        return suggest_each(self.generate_parameters, parameter_id_list)
 
     def receive_trial_result(self, parameter_id: Any, parameters: Any, value: Any, **kwargs: Any) -> None:
         """Nothing to learn: every configuration runs once whatever the results."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from shared import algorithms
 from shared.algorithms import ClassArgsError
 from shared.search_space import ParamSpec
 
-__all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults", "refuse_unsupported_space"]
+__all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults", "refuse_unsupported_space", "suggest_each"]
 
 
 class TunerConfigError(ClassArgsError):
@@ -35,3 +36,15 @@ def refuse_unsupported_space(tuner: str, specs: Iterable[ParamSpec]) -> None:
     problem = algorithms.search_space_problem(algorithms.TUNERS[tuner], specs)
     if problem is not None:
         raise TunerConfigError(tuner, problem)
+
+
+def suggest_each(generate: Callable[[Any], Any], parameter_ids: Iterable[Any]) -> list[Any]:
+    """NNI's ``generate_multiple_parameters``: one suggestion per id, in order, stopping at the first
+    id the algorithm cannot answer now (:class:`NoMoreTrials`, :class:`WaitForResults`)."""
+    out: list[Any] = []
+    for parameter_id in parameter_ids:
+        try:
+            out.append(generate(parameter_id))
+        except (NoMoreTrials, WaitForResults):
+            break
+    return out

@@ -33,7 +33,7 @@ import numpy as np
 from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, build_parameters, flatten_search_space, is_active, sample_internal
 
-from .errors import TunerConfigError, WaitForResults
+from .errors import TunerConfigError, WaitForResults, suggest_each
 
 __all__ = ["BUDGET_KEY", "HyperbandAdvisor"]
 
@@ -127,13 +127,7 @@ class HyperbandAdvisor:
         return dict(job.parameters)
 
     def generate_multiple_parameters(self, parameter_id_list: Sequence[Any], **kwargs: Any) -> list[Any]:
-        out: list[Any] = []
-        for parameter_id in parameter_id_list:
-            try:
-                out.append(self.generate_parameters(parameter_id))
-            except WaitForResults:
-                break
-        return out
+        return suggest_each(self.generate_parameters, parameter_id_list)
 
     def receive_trial_result(self, parameter_id: Any, parameters: Any, value: Any, **kwargs: Any) -> None:
         """A trial's final (or, ended without one, last intermediate) result; it counts as ended."""

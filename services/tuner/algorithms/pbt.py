@@ -37,7 +37,7 @@ from shared.checkpoints import CHECKPOINT_KEYS, LOAD_KEY, SAVE_KEY, checkpoint_r
 from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, flatten_search_space, from_value, sample_internal, to_value
 
-from .errors import TunerConfigError, WaitForResults, refuse_unsupported_space
+from .errors import TunerConfigError, WaitForResults, refuse_unsupported_space, suggest_each
 
 __all__ = ["PbtSettings", "PbtTuner"]
 
@@ -129,13 +129,7 @@ class PbtTuner:
         raise WaitForResults(f"tuner '{self.name}': step {self.step} waits for its running trials")
 
     def generate_multiple_parameters(self, parameter_id_list: Sequence[Any], **kwargs: Any) -> list[Any]:
-        out: list[Any] = []
-        for parameter_id in parameter_id_list:
-            try:
-                out.append(self.generate_parameters(parameter_id))
-            except WaitForResults:
-                break
-        return out
+        return suggest_each(self.generate_parameters, parameter_id_list)
 
     def receive_trial_result(self, parameter_id: Any, parameters: Any, value: Any, **kwargs: Any) -> None:
         run = self._run(parameter_id, parameters)
