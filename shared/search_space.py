@@ -289,14 +289,14 @@ def from_value(spec: ParamSpec, value: Any) -> float:
             if (option == target and type(option) is type(target)) or _same_number(option, target):
                 return float(index)
         raise ValueError(f"{value!r} is not an option of '{spec.name}'")
-    value = float(value)
-    if spec.log and spec.q is not None and value == 0:
+    number = float(value)
+    if spec.log and spec.q is not None and number == 0:
         return math.log(spec.q / 4)  # qlognormal rounds small values to 0; any x < log(q/2) gives that
     if spec.log:
-        if value <= 0:
-            raise ValueError(f"{value!r} is not positive, so not a value of '{spec.name}'")
-        return math.log(value)
-    return value
+        if number <= 0:
+            raise ValueError(f"{number!r} is not positive, so not a value of '{spec.name}'")
+        return math.log(number)
+    return number
 
 
 def _same_number(a: Any, b: Any) -> bool:
