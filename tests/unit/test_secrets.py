@@ -12,7 +12,7 @@ import pytest
 
 from services.dispatcher.lifecycle import Policy
 from services.dispatcher.service import Dispatcher
-from shared.bus import PermanentError, _without_secrets
+from shared.bus import PermanentError, without_secrets
 from shared.config import ExperimentSecrets, parse_experiment_config, redact_secrets
 from shared.messages import ExperimentStart, ExperimentStatus, Message
 from shared.results import (
@@ -118,11 +118,11 @@ def test_a_dead_lettered_copy_has_no_key() -> None:
     msg = ExperimentStart(experiment_id="e1", config=wire_config(**SHARED))
     body = msg.model_dump_json().encode()
     assert KEY in body.decode()
-    assert KEY not in _without_secrets(body).decode()
-    clean = json.loads(_without_secrets(body))
+    assert KEY not in without_secrets(body).decode()
+    clean = json.loads(without_secrets(body))
     assert clean["config"]["sharedStorage"]["storageAccountKey"] == "***"
     plain = ExperimentStart(experiment_id="e1", config=wire_config()).model_dump_json().encode()
-    assert _without_secrets(plain) is plain and _without_secrets(b"not json") == b"not json"
+    assert without_secrets(plain) is plain and without_secrets(b"not json") == b"not json"
 
 
 # ---------------------------------------------------------------- the dispatcher
