@@ -213,7 +213,8 @@ def test_help_imports_no_heavy_dependencies() -> None:
 
 
 def test_create_never_imports_the_azure_sdk(unreachable: dict[str, str]) -> None:
-    # Storage is reached through shared.blob_rest (stdlib only): importing the SDK costs ~0.25 s.
+    # Storage is reached through shared.blob_rest (stdlib only): the SDK's import is slow
+    # (benchmarks/README_startup.md).
     # The full path (upload, publish) is checked against Azurite in tests/integration/test_blob_rest.py.
     code = textwrap.dedent(f"""
         import sys
