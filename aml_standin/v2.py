@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from . import v1 as standin
+from .faults import take_fault
 from .v1 import PORTAL_SCHEME, StandinSettings
 
 __all__ = ["StandinMLClient"]
@@ -78,7 +79,7 @@ class _Jobs:
             return self.get(str(job.name))
         log.warning("AML STAND-IN v2 (not Azure ML): creating job %s of experiment %s on this machine",
                     job.name, job.experiment_name)
-        status = standin._take_fault(registry, "submit")
+        status = take_fault(registry, "submit")
         if status is not None:
             raise _http_error(status, "injected fault: the job was not created")
         limits = getattr(job, "limits", None)
@@ -94,14 +95,14 @@ class _Jobs:
             raise _http_error(409, f"Job {job.name} already exists") from None
         standin.Run.get(self._workspace(), str(job.name)).set_tags(dict(job.tags or {}))
         time.sleep(max(0.0, self._settings.submit_latency - (time.monotonic() - started)))
-        status = standin._take_fault(registry, "tags")
+        status = take_fault(registry, "tags")
         if status is not None:
             raise _http_error(status, "injected fault: the job exists, the answer was lost")
         return self.get(str(job.name))
 
     def get(self, name: str) -> SimpleNamespace:
         """The job as azure-ai-ml's ``Job``: name, status, tags, studio_url (and error if failed)."""
-        status = standin._take_fault(self._settings.registry, "get")
+        status = take_fault(self._settings.registry, "get")
         if status is not None:
             raise _http_error(status, "injected fault")
         try:
