@@ -14,7 +14,7 @@ from services.dispatcher.lifecycle import Policy
 from services.dispatcher.service import Dispatcher
 from shared.bus import PermanentError, without_secrets
 from shared.config import ExperimentSecrets, parse_experiment_config, redact_secrets
-from shared.messages import ExperimentStart, ExperimentStatus, Message
+from shared.messages import ExperimentStart, ExperimentStatus
 from shared.results import (
     SharedStorageError,
     read_secrets,
@@ -23,6 +23,7 @@ from shared.results import (
     shared_storage_results_url,
 )
 from shared.storage import ConcurrentWriteError, Layout
+from tests.unit.test_dispatcher_outbox import FakeBus
 
 KEY = "c2VjcmV0LWFjY291bnQta2V5"
 SHARED = {"storageType": "AzureBlob", "storageAccountName": "tunebusdata", "containerName": "results",
@@ -62,17 +63,6 @@ class FakeStore:
 
     async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
         self.blobs[path] = data.decode()
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.published: list[Message] = []
-
-    async def publish(self, msg: Message) -> None:
-        self.published.append(msg)
-
-    async def publish_many(self, msgs: Any) -> None:
-        self.published.extend(msgs)
 
 
 def dispatcher() -> tuple[Dispatcher, FakeStore, FakeBus]:
