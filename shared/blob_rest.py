@@ -4,7 +4,7 @@ Why it exists: importing ``azure.storage.blob`` (with aiohttp and azure.core) co
 large part of its start-up (benchmarks/README_startup.md), and the CLI needs only a handful of
 blob operations. ``http.client`` (which pulls in ``ssl`` and ``email``) is imported by the first
 request, ``json`` by :meth:`BlobRestClient.get_json`. The protocol itself (signing, paths,
-replies) is in :mod:`shared.blob_protocol`, re-exported here for the CLI.
+replies) is in :mod:`shared.blob_protocol`; what the CLI needs of it is re-exported here.
 
     client = BlobRestClient.from_connection_string(conn, "tunebus")
     client.put_blob("experiments/x/code.tar.gz", data, content_type="application/gzip")
@@ -19,7 +19,6 @@ import time
 from urllib.parse import quote, urlsplit
 
 from shared.blob_protocol import (
-    API_VERSION,
     BlobRestError,
     StorageAccount,
     blob_url_path,
@@ -28,7 +27,6 @@ from shared.blob_protocol import (
     parse_connection_string,
     parse_listing,
     sign_request,
-    string_to_sign,
 )
 
 # Not ``typing.TYPE_CHECKING``: importing typing alone would cost a third of this module's budget.
@@ -39,18 +37,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "API_VERSION",
     "MAX_PUT_BLOB_BYTES",
     "BlobRestClient",
     "BlobRestError",
     "StorageAccount",
-    "blob_url_path",
-    "canonicalized_resource",
-    "error_message",
     "parse_connection_string",
-    "parse_listing",
-    "sign_request",
-    "string_to_sign",
 ]
 
 #: The largest blob :meth:`BlobRestClient.put_blob` sends in one request.
