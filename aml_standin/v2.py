@@ -7,11 +7,7 @@ statuses in AML's order, minimal environment, SDK snapshot rules, injected fault
 from the job what Azure ML would: ``code``, ``command``, ``environment.image``,
 ``environment_variables``, ``compute``, ``limits.timeout``, ``name``, ``experiment_name``, ``tags``.
 
-Its errors are azure-core's own classes, as azure-ai-ml raises them: ``ResourceNotFoundError``
-(404) for a missing job or compute, ``ResourceExistsError`` (409), ``HttpResponseError`` with
-``status_code`` for injected faults. Faults (``standin.inject_fault``): ``submit`` fails before
-the job exists; ``tags`` fails *after* it exists (a response lost on the way back — v2 sends the
-tags with the job); ``get``; ``cancel`` (silently does nothing).
+Errors are azure-core's own classes, as azure-ai-ml raises them (:class:`_Jobs` says which).
 """
 
 from __future__ import annotations
@@ -60,7 +56,14 @@ class _Computes:
 
 
 class _Jobs:
-    """``ml_client.jobs``: create_or_update, get, begin_cancel, on the stand-in's run registry."""
+    """``ml_client.jobs``: create_or_update, get, begin_cancel, on the stand-in's run registry.
+
+    Errors: ``ResourceNotFoundError`` (404) for a missing job or compute, ``ResourceExistsError``
+    (409), ``HttpResponseError`` with ``status_code`` for injected faults. Faults
+    (``standin.inject_fault``): ``submit`` fails before the job exists; ``tags`` fails *after* it
+    exists (a response lost on the way back: v2 sends the tags with the job); ``get``; ``cancel``
+    (silently does nothing).
+    """
 
     def __init__(self, client: StandinMLClient) -> None:
         self._client = client

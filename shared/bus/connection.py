@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 REASON_HEADER = "x-tunebus-reason"
 PUBLISH_CONFIRM_TIMEOUT = 10.0
 PUBLISH_ATTEMPTS = 3
+
+
 def without_secrets(body: bytes) -> bytes:
     """The body with every secret masked: as JSON if it parses, else as text; as is when it has
     none (or is not text at all).
@@ -62,7 +64,6 @@ def without_secrets(body: bytes) -> bytes:
         clean_text = mask_secrets(text)
         return body if clean_text == text else clean_text.encode()
     return body if clean == doc else json.dumps(clean).encode()
-
 
 
 class BusConnection:
