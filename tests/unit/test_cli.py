@@ -348,6 +348,18 @@ def test_show_gives_the_limits_as_updated() -> None:
 
 # ---------------------------------------------------------------- create: no secret uploaded
 
+#: A sharedStorage section with an account key: what create must never upload.
+SHARED_STORAGE_WITH_KEY = """\
+    sharedStorage:
+      storageType: AzureBlob
+      storageAccountName: acct
+      containerName: c
+      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
+      localMountPoint: /mnt/data
+      remoteMountPoint: /tmp/data
+      localMounted: usermount
+"""
+
 AML_WITH_KEY = """\
     searchSpaceFile: search_space.json
     trialCommand: python3 trial.py
@@ -361,15 +373,7 @@ AML_WITH_KEY = """\
       resourceGroup: r
       workspaceName: w
       computeTarget: cpu-cluster
-    sharedStorage:
-      storageType: AzureBlob
-      storageAccountName: acct
-      containerName: c
-      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
-      localMountPoint: /mnt/data
-      remoteMountPoint: /tmp/data
-      localMounted: usermount
-"""
+""" + SHARED_STORAGE_WITH_KEY
 
 
 def test_create_never_packs_its_config_file(tmp_path: Path, unreachable: dict[str, str]) -> None:
@@ -431,15 +435,7 @@ CUSTOM_TUNER_CONFIG = """\
       classArgs: {optimize_mode: maximize}
     trainingService:
       platform: local
-    sharedStorage:
-      storageType: AzureBlob
-      storageAccountName: acct
-      containerName: c
-      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
-      localMountPoint: /mnt/data
-      remoteMountPoint: /tmp/data
-      localMounted: usermount
-"""
+""" + SHARED_STORAGE_WITH_KEY
 
 
 def test_create_packs_a_custom_tuners_code_like_trial_code(tmp_path: Path) -> None:
