@@ -7,11 +7,7 @@ statuses in AML's order, minimal environment, SDK snapshot rules, injected fault
 from the job what Azure ML would: ``code``, ``command``, ``environment.image``,
 ``environment_variables``, ``compute``, ``limits.timeout``, ``name``, ``experiment_name``, ``tags``.
 
-Its errors are azure-core's own classes, as azure-ai-ml raises them: ``ResourceNotFoundError``
-(404) for a missing job or compute, ``ResourceExistsError`` (409), ``HttpResponseError`` with
-``status_code`` for injected faults. Faults (``standin.inject_fault``): ``submit`` fails before
-the job exists; ``tags`` fails *after* it exists (a response lost on the way back — v2 sends the
-tags with the job); ``get``; ``cancel`` (silently does nothing).
+Errors are azure-core's own classes, as azure-ai-ml raises them (:class:`_Jobs` says which).
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from . import v1 as standin
+from .faults import take_fault
 from .v1 import PORTAL_SCHEME, StandinSettings
 
 __all__ = ["StandinMLClient"]
@@ -59,7 +56,14 @@ class _Computes:
 
 
 class _Jobs:
-    """``ml_client.jobs``: create_or_update, get, begin_cancel, on the stand-in's run registry."""
+    """``ml_client.jobs``: create_or_update, get, begin_cancel, on the stand-in's run registry.
+
+    Errors: ``ResourceNotFoundError`` (404) for a missing job or compute, ``ResourceExistsError``
+    (409), ``HttpResponseError`` with ``status_code`` for injected faults. Faults
+    (``standin.inject_fault``): ``submit`` fails before the job exists; ``tags`` fails *after* it
+    exists (a response lost on the way back: v2 sends the tags with the job); ``get``; ``cancel``
+    (silently does nothing).
+    """
 
     def __init__(self, client: StandinMLClient) -> None:
         self._client = client
@@ -78,7 +82,7 @@ class _Jobs:
             return self.get(str(job.name))
         log.warning("AML STAND-IN v2 (not Azure ML): creating job %s of experiment %s on this machine",
                     job.name, job.experiment_name)
-        status = standin._take_fault(registry, "submit")
+        status = take_fault(registry, "submit")
         if status is not None:
             raise _http_error(status, "injected fault: the job was not created")
         limits = getattr(job, "limits", None)
@@ -94,14 +98,14 @@ class _Jobs:
             raise _http_error(409, f"Job {job.name} already exists") from None
         standin.Run.get(self._workspace(), str(job.name)).set_tags(dict(job.tags or {}))
         time.sleep(max(0.0, self._settings.submit_latency - (time.monotonic() - started)))
-        status = standin._take_fault(registry, "tags")
+        status = take_fault(registry, "tags")
         if status is not None:
             raise _http_error(status, "injected fault: the job exists, the answer was lost")
         return self.get(str(job.name))
 
     def get(self, name: str) -> SimpleNamespace:
         """The job as azure-ai-ml's ``Job``: name, status, tags, studio_url (and error if failed)."""
-        status = standin._take_fault(self._settings.registry, "get")
+        status = take_fault(self._settings.registry, "get")
         if status is not None:
             raise _http_error(status, "injected fault")
         try:

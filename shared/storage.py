@@ -1,55 +1,20 @@
-"""Blob storage: the system of record. Layout of an experiment's folder and a small async store.
-
-```
-experiments/<exp>/experiment.json          config (NNI v2, wire form: no secret) and search space
-experiments/<exp>/secrets.json             the config's secrets (sharedStorage account key), if any
-experiments/<exp>/code.tar.gz              the trial code snapshot
-experiments/<exp>/algorithms/<role>.tar.gz a custom tuner's / assessor's code (its codeDirectory)
-experiments/<exp>/state.json               the dispatcher's summary: experiment fields, outbox, active
-                                           trials, counts (ETag-conditional writes; shared.state)
-experiments/<exp>/trials-ended/<n>.jsonl   the ended trials' records, append blobs (shared.records)
-experiments/<exp>/trials/<trial>/trial.json     parameters, job reference, status (the submitter's)
-experiments/<exp>/trials/<trial>/results.jsonl   the attempt's results: an append blob, one
-                                                line per report, appended by the trial itself
-experiments/<exp>/trials/<trial>/stdout.log, stderr.log
-```
-(A second attempt of a trial has its own ``trials/<trial>/attempt-<n>/`` folder.)
-
-With an AzureBlob ``sharedStorage`` the trial's ``results.jsonl`` is in that account and
-container instead, at the same path (see :mod:`shared.results`); everything else stays here.
-
-:class:`BlobStore` speaks the Blob REST API over one keep-alive aiohttp session, signing with
-the account's Shared Key (:mod:`shared.blob_rest` holds the signing, paths and XML parsing it
-shares with the CLI). Not the azure-storage-blob SDK: its pipeline costs several times the CPU
-per request (benchmarks/README_startup.md), and every trial costs the services several
-requests. The SDK still makes the SAS tokens (a local computation).
-"""
+"""The services' blob store (the system of record): bytes, JSON documents with their ETags,
+append blobs and results SAS URLs on one container. Where each document lives:
+:mod:`shared.layout` (the tree is drawn in docs/architecture.md, door 2)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import aiohttp
-from azure.storage.blob import BlobSasPermissions, generate_blob_sas
-from yarl import URL
-
-from shared.blob_rest import (
-    BlobRestError,
-    StorageAccount,
-    blob_url_path,
-    canonicalized_resource,
-    error_message,
-    parse_connection_string,
-    parse_listing,
-    sign_request,
-)
+from shared.blob_protocol import BlobRestError, error_message, parse_connection_string, parse_listing
+from shared.blob_sas import SAS_CLOCK_SKEW, account_connection_string, results_sas_token
+from shared.blob_transport import ContainerTransport, size_from_416
 from shared.layout import Layout
 
 __all__ = [
@@ -64,19 +29,9 @@ __all__ = [
     "results_sas_token",
 ]
 
-#: Start a SAS this long before now: the clocks of the signer and Azure Storage differ.
-SAS_CLOCK_SKEW = timedelta(minutes=5)
-
-#: Seconds before each retry of a request that failed in transit or with a transient status.
-RETRY_DELAYS = (0.05, 0.2, 0.8, 2.0)
-_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: Seconds an idle kept-alive connection is reused for.
-KEEPALIVE_SECONDS = 4.0
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
 #: Blocks of a file uploaded by :meth:`BlobStore.upload_file_tail` (a trial's log).
 UPLOAD_BLOCK_BYTES = 4 << 20
+
 
 class ConcurrentWriteError(Exception):
     """A conditional write lost: the blob changed (or exists) since it was read."""
@@ -86,79 +41,13 @@ class ContainerNotFoundError(BlobRestError):
     """The container does not exist (HTTP 404 ``ContainerNotFound``)."""
 
 
-def account_connection_string(account: str, key: str, endpoint: str) -> str:
-    """A connection string for ``account`` at its blob ``endpoint`` (URL), signed with ``key``."""
-    protocol = endpoint.split("://", 1)[0] if "://" in endpoint else "https"
-    return (f"DefaultEndpointsProtocol={protocol};AccountName={account};AccountKey={key};"
-            f"BlobEndpoint={endpoint.rstrip('/')};")
-
-
-def results_sas_token(account: str, container: str, blob: str, key: str, lifetime: timedelta, *,
-                      now: datetime | None = None) -> str:
-    """A SAS token for one blob (``sr=b``) that may only append to it (``sp=a``).
-
-    What a trial gets: with it, Append Block on that blob works and nothing else does — no
-    read, list, delete, create or overwrite (Put Blob needs ``c`` or ``w``), on no other blob.
-    The blob must exist (the submitter creates it). It starts :data:`SAS_CLOCK_SKEW` before
-    ``now`` and expires ``lifetime`` after it; the key signs it and stays with the caller.
-    """
-    now = now or datetime.now(UTC)
-    return generate_blob_sas(
-        account_name=account,
-        container_name=container,
-        blob_name=blob,
-        account_key=key,
-        permission=BlobSasPermissions(add=True),
-        start=now - SAS_CLOCK_SKEW,
-        expiry=now + lifetime,
-    )
-
-
-class _Reply:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-
-    @property
-    def code(self) -> str | None:
-        return self.headers.get("x-ms-error-code")
-
-
-def _size_from_416(reply: _Reply) -> int:
-    """The blob size a 416 reply states (``Content-Range: bytes */<size>``), 0 when it does not."""
-    total = reply.headers.get("content-range", "").rpartition("/")[2]
-    return int(total) if total.isascii() and total.isdigit() else 0
-
-
-class BlobStore:
+class BlobStore(ContainerTransport):
     """Async access to one container. JSON documents carry their ETag for conditional writes.
 
-    Requests that fail in transit (connection refused or reset, timeout) or with 408, 429 or
-    5xx are sent again after a short back-off (:data:`RETRY_DELAYS`); every request here is
-    safe to repeat. A conditional write whose answer was lost and whose repeat then finds the
-    blob changed reads it back: if it holds what was written, the write happened. Other
-    failures raise :class:`BlobRestError`, naming the operation, the blob, the status and
-    Azure's error code.
+    Every request is sent again after a transient failure (:class:`ContainerTransport`). A
+    conditional write whose answer was lost and whose repeat then finds the blob changed reads
+    it back: if it holds what was written, the write happened.
     """
-
-    def __init__(self, connection_string: str, container: str, *, timeout: float = 30.0) -> None:
-        self.connection_string = connection_string
-        self.container_name = container
-        self.account = StorageAccount.from_connection_string(connection_string)
-        parts = urlsplit(self.account.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"unsupported blob endpoint {self.account.endpoint!r}")
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._base_path = parts.path.rstrip("/")
-        # Per step, not per request: a large log upload may take longer than `timeout` in all.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def container_url(self) -> str:
-        """The container's URL (no query)."""
-        return f"{self.account.endpoint}/{quote(self.container_name, safe='')}"
 
     async def ensure_container(self) -> None:
         """Create the container if it does not exist."""
@@ -172,17 +61,6 @@ class BlobStore:
         health check. A missing container fails it too: the services cannot work without it."""
         reply = await self._request("GET", "", {"restype": "container"})
         self._check(reply, "Get Container Properties", repr(self.container_name))
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> BlobStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ bytes
 
@@ -340,7 +218,7 @@ class BlobStore:
         if reply.status == 404:
             return None
         if reply.status == 416:  # InvalidRange: nothing at or after start
-            return b"", _size_from_416(reply)
+            return b"", size_from_416(reply)
         self._check(reply, "Get Blob (range)", name=path)
         if reply.status == 206:
             total = reply.headers.get("content-range", "").rpartition("/")[2]
@@ -360,13 +238,6 @@ class BlobStore:
         return f"{self.container_url}/{quote(path, safe='/~')}?{token}"
 
     # ------------------------------------------------------------------ transport
-
-    async def _get(self, name: str) -> _Reply | None:
-        reply = await self._request("GET", name)
-        if reply.status == 404:
-            return None
-        self._check(reply, "Get Blob", name=name)
-        return reply
 
     async def _put(self, name: str, body: bytes, content_type: str | None, *, etag: str | None = None,
                    create_only: bool = False) -> str:
@@ -389,48 +260,3 @@ class BlobStore:
             raise ConcurrentWriteError(name)
         self._check(reply, "Put Blob", name=name)
         return reply.headers.get("etag", "")
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # Proxy variables are looked at once: with trust_env, aiohttp would read them (and
-            # ~/.netrc) again in a thread for every request.
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, trust_env=any(os.environ.get(v) for v in _PROXY_VARIABLES),
-                auto_decompress=False, skip_auto_headers=("Content-Type",),
-                # Shorter than the servers' own idle limit (Node's, so Azurite's, is 5 s): a kept
-                # connection the server is closing would fail the request sent on it.
-                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS),
-            )
-        return self._session
-
-    async def _request(self, method: str, name: str, query: dict[str, str] | None = None,
-                       headers: dict[str, str] | None = None, body: bytes = b"") -> _Reply:
-        query = query or {}
-        path = blob_url_path(self._base_path, self.container_name, name)
-        url = self._origin + path
-        if query:
-            url += "?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
-        resource = canonicalized_resource(self.account.name, path, query)
-        for attempt in range(len(RETRY_DELAYS) + 1):
-            signed = sign_request(self.account, method, headers or {}, len(body), resource)
-            try:
-                async with self._http().request(method, URL(url, encoded=True),
-                                                headers=signed, data=body or None) as response:
-                    reply = _Reply(response.status, {k.lower(): v for k, v in response.headers.items()},
-                                   await response.read())
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                if attempt == len(RETRY_DELAYS):
-                    raise ConnectionError(f"{method} {self._origin}{path}: {exc!r}") from exc
-            else:
-                if reply.status not in _TRANSIENT_STATUSES or attempt == len(RETRY_DELAYS):
-                    return reply
-            await asyncio.sleep(RETRY_DELAYS[attempt])
-        raise AssertionError("unreachable")
-
-    def _check(self, reply: _Reply, operation: str, target: str = "", *, name: str | None = None) -> None:
-        if 200 <= reply.status < 300:
-            return
-        if name is not None:
-            target = f"{name!r} in container {self.container_name!r}"
-        raise BlobRestError(operation, target, reply.status, reply.code,
-                            error_message(reply.body) or "no message", blob=name)

@@ -38,7 +38,7 @@ pytestmark = [
     pytest.mark.skipif(_DELAY_BINDING_IGNORED, reason=(
         "shared/topology.py binds the delay queues on an x- header (x-delay-bucket), which RabbitMQ's "
         "headers exchange ignores: every ticket is copied into every delay queue and watch tickets "
-        "multiply. Rename the header (no x- prefix) in shared/topology.py and shared/bus.py.")),
+        "multiply. Rename the header (no x- prefix) in shared/topology.py and shared/bus/.")),
 ]
 pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
 

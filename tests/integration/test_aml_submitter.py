@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,6 @@ from shared.bus import TransientError
 from shared.code_archive import build_code_archive
 from shared.messages import TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.storage import BlobStore, Layout
-from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
 
 pytest.importorskip("azureml.core", reason="azureml-core (the aml extra) is not installed")
@@ -56,12 +54,6 @@ def _config() -> dict[str, Any]:
                             "workspaceName": "ws", "computeTarget": "cpu-cluster",
                             "dockerImage": "msranni/nni"},
     }
-
-
-@pytest.fixture
-async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
-        yield blob_store
 
 
 async def _experiment(store: BlobStore, tmp_path: Path, experiment_id: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared import storage
+from shared import blob_transport
 from shared.blob_rest import BlobRestError
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError
 from tests.conftest import AZURITE_KEY, Infra
@@ -102,7 +102,7 @@ async def test_a_wrong_key_fails_naming_the_blob_and_status_not_the_key(infra: I
 
 
 async def test_an_unreachable_service_is_retried_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(blob_transport, "RETRY_DELAYS", (0.0, 0.0))
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -185,7 +185,7 @@ class _ResponseDroppingProxy:
 @pytest.mark.parametrize("create_only", [False, True], ids=["etag", "create_only"])
 async def test_a_conditional_write_whose_answer_was_lost_is_not_taken_for_a_conflict(
         infra: Infra, fresh_container: str, create_only: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(blob_transport, "RETRY_DELAYS", (0.0, 0.0))
     blob_port = int(infra.storage_connection_string.split("BlobEndpoint=http://127.0.0.1:")[1].split("/")[0])
     async with BlobStore(infra.storage_connection_string, fresh_container) as direct:
         etag = None if create_only else await direct.write_json("exp/state.json", {"n": 1})

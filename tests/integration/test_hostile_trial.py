@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,6 @@ HOSTILE = Path(__file__).resolve().parents[1] / "hostile" / "hostile_trial.py"
 CANARY = "canary-client-secret-7f3e9a"
 AML = {"platform": "aml", "subscriptionId": "sub", "resourceGroup": "rg", "workspaceName": "ws",
        "computeTarget": "cpu-cluster", "dockerImage": "msranni/nni"}
-
-
-@pytest.fixture
-def work_dir(reachable_dir: Path) -> Path:
-    return reachable_dir
-
-
-@pytest.fixture
-async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
-        yield blob_store
 
 
 async def _experiment(store: BlobStore, work_dir: Path, experiment_id: str, platform: dict[str, str]) -> None:

@@ -4,7 +4,6 @@ for an assessor, every 10 s otherwise), and stops watching once the trial has en
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,16 +20,9 @@ from shared.messages import (
 )
 from shared.state import ExperimentState, TrialRecord
 from shared.storage import BlobStore, Layout
-from tests.conftest import Infra
 from tests.integration.fakes import RecordingBus
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
-        yield blob_store
 
 
 def _record(sequence: int, value: object, kind: str = "PERIODICAL") -> bytes:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
+def tmp_path(reachable_dir: Path) -> Path:
     """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
     runs trials as that user, and pytest's own tmp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    return reachable_dir
 
 TRIAL = """import nni
 params = nni.get_next_parameter()
@@ -75,12 +70,6 @@ def shared(infra: Infra) -> Iterator[Shared]:
         yield Shared(fields["AccountName"], fields["AccountKey"], name,
                      fields["BlobEndpoint"].replace(fields["AccountName"], "{account}"))
         service.delete_container(name)
-
-
-@pytest.fixture
-async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
-        yield blob_store
 
 
 async def _experiment(store: BlobStore, tmp_path: Path, experiment_id: str, shared: Shared) -> None:

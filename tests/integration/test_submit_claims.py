@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +24,6 @@ from shared.code_archive import build_code_archive
 from shared.messages import TERMINAL_TRIAL_STATUSES, Message, TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.sandbox import Sandbox
 from shared.storage import BlobStore, Layout
-from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +49,6 @@ class FlakyBus:
 
     def statuses(self) -> list[TrialStatusChanged]:
         return [m for m in self.published if isinstance(m, TrialStatusChanged)]
-
-
-@pytest.fixture
-def work_dir(reachable_dir: Path) -> Path:
-    return reachable_dir
-
-
-@pytest.fixture
-async def store(infra: Infra, fresh_container: str) -> AsyncIterator[BlobStore]:
-    async with BlobStore(infra.storage_connection_string, fresh_container) as blob_store:
-        yield blob_store
 
 
 async def _experiment(store: BlobStore, work_dir: Path, experiment_id: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from aml_standin import v1 as standin
+from aml_standin.runner import read_json
 from services.aml_submitter.aml.backend import AmlBackend
 from services.aml_submitter.aml.client import CancelNotConfirmedError
 from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
@@ -279,10 +280,10 @@ async def test_not_responding_for_too_long_fails_the_trial(tmp_path: Path) -> No
     await h.backend.submit(_job("sleep 60"))
     state_path = tmp_path / "registry" / "tunebus_dep1_exp1_tr1_1" / "state.json"
     for _ in range(500):
-        if standin._read_json(state_path)["status"] == "Running":
+        if read_json(state_path)["status"] == "Running":
             break
         await asyncio.sleep(0.02)
-    os.kill(standin._read_json(state_path)["runner_pid"], signal.SIGKILL)
+    os.kill(read_json(state_path)["runner_pid"], signal.SIGKILL)
     end = await h.drive()
     assert end.status == TrialStatus.FAILED and "NotResponding" in (end.error or "")
 

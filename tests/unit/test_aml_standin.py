@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from aml_standin import v1 as standin
+from aml_standin.runner import read_json
 from services.aml_submitter.aml.job import AmlTarget, build_script_run_config, build_snapshot
 from services.aml_submitter.backend import JobRequest
 from services.aml_submitter.trial_env import TrialIdentity
@@ -147,7 +148,7 @@ def test_a_run_whose_runner_died_is_not_responding(tmp_path: Path, settings: sta
     deadline = time.monotonic() + 10
     while run.get_status() != "Running" and time.monotonic() < deadline:
         time.sleep(0.02)
-    state = standin._read_json(settings.registry / "run-1" / "state.json")
+    state = read_json(settings.registry / "run-1" / "state.json")
     os.kill(state["runner_pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while run.get_status() != "NotResponding" and time.monotonic() < deadline:

@@ -12,14 +12,9 @@ import textwrap
 
 import pytest
 
-from shared import blob_rest
-from shared.blob_rest import (
-    BlobRestClient,
-    BlobRestError,
-    StorageAccount,
-    canonicalized_resource,
-    string_to_sign,
-)
+from shared import blob_protocol, blob_rest
+from shared.blob_protocol import canonicalized_resource, string_to_sign
+from shared.blob_rest import BlobRestClient, BlobRestError, StorageAccount
 
 KEY = "a2V5LWJ5dGVzLWZvci10ZXN0cw=="  # base64 of b"key-bytes-for-tests"
 
@@ -97,9 +92,9 @@ def test_listing_page_parsing_decodes_encoded_names() -> None:
             b'<Blob><Name Encoded="true">p/%EF%BF%BFx</Name></Blob>'
             b"<BlobPrefix><Name>p/sub/</Name></BlobPrefix></Blobs>"
             b"<NextMarker>tok</NextMarker></EnumerationResults>")
-    assert blob_rest.parse_listing(page) == (["p/a.json", "p/\uffffx", "p/sub/"], "tok")
+    assert blob_protocol.parse_listing(page) == (["p/a.json", "p/\uffffx", "p/sub/"], "tok")
     last_page = b"<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>"
-    assert blob_rest.parse_listing(last_page) == ([], "")
+    assert blob_protocol.parse_listing(last_page) == ([], "")
 
 
 def test_import_is_light() -> None:

@@ -213,7 +213,8 @@ def test_help_imports_no_heavy_dependencies() -> None:
 
 
 def test_create_never_imports_the_azure_sdk(unreachable: dict[str, str]) -> None:
-    # Storage is reached through shared.blob_rest (stdlib only): importing the SDK costs ~0.25 s.
+    # Storage is reached through shared.blob_rest (stdlib only): the SDK's import is slow
+    # (benchmarks/README_startup.md).
     # The full path (upload, publish) is checked against Azurite in tests/integration/test_blob_rest.py.
     code = textwrap.dedent(f"""
         import sys
@@ -347,6 +348,18 @@ def test_show_gives_the_limits_as_updated() -> None:
 
 # ---------------------------------------------------------------- create: no secret uploaded
 
+#: A sharedStorage section with an account key: what create must never upload.
+SHARED_STORAGE_WITH_KEY = """\
+    sharedStorage:
+      storageType: AzureBlob
+      storageAccountName: acct
+      containerName: c
+      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
+      localMountPoint: /mnt/data
+      remoteMountPoint: /tmp/data
+      localMounted: usermount
+"""
+
 AML_WITH_KEY = """\
     searchSpaceFile: search_space.json
     trialCommand: python3 trial.py
@@ -360,15 +373,7 @@ AML_WITH_KEY = """\
       resourceGroup: r
       workspaceName: w
       computeTarget: cpu-cluster
-    sharedStorage:
-      storageType: AzureBlob
-      storageAccountName: acct
-      containerName: c
-      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
-      localMountPoint: /mnt/data
-      remoteMountPoint: /tmp/data
-      localMounted: usermount
-"""
+""" + SHARED_STORAGE_WITH_KEY
 
 
 def test_create_never_packs_its_config_file(tmp_path: Path, unreachable: dict[str, str]) -> None:
@@ -430,15 +435,7 @@ CUSTOM_TUNER_CONFIG = """\
       classArgs: {optimize_mode: maximize}
     trainingService:
       platform: local
-    sharedStorage:
-      storageType: AzureBlob
-      storageAccountName: acct
-      containerName: c
-      storageAccountKey: c2VjcmV0LWtleS1vZi10aGUtc2hhcmVkLXN0b3JhZ2U=
-      localMountPoint: /mnt/data
-      remoteMountPoint: /tmp/data
-      localMounted: usermount
-"""
+""" + SHARED_STORAGE_WITH_KEY
 
 
 def test_create_packs_a_custom_tuners_code_like_trial_code(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from shared.state import ExperimentState, best_trial
 from shared.storage import Layout
 from tests.unit.test_dispatcher_outbox import FakeBus
 from tests.unit.test_dispatcher_outbox import FakeStore as OutboxFakeStore
+from tests.unit.test_records import AppendBlobs
 
 TRIALS = 30
 CONFIG = {"trialCommand": "python3 t.py", "trialConcurrency": 3, "maxTrialNumber": TRIALS,
@@ -32,24 +33,8 @@ CONFIG = {"trialCommand": "python3 t.py", "trialConcurrency": 3, "maxTrialNumber
           "tuner": {"name": "Random"}, "trainingService": {"platform": "local"}}
 
 
-class FakeStore(OutboxFakeStore):
-    """The outbox tests' store plus append blobs; ``fail_appends`` makes appends fail."""
-
-    fail_appends = False
-
-    async def read_bytes(self, path: str) -> bytes | None:
-        return self.blobs.get(path)
-
-    async def create_append_blob(self, path: str) -> bool:
-        if path in self.blobs:
-            return False
-        self.blobs[path] = b""
-        return True
-
-    async def append_block(self, path: str, data: bytes) -> None:
-        if self.fail_appends:
-            raise ConnectionError("storage went away")
-        self.blobs[path] += data
+class FakeStore(OutboxFakeStore, AppendBlobs):
+    """The outbox tests' store plus the record tests' append blobs."""
 
 
 def summary(store: FakeStore) -> ExperimentState:
@@ -120,12 +105,12 @@ async def test_a_whole_experiment_keeps_the_summary_small_and_logs_every_trial_o
 async def test_a_crash_after_the_summary_write_and_before_the_append_loses_no_trial() -> None:
     dispatcher, store, bus = await started()
     await run_until(dispatcher, bus, 4)
-    store.fail_appends = True
+    store.fail_after = store.appends  # every append from now on fails
     with pytest.raises(ConnectionError):
         await run_until(dispatcher, bus, 1)  # the summary is written, the append fails
     assert len(summary(store).pending_ended) == 1
     # The process dies: a new one loads the summary, appends the pending trial, goes on.
-    store.fail_appends = False
+    store.fail_after = None
     fresh = Dispatcher(bus, store, Policy())  # type: ignore[arg-type]
     bus.published.clear()
     await fresh._load("exp1")

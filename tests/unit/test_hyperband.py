@@ -182,21 +182,6 @@ def test_the_budget_key_may_not_be_a_parameter() -> None:
 # ---------------------------------------------------------------- in the tuner service
 
 
-class _Store:
-    """Just the reads a tuner session is built from."""
-
-    def __init__(self, docs: dict[str, object]) -> None:
-        self.docs = docs
-
-    async def read_json(self, path: str) -> tuple[object, str] | None:
-        return (self.docs[path], "etag") if path in self.docs else None
-
-    async def read_bytes(self, path: str) -> bytes | None:
-        import json
-
-        return json.dumps(self.docs[path]).encode() if path in self.docs else None
-
-
 async def test_the_service_holds_requests_and_answers_them_when_a_round_completes() -> None:
     from datetime import UTC, datetime
 
@@ -205,6 +190,7 @@ async def test_the_service_holds_requests_and_answers_them_when_a_round_complete
     from shared.messages import SuggestRequest, TrialEnded, TrialStatus, TrialSuggested
     from shared.state import ExperimentState
     from tests.integration.fakes import RecordingBus
+    from tests.unit.test_tuner_replay import _Store
 
     config = {"searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}}, "trialConcurrency": 3,
               "tuner": {"name": "Hyperband",

@@ -55,6 +55,13 @@ def suggest(state: ExperimentState, p: Plan, pid: int, params: dict | None = Non
     return lifecycle.apply_suggested(state, p, msg, T0)
 
 
+def first_trial(p: Plan) -> tuple[ExperimentState, str]:
+    """An experiment started with ``p`` whose first suggestion became a trial; that trial's id."""
+    state, _ = started(p)
+    suggest(state, p, 0)
+    return state, state.by_sequence()[0].trial_id
+
+
 def end(state: ExperimentState, p: Plan, trial_id: str, status: TrialStatus = TrialStatus.SUCCEEDED,
         value: float | None = 1.0, attempt: int = 1) -> list[object]:
     trial = state.trials[trial_id]
@@ -140,9 +147,7 @@ def test_stop_kills_running_trials_and_ends_stopped_when_they_end() -> None:
 
 def test_assessor_stop_request_ends_trial_early_stopped() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     out = lifecycle.apply_stop_request(state, TrialStopRequested(experiment_id=EXP, trial_id=trial_id,
                                                                  reason="Medianstop"), T0)
     assert of(out, TrialKill)[0].status == TrialStatus.EARLY_STOPPED
@@ -154,9 +159,7 @@ def test_assessor_stop_request_ends_trial_early_stopped() -> None:
 
 def test_a_user_kill_ends_the_trial_user_canceled_and_its_slot_is_filled() -> None:
     p = plan(concurrency=1, max_trials=3)
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     out = lifecycle.apply_stop_request(state, TrialStopRequested(
         experiment_id=EXP, trial_id=trial_id, reason="killed by user", status=TrialStatus.USER_CANCELED), T0)
     kill = of(out, TrialKill)[0]
@@ -169,9 +172,7 @@ def test_a_user_kill_ends_the_trial_user_canceled_and_its_slot_is_filled() -> No
 
 def test_max_trial_duration_kills_the_trial() -> None:
     p = plan(max_trial_duration=10)
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     assert not of(tick(state, p, T0 + timedelta(seconds=5)), TrialKill)
     out = tick(state, p, T0 + timedelta(seconds=11))
@@ -230,9 +231,7 @@ def lost_end(state: ExperimentState, p: Plan, trial_id: str, attempt: int) -> li
 
 def test_lost_trial_is_checked_in_storage_run_again_then_failed() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
                               T0 + timedelta(seconds=20))
@@ -258,9 +257,7 @@ def test_lost_trial_is_checked_in_storage_run_again_then_failed() -> None:
 
 def test_a_lost_job_whose_final_result_was_stored_succeeds_without_running_again() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     tick(state, p, T0 + timedelta(seconds=31))
     out = end(state, p, trial_id, value=0.9)  # the ingestor found the final result
@@ -271,9 +268,7 @@ def test_a_lost_job_whose_final_result_was_stored_succeeds_without_running_again
 
 def test_an_end_that_never_reached_the_ingestor_is_sent_again() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     report(state, trial_id, TrialStatus.FAILED, at=T0 + timedelta(seconds=1))
     state.trials[trial_id].error = "Traceback: boom"
@@ -286,9 +281,7 @@ def test_an_end_that_never_reached_the_ingestor_is_sent_again() -> None:
 
 def test_a_waiting_trial_with_no_sign_of_a_submitter_is_submitted_again_same_attempt() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     assert not of(tick(state, p, T0 + timedelta(seconds=59)), TrialSubmit)
     [again] = of(tick(state, p, T0 + timedelta(seconds=61)), TrialSubmit)
     assert again.trial_id == trial_id and again.attempt == 1 and again.resubmit
@@ -303,9 +296,7 @@ def test_a_heartbeat_of_an_older_attempt_says_nothing_of_the_current_one() -> No
     # A replica that stalled mid-start may still run attempt 1 after it was given up (reported
     # lost); its beats must neither mark attempt 2 RUNNING nor keep it alive once it is lost.
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     trial = state.trials[trial_id]
     trial.attempt = 2
     before = trial.last_heartbeat
@@ -322,9 +313,7 @@ def test_a_heartbeat_of_an_older_attempt_says_nothing_of_the_current_one() -> No
 
 def test_an_azure_ml_trial_whose_watch_went_silent_is_submitted_again_never_run_twice() -> None:
     p = plan(uses_heartbeats=False)
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     assert not of(tick(state, p, T0 + timedelta(seconds=599)), TrialSubmit)
     out = tick(state, p, T0 + timedelta(seconds=601))
@@ -381,9 +370,7 @@ def test_many_slots_are_asked_for_in_batches() -> None:
 
 def test_a_job_whose_end_was_reported_is_not_lost_while_its_metrics_are_ingested() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     report(state, trial_id)
     report(state, trial_id, TrialStatus.SUCCEEDED, at=T0 + timedelta(seconds=1))
     # The ingestor is slow: no heartbeat (the process is gone) and no trial.ended yet.
@@ -424,9 +411,7 @@ def test_stop_discards_ready_suggestions() -> None:
 
 def test_heartbeats_do_not_extend_the_grace_of_a_trial_asked_to_die() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     lifecycle.apply_stop_request(state, TrialStopRequested(experiment_id=EXP, trial_id=trial_id,
                                                            reason="Medianstop"), T0)
     for second in range(0, 70, 5):  # the replica keeps reporting the (stuck) trial alive
@@ -640,9 +625,7 @@ def test_a_trial_run_again_starts_its_curve_afresh() -> None:
 
 def test_a_huge_error_is_kept_to_its_bounded_tail() -> None:
     p = plan()
-    state, _ = started(p)
-    suggest(state, p, 0)
-    trial_id = state.by_sequence()[0].trial_id
+    state, trial_id = first_trial(p)
     huge = "x" * 1_000_000 + "the last line"
     msg = TrialEnded(experiment_id=EXP, trial_id=trial_id, parameter_id=0, status=TrialStatus.FAILED,
                      error=huge)

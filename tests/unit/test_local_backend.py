@@ -8,10 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
+def tmp_path(reachable_dir: Path) -> Path:
     """pytest's tmp_path, but where the unprivileged trial user can reach it (a root submitter
     runs trials as that user, and pytest's own tmp folders are private to root)."""
-    folder = Path(tempfile.mkdtemp(prefix="tunebus-test-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    return reachable_dir
 
 
 def _job(command: str, code_dir: Path, trial: str = "t1", attempt: int = 1) -> JobRequest:
@@ -152,7 +147,6 @@ def test_a_trial_dies_with_its_submitter(tmp_path: Path) -> None:
 
 def test_the_trial_runtime_is_compiled_so_trials_do_not_compile_it(tmp_path: Path) -> None:
     import importlib.util
-    import shutil
 
     from services.aml_submitter.local import compile_trial_runtime
     from services.aml_submitter.trial_env import TRIAL_RUNTIME_DIR

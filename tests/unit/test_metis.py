@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 import numpy as np
 import pytest
 
-from services.tuner.algorithms import NoMoreTrials, TunerConfigError, create_tuner
+from services.tuner.algorithms import TunerConfigError, create_tuner
+from tests.unit.tuner_contract import (
+    FINITE_SPACE,
+    assert_never_repeats_until_exhausted,
+    assert_rebuilt_continues,
+    branin_regret,
+    drive,
+    key,
+)
 
 SPACE: dict[str, Any] = {
     "x": {"_type": "uniform", "_value": [-5.0, 10.0]},
@@ -28,36 +34,11 @@ def loss(p: dict[str, Any]) -> float:
     return (p["x"] - 2.0) ** 2 + 0.01 * p["batch"] + 0.1 * p["layers"] + (p["momentum"] - 0.9) ** 2
 
 
-def key(p: Any) -> str:
-    return json.dumps(p, sort_keys=True)
-
-
-def drive(tuner: Any, trials: int, batch: int = 1) -> list[dict[str, Any]]:
-    """Keep ``batch`` trials in flight, report the oldest first (as the service does)."""
-    suggested, pending, next_id = [], [], 0
-    while next_id < trials or pending:
-        while next_id < trials and len(pending) < batch:
-            params = tuner.generate_parameters(next_id)
-            suggested.append(params)
-            pending.append((next_id, params))
-            next_id += 1
-        parameter_id, params = pending.pop(0)
-        tuner.receive_trial_result(parameter_id, params, loss(params))
-        tuner.trial_end(parameter_id, True)
-    return suggested
-
-
-def branin(p: dict[str, float]) -> float:
-    x, y = p["x"], p["y"]
-    bowl = (y - 5.1 / (4 * math.pi**2) * x * x + 5 / math.pi * x - 6) ** 2
-    return bowl + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10
-
-
 # ---------------------------------------------------------------- the contract
 
 
 def test_suggestions_lie_in_the_space_and_pending_ones_differ() -> None:
-    suggested = drive(metis(), 16, batch=4)
+    suggested = drive(metis(), 16, loss, batch=4)
     for p in suggested:
         assert -5 <= p["x"] <= 10 and 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0
         assert type(p["layers"]) is int and 1 <= p["layers"] <= 4 and p["momentum"] in (0.9, 0.5, 0.99)
@@ -65,53 +46,24 @@ def test_suggestions_lie_in_the_space_and_pending_ones_differ() -> None:
 
 
 def test_same_seed_same_suggestions() -> None:
-    assert drive(metis(seed=5), 10, batch=3) == drive(metis(seed=5), 10, batch=3)
-    assert drive(metis(seed=5), 8) != drive(metis(seed=6), 8)
+    assert drive(metis(seed=5), 10, loss, batch=3) == drive(metis(seed=5), 10, loss, batch=3)
+    assert drive(metis(seed=5), 8, loss) != drive(metis(seed=6), 8, loss)
 
 
 def test_rebuilt_from_history_continues_as_the_uninterrupted_one() -> None:
-    uninterrupted = metis()
-    history = []
-    for pid in range(8):
-        params = uninterrupted.generate_parameters(pid)
-        uninterrupted.receive_trial_result(pid, params, loss(params))
-        history.append({"parameter": params, "value": loss(params)})
-    expected = [uninterrupted.generate_parameters(pid) for pid in range(8, 11)]
-    rebuilt = metis()
-    assert rebuilt.import_data(history) == 8
-    assert [rebuilt.generate_parameters(pid) for pid in range(8, 11)] == expected
+    assert_rebuilt_continues(metis, loss, 8)
 
 
 def test_never_repeats_in_a_finite_space_until_exhausted() -> None:
-    space = {"a": {"_type": "choice", "_value": [1, 2, 3]}, "b": {"_type": "randint", "_value": [0, 3]}}
-    tuner = metis(space=space, cold_start_num=2)
-    seen = set()
-    for pid in range(9):
-        p = tuner.generate_parameters(pid)
-        assert key(p) not in seen
-        seen.add(key(p))
-        tuner.receive_trial_result(pid, p, float(p["a"] * p["b"]))
-    with pytest.raises(NoMoreTrials):
-        tuner.generate_parameters(9)
+    assert_never_repeats_until_exhausted(metis(space=FINITE_SPACE, cold_start_num=2))
 
 
 # ---------------------------------------------------------------- behaviour
 
 
 def test_finds_branins_minimum_better_than_random() -> None:
-    space = {"x": {"_type": "uniform", "_value": [-5, 10]}, "y": {"_type": "uniform", "_value": [0, 15]}}
-
-    def regret(name: str, args: dict[str, Any], seed: int) -> float:
-        tuner = create_tuner(name, {**args, "seed": seed}, space)
-        values = []
-        for pid in range(30):
-            p = tuner.generate_parameters(pid)
-            values.append(branin(p))
-            tuner.receive_trial_result(pid, p, values[-1])
-        return min(values) - 0.397887
-
-    metis_regret = [regret("Metis", {"optimize_mode": "minimize"}, seed) for seed in range(3)]
-    random_regret = [regret("Random", {}, seed) for seed in range(3)]
+    metis_regret = [branin_regret("Metis", {"optimize_mode": "minimize", "seed": s}, 30) for s in range(3)]
+    random_regret = [branin_regret("Random", {"seed": s}, 30) for s in range(3)]
     assert np.median(metis_regret) < 0.1  # measured: 0.003, 0.0004, 1.55
     assert np.mean(metis_regret) < np.mean(random_regret)
 

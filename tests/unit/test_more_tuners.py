@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 import numpy as np
 import pytest
 
 from services.tuner.algorithms import NoMoreTrials, TunerConfigError, create_tuner
-
-GP_SPACE: dict[str, Any] = {
-    "x": {"_type": "uniform", "_value": [-5.0, 10.0]},
-    "lr": {"_type": "loguniform", "_value": [1e-4, 1e-1]},
-    "batch": {"_type": "quniform", "_value": [16, 128, 16]},
-    "width": {"_type": "qloguniform", "_value": [8, 512, 8]},
-    "layers": {"_type": "randint", "_value": [1, 5]},
-    "momentum": {"_type": "choice", "_value": [0.9, 0.5, 0.99]},
-}
+from tests.unit.tuner_contract import (
+    FINITE_SPACE,
+    assert_never_repeats_until_exhausted,
+    assert_rebuilt_continues,
+    branin_regret,
+    drive,
+)
+from tests.unit.tuner_contract import NUMERIC_TYPES_SPACE as GP_SPACE
+from tests.unit.tuner_contract import numeric_loss as loss
 
 FAST_GP = {"cold_start_num": 4, "selection_num_warm_up": 2000, "selection_num_starting_points": 20}
 
@@ -28,35 +26,11 @@ def gp(seed: int = 3, space: dict[str, Any] | None = None, **args: Any) -> Any:
     return create_tuner("GP", class_args, space or GP_SPACE)
 
 
-def loss(p: dict[str, Any]) -> float:
-    return ((p["x"] - 2.0) ** 2 + abs(math.log10(p["lr"]) + 2) + 0.01 * p["batch"] + 0.1 * p["layers"]
-            + (p["momentum"] - 0.9) ** 2)
-
-
-def key(p: Any) -> str:
-    return json.dumps(p, sort_keys=True)
-
-
-def drive(tuner: Any, trials: int, batch: int = 1) -> list[dict[str, Any]]:
-    """Keep ``batch`` trials in flight, report the oldest first (as the service does)."""
-    suggested, pending, next_id = [], [], 0
-    while next_id < trials or pending:
-        while next_id < trials and len(pending) < batch:
-            params = tuner.generate_parameters(next_id)
-            suggested.append(params)
-            pending.append((next_id, params))
-            next_id += 1
-        parameter_id, params = pending.pop(0)
-        tuner.receive_trial_result(parameter_id, params, loss(params))
-        tuner.trial_end(parameter_id, True)
-    return suggested
-
-
 # ---------------------------------------------------------------- GP: the contract
 
 
 def test_gp_suggestions_lie_in_the_space() -> None:
-    for p in drive(gp(), 14, batch=2):
+    for p in drive(gp(), 14, loss, batch=2):
         assert -5 <= p["x"] <= 10 and 1e-4 <= p["lr"] <= 1e-1
         assert 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0
         assert 8 <= p["width"] <= 512 and p["width"] % 8 == 0
@@ -65,21 +39,12 @@ def test_gp_suggestions_lie_in_the_space() -> None:
 
 
 def test_gp_same_seed_same_suggestions() -> None:
-    assert drive(gp(seed=5), 12, batch=3) == drive(gp(seed=5), 12, batch=3)
-    assert drive(gp(seed=5), 8) != drive(gp(seed=6), 8)
+    assert drive(gp(seed=5), 12, loss, batch=3) == drive(gp(seed=5), 12, loss, batch=3)
+    assert drive(gp(seed=5), 8, loss) != drive(gp(seed=6), 8, loss)
 
 
 def test_gp_rebuilt_from_history_continues_as_the_uninterrupted_one() -> None:
-    uninterrupted = gp()
-    history = []
-    for pid in range(8):
-        params = uninterrupted.generate_parameters(pid)
-        uninterrupted.receive_trial_result(pid, params, loss(params))
-        history.append({"parameter": params, "value": loss(params)})
-    expected = [uninterrupted.generate_parameters(pid) for pid in range(8, 11)]
-    rebuilt = gp()
-    assert rebuilt.import_data(history) == 8
-    assert [rebuilt.generate_parameters(pid) for pid in range(8, 11)] == expected
+    assert_rebuilt_continues(gp, loss, 8)
 
 
 def test_gp_pending_suggestions_differ_and_spread_out() -> None:
@@ -94,42 +59,16 @@ def test_gp_pending_suggestions_differ_and_spread_out() -> None:
 
 
 def test_gp_never_repeats_in_a_finite_space_until_exhausted() -> None:
-    space = {"a": {"_type": "choice", "_value": [1, 2, 3]}, "b": {"_type": "randint", "_value": [0, 3]}}
-    tuner = gp(space=space, cold_start_num=2)
-    seen = set()
-    for pid in range(9):
-        p = tuner.generate_parameters(pid)
-        assert key(p) not in seen
-        seen.add(key(p))
-        tuner.receive_trial_result(pid, p, float(p["a"] * p["b"]))
-    with pytest.raises(NoMoreTrials):
-        tuner.generate_parameters(9)
+    assert_never_repeats_until_exhausted(gp(space=FINITE_SPACE, cold_start_num=2))
 
 
 # ---------------------------------------------------------------- GP: behaviour and configuration
 
 
-def branin(p: dict[str, float]) -> float:
-    x, y = p["x"], p["y"]
-    bowl = (y - 5.1 / (4 * math.pi**2) * x * x + 5 / math.pi * x - 6) ** 2
-    return bowl + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x) + 10
-
-
 def test_gp_finds_branins_minimum_better_than_random() -> None:
-    space = {"x": {"_type": "uniform", "_value": [-5, 10]}, "y": {"_type": "uniform", "_value": [0, 15]}}
-
-    def regret(name: str, args: dict[str, Any]) -> float:
-        tuner = create_tuner(name, args, space)
-        values = []
-        for pid in range(25):
-            p = tuner.generate_parameters(pid)
-            values.append(branin(p))
-            tuner.receive_trial_result(pid, p, values[-1])
-        return min(values) - 0.397887
-
-    gp_regret = regret("GP", {"optimize_mode": "minimize", "seed": 1, **FAST_GP})
+    gp_regret = branin_regret("GP", {"optimize_mode": "minimize", "seed": 1, **FAST_GP}, 25)
     assert gp_regret < 0.05
-    assert gp_regret < regret("Random", {"seed": 1})
+    assert gp_regret < branin_regret("Random", {"seed": 1}, 25)
 
 
 @pytest.mark.parametrize("utility", ["ei", "ucb", "poi"])

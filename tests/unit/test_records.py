@@ -26,13 +26,12 @@ from shared.state import ExperimentState, TrialRecord, best_trial
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class MemoryStore:
+class AppendBlobs:
     """The part of BlobStore the log uses, in memory; ``fail_after`` appends, it raises."""
 
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.appends = 0
-        self.fail_after: int | None = None
+    blobs: dict[str, bytes]
+    appends = 0
+    fail_after: int | None = None
 
     async def read_bytes(self, path: str) -> bytes | None:
         return self.blobs.get(path)
@@ -49,6 +48,11 @@ class MemoryStore:
         assert path in self.blobs, "append to a blob never created"
         self.blobs[path] += data
         self.appends += 1
+
+
+class MemoryStore(AppendBlobs):
+    def __init__(self) -> None:
+        self.blobs = {}
 
 
 def trial(seq: int, status: TrialStatus = TrialStatus.SUCCEEDED, value: float | None = None) -> TrialRecord:

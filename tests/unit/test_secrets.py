@@ -12,9 +12,9 @@ import pytest
 
 from services.dispatcher.lifecycle import Policy
 from services.dispatcher.service import Dispatcher
-from shared.bus import PermanentError, _without_secrets
+from shared.bus import PermanentError, without_secrets
 from shared.config import ExperimentSecrets, parse_experiment_config
-from shared.messages import ExperimentStart, ExperimentStatus, Message
+from shared.messages import ExperimentStart, ExperimentStatus
 from shared.results import (
     SharedStorageError,
     read_secrets,
@@ -24,6 +24,7 @@ from shared.results import (
 )
 from shared.secrets_mask import redact_secrets
 from shared.storage import ConcurrentWriteError, Layout
+from tests.unit.test_dispatcher_outbox import FakeBus
 
 KEY = "c2VjcmV0LWFjY291bnQta2V5"
 SHARED = {"storageType": "AzureBlob", "storageAccountName": "tunebusdata", "containerName": "results",
@@ -63,17 +64,6 @@ class FakeStore:
 
     async def write_bytes(self, path: str, data: bytes, *, content_type: str | None = None) -> None:
         self.blobs[path] = data.decode()
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.published: list[Message] = []
-
-    async def publish(self, msg: Message) -> None:
-        self.published.append(msg)
-
-    async def publish_many(self, msgs: Any) -> None:
-        self.published.extend(msgs)
 
 
 def dispatcher() -> tuple[Dispatcher, FakeStore, FakeBus]:
@@ -119,11 +109,11 @@ def test_a_dead_lettered_copy_has_no_key() -> None:
     msg = ExperimentStart(experiment_id="e1", config=wire_config(**SHARED))
     body = msg.model_dump_json().encode()
     assert KEY in body.decode()
-    assert KEY not in _without_secrets(body).decode()
-    clean = json.loads(_without_secrets(body))
+    assert KEY not in without_secrets(body).decode()
+    clean = json.loads(without_secrets(body))
     assert clean["config"]["sharedStorage"]["storageAccountKey"] == "***"
     plain = ExperimentStart(experiment_id="e1", config=wire_config()).model_dump_json().encode()
-    assert _without_secrets(plain) is plain and _without_secrets(b"not json") == b"not json"
+    assert without_secrets(plain) is plain and without_secrets(b"not json") == b"not json"
 
 
 # ---------------------------------------------------------------- the dispatcher

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.bus import REASON_HEADER, Bus, _without_secrets
+from shared.bus import REASON_HEADER, Bus, without_secrets
 from shared.messages import TrialStatus
 from shared.secrets_mask import (
     SECRET_MASK,
@@ -145,11 +145,11 @@ def test_redact_secrets_masks_keys_and_shapes_in_values_at_any_depth() -> None:
     "[" * 100_000 + f'"AccountKey={SECRET}"' + "]" * 100_000,  # past the JSON parser's nesting
 ])
 def test_dead_letter_bodies_are_masked(body: str) -> None:
-    assert SECRET.encode() not in _without_secrets(body.encode())
+    assert SECRET.encode() not in without_secrets(body.encode())
 
 
 def test_dead_letter_bodies_that_are_not_text_are_kept() -> None:
-    assert _without_secrets(b"\xff\xfe\x00") == b"\xff\xfe\x00"
+    assert without_secrets(b"\xff\xfe\x00") == b"\xff\xfe\x00"
 
 
 class _CapturingExchange:

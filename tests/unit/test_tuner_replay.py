@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from services.tuner.algorithms import create_tuner
 from services.tuner.service import TunerService, _Session
+from shared.layout import Layout
 from shared.messages import TrialStatus
 from shared.state import ExperimentState, TrialRecord
+from tests.integration.fakes import RecordingBus
 
 SPACE = {"x": {"_type": "choice", "_value": [1, 2, 3, 4, 5, 6]}}
 
@@ -47,23 +49,27 @@ class _Store:
         return json.dumps(self.docs[path]).encode() if path in self.docs else None
 
 
-async def test_a_resumed_experiment_gets_suggestions_again() -> None:
-    from services.tuner.service import TunerService
-    from shared.layout import Layout
-    from shared.messages import ExperimentStatus, ExperimentStatusChanged, SuggestRequest, TrialSuggested
-    from tests.integration.fakes import RecordingBus
-
-    layout = Layout("e1")
-    config = {"searchSpace": SPACE, "tuner": {"name": "GridSearch"}, "trialConcurrency": 1}
+def _restarted_tuner(experiment_id: str, requested: list[int],
+                     concurrency: int) -> tuple[TunerService, RecordingBus]:
+    """A tuner service just started over a GridSearch experiment whose trial 0 (``{"x": 1}``)
+    succeeded and whose dispatcher still waits for the answers to ``requested``."""
+    layout = Layout(experiment_id)
+    config = {"searchSpace": SPACE, "tuner": {"name": "GridSearch"}, "trialConcurrency": concurrency}
     record = ExperimentState(
-        experiment_id="e1", started_at=datetime.now(UTC), requested=[1],
+        experiment_id=experiment_id, started_at=datetime.now(UTC), requested=requested,
         trials={"t0": TrialRecord(trial_id="t0", sequence_id=0, parameters={"x": 1},
                                   status=TrialStatus.SUCCEEDED, final_value=0.5)},
     )
     store = _Store({layout.experiment_doc: {"config": config},
                     layout.state_doc: record.model_dump(mode="json")})
     bus = RecordingBus()
-    tuner = TunerService(bus, store)  # type: ignore[arg-type]
+    return TunerService(bus, store), bus  # type: ignore[arg-type]
+
+
+async def test_a_resumed_experiment_gets_suggestions_again() -> None:
+    from shared.messages import ExperimentStatus, ExperimentStatusChanged, SuggestRequest, TrialSuggested
+
+    tuner, bus = _restarted_tuner("e1", requested=[1], concurrency=1)
     await tuner.on_experiment_status(ExperimentStatusChanged(experiment_id="e1",
                                                              status=ExperimentStatus.STOPPED))
     await tuner.on_suggest(SuggestRequest(experiment_id="e1", parameter_ids=[1]))
@@ -84,22 +90,9 @@ async def test_a_rebuilt_session_gives_the_answers_the_dead_process_owed() -> No
     """The process that died may have taken the dispatcher's requests and put them off (an
     advisor waiting for its step to end): those deliveries are gone with it. The rebuilt session
     answers every id the dispatcher still waits for, whatever message brought it up."""
-    from services.tuner.service import TunerService
-    from shared.layout import Layout
     from shared.messages import TrialEnded, TrialSuggested
-    from tests.integration.fakes import RecordingBus
 
-    layout = Layout("e3")
-    config = {"searchSpace": SPACE, "tuner": {"name": "GridSearch"}, "trialConcurrency": 2}
-    record = ExperimentState(
-        experiment_id="e3", started_at=datetime.now(UTC), requested=[1, 2],
-        trials={"t0": TrialRecord(trial_id="t0", sequence_id=0, parameters={"x": 1},
-                                  status=TrialStatus.SUCCEEDED, final_value=0.5)},
-    )
-    store = _Store({layout.experiment_doc: {"config": config},
-                    layout.state_doc: record.model_dump(mode="json")})
-    bus = RecordingBus()
-    tuner = TunerService(bus, store)  # type: ignore[arg-type]
+    tuner, bus = _restarted_tuner("e3", requested=[1, 2], concurrency=2)
     # The first message after the restart is the (already recorded) end of trial 0, not a request.
     await tuner.on_ended(TrialEnded(experiment_id="e3", trial_id="t0", parameter_id=0,
                                     status=TrialStatus.SUCCEEDED, final_value=0.5))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.tuner.algorithms import NoMoreTrials, TunerConfigError, create_tuner
+from tests.unit.tuner_contract import assert_rebuilt_continues, branin_regret, drive, key
 
 BUILTINS = ["TPE", "Random", "Anneal", "GridSearch", "Evolution"]
 
@@ -56,10 +56,6 @@ def objective(params: dict[str, Any]) -> float:
     return (params["dropout"] - 0.2) ** 2 + abs(math.log10(params["lr"]) + 3) + 0.1 * params["layers"]
 
 
-def key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
-
-
 def assert_in_mixed_space(p: dict[str, Any]) -> None:
     assert p["activation"] in ("relu", "tanh", 3)
     assert type(p["layers"]) is int and 1 <= p["layers"] <= 4
@@ -82,31 +78,17 @@ def assert_in_mixed_space(p: dict[str, Any]) -> None:
         assert 0.5 <= optimizer["beta"] <= 0.999
 
 
-def drive(tuner: Any, trials: int, batch: int = 1) -> list[dict[str, Any]]:
-    """NNI's loop: keep ``batch`` trials in flight, report the oldest first."""
-    suggested, pending, next_id = [], [], 0
-    while next_id < trials or pending:
-        while next_id < trials and len(pending) < batch:
-            params = tuner.generate_parameters(next_id)
-            suggested.append(params)
-            pending.append((next_id, params))
-            next_id += 1
-        parameter_id, params = pending.pop(0)
-        tuner.receive_trial_result(parameter_id, params, objective(params))
-        tuner.trial_end(parameter_id, True)
-    return suggested
-
-
 @pytest.mark.parametrize("name", BUILTINS)
 class TestTunerContract:
     """What the service relies on, for every built-in tuner."""
 
     def test_suggestions_lie_in_the_space_in_nni_format(self, name: str) -> None:
-        for params in drive(make(name), 40, batch=4):
+        for params in drive(make(name), 40, objective, batch=4):
             assert_in_mixed_space(params)
 
     def test_same_seed_and_calls_give_the_same_suggestions(self, name: str) -> None:
-        assert drive(make(name, seed=3), 30, batch=3) == drive(make(name, seed=3), 30, batch=3)
+        first, second = (drive(make(name, seed=3), 30, objective, batch=3) for _ in range(2))
+        assert first == second
 
     def test_pending_trials_never_get_identical_parameters_until_exhausted(self, name: str) -> None:
         tuner = make(name, SMALL_SPACE)
@@ -201,25 +183,17 @@ class TestModelTunerContract:
     """What the service relies on, for the built-in tuners that model numeric spaces."""
 
     def test_suggestions_lie_in_the_space(self, name: str) -> None:
-        for p in drive(make_model_tuner(name), 16, batch=4):
+        for p in drive(make_model_tuner(name), 16, objective, batch=4):
             assert type(p["layers"]) is int and 1 <= p["layers"] <= 4 and 0.0 <= p["dropout"] <= 0.5
             assert 16 <= p["batch"] <= 128 and p["batch"] % 16 == 0 and p["momentum"] in (0.5, 0.9, 0.99)
 
     def test_same_seed_and_calls_give_the_same_suggestions(self, name: str) -> None:
-        assert drive(make_model_tuner(name, seed=3), 12, batch=3) == \
-            drive(make_model_tuner(name, seed=3), 12, batch=3)
+        assert drive(make_model_tuner(name, seed=3), 12, objective, batch=3) == \
+            drive(make_model_tuner(name, seed=3), 12, objective, batch=3)
 
     def test_rebuilt_from_history_suggests_as_the_uninterrupted_one(self, name: str) -> None:
-        uninterrupted = make_model_tuner(name)
-        records = []
-        for pid in range(10):  # DNGO: a multiple of trials_per_update, so the same model
-            params = uninterrupted.generate_parameters(pid)
-            uninterrupted.receive_trial_result(pid, params, objective(params))
-            records.append({"parameter": params, "value": objective(params)})
-        rebuilt = make_model_tuner(name)
-        assert rebuilt.import_data(records) == 10
-        assert [rebuilt.generate_parameters(pid) for pid in range(10, 13)] == \
-            [uninterrupted.generate_parameters(pid) for pid in range(10, 13)]
+        # 10 results: for DNGO a multiple of trials_per_update, so the same model.
+        assert_rebuilt_continues(lambda: make_model_tuner(name), objective, 10)
 
     def test_pending_trials_never_get_identical_parameters_until_exhausted(self, name: str) -> None:
         tuner = make_model_tuner(name, SMALL_NUMERIC_SPACE)
@@ -347,29 +321,10 @@ def test_tpe_maximize_and_minimize_go_opposite_ways() -> None:
     assert late["maximize"] > 0.8 and late["minimize"] < 0.2
 
 
-def branin(p: dict[str, float]) -> float:
-    x, y = p["x"], p["y"]
-    return (
-        (y - 5.1 / (4 * math.pi**2) * x * x + 5 / math.pi * x - 6) ** 2
-        + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x)
-        + 10
-    )
-
-
 def test_tpe_beats_random_search() -> None:
-    space = {"x": {"_type": "uniform", "_value": [-5, 10]}, "y": {"_type": "uniform", "_value": [0, 15]}}
-
-    def best(name: str, seed: int) -> float:
-        tuner = create_tuner(name, {"seed": seed}, space)
-        values = []
-        for i in range(40):
-            p = tuner.generate_parameters(i)
-            values.append(branin(p))
-            tuner.receive_trial_result(i, p, values[-1])
-        return min(values) - 0.397887
-
     seeds = range(4)
-    tpe, random = np.mean([best("TPE", s) for s in seeds]), np.mean([best("Random", s) for s in seeds])
+    tpe = np.mean([branin_regret("TPE", {"seed": s}, 40) for s in seeds])
+    random = np.mean([branin_regret("Random", {"seed": s}, 40) for s in seeds])
     assert tpe < 0.5 * random
 
 
