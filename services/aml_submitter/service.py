@@ -39,7 +39,7 @@ from shared.results import (
     shared_storage_results_url,
 )
 from shared.sandbox import make_non_dumpable
-from shared.service import Running
+from shared.service import Running, open_connections
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
 from shared.storage import BlobStore, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
@@ -280,10 +280,8 @@ async def start(settings: SubmitterSettings) -> Running:
     if not make_non_dumpable():
         log.warning("could not make this process non-dumpable: trials of its user may read its /proc files")
     sandbox, sandbox_error = trial_sandbox(settings)
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="aml-submitter")
-    await bus.connect()
+    connections = await open_connections(settings, service="aml-submitter")
+    bus, store = connections.bus, connections.store
     replica = _replica_name()
     work_dir = Path(settings.work_dir)
     submitter = Submitter(bus, store, work_dir, replica,
@@ -310,10 +308,6 @@ async def start(settings: SubmitterSettings) -> Running:
 
     async def shutdown() -> None:
         beats.cancel()
-        await bus.close()
-        for backend in submitter.backends.values():
-            await backend.close()
-        await submitter.close()
-        await store.close()
+        await connections.close(*submitter.backends.values(), submitter)
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

@@ -31,7 +31,7 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
-from shared.service import Running
+from shared.service import Running, open_connections
 from shared.shards import ShardedConsumer
 from shared.state import OutboxEntry
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
@@ -216,11 +216,9 @@ class Dispatcher:
 
 async def start(settings: DispatcherSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="dispatcher")
-    await bus.connect()
-    dispatcher = Dispatcher(bus, store, settings.policy(), settings.suggestion_lookahead)
+    connections = await open_connections(settings, service="dispatcher")
+    bus = connections.bus
+    dispatcher = Dispatcher(bus, connections.store, settings.policy(), settings.suggestion_lookahead)
     await bus.drain_retired_queues(DISPATCHER_SHARDS, DISPATCHER_QUEUE)
     consumer = ShardedConsumer(bus, DISPATCHER_SHARDS, dispatcher.handlers(),
                                prefetch=max(32, settings.dispatcher_concurrency),
@@ -231,7 +229,6 @@ async def start(settings: DispatcherSettings) -> Running:
     async def shutdown() -> None:
         watchdog.cancel()
         await consumer.stop()
-        await bus.close()
-        await store.close()
+        await connections.close()
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

@@ -49,7 +49,7 @@ from shared.messages import (
 )
 from shared.records import read_summary
 from shared.results_records import ParsedMetric, ResultsLimits, ResultsRead, parse_results
-from shared.service import Running
+from shared.service import Running, open_connections
 from shared.settings import CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
@@ -298,10 +298,8 @@ class Ingestor:
 
 async def start(settings: IngestorSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="metric-ingestor")
-    await bus.connect()
+    connections = await open_connections(settings, service="metric-ingestor")
+    bus, store = connections.bus, connections.store
     results = ResultsStores(store, endpoint_template=settings.shared_storage_endpoint)
     ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results,
                         progress_seconds=settings.progress_poll_seconds, limits=settings.results_limits(),
@@ -310,8 +308,6 @@ async def start(settings: IngestorSettings) -> Running:
     log.info("metric ingestor consuming %s", INGESTOR_QUEUE.name)
 
     async def shutdown() -> None:
-        await bus.close()
-        await results.close()
-        await store.close()
+        await connections.close(results)
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

@@ -32,7 +32,7 @@ from shared.records import BadExperimentDocument, ExperimentDocument, read_exper
 from shared.sandbox import Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
-from shared.service import Running
+from shared.service import Running, open_connections
 from shared.shards import ShardedConsumer
 from shared.storage import BlobStore, Layout
 from shared.topology import TUNER_QUEUE, TUNER_SHARDS
@@ -313,11 +313,9 @@ def _worker_sandbox(trial_user: str) -> Sandbox | str:
 async def start(settings: TunerSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
     make_non_dumpable()  # a worker of this user (a non-root tuner's) must not read its secrets
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="tuner")
-    await bus.connect()
-    service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
+    connections = await open_connections(settings, service="tuner")
+    bus = connections.bus
+    service = TunerService(bus, connections.store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
                            work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
     await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE)
@@ -328,7 +326,6 @@ async def start(settings: TunerSettings) -> Running:
 
     async def shutdown() -> None:
         await consumer.stop()
-        await bus.close()
-        await store.close()
+        await connections.close()
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)
