@@ -16,16 +16,17 @@ __all__ = ["DispatcherSettings"]
 class DispatcherSettings(CommonSettings):
     """Dispatcher settings (``TUNEBUS_`` environment variables)."""
 
-    tick_seconds: float = 1.0
-    heartbeat_timeout: float = 30.0
-    kill_grace: float = 60.0
-    max_attempts: int = 3
-    claim_timeout: float = 60.0
-    ended_timeout: float = 30.0
-    remote_silence_timeout: float = 600.0
-    suggest_timeout: float = 120.0
-    max_reasks: int = 5
-    tick_stall: float = 10.0
+    # The lifecycle's timings (what each means: Policy), defaulting to Policy's.
+    tick_seconds: float = Policy.tick_seconds
+    heartbeat_timeout: float = Policy.heartbeat_timeout
+    kill_grace: float = Policy.kill_grace
+    max_attempts: int = Policy.max_attempts
+    claim_timeout: float = Policy.claim_timeout
+    ended_timeout: float = Policy.ended_timeout
+    remote_silence_timeout: float = Policy.remote_silence_timeout
+    suggest_timeout: float = Policy.suggest_timeout
+    max_reasks: int = Policy.max_reasks
+    tick_stall: float = Policy.tick_stall
     # How often every replica lists the running experiments and re-arms any whose tick chain
     # was lost (with a broker crash); also how a restarted dispatcher finds its experiments.
     watchdog_seconds: float = 10.0

@@ -145,9 +145,7 @@ class TunerService:
             # requests and put them off (an advisor between steps), and those deliveries went with
             # it. Answered now, whatever message brought the session up (the dispatcher keeps
             # the first answer for an id; one it waits for no more is ignored).
-            await self.bus.publish_many(
-                TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
-                for pid, params in owed)
+            await self._publish_answers(experiment_id, owed)
         return session
 
     async def _calls_for(self, experiment_id: str, doc: ExperimentDocument) -> AlgorithmCalls:
@@ -203,14 +201,22 @@ class TunerService:
         session = await self._session(msg.experiment_id)
         if session is None:
             return
+        await self._answer(msg.experiment_id, session, msg.parameter_ids)
+
+    async def _answer(self, experiment_id: str, session: Session, ids: list[int]) -> None:
+        """Ask the tuner for ``ids`` and publish its answers (those it has now)."""
         try:
             answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
-                                              lambda: suggest(session, msg.parameter_ids))
+                                              lambda: suggest(session, ids))
         except AlgorithmFailed as exc:
-            await self._fail(msg.experiment_id, exc)
+            await self._fail(experiment_id, exc)
             return
+        await self._publish_answers(experiment_id, answers)
+
+    async def _publish_answers(self, experiment_id: str,
+                               answers: list[tuple[int, dict[str, Any] | None]]) -> None:
         await self.bus.publish_many(
-            TrialSuggested(experiment_id=msg.experiment_id, parameter_id=pid, parameters=params)
+            TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
             for pid, params in answers
         )
 
@@ -248,17 +254,7 @@ class TunerService:
         """Answer the requests an advisor put off, now that a trial has ended (in order)."""
         if not session.waiting:
             return
-        waiting = list(session.waiting)
-        try:
-            answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
-                                              lambda: suggest(session, waiting))
-        except AlgorithmFailed as exc:
-            await self._fail(experiment_id, exc)
-            return
-        await self.bus.publish_many(
-            TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
-            for pid, params in answers
-        )
+        await self._answer(experiment_id, session, list(session.waiting))
 
     async def on_metric(self, msg: TrialMetric) -> None:
         if msg.kind != MetricKind.PERIODICAL:
