@@ -20,7 +20,8 @@ from shared.storage import BlobStore
 
 S = TypeVar("S", bound=CommonSettings)
 
-__all__ = ["Connections", "Running", "open_connections", "run_service", "service_main", "setup_logging"]
+__all__ = ["Closable", "Connections", "Running", "open_connections", "run_service", "service_main",
+           "setup_logging"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Running:
 
 
 class Closable(Protocol):
+    """What a service closes with its connections (a backend, a cache of stores)."""
+
     async def close(self) -> None: ...
 
 

@@ -75,7 +75,7 @@ def new_session(experiment_id: str, doc: ExperimentDocument, calls: AlgorithmCal
     assessor_spec = config.get("assessor") or {}
     process = calls.process if isinstance(calls, ProcessCalls) else None
     if process is not None:
-        load_custom(process, config)
+        _load_custom(process, config)
     tuner: Any
     if spec.get("className") and process is not None:
         tuner = RemoteTuner(process, spec["className"])
@@ -151,7 +151,7 @@ def suggest(session: Session, ids: list[int]) -> list[tuple[int, dict[str, Any] 
     return out
 
 
-def load_custom(process: AlgorithmProcess, config: dict[str, Any]) -> None:
+def _load_custom(process: AlgorithmProcess, config: dict[str, Any]) -> None:
     """Start the worker and build the experiment's custom algorithms in it; a config problem is
     raised as the role's config error (its message is the experiment's reason)."""
     algorithms = {}
