@@ -26,6 +26,7 @@ OUT_OF_TIME = "maxExperimentDuration reached"
 
 def status_change(state: ExperimentState, status: ExperimentStatus, now: datetime,
                    reason: str | None = None) -> list[Message]:
+    """Move the experiment to ``status`` (a finished one stops its tick chain); announce it."""
     if state.status == status:
         return []
     state.status = status
@@ -37,6 +38,7 @@ def status_change(state: ExperimentState, status: ExperimentStatus, now: datetim
 
 
 def next_tick(state: ExperimentState, policy: Policy, now: datetime) -> list[Message]:
+    """The experiment's next tick, which becomes the one live chain."""
     ticket = Ticket(experiment_id=state.experiment_id, purpose="dispatcher.tick",
                     due=now + timedelta(seconds=policy.tick_seconds))
     state.tick_id = ticket.message_id
@@ -45,6 +47,7 @@ def next_tick(state: ExperimentState, policy: Policy, now: datetime) -> list[Mes
 
 def kill(state: ExperimentState, trial: TrialRecord, status: TrialStatus, reason: str,
           now: datetime) -> list[Message]:
+    """Ask the trial's backend to end it as ``status`` (once; its grace period starts now)."""
     if trial.ended or trial.kill_status is not None:
         return []
     trial.kill_status = status
@@ -85,7 +88,7 @@ def settle(state: ExperimentState, now: datetime) -> list[Message]:
     return status_change(state, state.drain_to or ExperimentStatus.STOPPED, now, state.reason)
 
 
-def submit(state: ExperimentState, parameter_id: int, parameters: dict[str, Any],
+def _submit(state: ExperimentState, parameter_id: int, parameters: dict[str, Any],
             now: datetime) -> TrialSubmit:
     trial_id = trial_id_for(state.experiment_id, parameter_id)
     state.trials[trial_id] = TrialRecord(
@@ -106,7 +109,7 @@ def fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Messag
     out: list[Message] = []
     while state.ready and len(state.running()) < plan.concurrency:
         ready = state.ready.pop(0)
-        out.append(submit(state, ready.parameter_id, ready.parameters, now))
+        out.append(_submit(state, ready.parameter_id, ready.parameters, now))
     running = len(state.running())
     queued = len(state.requested) + len(state.ready)
     if state.status == ExperimentStatus.RUNNING:
