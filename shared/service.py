@@ -1,4 +1,5 @@
-"""Running a service process: logging, signals, health file, graceful shutdown."""
+"""Running a service process: its broker and storage connections, logging, signals, health file,
+graceful shutdown."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from shared.bus import Bus
 from shared.health import HealthCheck, keep_touching
 from shared.secrets_mask import install_log_masking
 from shared.settings import CommonSettings, SettingsMissing, load_service_settings
+from shared.storage import BlobStore
 
 S = TypeVar("S", bound=CommonSettings)
 
-__all__ = ["Running", "run_service", "service_main", "setup_logging"]
+__all__ = ["Closable", "Connections", "Running", "open_connections", "run_service", "service_main",
+           "setup_logging"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,46 @@ class Running:
     shutdown: Callable[[], Awaitable[None]]
     checks: Mapping[str, HealthCheck] = field(default_factory=dict)
     """Named dependency checks (broker, storage) that must pass for the health file to be touched."""
+
+
+class Closable(Protocol):
+    """What a service closes with its connections (a backend, a cache of stores)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Connections:
+    """A service's broker and storage connections (:func:`open_connections`)."""
+
+    bus: Bus
+    store: BlobStore
+
+    def checks(self) -> dict[str, HealthCheck]:
+        """The health checks every service's health file depends on."""
+        return {"broker": self.bus.check, "storage": self.store.check}
+
+    def running(self, shutdown: Callable[[], Awaitable[None]]) -> Running:
+        """What ``start()`` returns: ``shutdown``, and health as good as these connections."""
+        return Running(shutdown, self.checks())
+
+    async def close(self, *before_storage: Closable) -> None:
+        """Close the bus (nothing more is consumed or published), then ``before_storage`` in
+        order (what may still write to storage while it closes), then the store."""
+        await self.bus.close()
+        for part in before_storage:
+            await part.close()
+        await self.store.close()
+
+
+async def open_connections(settings: CommonSettings, *, service: str) -> Connections:
+    """Open the deployment's storage (its container made if missing), then connect to the
+    broker as ``service``'s user."""
+    store = BlobStore(settings.storage_connection_string, settings.storage_container)
+    await store.ensure_container()
+    bus = Bus(settings.amqp_url, service=service)
+    await bus.connect()
+    return Connections(bus, store)
 
 
 def setup_logging(level: str) -> None:

@@ -13,17 +13,12 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import Any
 
 from shared.bus import Bus, PermanentError, TransientError
 from shared.deployment import deployment_id
@@ -43,18 +38,18 @@ from shared.results import (
     results_account,
     shared_storage_results_url,
 )
-from shared.sandbox import ALWAYS_PASSED, DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
-from shared.service import Running
-from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT, CommonSettings
-from shared.storage import BlobStore, ConcurrentWriteError, Layout
+from shared.sandbox import make_non_dumpable
+from shared.service import Running, open_connections
+from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
+from shared.storage import BlobStore, Layout
 from shared.topology import AML_KILL_QUEUE, AML_WATCH_QUEUE, SUBMIT_QUEUE, replica_control_queue
 
-from .aml.backend import AmlBackend
-from .aml.options import AmlOptions
-from .aml.sdk import azure_ai_ml_api, azureml_api, standin_api, standin_v2_api
 from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
+from .backend_setup import aml_backend, trial_sandbox
 from .checkpoints import CheckpointTransfer
+from .claims import CLAIM_STALE_SECONDS, Claims
 from .local import LocalBackend
+from .settings import SubmitterSettings
 from .trial_env import TrialIdentity, sas_lifetime
 
 __all__ = ["Submitter", "SubmitterSettings", "start"]
@@ -63,57 +58,6 @@ __all__ = ["Submitter", "SubmitterSettings", "start"]
 MAX_CACHED_EXPERIMENTS = 256
 
 log = logging.getLogger("tunebus.submitter")
-
-CLAIM_STALE_SECONDS = 10.0  # seconds a claim may stay 'starting' before it is abandoned
-MARK_STARTED_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between tries to mark a claim started
-
-
-@dataclass(frozen=True)
-class _Claim:
-    """What :meth:`Submitter._claim` found: start the job (``etag``: our claim's), it is handled
-    elsewhere, or it was abandoned by ``previous`` (the attempt is reported lost)."""
-
-    outcome: Literal["start", "handled", "abandoned"]
-    etag: str | None = None
-    previous: str | None = None
-
-
-class SubmitterSettings(CommonSettings):
-    """Submitter settings (``TUNEBUS_`` environment variables)."""
-
-    work_dir: str = "/tmp/tunebus-trials"
-    local_trials: bool = True  # TUNEBUS_LOCAL_TRIALS=0: this deployment runs Azure ML trials only
-    trial_user: str = DEFAULT_TRIAL_USER  # who local (and stand-in) trials run as when this runs as root
-    # Comma-separated names of this process's variables that local trials also get (besides
-    # PATH, HOME, LANG, LC_*, TZ, CUDA_VISIBLE_DEVICES): e.g. HTTPS_PROXY,HF_HOME.
-    trial_env_passthrough: str = ""
-    # trial.submit deliveries this replica takes at once. Small, so that replicas share the work:
-    # AML submissions are serialized per replica (aml_submit_threads); local spawns take ms.
-    max_jobs: int = 8
-    heartbeat_seconds: float = 5.0
-    # A local trial's stdout and stderr keep their last this many bytes each when uploaded.
-    log_max_bytes: int = Field(default=4 << 20, ge=1024, le=1 << 30)
-    aml_standin: bool = False  # TUNEBUS_AML_STANDIN=1: run `platform: aml` on the local stand-in
-    # Which Azure ML SDK submits and watches: v1 (azureml-core, the default) or v2 (azure-ai-ml).
-    # See README "Azure ML SDK v1 or v2". Not to be switched while AML experiments run.
-    aml_sdk: Literal["v1", "v2"] = "v1"
-    # Carried by every AML run id and tag (shared/deployment.py); absent: made once, kept in storage.
-    deployment_id: str | None = None
-    # azureml-core calls block and are serialized per workspace client: submissions at once per
-    # replica (scale replicas for more), and threads for status polls and cancels.
-    aml_submit_threads: int = 1
-    aml_poll_threads: int = 4
-    aml_poll_seconds: float = 15.0  # how often a run's status is checked
-    aml_auth_timeout: float = 20.0  # seconds each credential method may take
-    # The stand-in only (NOT Azure): its run registry (shared by the replicas on this machine)
-    # and how slow its submissions, queueing and preparation are, in seconds.
-    aml_standin_dir: str | None = None
-    aml_standin_submit_latency: float = 0.0
-    aml_standin_queue_delay: float = 0.0
-    aml_standin_prepare_delay: float = 0.0
-    # What exists in the stand-in's "workspace": compute names and images (comma-separated).
-    aml_standin_computes: str = "cpu-cluster,gpu-cluster"
-    aml_standin_images: str = "msranni/nni"
 
 
 @dataclass
@@ -137,6 +81,7 @@ class Submitter:
         self.replica = replica
         self.shared_storage_endpoint = shared_storage_endpoint  # template, {account} for the name
         self.backends: dict[str, Backend] = {}
+        self.claims = Claims(store, replica)
         # The experiments whose trials came here lately (least recently used first): bounded,
         # so a long-lived replica does not keep every experiment it ever ran.
         self._experiments: OrderedDict[str, _Experiment] = OrderedDict()
@@ -248,112 +193,6 @@ class Submitter:
             shutil.rmtree(partial, ignore_errors=True)  # another replica got there first
         return dest
 
-    # ------------------------------------------------------------------ claims
-
-    async def _claim(self, msg: TrialSubmit, stale_after: float, *, reruns: bool) -> _Claim:
-        """Take the job, unless another replica has it.
-
-        A live replica marks its claim "started" at once after starting the job (before it
-        reports anything), so a claim still "starting" after ``stale_after`` belongs to a replica
-        that died or stalled mid-start; its delivery is why we see the message again. What it left
-        may have started: a local trial may be writing the attempt's results still, so the attempt
-        is not run again into the same results blob but *abandoned* (reported lost: the ingestor
-        ends it from what it stored, or the dispatcher runs a new attempt). Only a backend whose
-        submissions are idempotent (``reruns``: an AML run has a fixed id per attempt) takes the
-        job over and submits it again.
-        """
-        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
-        starting = {"replica": self.replica, "state": "starting", "time": datetime.now(UTC).isoformat()}
-        try:
-            return _Claim("start", etag=await self.store.write_json(path, starting, create_only=True))
-        except ConcurrentWriteError:
-            pass
-        while True:
-            found = await self.store.read_json(path)
-            if found is None:
-                raise TransientError(f"claim {path} vanished")
-            doc, etag = found
-            if doc.get("state") == "started":
-                return _Claim("handled")  # a duplicate of a job that runs
-            if doc.get("state") == "abandoned":  # reported lost already; its report is sent again
-                return _Claim("abandoned", previous=str(doc.get("previous")))
-            if doc.get("state") == "released":  # its replica started nothing: claimed afresh
-                try:
-                    return _Claim("start", etag=await self.store.write_json(path, starting, etag=etag))
-                except ConcurrentWriteError:
-                    continue
-            age = (datetime.now(UTC) - datetime.fromisoformat(doc["time"])).total_seconds()
-            if age >= stale_after:
-                break
-            await asyncio.sleep(min(1.0, stale_after - age))
-        previous = str(doc.get("replica"))
-        if reruns:
-            try:
-                etag = await self.store.write_json(path, starting, etag=etag)
-            except ConcurrentWriteError:
-                return _Claim("handled")  # another replica took it over first
-            log.warning("trial %s/%s attempt %d: taking over from %s, which did not finish starting it",
-                        msg.experiment_id, msg.trial_id, msg.attempt, previous)
-            return _Claim("start", etag=etag)
-        abandoned = {"replica": self.replica, "state": "abandoned", "previous": previous,
-                     "time": datetime.now(UTC).isoformat()}
-        try:
-            await self.store.write_json(path, abandoned, etag=etag)
-        except ConcurrentWriteError:
-            return _Claim("handled")  # its replica marked it started after all, or another abandoned it
-        log.warning("trial %s/%s attempt %d: %s did not finish starting it; reported lost, not run "
-                    "again into the same results", msg.experiment_id, msg.trial_id, msg.attempt, previous)
-        return _Claim("abandoned", previous=previous)
-
-    async def _release(self, msg: TrialSubmit, etag: str) -> None:
-        """Give back a claim whose job was not started (its retry may then start it anywhere at
-        once). Best effort: a claim left behind is abandoned by the next replica, after a while."""
-        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
-        released = {"replica": self.replica, "state": "released", "time": datetime.now(UTC).isoformat()}
-        try:
-            await self.store.write_json(path, released, etag=etag)
-        except Exception as exc:
-            log.warning("trial %s/%s attempt %d: releasing its claim failed: %r", msg.experiment_id,
-                        msg.trial_id, msg.attempt, exc)
-
-    async def _mark_started(self, msg: TrialSubmit, etag: str | None, backend: Backend) -> None:
-        """Mark the claim "started" — only if it is still ours (``etag``): another replica may
-        have abandoned it while this one stalled mid-start, and the dispatcher then runs a new
-        attempt; this attempt's job is stopped instead of running beside it. The job runs
-        whatever else happens here, so this never raises: it retries a while (storage may be
-        restarting), then leaves the claim "starting" (a redelivered submit would then report
-        the attempt lost, never start it twice)."""
-        path = Layout(msg.experiment_id).claim_blob(msg.trial_id, msg.attempt)
-        for delay in (*MARK_STARTED_RETRY_DELAYS, None):
-            try:
-                await self.store.write_json(path, {"replica": self.replica, "state": "started",
-                                                   "time": datetime.now(UTC).isoformat()}, etag=etag)
-                return
-            except ConcurrentWriteError:
-                await self._after_lost_claim(msg, path, backend)
-                return
-            except Exception as exc:
-                if delay is None:
-                    log.error("trial %s/%s attempt %d runs, but marking its claim started failed: %r",
-                              msg.experiment_id, msg.trial_id, msg.attempt, exc)
-                    return
-                await asyncio.sleep(delay)
-
-    async def _after_lost_claim(self, msg: TrialSubmit, path: str, backend: Backend) -> None:
-        """The claim changed under this replica while it started the job: stop the job if the
-        claim was abandoned (that attempt is reported lost; another runs in its place)."""
-        found = await self.store.read_json(path)
-        doc = found[0] if found is not None else {}
-        if doc.get("state") == "started" and doc.get("replica") == self.replica:
-            return  # our own earlier write got through; its answer was lost
-        if doc.get("state") != "abandoned":
-            return  # taken over by a replica that re-submits idempotently (an AML run): nothing to stop
-        log.warning("trial %s/%s attempt %d: its claim was abandoned by %s while this replica started it; "
-                    "stopping it", msg.experiment_id, msg.trial_id, msg.attempt, doc.get("replica"))
-        await backend.kill(msg.experiment_id, msg.trial_id, TrialStatus.SYS_CANCELED,
-                           f"its claim was abandoned by {doc.get('replica')} while {self.replica} started it "
-                           f"(the attempt was reported lost and runs again)", attempt=msg.attempt)
-
     # ------------------------------------------------------------------ handlers
 
     async def on_submit(self, msg: TrialSubmit) -> None:
@@ -379,7 +218,7 @@ class Submitter:
             log.info("trial %s/%s attempt %d: sent again; adopting its run", msg.experiment_id,
                      msg.trial_id, msg.attempt)
         else:
-            claim = await self._claim(msg, stale_after, reruns=reruns)
+            claim = await self.claims.claim(msg, stale_after, reruns=reruns)
             if claim.outcome == "handled":
                 log.info("trial %s/%s attempt %d is already running elsewhere", msg.experiment_id,
                          msg.trial_id, msg.attempt)
@@ -401,11 +240,11 @@ class Submitter:
             await self._report_failed(msg, f"submission failed: {exc}")
         except BaseException as exc:
             if etag is not None:
-                await asyncio.shield(self._release(msg, etag))
+                await asyncio.shield(self.claims.release(msg, etag))
             if isinstance(exc, SubmitError):
                 raise TransientError(str(exc)) from exc
             raise
-        await self._mark_started(msg, etag, backend)
+        await self.claims.mark_started(msg, etag, backend)
 
     async def _report_failed(self, msg: TrialSubmit, error: str) -> None:
         await self.report(TrialStatusChanged(experiment_id=msg.experiment_id, trial_id=msg.trial_id,
@@ -436,65 +275,13 @@ def _handlers(submitter: Submitter) -> dict[type[Message], Callable[[Any], Await
     return {TrialSubmit: submitter.on_submit}
 
 
-def _sandbox(settings: SubmitterSettings) -> tuple[Sandbox | None, str | None]:
-    """How trials are sandboxed here, or why they cannot be (every local trial then fails so)."""
-    try:
-        return Sandbox.for_this_process(settings.trial_user, settings.trial_env_passthrough.split(",")), None
-    except SandboxError as exc:
-        return None, str(exc)
-
-
-def _standin_sandbox(sandbox: Sandbox | None, work_dir: Path) -> dict[str, Any]:
-    """The stand-in's runs sandboxed like local trials (see StandinSettings.sandbox)."""
-    if sandbox is None:
-        raise SandboxError("the AML stand-in runs trials like local ones, and those cannot be sandboxed")
-    venv_bin = Path(sys.executable).parent
-    path_first, pythonpath = sandbox.trial_interpreter(venv_bin, work_dir / ".trial-python")
-    user = sandbox.user
-    return {"prefix": sandbox.prefix(), "owner": None if user is None else [user.uid, user.gid],
-            "path_first": str(path_first), "pythonpath": pythonpath,
-            "allowed": [*ALWAYS_PASSED, *sandbox.passthrough]}
-
-
-def _aml_backend(settings: SubmitterSettings, submitter: Submitter, store: BlobStore, bus: Bus,
-                 deployment: str, sandbox: Sandbox | None) -> AmlBackend:
-    """The AML backend: azureml-core, or the stand-in when TUNEBUS_AML_STANDIN=1 (never by default)."""
-    options = AmlOptions(submit_threads=settings.aml_submit_threads, poll_threads=settings.aml_poll_threads,
-                         poll_seconds=settings.aml_poll_seconds, auth_timeout=settings.aml_auth_timeout)
-    if settings.aml_standin:
-        from aml_standin.v1 import StandinSettings  # only when asked for: never on Azure
-
-        standin = StandinSettings(
-            registry=Path(settings.aml_standin_dir or Path(settings.work_dir) / "aml-standin"),
-            submit_latency=settings.aml_standin_submit_latency,
-            queue_delay=settings.aml_standin_queue_delay,
-            prepare_delay=settings.aml_standin_prepare_delay,
-            computes=tuple(n.strip() for n in settings.aml_standin_computes.split(",") if n.strip()),
-            images=tuple(n.strip() for n in settings.aml_standin_images.split(",") if n.strip()),
-            sandbox=_standin_sandbox(sandbox, Path(settings.work_dir)),
-        )
-        log.warning("TUNEBUS_AML_STANDIN=1: `platform: aml` trials run on the LOCAL STAND-IN (SDK %s), "
-                    "NOT on Azure ML (run registry %s). For tests only.", settings.aml_sdk, standin.registry)
-        api: Callable[[], Any] = partial(standin_v2_api if settings.aml_sdk == "v2" else standin_api, standin)
-    else:
-        api = azure_ai_ml_api if settings.aml_sdk == "v2" else azureml_api
-    # Credentials are the standard Azure variables, read once here (see aml/auth.py).
-    azure_env = {k: v for k, v in os.environ.items()
-                 if k.startswith(("AZURE_", "AZUREML_", "MSI_", "IDENTITY_")) or k == "PATH"}
-    return AmlBackend(store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
-                      work_dir=Path(settings.work_dir), api=api, env=azure_env, options=options,
-                      deployment_id=deployment, secrets=settings.known_secrets())
-
-
 async def start(settings: SubmitterSettings) -> Running:
     """Connect, declare, start the backends and consumers; returns its shutdown and health checks."""
     if not make_non_dumpable():
         log.warning("could not make this process non-dumpable: trials of its user may read its /proc files")
-    sandbox, sandbox_error = _sandbox(settings)
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="aml-submitter")
-    await bus.connect()
+    sandbox, sandbox_error = trial_sandbox(settings)
+    connections = await open_connections(settings, service="aml-submitter")
+    bus, store = connections.bus, connections.store
     replica = _replica_name()
     work_dir = Path(settings.work_dir)
     submitter = Submitter(bus, store, work_dir, replica,
@@ -506,8 +293,8 @@ async def start(settings: SubmitterSettings) -> Running:
         submitter.backends["local"] = local
         log.info("local trials run %s", f"as user {sandbox.user.name}" if sandbox and sandbox.user
                  else "as this process's user (not root)" if sandbox else f"never: {sandbox_error}")
-    aml = _aml_backend(settings, submitter, store, bus, await deployment_id(store, settings.deployment_id),
-                       sandbox)
+    aml = aml_backend(settings, submitter.report, store, bus,
+                      await deployment_id(store, settings.deployment_id), sandbox)
     await aml.warm_up()
     submitter.backends["aml"] = aml
     await bus.consume(replica_control_queue(replica), {TrialKill: submitter.on_kill}, concurrency=16)
@@ -521,10 +308,6 @@ async def start(settings: SubmitterSettings) -> Running:
 
     async def shutdown() -> None:
         beats.cancel()
-        await bus.close()
-        for backend in submitter.backends.values():
-            await backend.close()
-        await submitter.close()
-        await store.close()
+        await connections.close(*submitter.backends.values(), submitter)
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from shared import records
 from shared.results import SharedStorageError, results_account
@@ -70,6 +71,9 @@ class CachedSummary:
     checked: float
 
 
+_Cached = TypeVar("_Cached", CachedState, CachedSummary)
+
+
 @dataclass(frozen=True)
 class LogTail:
     """The end of a trial's log: its text (secrets masked), whole size, and bytes left out."""
@@ -121,34 +125,11 @@ class ExperimentReader:
 
     async def state(self, experiment_id: str) -> CachedState | None:
         """The experiment's state as of at most ``refresh_seconds`` ago; None before its start."""
-        cached = self._states.get(experiment_id)
-        if cached is not None and self._fresh(cached.checked):
-            return cached
-        async with self._locks.setdefault(experiment_id, asyncio.Lock()):
-            cached = self._states.get(experiment_id)
-            if cached is not None and self._fresh(cached.checked):
-                return cached  # another viewer's read, while this one waited
-            return await self._refresh(experiment_id, cached)
+        async def parsed(etag: str, summary: ExperimentState) -> CachedState:
+            state = records.full_view(summary, await self._ended(summary))
+            return CachedState(etag, state, time.monotonic())
 
-    async def _refresh(self, experiment_id: str, cached: CachedState | None) -> CachedState | None:
-        path = Layout(experiment_id).state_doc
-        found = await self.store.read_document_if_changed(path, None if cached is None else cached.etag)
-        if found is None:
-            self._states.pop(experiment_id, None)
-            return None
-        body, etag = found
-        if body is None and cached is not None:
-            cached.checked = time.monotonic()
-            return cached
-        assert body is not None
-        summary = await asyncio.to_thread(ExperimentState.model_validate_json, body)
-        state = records.full_view(summary, await self._ended(summary))
-        fresh = CachedState(etag, state, time.monotonic())
-        self._states[experiment_id] = fresh
-        self._states.move_to_end(experiment_id)
-        while len(self._states) > self.capacity:
-            self._states.popitem(last=False)
-        return fresh
+        return await self._cached_read(self._states, self.capacity, experiment_id, parsed)
 
     async def _ended(self, summary: ExperimentState) -> list[TrialRecord]:
         """The ended log's records; full chunks (which only a duplicate could still change,
@@ -176,17 +157,28 @@ class ExperimentReader:
         full = self._states.get(experiment_id)
         if full is not None and self._fresh(full.checked):
             return CachedSummary(full.etag, full.summary, full.checked)
-        cached = self._summaries.get(experiment_id)
+
+        async def parsed(etag: str, state: ExperimentState) -> CachedSummary:
+            return CachedSummary(etag, ExperimentSummary.of(state), time.monotonic())
+
+        return await self._cached_read(self._summaries, MAX_SUMMARIES, experiment_id, parsed)
+
+    async def _cached_read(self, cache: OrderedDict[str, _Cached], capacity: int, experiment_id: str,
+                           parsed: Callable[[str, ExperimentState], Awaitable[_Cached]]) -> _Cached | None:
+        """What ``cache`` holds of the experiment's state document, read again (with its ETag:
+        a 304 costs no parse) when older than ``refresh_seconds``; one read at a time per
+        experiment, the newest ``capacity`` kept."""
+        cached = cache.get(experiment_id)
         if cached is not None and self._fresh(cached.checked):
             return cached
         async with self._locks.setdefault(experiment_id, asyncio.Lock()):
-            cached = self._summaries.get(experiment_id)
+            cached = cache.get(experiment_id)
             if cached is not None and self._fresh(cached.checked):
-                return cached
+                return cached  # another viewer's read, while this one waited
             path = Layout(experiment_id).state_doc
             found = await self.store.read_document_if_changed(path, None if cached is None else cached.etag)
             if found is None:
-                self._summaries.pop(experiment_id, None)
+                cache.pop(experiment_id, None)
                 return None
             body, etag = found
             if body is None and cached is not None:
@@ -194,11 +186,11 @@ class ExperimentReader:
                 return cached
             assert body is not None
             state = await asyncio.to_thread(ExperimentState.model_validate_json, body)
-            fresh = CachedSummary(etag, ExperimentSummary.of(state), time.monotonic())
-            self._summaries[experiment_id] = fresh
-            self._summaries.move_to_end(experiment_id)
-            while len(self._summaries) > MAX_SUMMARIES:
-                self._summaries.popitem(last=False)
+            fresh = await parsed(etag, state)
+            cache[experiment_id] = fresh
+            cache.move_to_end(experiment_id)
+            while len(cache) > capacity:
+                cache.popitem(last=False)
             return fresh
 
     def _fresh(self, checked: float) -> bool:

@@ -13,10 +13,8 @@ import sys
 
 from aiohttp import web
 
-from shared.bus import Bus
 from shared.messages import Message
-from shared.service import Running
-from shared.storage import BlobStore
+from shared.service import Running, open_connections
 
 from .access import Access, new_token
 from .app import Dashboard, build_app
@@ -30,15 +28,12 @@ log = logging.getLogger("tunebus.dashboard")
 
 async def start(settings: DashboardSettings) -> Running:
     """Connect to the broker and storage, then listen; returns its shutdown and health checks."""
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="dashboard")
-    await bus.connect()
+    connections = await open_connections(settings, service="dashboard")
 
     async def publish(msg: Message) -> None:
-        await bus.publish(msg)
+        await connections.bus.publish(msg)
 
-    reader = ExperimentReader(store, refresh_seconds=settings.dashboard_refresh_seconds,
+    reader = ExperimentReader(connections.store, refresh_seconds=settings.dashboard_refresh_seconds,
                               capacity=settings.dashboard_cached_experiments,
                               endpoint_template=settings.shared_storage_endpoint)
     loopback = is_loopback(settings.dashboard_host)
@@ -61,7 +56,6 @@ async def start(settings: DashboardSettings) -> Running:
     async def shutdown() -> None:
         await runner.cleanup()
         await reader.close()
-        await bus.close()
-        await store.close()
+        await connections.close()
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

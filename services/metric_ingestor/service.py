@@ -1,29 +1,11 @@
 """The metric ingestor: turns what trials wrote to blob storage into ordered events.
 
-While a trial runs, an ``ingest.watch`` ticket comes back (through a delay queue, so any
-replica can take it and a crash loses nothing) and publishes its new intermediate results
-(``trial.metric``) and its progress for the record (``trial.progress``, shown by ``tunebus trial
-ls``): every couple of seconds when the experiment has an assessor (which judges them), every
-ten seconds otherwise. The watch starts with the trial's RUNNING status when an assessor judges
-it or the trial runs on Azure ML; a local trial without an assessor is watched once a submitter
-heartbeat shows it still running (a create-only ``watch.json`` makes that happen once), so the
-many that last seconds cost nothing. When the backend reports the job's end, the ingestor reads
-every metric the attempt wrote, publishes them in order, and then the authoritative
-``trial.ended``; the watch then stops: at once on the replica that saw the end, elsewhere through
-an ``ended.json`` marker (assessor experiments) or the experiment's state (checked at the first
-check and every tenth).
-Message ids are derived from (trial, attempt, sequence), so consumers recognise repeats.
-
-Metrics are read from the attempt's results blob alone (``.../results.jsonl``, the one blob
-the trial's credential can append to) where the trial wrote it: the experiment's AzureBlob
-``sharedStorage`` container if it has one, else the deployment's (:mod:`.results`). A watch
-reads it incrementally (a range from the last whole line it consumed); the end reads it from
-the start, at most ``results_max_bytes``. Whatever the blob holds ends as metrics or named
-problems (:mod:`.metrics`); a trial whose results had problems ends FAILED, naming them.
-The ``ended.json`` markers and everything else the ingestor reads or writes stay in the
-deployment's container.
+While a trial runs, ``ingest.watch`` tickets publish its new intermediate results
+(``trial.metric``) and its progress (``trial.progress``); at the job's end it publishes every
+metric the attempt wrote, in order, then the authoritative ``trial.ended``. Message ids are
+derived from (trial, attempt, sequence), so consumers recognise repeats. How and where it
+reads: :class:`Ingestor`.
 """
-
 from __future__ import annotations
 
 import logging
@@ -49,7 +31,7 @@ from shared.messages import (
 )
 from shared.records import read_summary
 from shared.results_records import ParsedMetric, ResultsLimits, ResultsRead, parse_results
-from shared.service import Running
+from shared.service import Running, open_connections
 from shared.settings import CommonSettings
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError, Layout
 from shared.topology import INGESTOR_QUEUE
@@ -84,7 +66,27 @@ class IngestorSettings(CommonSettings):
 
 
 class Ingestor:
-    """Stateless: everything it needs is in the message, the ticket or blob storage."""
+    """Stateless: everything it needs is in the message, the ticket or blob storage.
+
+    A watch ticket comes back through a delay queue, so any replica can take it and a crash
+    loses nothing: every couple of seconds when the experiment has an assessor (which judges
+    the results), every ten seconds otherwise. The watch starts with the trial's RUNNING status
+    when an assessor judges it or the trial runs on Azure ML; a local trial without an assessor
+    is watched once a submitter heartbeat shows it still running (a create-only ``watch.json``
+    makes that happen once), so the many that last seconds cost nothing. After the end the
+    watch stops: at once on the replica that saw the end, elsewhere through an ``ended.json``
+    marker (assessor experiments) or the experiment's state (checked at the first check and
+    every tenth).
+
+    Metrics are read from the attempt's results blob alone (``.../results.jsonl``, the one blob
+    the trial's credential can append to) where the trial wrote it: the experiment's AzureBlob
+    ``sharedStorage`` container if it has one, else the deployment's (:mod:`.results`). A watch
+    reads it incrementally (a range from the last whole line it consumed); the end reads it from
+    the start, at most ``results_max_bytes``. Whatever the blob holds ends as metrics or named
+    problems (:mod:`.metrics`); a trial whose results had problems ends FAILED, naming them.
+    The ``ended.json`` markers and everything else the ingestor reads or writes stay in the
+    deployment's container.
+    """
 
     def __init__(self, bus: Bus, store: BlobStore, poll_seconds: float,
                  results: ResultsStores | None = None, *, progress_seconds: float = 10.0,
@@ -298,10 +300,8 @@ class Ingestor:
 
 async def start(settings: IngestorSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="metric-ingestor")
-    await bus.connect()
+    connections = await open_connections(settings, service="metric-ingestor")
+    bus, store = connections.bus, connections.store
     results = ResultsStores(store, endpoint_template=settings.shared_storage_endpoint)
     ingestor = Ingestor(bus, store, settings.metric_poll_seconds, results,
                         progress_seconds=settings.progress_poll_seconds, limits=settings.results_limits(),
@@ -310,8 +310,6 @@ async def start(settings: IngestorSettings) -> Running:
     log.info("metric ingestor consuming %s", INGESTOR_QUEUE.name)
 
     async def shutdown() -> None:
-        await bus.close()
-        await results.close()
-        await store.close()
+        await connections.close(results)
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

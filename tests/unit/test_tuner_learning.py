@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import services.tuner.service as tuner_service
+import services.tuner.session as tuner_session
 from services.tuner.service import TunerService
 from shared.layout import Layout
 from shared.messages import SuggestRequest, TrialEnded, TrialStatus, TrialSuggested
@@ -85,7 +85,7 @@ async def test_a_rebuilt_session_learns_early_stopped_trials_the_same_way(
     record = ExperimentState(experiment_id="e2", started_at=datetime.now(UTC), next_parameter_id=3,
                              trials=trials)
     imported: list[dict[str, Any]] = []
-    real_create = tuner_service.create_tuner
+    real_create = tuner_session.create_tuner
 
     def create_tuner(*args: Any, **kwargs: Any) -> Any:
         tuner = real_create(*args, **kwargs)
@@ -98,7 +98,7 @@ async def test_a_rebuilt_session_learns_early_stopped_trials_the_same_way(
         tuner.import_data = import_data
         return tuner
 
-    monkeypatch.setattr(tuner_service, "create_tuner", create_tuner)
+    monkeypatch.setattr(tuner_session, "create_tuner", create_tuner)
     service = TunerService(RecordingBus(), _store(record))  # type: ignore[arg-type]
     await service.on_suggest(SuggestRequest(experiment_id="e2", parameter_ids=[3]))
 

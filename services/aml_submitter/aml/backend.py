@@ -1,41 +1,8 @@
 """The AML backend: one Azure ML run per trial attempt, watched by tickets, cancelled by any replica.
 
-Submitting (``trial.submit``, on the replica that took the delivery):
-    credential → ``Workspace`` → ``Run.get(run id)`` first: a run that exists (an earlier
-    attempt of this submission got through, then the replica crashed before recording it) is
-    adopted; only on a 404 → ``ComputeTarget`` → snapshot + ``ScriptRunConfig`` →
-    ``Experiment(ws, "tunebus-<exp>").submit(config, tags, run_id=…)``. After *any* submit error
-    the run is looked up again: azureml-core sets tags after the run exists (separate calls,
-    which it retries for minutes), a 409 means an earlier submit got through, and a response can
-    be lost on the way back; a run that exists is adopted (its tags set again), never left an
-    orphan. The run id is fixed per trial attempt and carries the deployment's id
-    (:mod:`shared.deployment`), so a run of another deployment sharing the workspace is never
-    adopted. The run is recorded in the trial's blob (``Layout.trial_doc``), WAITING is
-    reported with the portal URL, and an ``aml.watch`` ticket is published.
-
-Watching (``aml.watch`` tickets, on any replica): load the run by id, map its status
-(:mod:`.status`), report RUNNING once and the end once (with AML's error and the portal URL),
-re-publish the ticket until the run ends. Nothing lives in a replica's memory: a replica
-killed mid-experiment leaves its tickets in the queues for the others.
-
-Cancelling (``trial.kill`` on the shared ``tunebus.aml-kill`` queue, any replica): record the
-kill in the trial's blob and ``run.cancel()``, then *confirm* it: ``Run.cancel`` ignores the
-HTTP result, so the status is read again (CancelRequested or an end confirms it), the cancel
-re-sent, and after ``cancel_attempts`` a :class:`CancelNotConfirmedError` names the run (the
-kill delivery is retried). The watcher then reports the end with the status the kill asked for.
-A kill that arrives while the run is being submitted is found by
-the submitter in the trial's blob right after it submits.
-
-azureml-core is blocking, and its calls on one workspace client are serialized: they run in
-two bounded thread pools — submissions (``TUNEBUS_AML_SUBMIT_THREADS``, 1 by default) and
-status polls / cancels (``TUNEBUS_AML_POLL_THREADS``) — never on the event loop.
-Throttling (429), 5xx and network errors (by the HTTP status the SDK wrote into its message,
-:mod:`.errors`) are retried with exponential back-off and then handed back as
-:class:`SubmitError` (the delivery is retried); an authentication error drops the credential
-(the next attempt signs in again); anything else fails the trial with the reason
-(:class:`PermanentSubmitError`).
+One module past ~400 lines on purpose: its submit, watch and cancel paths share one client, its
+thread pools and the trial's blob, and apart they would pass all three around.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -85,7 +52,17 @@ WATCH_MAX_BACKOFF = 300.0
 
 
 class AmlBackend:
-    """Runs trials as Azure ML runs (or on the stand-in); one instance per submitter replica."""
+    """Runs trials as Azure ML runs (or on the stand-in); one instance per submitter replica.
+
+    azureml-core is blocking, and its calls on one workspace client are serialized: they run in
+    two bounded thread pools — submissions (``TUNEBUS_AML_SUBMIT_THREADS``, 1 by default) and
+    status polls / cancels (``TUNEBUS_AML_POLL_THREADS``) — never on the event loop.
+    Throttling (429), 5xx and network errors (by the HTTP status the SDK wrote into its message,
+    :mod:`.errors`) are retried with exponential back-off and then handed back as
+    :class:`SubmitError` (the delivery is retried); an authentication error drops the credential
+    (the next attempt signs in again); anything else fails the trial with the reason
+    (:class:`PermanentSubmitError`).
+    """
 
     platform = "aml"
     #: Submitting twice is harmless (the run id is fixed): a "starting" claim of a replica that
@@ -164,7 +141,21 @@ class AmlBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     async def submit(self, job: JobRequest) -> None:
-        """Submit the trial's AML run, record it, report WAITING and start watching it."""
+        """Submit the trial's AML run, record it, report WAITING and start watching it.
+
+        On the replica that took the delivery: credential → ``Workspace`` → ``Run.get(run id)``
+        first: a run that exists (an earlier attempt of this submission got through, then the
+        replica crashed before recording it) is adopted; only on a 404 → ``ComputeTarget`` →
+        snapshot + ``ScriptRunConfig`` → ``Experiment(ws, "tunebus-<exp>").submit(config, tags,
+        run_id=…)``. After *any* submit error the run is looked up again: azureml-core sets tags
+        after the run exists (separate calls, which it retries for minutes), a 409 means an earlier
+        submit got through, and a response can be lost on the way back; a run that exists is
+        adopted (its tags set again), never left an orphan. The run id is fixed per trial attempt
+        and carries the deployment's id (:mod:`shared.deployment`), so a run of another deployment
+        sharing the workspace is never adopted. The run is recorded in the trial's blob
+        (``Layout.trial_doc``), WAITING is reported with the portal URL, and an ``aml.watch``
+        ticket is published.
+        """
         who = job.who
         if managed_checkpoints(job.config):  # tunebus create refuses it; a published start may not
             raise PermanentSubmitError(AML_CHECKPOINTS_REFUSED)
@@ -277,7 +268,12 @@ class AmlBackend:
     # ------------------------------------------------------------------ watching
 
     async def on_watch(self, ticket: Ticket) -> None:
-        """Handle an ``aml.watch`` ticket: check the run, report changes, re-publish until it ends."""
+        """Handle an ``aml.watch`` ticket: check the run, report changes, re-publish until it ends.
+
+        On any replica: load the run by id, map its status (:mod:`.status`), report RUNNING once
+        and the end once (with AML's error and the portal URL). Nothing lives in a replica's
+        memory: a replica killed mid-experiment leaves its tickets in the queues for the others.
+        """
         if ticket.purpose != "aml.watch" or ticket.trial_id is None:
             raise PermanentError(f"the AML watcher does not handle {ticket.purpose} tickets")
         if ticket.due > datetime.now(UTC):
@@ -376,7 +372,15 @@ class AmlBackend:
     # ------------------------------------------------------------------ cancelling
 
     async def on_kill(self, msg: TrialKill) -> None:
-        """Handle ``trial.kill`` from the shared AML kill queue: cancel the trial's run if it has one."""
+        """Handle ``trial.kill`` from the shared AML kill queue: cancel the trial's run if it has one.
+
+        Records the kill in the trial's blob and ``run.cancel()``, then *confirms* it:
+        ``Run.cancel`` ignores the HTTP result, so the status is read again (CancelRequested or an
+        end confirms it), the cancel re-sent, and after ``cancel_attempts`` a
+        :class:`CancelNotConfirmedError` names the run (the kill delivery is retried). The watcher
+        then reports the end with the status the kill asked for. A kill that arrives while the run
+        is being submitted is found by the submitter in the trial's blob right after it submits.
+        """
         layout = Layout(msg.experiment_id)
         found = await self.store.read_json(layout.trial_doc(msg.trial_id))
         if found is None:

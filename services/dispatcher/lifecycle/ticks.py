@@ -1,0 +1,142 @@
+"""The periodic check (a tick) and its watchdog's re-arm: time limits, lost jobs, unconfirmed
+kills, unanswered suggestion requests; every branch ends a stuck trial's wait with a message."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared.messages import (
+    ExperimentStatus,
+    Message,
+    Ticket,
+    TrialEnded,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialSubmit,
+)
+from shared.state import ExperimentState, TrialRecord
+
+from .control import apply_error
+from .plan import Plan, Policy
+from .steps import OUT_OF_TIME, fill_slots, kill, next_tick, stop_creating_trials, suggest_requests
+
+
+def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
+               now: datetime) -> list[Message]:
+    """The periodic check: experiment and trial time limits, lost jobs, unconfirmed kills."""
+    if msg.message_id != state.tick_id or state.finished:
+        return []  # a stale or duplicate tick: only one chain lives
+    state.ticked_at = now
+    out: list[Message] = []
+    elapsed = state.elapsed_seconds(now)
+    if plan.max_duration is not None and elapsed >= plan.max_duration:
+        out += stop_creating_trials(state, OUT_OF_TIME, now)
+    for trial in state.running():
+        out += _check_trial(state, plan, policy, trial, now)
+    out += _check_suggestions(state, plan, policy, now)
+    out += fill_slots(state, plan, now)
+    if not state.finished:
+        out += next_tick(state, policy, now)
+    return out
+
+
+def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
+                now: datetime) -> list[Message]:
+    """The dispatcher's watchdog: a running experiment whose tick chain has been silent for
+    ``tick_stall`` (its ticket was lost with the broker) gets this ticket as its chain. A chain
+    that was only slow stops at its next tick (its id is no longer the live one)."""
+    if state.finished:
+        return []
+    last = state.ticked_at or state.resumed_at or state.started_at
+    if (now - last).total_seconds() < policy.tick_stall:
+        return []
+    state.tick_id = msg.message_id
+    return apply_tick(state, plan, policy, msg, now)
+
+
+def _check_suggestions(state: ExperimentState, plan: Plan, policy: Policy, now: datetime) -> list[Message]:
+    """Ask again for suggestions not answered in time; give up (ERROR) after a few times."""
+    if not state.requested or state.status != ExperimentStatus.RUNNING:
+        return []
+    since = state.requested_at or now
+    if state.requested_at is None:
+        state.requested_at = now
+    if (now - since).total_seconds() < policy.suggest_timeout:
+        return []
+    if plan.tuner_may_wait and state.running():
+        state.reasks = 0
+    if state.reasks >= policy.max_reasks:
+        waited = policy.suggest_timeout * (policy.max_reasks + 1)
+        return apply_error(state, f"the tuner answered no suggestion request for parameter ids "
+                                  f"{state.requested[:5]} in {waited:.0f} s", now)
+    state.reasks += 1
+    state.requested_at = now
+    return suggest_requests(state.experiment_id, list(state.requested))
+
+
+def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: TrialRecord,
+                 now: datetime) -> list[Message]:
+    """Keep a trial on its way to an end, whatever was lost: every branch ends in a message."""
+    silent = (now - (trial.last_heartbeat or now)).total_seconds()
+    if trial.kill_status is not None:
+        if silent >= policy.kill_grace:
+            # The job's backend never confirmed the kill (its replica may be gone).
+            return _end_here(state, trial, trial.kill_status,
+                             f"{trial.kill_reason}; kill not confirmed by the backend", now)
+        return []
+    run_time = trial.duration_seconds(now)
+    if plan.max_trial_duration is not None and run_time is not None and run_time >= plan.max_trial_duration:
+        return kill(state, trial, TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded", now)
+    if trial.job_ended:
+        if silent < policy.ended_timeout:
+            return []
+        trial.last_heartbeat = now  # the next repeat, if this one is lost too
+        return [_job_end(state, trial)]
+    if trial.status == TrialStatus.WAITING:
+        limit = policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
+        return _submit_again(state, trial, now) if silent >= limit else []
+    if not plan.uses_heartbeats:
+        # An Azure ML run whose watch went silent: submitting again adopts the run, watches it.
+        return _submit_again(state, trial, now) if silent >= policy.remote_silence_timeout else []
+    if silent >= policy.heartbeat_timeout:
+        return _report_lost(state, trial, f"lost: no heartbeat from its submitter for "
+                                          f"{policy.heartbeat_timeout:.0f} s", now)
+    return []
+
+
+def _submit_again(state: ExperimentState, trial: TrialRecord, now: datetime) -> list[Message]:
+    """The same attempt's trial.submit once more (the first was lost, or its watch was)."""
+    trial.resubmits += 1
+    trial.last_heartbeat = now
+    return [TrialSubmit(experiment_id=state.experiment_id, trial_id=trial.trial_id,
+                        sequence_id=trial.sequence_id, attempt=trial.attempt, parameters=trial.parameters,
+                        resubmit=True)]
+
+
+def _job_end(state: ExperimentState, trial: TrialRecord) -> TrialStatusChanged:
+    """The job's end as the backend reported it, for the ingestor to end the trial from."""
+    return TrialStatusChanged(
+        experiment_id=state.experiment_id, trial_id=trial.trial_id, parameter_id=trial.sequence_id,
+        attempt=trial.attempt, status=trial.job_status or TrialStatus.FAILED, error=trial.error,
+        lost=trial.job_lost)
+
+
+def _report_lost(state: ExperimentState, trial: TrialRecord, error: str, now: datetime) -> list[Message]:
+    """A job whose submitter went silent: the ingestor ends it from what it stored, or as lost."""
+    trial.job_ended = True
+    trial.job_status = TrialStatus.FAILED
+    trial.job_lost = True
+    trial.error = error
+    trial.last_heartbeat = now
+    return [_job_end(state, trial)]
+
+
+def _end_here(state: ExperimentState, trial: TrialRecord, status: TrialStatus, error: str,
+              now: datetime) -> list[Message]:
+    """End a trial whose backend can no longer tell; announce it like the ingestor would."""
+    trial.status = status
+    trial.ended_at = now
+    trial.error = trial.error or error
+    return [TrialEnded(experiment_id=state.experiment_id, trial_id=trial.trial_id,
+                       parameter_id=trial.sequence_id, attempt=trial.attempt, status=status,
+                       last_intermediate=trial.last_intermediate, error=trial.error)]

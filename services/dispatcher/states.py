@@ -1,0 +1,188 @@
+"""The experiments' state documents as the dispatcher keeps them: loaded once (then cached,
+ETag-checked), written with their outbox before it is published, forgotten when they finish.
+
+A finished experiment leaves the cache (written with an empty outbox first), so memory follows
+the running experiments, not every one ever run. A crash after a write republishes the outbox
+when the experiment is next loaded, only after checking it (:mod:`.outbox`): a state document
+that does not validate, or an outbox entry the dispatcher would not have written, ends that
+experiment in ERROR instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from shared import records
+from shared.bus import Bus, PermanentError, TransientError
+from shared.layout import active_marker
+from shared.messages import ExperimentStatus, ExperimentStatusChanged, Message
+from shared.state import ExperimentState, OutboxEntry
+from shared.storage import BlobStore, ConcurrentWriteError, Layout
+
+from . import lifecycle
+from .lifecycle import Plan
+from .outbox import CorruptState, checked_outbox, checked_state
+
+__all__ = ["FINISHED_IDS", "ExperimentStates", "Loaded"]
+
+log = logging.getLogger("tunebus.dispatcher")
+
+#: Finished experiments' ids the dispatcher remembers (for its watchdog; ~100 bytes each).
+FINISHED_IDS = 10_000
+
+
+@dataclass
+class Loaded:
+    """One experiment's state as this process last loaded or wrote it."""
+
+    state: ExperimentState
+    etag: str
+    plan: Plan
+    written: str  # the JSON last written, to skip writes that change nothing
+    # Whether this process knows that no record of ``state.pending_ended`` is in the log yet
+    # (false after a load or a failed append: the append then reads the chunks first).
+    log_clean: bool = True
+
+
+class ExperimentStates:
+    """The running experiments' states this process holds, and the ids of those that finished here."""
+
+    def __init__(self, bus: Bus, store: BlobStore, lookahead: int = 1) -> None:
+        self.bus = bus
+        self.store = store
+        self.lookahead = lookahead
+        self._cache: dict[str, Loaded] = {}
+        # Ids of experiments that finished here (ids only, the newest FINISHED_IDS): the
+        # watchdog removes a marker one of them left behind without loading it again.
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def cached(self, experiment_id: str) -> Loaded | None:
+        """The experiment's state if this process holds it (no I/O)."""
+        return self._cache.get(experiment_id)
+
+    def keep(self, loaded: Loaded) -> None:
+        """Hold a state this process has just written (a new experiment's)."""
+        self._cache[loaded.state.experiment_id] = loaded
+
+    def drop(self, experiment_id: str) -> None:
+        """Forget the held state: the next use loads it again from storage."""
+        self._cache.pop(experiment_id, None)
+
+    def finished_here(self, experiment_id: str) -> bool:
+        """Whether the experiment finished in this process (its marker may outlive a crash)."""
+        return experiment_id in self._finished
+
+    async def load(self, experiment_id: str) -> Loaded | None:
+        """The experiment's state (None: none is stored), republishing what a crash may have lost."""
+        cached = self._cache.get(experiment_id)
+        if cached is not None:
+            return cached
+        layout = Layout(experiment_id)
+        found = await self.store.read_document(layout.state_doc)
+        if found is None:
+            return None
+        body, etag = found
+        try:
+            experiment = await records.read_experiment_doc(self.store, experiment_id)
+        except records.BadExperimentDocument as exc:
+            raise PermanentError(str(exc)) from None
+        if experiment is None:
+            # experiment.json is written before the state: only a start that was rejected (its
+            # ERROR state is all there is) has none. Nothing can happen to it any more.
+            raise PermanentError(f"experiment {experiment_id!r} never started (its start was rejected; "
+                                 "its state says why)")
+        plan = lifecycle.plan_from_config(experiment.config, self.lookahead)
+        try:
+            state = checked_state(body, experiment_id)
+            outbox = checked_outbox(state)
+        except CorruptState as exc:
+            return await self._end_corrupt(experiment_id, body, etag, plan, str(exc))
+        loaded = Loaded(state, etag, lifecycle.plan_with_limits(plan, state.updated_limits),
+                         state.model_dump_json(), log_clean=False)
+        # Ended trials of an old-format document (all trials in it) move to the log now; pending
+        # ones of a write whose appends a crash may have cut short are appended (deduped).
+        records.retire_ended(state)
+        await self._append_ended(loaded)
+        self._cache[experiment_id] = loaded
+        if outbox:
+            # Decided before a crash, maybe never published: publish again (consumers dedupe).
+            log.info("experiment %s: republishing %d outbox messages", experiment_id, len(outbox))
+            await self.bus.publish_many(outbox)
+        if state.requested and not state.finished:
+            # Answers may have been consumed by the last process and lost with it before they
+            # were recorded: ask again. The tuner answers an id it knows with the same values.
+            await self.bus.publish_many(lifecycle.suggest_requests(experiment_id, list(state.requested)))
+        return loaded
+
+    async def _end_corrupt(self, experiment_id: str, body: bytes, etag: str, plan: Plan,
+                           problem: str) -> Loaded:
+        """End an experiment whose stored state the dispatcher did not write, in ERROR, saying why.
+
+        Nothing of its outbox is published. If the state itself validates (only its outbox is
+        forged), its running trials are cancelled as for any error; otherwise the document is
+        replaced by an ERROR state (its trials cannot be known from it).
+        """
+        reason = f"the stored state was not written by the dispatcher: {problem}"
+        log.error("experiment %s: %s", experiment_id, reason)
+        now = lifecycle.utcnow()
+        try:
+            state = checked_state(body, experiment_id)
+        except CorruptState:
+            state = ExperimentState(experiment_id=experiment_id, started_at=now, ended_at=now,
+                                    status=ExperimentStatus.ERROR, reason=reason)
+            out: list[Message] = [ExperimentStatusChanged(experiment_id=experiment_id,
+                                                          status=ExperimentStatus.ERROR, reason=reason)]
+        else:
+            state.outbox = []
+            out = [] if state.finished else lifecycle.apply_error(state, reason, now)
+        loaded = Loaded(state, etag, plan, body.decode("utf-8", "replace"), log_clean=False)
+        self._cache[experiment_id] = loaded
+        await self.commit(loaded, out)
+        return loaded
+
+    async def commit(self, loaded: Loaded, out: list[Message]) -> None:
+        """Write the state with ``out`` as its outbox (unless nothing changed), then publish ``out``."""
+        state = loaded.state
+        records.retire_ended(state)  # durable with this write; appended to the log after it
+        state.outbox = [OutboxEntry.of(m) for m in out]
+        body = state.model_dump_json()
+        if body != loaded.written:
+            try:
+                loaded.etag = await self.store.write_document(
+                    Layout(state.experiment_id).state_doc, body.encode(), etag=loaded.etag
+                )
+            except ConcurrentWriteError as exc:
+                # Someone else (a previous active dispatcher) wrote meanwhile: reload and retry.
+                self._cache.pop(state.experiment_id, None)
+                raise TransientError(f"state of {state.experiment_id} changed concurrently") from exc
+            loaded.written = body
+        if out:
+            await self.bus.publish_many(out)
+        await self._append_ended(loaded)  # after the publish: off the next trial's path
+
+    async def _append_ended(self, loaded: Loaded) -> None:
+        """Append the summary's pending ended trials to the log (the next write records it)."""
+        if not loaded.state.pending_ended:
+            return
+        clean, loaded.log_clean = loaded.log_clean, False
+        await records.append_pending(self.store, loaded.state, known_clean=clean)
+        loaded.log_clean = True
+
+    async def forget_finished(self, loaded: Loaded) -> None:
+        """A finished experiment leaves the cache: its outbox (published) and pending trials
+        (appended) are written away first, so a later load republishes and appends nothing."""
+        experiment_id = loaded.state.experiment_id
+        await self.commit(loaded, [])
+        await self.store.delete(active_marker(experiment_id))
+        self._cache.pop(experiment_id, None)
+        self._finished[experiment_id] = None
+        self._finished.move_to_end(experiment_id)
+        while len(self._finished) > FINISHED_IDS:
+            self._finished.popitem(last=False)
+
+    async def mark_running(self, experiment_id: str) -> None:
+        """A finished experiment runs again (resumed): the watchdog watches it again."""
+        self._finished.pop(experiment_id, None)
+        await self.store.write_bytes(active_marker(experiment_id), b"")
