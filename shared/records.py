@@ -291,6 +291,16 @@ async def read_experiment_doc(store: BlobStore, experiment_id: str) -> Experimen
         raise BadExperimentDocument(f"experiment.json of {experiment_id}: {str(exc)[:500]}") from None
 
 
+async def require_experiment_doc(store: BlobStore, experiment_id: str) -> ExperimentDocument:
+    """The experiment's ``experiment.json``, which every message of a started experiment follows
+    (the dispatcher writes it before it publishes anything): BadExperimentDocument if missing or bad."""
+    doc = await read_experiment_doc(store, experiment_id)
+    if doc is None:
+        raise BadExperimentDocument(
+            f"unknown experiment {experiment_id!r}: no {Layout(experiment_id).experiment_doc}")
+    return doc
+
+
 async def write_experiment_doc(store: BlobStore, doc: ExperimentDocument) -> None:
     """Write ``experiment.json`` (the dispatcher, once per experiment)."""
     if doc.experiment_id is None:

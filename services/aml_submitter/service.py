@@ -31,7 +31,7 @@ from shared.messages import (
     TrialStatusChanged,
     TrialSubmit,
 )
-from shared.records import BadExperimentDocument, read_experiment_doc
+from shared.records import BadExperimentDocument, require_experiment_doc
 from shared.results import (
     SharedStorageAccount,
     SharedStorageError,
@@ -130,13 +130,10 @@ class Submitter:
 
     async def _load_experiment(self, experiment_id: str) -> _Experiment:
         """An experiment's config, unpacked code and results account, from storage."""
-        layout = Layout(experiment_id)
         try:
-            doc = await read_experiment_doc(self.store, experiment_id)
+            doc = await require_experiment_doc(self.store, experiment_id)
         except BadExperimentDocument as exc:
             raise PermanentError(str(exc)) from None
-        if doc is None:
-            raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
         config = doc.config
         code_dir = await self._unpack_code(experiment_id, doc.code_blob)
         # Raises SharedStorageError when the sharedStorage has no key to sign with.

@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from shared.bus import PermanentError
-from shared.records import BadExperimentDocument, read_experiment_doc
+from shared.records import BadExperimentDocument, require_experiment_doc
 from shared.results import SharedStorageError, results_account
 from shared.settings import DEFAULT_SHARED_STORAGE_ENDPOINT
-from shared.storage import BlobStore, Layout
+from shared.storage import BlobStore
 
 __all__ = ["ResultsStores"]
 
@@ -97,13 +97,10 @@ class ResultsStores:
         return entry
 
     async def _open(self, experiment_id: str) -> _Entry:
-        layout = Layout(experiment_id)
         try:
-            doc = await read_experiment_doc(self.deployment, experiment_id)
+            doc = await require_experiment_doc(self.deployment, experiment_id)
         except BadExperimentDocument as exc:
             raise PermanentError(str(exc)) from None
-        if doc is None:
-            raise PermanentError(f"experiment {experiment_id!r} has no {layout.experiment_doc}")
         config = doc.config
         live = bool(config.get("assessor"))
         local = (config.get("trainingService") or {}).get("platform", "local") == "local"

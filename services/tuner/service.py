@@ -28,13 +28,18 @@ from shared.messages import (
     TrialStopRequested,
     TrialSuggested,
 )
-from shared.records import BadExperimentDocument, ExperimentDocument, read_experiment_doc, read_full_state
+from shared.records import (
+    BadExperimentDocument,
+    ExperimentDocument,
+    read_full_state,
+    require_experiment_doc,
+)
 from shared.sandbox import Sandbox, SandboxError, make_non_dumpable
 from shared.search_space import SearchSpaceError
 from shared.secrets_mask import mask_secrets
 from shared.service import Running, open_connections
 from shared.shards import ShardedConsumer
-from shared.storage import BlobStore, Layout
+from shared.storage import BlobStore
 from shared.topology import TUNER_QUEUE, TUNER_SHARDS
 
 from .algorithms import TunerConfigError
@@ -109,14 +114,10 @@ class TunerService:
         session = self._sessions.get(experiment_id)
         if session is not None or experiment_id in self._failed or experiment_id in self._finished:
             return session
-        layout = Layout(experiment_id)
         try:
-            doc = await read_experiment_doc(self.store, experiment_id)
+            doc = await require_experiment_doc(self.store, experiment_id)
         except BadExperimentDocument as exc:
             raise PermanentError(str(exc)) from None
-        if doc is None:
-            # The dispatcher writes it before it publishes anything of the experiment.
-            raise PermanentError(f"unknown experiment {experiment_id!r}: no {layout.experiment_doc}")
         try:
             calls = await self._calls_for(experiment_id, doc)
         except CustomCodeError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared import blob_transport
+from shared import blob_transport, records
 from shared.blob_rest import BlobRestError
 from shared.storage import BlobStore, ConcurrentWriteError, ContainerNotFoundError
 from tests.conftest import AZURITE_KEY, Infra
@@ -232,3 +232,19 @@ async def test_append_blocks_land_whole_and_in_order(infra: Infra, fresh_contain
         assert await store.read_bytes(path) == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
         with pytest.raises(ValueError, match="some bytes"):
             await store.append_block(path, b"")
+
+
+async def test_experiment_document_is_required_read_and_checked(infra: Infra, fresh_container: str) -> None:
+    # Every service reads experiment.json this way: missing and malformed both name the experiment
+    # (its handlers dead-letter the message with that reason), a good one is typed.
+    async with BlobStore(infra.storage_connection_string, fresh_container) as store:
+        missing = r"unknown experiment 'e1': no experiments/e1/experiment\.json"
+        with pytest.raises(records.BadExperimentDocument, match=missing):
+            await records.require_experiment_doc(store, "e1")
+        await store.write_json("experiments/e1/experiment.json", {"config": "not an object"})
+        with pytest.raises(records.BadExperimentDocument, match=r"experiment\.json of e1"):
+            await records.require_experiment_doc(store, "e1")
+        await records.write_experiment_doc(store, records.ExperimentDocument(
+            experiment_id="e1", config={"trialConcurrency": 2}, code_blob="experiments/e1/code.tar.gz"))
+        doc = await records.require_experiment_doc(store, "e1")
+        assert doc.config == {"trialConcurrency": 2} and doc.code_blob == "experiments/e1/code.tar.gz"
