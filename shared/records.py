@@ -8,34 +8,9 @@ active trials; an ended one is appended, once, to ``experiments/<exp>/trials-end
 (append blobs of ``CHUNK_RECORDS`` records each, in the order the trials ended), so bytes written
 per trial stay flat and a reader pages through the chunks it needs.
 
-How a trial moves without being lost or counted twice (the dispatcher, the log's one writer):
-
-1. :func:`retire_ended` (pure) moves the ended trials out of ``state.trials`` into
-   ``state.pending_ended``, counting each in ``ended_counts``, ``best`` as it moves (it can move
-   only once: it is no longer in ``trials``).
-2. The summary is written (ETag-conditional) with ``pending_ended`` in it: from here the move is
-   durable, exactly like the outbox. Pending record *i* belongs at log position
-   ``ended_logged + i``, in chunk ``position // CHUNK_RECORDS``.
-3. :func:`append_pending` appends them (one append block per chunk: a chunk holds all of one
-   append or none of it), then ``ended_logged`` grows and ``pending_ended`` empties in memory;
-   the next summary write records that.
-
-A crash between 2 and 3 leaves records in ``pending_ended`` that may already be in the log:
-on load the dispatcher calls :func:`append_pending` with ``known_clean=False``, which first
-reads the chunks they belong in and appends only the trial ids not found there. A record can
-still appear twice in the log (a retried append whose first answer was lost, a dispatcher that
-lost its lease mid-append), so readers dedupe by ``trial_id``, keeping the first. Counts and the
-best trial come from the summary, never from counting the log, so a duplicate line changes no
-number.
-
-Readers: :func:`merge_trials` combines the log's records, the pending ones and the summary's
-active ones (deduped by ``trial_id``). Parsing and paths are pure so that the CLI's stdlib client
-can use them; :func:`read_all_trials` and :func:`read_ended_chunk` read through
-:class:`shared.storage.BlobStore`.
-
-The dispatcher needs no set of ended trial ids: every lifecycle rule treats a trial id it does
-not find exactly like an ended trial (a late report, a repeated end, a kill or heartbeat for it
-is ignored), and a parameter id is never turned into a trial twice (``requested`` guards it).
+How a trial moves without being lost or counted twice: :func:`retire_ended`. Readers merge the log,
+the pending and the active trials (:func:`merge_trials`); parsing and paths are pure, so the CLI's
+stdlib client uses them too.
 """
 
 from __future__ import annotations
@@ -73,6 +48,7 @@ __all__ = [
     "read_experiment_doc",
     "read_full_state",
     "read_summary",
+    "require_experiment_doc",
     "retire_ended",
     "write_experiment_doc",
 ]
@@ -103,7 +79,32 @@ def chunk_count(state: ExperimentState) -> int:
 
 
 def retire_ended(state: ExperimentState) -> list[TrialRecord]:
-    """Move ``state``'s ended trials to ``pending_ended``, counted; returns the ones moved."""
+    """Move ``state``'s ended trials to ``pending_ended``, counted; returns the ones moved.
+
+    How a trial moves without being lost or counted twice (the dispatcher, the log's one writer):
+
+    1. :func:`retire_ended` (pure) moves the ended trials out of ``state.trials`` into
+       ``state.pending_ended``, counting each in ``ended_counts``, ``best`` as it moves (it can move
+       only once: it is no longer in ``trials``).
+    2. The summary is written (ETag-conditional) with ``pending_ended`` in it: from here the move is
+       durable, exactly like the outbox. Pending record *i* belongs at log position
+       ``ended_logged + i``, in chunk ``position // CHUNK_RECORDS``.
+    3. :func:`append_pending` appends them (one append block per chunk: a chunk holds all of one
+       append or none of it), then ``ended_logged`` grows and ``pending_ended`` empties in memory;
+       the next summary write records that.
+
+    A crash between 2 and 3 leaves records in ``pending_ended`` that may already be in the log:
+    on load the dispatcher calls :func:`append_pending` with ``known_clean=False``, which first
+    reads the chunks they belong in and appends only the trial ids not found there. A record can
+    still appear twice in the log (a retried append whose first answer was lost, a dispatcher that
+    lost its lease mid-append), so readers dedupe by ``trial_id``, keeping the first. Counts and the
+    best trial come from the summary, never from counting the log, so a duplicate line changes no
+    number.
+
+    The dispatcher needs no set of ended trial ids: every lifecycle rule treats a trial id it does
+    not find exactly like an ended trial (a late report, a repeated end, a kill or heartbeat for it
+    is ignored), and a parameter id is never turned into a trial twice (``requested`` guards it).
+    """
     ended = [t for t in state.trials.values() if t.ended]
     for trial in sorted(ended, key=lambda t: t.sequence_id):
         del state.trials[trial.trial_id]

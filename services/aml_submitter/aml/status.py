@@ -1,38 +1,5 @@
 """Azure ML run statuses and what they mean for a tunebus trial.
 
-AML reports a run as one of these words (``azureml._restclient.constants.RunStatus`` in
-azureml-core 1.61, all fifteen, and SDK v2's job statuses, which use the same words):
-
-==================  ==================  =====================================================
-AML status          tunebus trial       why
-==================  ==================  =====================================================
-NotStarted          WAITING             accepted, not yet scheduled
-Unapproved          WAITING             waiting for a quota approval before it may be scheduled
-Queued              WAITING             waiting for a node of the compute cluster
-Preparing           WAITING             building / pulling the image, downloading the snapshot
-Provisioning        WAITING             the cluster is scaling up a node for it
-Starting            WAITING             the node is starting the container
-Running             RUNNING             the trial command runs
-Finalizing          RUNNING             the command ended; AML uploads outputs. Not an end yet:
-                                        the outcome (Completed or Failed) is still to come
-CancelRequested     RUNNING             cancel accepted; the command may still run and write
-                                        metrics until AML reports Canceled
-Pausing             RUNNING             being paused (it has run; its slot is still taken)
-Paused              RUNNING             paused, may resume: not an end, the slot stays taken and
-                                        tunebus's maxTrialDuration keeps counting
-Completed           SUCCEEDED           the command exited 0
-Failed              FAILED              the command (or the environment) failed
-Canceled            USER_CANCELED       cancelled (tunebus reports the status the kill asked for)
-NotResponding       RUNNING (for now)   see below
-==================  ==================  =====================================================
-
-NotResponding: AML has stopped hearing from the run's node, and it may recover (a transient
-network problem) or not (the node is gone). tunebus keeps treating the run as running and
-keeps watching; only when the run has been NotResponding for longer than
-``NOT_RESPONDING_LIMIT`` does the watcher give up: it cancels the run and fails the trial with
-that reason. Failing at the first NotResponding would throw away trials that recover;
-never giving up would hold a slot for ever.
-
 A status word tunebus does not know is treated as not final (the run is watched on) and logged.
 """
 
@@ -58,7 +25,34 @@ __all__ = [
 
 
 class AmlRunStatus(StrEnum):
-    """Every status an Azure ML run reports."""
+    """Every status an Azure ML run reports, and the tunebus trial status it means.
+
+    AML reports a run as one of these words (``azureml._restclient.constants.RunStatus`` in
+    azureml-core 1.61, all fifteen, and SDK v2's job statuses, which use the same words):
+
+    ==================  ==================  =====================================================
+    AML status          tunebus trial       why
+    ==================  ==================  =====================================================
+    NotStarted          WAITING             accepted, not yet scheduled
+    Unapproved          WAITING             waiting for a quota approval before it may be scheduled
+    Queued              WAITING             waiting for a node of the compute cluster
+    Preparing           WAITING             building / pulling the image, downloading the snapshot
+    Provisioning        WAITING             the cluster is scaling up a node for it
+    Starting            WAITING             the node is starting the container
+    Running             RUNNING             the trial command runs
+    Finalizing          RUNNING             the command ended; AML uploads outputs. Not an end yet:
+                                            the outcome (Completed or Failed) is still to come
+    CancelRequested     RUNNING             cancel accepted; the command may still run and write
+                                            metrics until AML reports Canceled
+    Pausing             RUNNING             being paused (it has run; its slot is still taken)
+    Paused              RUNNING             paused, may resume: not an end, the slot stays taken and
+                                            tunebus's maxTrialDuration keeps counting
+    Completed           SUCCEEDED           the command exited 0
+    Failed              FAILED              the command (or the environment) failed
+    Canceled            USER_CANCELED       cancelled (tunebus reports the status the kill asked for)
+    NotResponding       RUNNING (for now)   see below
+    ==================  ==================  =====================================================
+    """
 
     NOT_STARTED = "NotStarted"
     UNAPPROVED = "Unapproved"
@@ -78,6 +72,12 @@ class AmlRunStatus(StrEnum):
 
 
 #: Seconds a run may stay NotResponding before the trial is failed (and the run cancelled).
+#: NotResponding: AML has stopped hearing from the run's node, and it may recover (a transient
+#: network problem) or not (the node is gone). tunebus keeps treating the run as running and
+#: keeps watching; only when the run has been NotResponding for longer than
+#: ``NOT_RESPONDING_LIMIT`` does the watcher give up: it cancels the run and fails the trial with
+#: that reason. Failing at the first NotResponding would throw away trials that recover;
+#: never giving up would hold a slot for ever.
 NOT_RESPONDING_LIMIT = 30 * 60.0
 
 WAITING_STATUSES = frozenset({

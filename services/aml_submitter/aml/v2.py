@@ -1,35 +1,9 @@
 """Azure ML through SDK v2 (azure-ai-ml): one ``command`` job per trial attempt.
 
 azureml-core (SDK v1) is out of support since 2026-06-30; azure-ai-ml is what new Azure ML users
-have. This module puts v2 behind the same small interface the backend drives for v1 —
-``Workspace``, ``ComputeTarget``, ``Experiment.submit``, ``Run.get`` and a run's
-``get_status``/``get_details``/``get_portal_url``/``get_tags``/``set_tags``/``cancel`` — so that
-everything the backend does (look up before and after submitting, adopt by deployment tag,
-confirmed cancels, watch tickets, kills) is the same code for both SDKs:
-
-==========================  ==============================================================
-backend's call              v2
-==========================  ==============================================================
-``Workspace(s, rg, w, a)``  ``MLClient(a, s, rg, w)`` then ``workspaces.get(w)`` (the probe:
-                            a credential without access fails here, not at the first trial)
-``ComputeTarget(ws, n)``    ``ml_client.compute.get(n)`` (ResourceNotFoundError if missing)
-``Experiment.submit``       ``ml_client.jobs.create_or_update(command(...))``, job name = the
-                            run id, tags and experiment name in the same request
-``Run.get(ws, id)``         ``ml_client.jobs.get(id)`` (ResourceNotFoundError: 404)
-``run.get_status()``        ``ml_client.jobs.get(id).status`` (the same words as v1)
-``run.cancel()``            ``ml_client.jobs.begin_cancel(id)`` (not waited for: the backend
-                            confirms a cancel by reading the status again)
-``run.get_portal_url()``    the job's ``studio_url``
-==========================  ==============================================================
-
-The job (:func:`build_command_job`): code = the snapshot folder, command = ``bash
-.tunebus/run.sh`` (the run script), environment = an anonymous ``Environment(image=docker_image)``
-(the image as is, nothing installed), compute = ``computeTarget``, the trial's environment
-variables, and ``timeout`` = Azure ML's own limit (past tunebus's, see ``aml_time_limit``).
-
-Credentials are azure-identity's (:func:`auth_methods`): a service principal
-(``ClientSecretCredential``), a managed identity, the Azure CLI login (``AzureCliCredential``,
-which refreshes its tokens itself) — each proven by a token and then by the workspace answering.
+have. :func:`v2_api` puts v2 behind the small interface the backend drives for v1, so that all the
+backend does (look up before and after submitting, adopt by deployment tag, confirmed cancels,
+watch tickets, kills) is the same code for both SDKs.
 """
 
 from __future__ import annotations
@@ -74,7 +48,13 @@ def import_azure_ai_ml() -> Any:
 
 
 def build_command_job(job: JobRequest, target: AmlTarget, snapshot: Path) -> Any:
-    """The real ``azure.ai.ml`` command job of one trial attempt (name and tags set at submit)."""
+    """The real ``azure.ai.ml`` command job of one trial attempt (name and tags set at submit).
+
+    The job: code = the snapshot folder, command = ``bash
+    .tunebus/run.sh`` (the run script), environment = an anonymous ``Environment(image=docker_image)``
+    (the image as is, nothing installed), compute = ``computeTarget``, the trial's environment
+    variables, and ``timeout`` = Azure ML's own limit (past tunebus's, see ``aml_time_limit``).
+    """
     ml = import_azure_ai_ml()
     from azure.ai.ml.entities import Environment
 
@@ -215,7 +195,9 @@ def _azure_cli(env: Mapping[str, str]) -> Any:
 
 
 def auth_methods() -> list[AuthMethod]:
-    """Service principal, managed identity, Azure CLI (azure-identity's): in that order."""
+    """Service principal (``ClientSecretCredential``), managed identity, the Azure CLI login
+    (``AzureCliCredential``, which refreshes its tokens itself), azure-identity's, in that order:
+    each proven by a token and then by the workspace answering."""
     return [
         AuthMethod("service principal (AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET)",
                    _service_principal),
@@ -228,7 +210,23 @@ def auth_methods() -> list[AuthMethod]:
 
 
 def v2_api(client_factory: Callable[..., Any], *, standin: bool) -> SimpleNamespace:
-    """The backend's interface over an ``MLClient`` class (azure-ai-ml's, or the v2 stand-in's)."""
+    """The backend's interface over an ``MLClient`` class (azure-ai-ml's, or the v2 stand-in's):
+
+    ==========================  ==============================================================
+    backend's call              v2
+    ==========================  ==============================================================
+    ``Workspace(s, rg, w, a)``  ``MLClient(a, s, rg, w)`` then ``workspaces.get(w)`` (the probe:
+                                a credential without access fails here, not at the first trial)
+    ``ComputeTarget(ws, n)``    ``ml_client.compute.get(n)`` (ResourceNotFoundError if missing)
+    ``Experiment.submit``       ``ml_client.jobs.create_or_update(command(...))``, job name = the
+                                run id, tags and experiment name in the same request
+    ``Run.get(ws, id)``         ``ml_client.jobs.get(id)`` (ResourceNotFoundError: 404)
+    ``run.get_status()``        ``ml_client.jobs.get(id).status`` (the same words as v1)
+    ``run.cancel()``            ``ml_client.jobs.begin_cancel(id)`` (not waited for: the backend
+                                confirms a cancel by reading the status again)
+    ``run.get_portal_url()``    the job's ``studio_url``
+    ==========================  ==============================================================
+    """
     return SimpleNamespace(
         Workspace=partial(V2Workspace, client_factory), ComputeTarget=V2ComputeTarget,
         Experiment=V2Experiment, Run=V2Run, build_job=build_command_job,
