@@ -1,24 +1,6 @@
 """Who may do what on the broker: one RabbitMQ user per service, one for the CLI, one for operators.
 
-Data, like the topology it is derived from (:mod:`shared.topology`). Each user gets:
-
-* **configure, write and read** on the topology's names (``tunebus.*``) and nothing else:
-  every service declares the whole topology at start (idempotently; see
-  :meth:`shared.bus.Bus.declare`), and RabbitMQ wants configure to declare, write on a queue
-  to bind it, and read on a queue declared with a dead-letter exchange (all of ours). So a
-  service account could consume another service's queue: what holds is the next point;
-* **topic permissions** on the events exchange: it may publish only the routing keys it emits,
-  and bind only the keys of the topology (plus, for the CLI, its watch queue's).
-
-Not covered: the delay exchange is a headers exchange, which topic permissions do not reach; a
-ticket parked there comes back on the events exchange with the routing key it was published
-with. Closing that needs a topic delay exchange (a topology change).
-
-``guest`` is deleted; the operator's ``tunebus-admin`` (administrator: the management UI,
-``rabbitmqctl``-like work, the test fixtures) has every right. Passwords are generated per
-deployment and kept in its state, never in the repository: ``python -m shared.broker_users
-DIR`` writes ``DIR/amqp-<user>`` (mode 600, once) and prints RabbitMQ definitions (users,
-permissions, topic permissions) for ``rabbitmqctl import_definitions``.
+Details: :class:`BrokerUser`.
 """
 
 from __future__ import annotations
@@ -64,7 +46,28 @@ _CLI_ENTITIES = r"^(tunebus\..*|amq_[0-9a-f]+|amq\.gen-.*)$"
 
 @dataclass(frozen=True)
 class BrokerUser:
-    """One broker account: the queues it consumes and the routing keys it publishes and binds."""
+    """One broker account: the queues it consumes and the routing keys it publishes and binds.
+
+    Data, like the topology it is derived from (:mod:`shared.topology`). Each user gets:
+
+    * **configure, write and read** on the topology's names (``tunebus.*``) and nothing else:
+      every service declares the whole topology at start (idempotently; see
+      :meth:`shared.bus.Bus.declare`), and RabbitMQ wants configure to declare, write on a queue
+      to bind it, and read on a queue declared with a dead-letter exchange (all of ours). So a
+      service account could consume another service's queue: what holds is the next point;
+    * **topic permissions** on the events exchange: it may publish only the routing keys it emits,
+      and bind only the keys of the topology (plus, for the CLI, its watch queue's).
+
+    Not covered: the delay exchange is a headers exchange, which topic permissions do not reach; a
+    ticket parked there comes back on the events exchange with the routing key it was published
+    with. Closing that needs a topic delay exchange (a topology change).
+
+    ``guest`` is deleted; the operator's ``tunebus-admin`` (administrator: the management UI,
+    ``rabbitmqctl``-like work, the test fixtures) has every right. Passwords are generated per
+    deployment and kept in its state, never in the repository: ``python -m shared.broker_users
+    DIR`` writes ``DIR/amqp-<user>`` (mode 600, once) and prints RabbitMQ definitions (users,
+    permissions, topic permissions) for ``rabbitmqctl import_definitions``.
+    """
 
     name: str
     consumes: tuple[str, ...]  # queue names (documentation: read cannot be narrower, see above)

@@ -1,22 +1,6 @@
 """Untrusted code as a sandboxed process: local trials, and custom algorithms' workers.
 
-An allowlisted environment, an unprivileged user, no new privileges (the trial user serves both).
-
-* **Environment**: a trial gets NNI's and its own variables (added by the backend), and from
-  the submitter's environment only :data:`ALWAYS_PASSED` (plus ``LC_*``) and the names a
-  deployment lists in ``TUNEBUS_TRIAL_ENV_PASSTHROUGH``. No service setting, storage key,
-  broker password or cloud credential reaches it.
-* **User**: a submitter running as root starts each trial as the trial user (default
-  ``tunebus-trial``, which ``deploy/local install`` and the image create) through util-linux's
-  ``setpriv`` (``--reuid/--regid/--init-groups``), with ``--no-new-privs``; the trial's output
-  folder is chowned to that user and is its ``HOME``. Root with no such user runs no trial.
-  A submitter that is not root cannot switch users: trials run as its own user, with the
-  allowlisted environment, and the submitter is non-dumpable (:func:`make_non_dumpable`), so
-  a trial reads neither its ``/proc/<pid>/environ`` nor its memory.
-* **Interpreter**: trials find the submitter's venv first on PATH. When the trial user cannot
-  run that interpreter (a pyenv Python under a private ``/root``, as on some dev machines), a
-  system interpreter of the same version is used with the venv's site-packages on its path
-  (:func:`trial_interpreter`); with none, trials are refused, saying why.
+Details: :class:`Sandbox`.
 """
 
 from __future__ import annotations
@@ -125,7 +109,26 @@ def _bridge_venv(folder: Path, interpreter: Path, version: str) -> Path:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How this submitter runs local trials."""
+    """How this submitter runs local trials.
+
+    An allowlisted environment, an unprivileged user, no new privileges (the trial user serves both).
+
+    * **Environment**: a trial gets NNI's and its own variables (added by the backend), and from
+      the submitter's environment only :data:`ALWAYS_PASSED` (plus ``LC_*``) and the names a
+      deployment lists in ``TUNEBUS_TRIAL_ENV_PASSTHROUGH``. No service setting, storage key,
+      broker password or cloud credential reaches it.
+    * **User**: a submitter running as root starts each trial as the trial user (default
+      ``tunebus-trial``, which ``deploy/local install`` and the image create) through util-linux's
+      ``setpriv`` (``--reuid/--regid/--init-groups``), with ``--no-new-privs``; the trial's output
+      folder is chowned to that user and is its ``HOME``. Root with no such user runs no trial.
+      A submitter that is not root cannot switch users: trials run as its own user, with the
+      allowlisted environment, and the submitter is non-dumpable (:func:`make_non_dumpable`), so
+      a trial reads neither its ``/proc/<pid>/environ`` nor its memory.
+    * **Interpreter**: trials find the submitter's venv first on PATH. When the trial user cannot
+      run that interpreter (a pyenv Python under a private ``/root``, as on some dev machines), a
+      system interpreter of the same version is used with the venv's site-packages on its path
+      (:func:`trial_interpreter`); with none, trials are refused, saying why.
+    """
 
     user: TrialUser | None  # None: as the submitter's own (non-root) user
     passthrough: tuple[str, ...] = ()

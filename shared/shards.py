@@ -1,25 +1,6 @@
 """Replicas of a sharded service (the dispatcher, the tuner) sharing its shards.
 
-Every replica consumes every shard queue (:class:`shared.topology.ShardedQueues`); each queue
-has a single active consumer, so RabbitMQ itself hands a shard to a standby replica the moment
-its active one goes away (its connection closes), and an experiment's messages are handled by
-one replica at a time, in order.
-
-What a single active consumer does not do is spread the shards: the first replica to subscribe
-is active on all of them. So the replicas announce themselves (a small message every
-:data:`HEARTBEAT_SECONDS` on :data:`shared.topology.REPLICAS_EXCHANGE`, to every peer's own
-exclusive queue) and each sees the same set of live peers; shard ``k`` belongs to the ``k mod
-n``-th of them in sorted order. A replica *steps back* from a shard it does not own (when the
-set of peers changes, and when a shard it does not own delivers to it, at most once per
-:data:`STEP_BACK_COOLDOWN` per shard): it handles no more of that shard's deliveries, waits
-for those in hand, closes the shard's channel (the deliveries not handled go back to the
-queue, in order) and subscribes again, so it is now behind the owner in the queue's line of
-consumers, and the owner, or the next replica in line, becomes active. Versions of RabbitMQ
-from 3.12 would do this with consumer priorities; this works on 3.10 (deploy/local) too.
-
-A replica that loses a shard forgets what it cached for the experiments it handled there
-(``on_release``): when the shard comes back to it later, other replicas will have changed
-them, so it loads them again from storage. Losing the broker connection forgets everything.
+Details: :class:`ShardedConsumer`.
 """
 
 from __future__ import annotations
@@ -68,7 +49,29 @@ def owner_of(shard: int, replicas: Iterable[str]) -> str:
 
 
 class ShardedConsumer:
-    """Consumes all of a service's shards and keeps, with its peers, each shard on its owner."""
+    """Consumes all of a service's shards and keeps, with its peers, each shard on its owner.
+
+    Every replica consumes every shard queue (:class:`shared.topology.ShardedQueues`); each queue
+    has a single active consumer, so RabbitMQ itself hands a shard to a standby replica the moment
+    its active one goes away (its connection closes), and an experiment's messages are handled by
+    one replica at a time, in order.
+
+    What a single active consumer does not do is spread the shards: the first replica to subscribe
+    is active on all of them. So the replicas announce themselves (a small message every
+    :data:`HEARTBEAT_SECONDS` on :data:`shared.topology.REPLICAS_EXCHANGE`, to every peer's own
+    exclusive queue) and each sees the same set of live peers; shard ``k`` belongs to the ``k mod
+    n``-th of them in sorted order. A replica *steps back* from a shard it does not own (when the
+    set of peers changes, and when a shard it does not own delivers to it, at most once per
+    :data:`STEP_BACK_COOLDOWN` per shard): it handles no more of that shard's deliveries, waits
+    for those in hand, closes the shard's channel (the deliveries not handled go back to the
+    queue, in order) and subscribes again, so it is now behind the owner in the queue's line of
+    consumers, and the owner, or the next replica in line, becomes active. Versions of RabbitMQ
+    from 3.12 would do this with consumer priorities; this works on 3.10 (deploy/local) too.
+
+    A replica that loses a shard forgets what it cached for the experiments it handled there
+    (``on_release``): when the shard comes back to it later, other replicas will have changed
+    them, so it loads them again from storage. Losing the broker connection forgets everything.
+    """
 
     def __init__(self, bus: Bus, sharded: ShardedQueues, handlers: dict[type[Message], Handler], *,
                  prefetch: int, concurrency: int, on_release: Release, replica: str | None = None,

@@ -110,7 +110,7 @@ def is_terminal(status: str) -> bool:
 
 
 def trial_status_for(status: str, *, canceled_as: TrialStatus = TrialStatus.USER_CANCELED) -> TrialStatus:
-    """The trial status an AML run status means (see the module docstring for the table).
+    """The trial status an AML run status means (the table: :class:`AmlRunStatus`).
 
     ``canceled_as`` is what a Canceled run ends as: the status its kill asked for
     (EARLY_STOPPED, SYS_CANCELED...), USER_CANCELED when nobody in tunebus asked.

@@ -1,21 +1,6 @@
 """NNI's ``BOHB`` advisor: Hyperband's brackets with model-based first rounds (Falkner et al., 2018).
 
-Brackets as in :mod:`.hyperband`, with ``s_max = floor(log_eta(max_budget / min_budget))``, round
-budgets ``max_budget / eta**s * eta**i``, one bracket at a time (NNI's BOHB is serial). A new
-bracket's configurations are drawn, each with probability ``1 - random_fraction``, from a
-TPE-like model of the largest budget with enough results: the results at that budget are split
-into the best ``top_n_percent`` ("good", at least ``min_points_in_model``) and the rest ("bad");
-each gets a Parzen estimator whose kernel widths follow the normal reference rule (at least
-``min_bandwidth``); ``num_samples`` points are drawn from the good one with widths times
-``bandwidth_factor``, and the one with the highest good/bad density ratio is taken. Otherwise,
-and until a model exists, the configuration is random.
-
-Search-space types are NNI's for BOHB (those ConfigSpace takes): every flat type; a nested
-choice is refused. Differences from NNI, on purpose: the model learns each trial at the budget it
-ran with (NNI files it under the final result's sequence number), categorical kernels use the
-TPE rule of :mod:`.parzen` rather than statsmodels' Aitchison-Aitken kernel, and after a restart
-a bracket's first round is taken back from the recorded trials (the model that drew it saw only
-the results known then).
+Details: :class:`BohbAdvisor`.
 """
 
 from __future__ import annotations
@@ -50,7 +35,25 @@ class BohbSettings:
 
 
 class BohbAdvisor(HyperbandAdvisor):
-    """See the module docstring."""
+    """NNI's ``BOHB`` advisor: Hyperband's brackets with model-based first rounds.
+
+    Brackets as in :mod:`.hyperband`, with ``s_max = floor(log_eta(max_budget / min_budget))``, round
+    budgets ``max_budget / eta**s * eta**i``, one bracket at a time (NNI's BOHB is serial). A new
+    bracket's configurations are drawn, each with probability ``1 - random_fraction``, from a
+    TPE-like model of the largest budget with enough results: the results at that budget are split
+    into the best ``top_n_percent`` ("good", at least ``min_points_in_model``) and the rest ("bad");
+    each gets a Parzen estimator whose kernel widths follow the normal reference rule (at least
+    ``min_bandwidth``); ``num_samples`` points are drawn from the good one with widths times
+    ``bandwidth_factor``, and the one with the highest good/bad density ratio is taken. Otherwise,
+    and until a model exists, the configuration is random.
+
+    Search-space types are NNI's for BOHB (those ConfigSpace takes): every flat type; a nested
+    choice is refused. Differences from NNI, on purpose: the model learns each trial at the budget it
+    ran with (NNI files it under the final result's sequence number), categorical kernels use the
+    TPE rule of :mod:`.parzen` rather than statsmodels' Aitchison-Aitken kernel, and after a restart
+    a bracket's first round is taken back from the recorded trials (the model that drew it saw only
+    the results known then).
+    """
 
     name = "BOHB"
 

@@ -1,23 +1,6 @@
 """NNI's ``DNGO`` tuner (alias ``DNGOTuner``): Bayesian optimisation with a neural network.
 
-DNGO (Snoek et al., 2015), as NNI uses it through pybnn: a small network (three hidden layers of 50
-tanh units) is trained on the results, and a Bayesian linear regression on its last hidden layer
-gives each prediction a mean and a variance; the regression's weight and noise precisions are the
-ones that maximise its marginal likelihood. As in NNI's DNGOTuner, suggestions are random until
-``trials_per_update`` results are in; the model is then retrained (``num_epochs_per_training``
-epochs) each time ``trials_per_update`` more results have come in, and each suggestion is the
-best, by expected improvement, of ``sample_size`` random configurations.
-
-Search-space types are NNI's for DNGO: ``choice`` of numbers, ``randint``, ``uniform``,
-``quniform``, ``loguniform``, ``qloguniform``.
-
-Differences from NNI, on purpose: this network is plain numpy (no torch, no pybnn), trained in the
-unit cube of the GP tuner (log types on a log scale); expected improvement is measured from the
-best result so far and maximised in both modes (NNI's measures it from a fixed 0.95, treats the
-variance as the standard deviation, and minimises it in ``minimize`` mode); the training data are
-put in a canonical order and the network's initial weights come from the experiment's seed, so a
-model retrained on the same results is the same model (a rebuilt tuner retrains on all of them,
-as NNI's import_data does).
+Details: :class:`DngoTuner`.
 """
 
 from __future__ import annotations
@@ -53,7 +36,27 @@ class DngoSettings:
 
 
 class DngoTuner(GpTuner):
-    """See the module docstring. (The GP tuner's search space checks and unit cube are reused.)"""
+    """NNI's ``DNGO`` tuner (the GP tuner's search space checks and unit cube are reused).
+
+    DNGO (Snoek et al., 2015), as NNI uses it through pybnn: a small network (three hidden layers of 50
+    tanh units) is trained on the results, and a Bayesian linear regression on its last hidden layer
+    gives each prediction a mean and a variance; the regression's weight and noise precisions are the
+    ones that maximise its marginal likelihood. As in NNI's DNGOTuner, suggestions are random until
+    ``trials_per_update`` results are in; the model is then retrained (``num_epochs_per_training``
+    epochs) each time ``trials_per_update`` more results have come in, and each suggestion is the
+    best, by expected improvement, of ``sample_size`` random configurations.
+
+    Search-space types are NNI's for DNGO: ``choice`` of numbers, ``randint``, ``uniform``,
+    ``quniform``, ``loguniform``, ``qloguniform``.
+
+    Differences from NNI, on purpose: this network is plain numpy (no torch, no pybnn), trained in the
+    unit cube of the GP tuner (log types on a log scale); expected improvement is measured from the
+    best result so far and maximised in both modes (NNI's measures it from a fixed 0.95, treats the
+    variance as the standard deviation, and minimises it in ``minimize`` mode); the training data are
+    put in a canonical order and the network's initial weights come from the experiment's seed, so a
+    model retrained on the same results is the same model (a rebuilt tuner retrains on all of them,
+    as NNI's import_data does).
+    """
 
     name = "DNGO"
 

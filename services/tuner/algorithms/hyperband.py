@@ -1,22 +1,6 @@
 """NNI's ``Hyperband`` advisor: successive halving in brackets, budgets handed to trials.
 
-With ``s_max = floor(log_eta(R))``, bracket ``s`` (from ``s_max`` down to 0, then again) starts
-``n = ceil((s_max + 1) * eta**s / (s + 1))`` random configurations at budget ``r = R / eta**s``;
-round ``i`` of it runs ``floor(n / eta**i)`` configurations at budget ``floor(r * eta**i)``, the
-best of round ``i - 1``. Each configuration-and-budget run is one trial; its parameters carry the
-budget under NNI's key ``TRIAL_BUDGET`` (epochs, batches: the trial decides what it means).
-
-As in NNI, a trial's score is its final result, or its latest intermediate result when it ended
-without one; a round is promoted once every trial of it has ended. Runs ready to go are handed
-out oldest bracket first, lowest round first (NNI: in the order they were made). ``exec_mode``
-``parallelism`` starts the next bracket whenever nothing else is ready to run; ``serial`` starts
-it only after the current bracket has handed out its last round, and otherwise asks the service to wait
-(:class:`WaitForResults`) until running trials report. Hyperband never runs out by itself: the
-experiment's ``maxTrialNumber`` or ``maxExperimentDuration`` ends it.
-
-Restart-safe without state of its own: bracket ``k``'s first-round configurations are drawn from a
-generator seeded by (seed, k), and promotions follow from results, so :meth:`import_data` rebuilds
-every bracket from the recorded trials (matched by their parameters, budget included).
+Details: :class:`HyperbandAdvisor`.
 """
 
 from __future__ import annotations
@@ -74,7 +58,26 @@ class _Bracket:
 
 
 class HyperbandAdvisor:
-    """See the module docstring."""
+    """NNI's ``Hyperband`` advisor: successive halving in brackets, budgets handed to trials.
+
+    With ``s_max = floor(log_eta(R))``, bracket ``s`` (from ``s_max`` down to 0, then again) starts
+    ``n = ceil((s_max + 1) * eta**s / (s + 1))`` random configurations at budget ``r = R / eta**s``;
+    round ``i`` of it runs ``floor(n / eta**i)`` configurations at budget ``floor(r * eta**i)``, the
+    best of round ``i - 1``. Each configuration-and-budget run is one trial; its parameters carry the
+    budget under NNI's key ``TRIAL_BUDGET`` (epochs, batches: the trial decides what it means).
+
+    As in NNI, a trial's score is its final result, or its latest intermediate result when it ended
+    without one; a round is promoted once every trial of it has ended. Runs ready to go are handed
+    out oldest bracket first, lowest round first (NNI: in the order they were made). ``exec_mode``
+    ``parallelism`` starts the next bracket whenever nothing else is ready to run; ``serial`` starts
+    it only after the current bracket has handed out its last round, and otherwise asks the service to wait
+    (:class:`WaitForResults`) until running trials report. Hyperband never runs out by itself: the
+    experiment's ``maxTrialNumber`` or ``maxExperimentDuration`` ends it.
+
+    Restart-safe without state of its own: bracket ``k``'s first-round configurations are drawn from a
+    generator seeded by (seed, k), and promotions follow from results, so :meth:`import_data` rebuilds
+    every bracket from the recorded trials (matched by their parameters, budget included).
+    """
 
     name = "Hyperband"
     #: The service gives this algorithm a trial's last intermediate result when it has no final one.

@@ -1,30 +1,6 @@
 """NNI's ``Metis`` tuner (alias ``MetisTuner``): a GP for the optimum, candidates weighed by information gain.
 
-As NNI's MetisTuner does for each suggestion, after ``cold_start_num`` random trials:
-
-1. A Gaussian process (Matern, nu 1.5) on the results gives the current optimum: the point of
-   lowest predicted loss, searched from ``selection_num_starting_points`` random starting points.
-2. Unless ``no_candidates``, candidates for the next trial are gathered: *exploration*, the point
-   where the GP is least certain; *exploitation* (from 12 results on), the point most likely
-   under a Gaussian mixture of the best third of the trials against one of the rest; and, unless
-   ``no_resampling`` (from 50 distinct results on), *re-sampling*: trials whose result lies more
-   than 2.33 standard deviations from what the others predict (outliers, run again at most 3 times).
-3. Each candidate's information gain: the GP is conditioned on it scoring mu +- 1.96 sigma, and
-   the candidate that would lower the predicted optimum the most wins.
-4. With probability ``exploration_probability``, or when the current optimum was suggested
-   before, the winning candidate is suggested (a random point if none gains); else the optimum.
-
-Search-space types are NNI's for Metis: ``choice`` of numbers, ``randint``, ``uniform`` and
-``quniform``; others are refused.
-
-Differences from NNI, on purpose: the model is this package's own GP (the GP tuner's: unit cube,
-one length scale per parameter, fitted once per suggestion, where NNI fits scikit-learn's with 250
-restarts and refits it for every candidate and every left-out trial); "least certain" is the
-largest predicted standard deviation (NNI divides it by the predicted mean, which changes sign
-with the metric); the mixtures are Gaussians centred on the trials (NNI fits scikit-learn's
-BayesianGaussianMixture with one component fewer than trials); local searches start from the best
-of the starting points (NNI runs L-BFGS from every one). Trials in flight are handled as in the GP
-tuner (kriging believer), and every draw comes from the experiment's seed.
+Details: :class:`MetisTuner`.
 """
 
 from __future__ import annotations
@@ -70,7 +46,34 @@ class _Candidate:
 
 
 class MetisTuner(GpTuner):
-    """See the module docstring."""
+    """NNI's ``Metis`` tuner: a GP for the optimum, candidates weighed by information gain.
+
+    As NNI's MetisTuner does for each suggestion, after ``cold_start_num`` random trials:
+
+    1. A Gaussian process (Matern, nu 1.5) on the results gives the current optimum: the point of
+       lowest predicted loss, searched from ``selection_num_starting_points`` random starting points.
+    2. Unless ``no_candidates``, candidates for the next trial are gathered: *exploration*, the point
+       where the GP is least certain; *exploitation* (from 12 results on), the point most likely
+       under a Gaussian mixture of the best third of the trials against one of the rest; and, unless
+       ``no_resampling`` (from 50 distinct results on), *re-sampling*: trials whose result lies more
+       than 2.33 standard deviations from what the others predict (outliers, run again at most 3 times).
+    3. Each candidate's information gain: the GP is conditioned on it scoring mu +- 1.96 sigma, and
+       the candidate that would lower the predicted optimum the most wins.
+    4. With probability ``exploration_probability``, or when the current optimum was suggested
+       before, the winning candidate is suggested (a random point if none gains); else the optimum.
+
+    Search-space types are NNI's for Metis: ``choice`` of numbers, ``randint``, ``uniform`` and
+    ``quniform``; others are refused.
+
+    Differences from NNI, on purpose: the model is this package's own GP (the GP tuner's: unit cube,
+    one length scale per parameter, fitted once per suggestion, where NNI fits scikit-learn's with 250
+    restarts and refits it for every candidate and every left-out trial); "least certain" is the
+    largest predicted standard deviation (NNI divides it by the predicted mean, which changes sign
+    with the metric); the mixtures are Gaussians centred on the trials (NNI fits scikit-learn's
+    BayesianGaussianMixture with one component fewer than trials); local searches start from the best
+    of the starting points (NNI runs L-BFGS from every one). Trials in flight are handled as in the GP
+    tuner (kriging believer), and every draw comes from the experiment's seed.
+    """
 
     name = "Metis"
 

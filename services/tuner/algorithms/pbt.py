@@ -1,25 +1,6 @@
 """NNI's ``PBT`` tuner: population based training, checkpoints handed from trial to trial.
 
-A population of ``population_size`` members trains in steps; each trial runs one member for one
-step (what a step is, e.g. an epoch, the trial decides). A trial's parameters are the member's
-hyperparameters plus two folders (NNI's keys): ``load_checkpoint_dir``, the checkpoint to start
-from, and ``save_checkpoint_dir`` (``<root>/<member>/<step>``), where it saves its own. Step
-``s + 1`` starts once every trial of step ``s`` has ended (NNI runs steps in lockstep too; until
-then :class:`WaitForResults`). Between steps, exploit and explore as NNI does: members are ranked
-by their step's result (one that ended without a result ranks last); each of the bottom
-``ceil(fraction * population_size)`` takes a random top member's checkpoint and hyperparameters,
-each perturbed: resampled from the prior with ``resample_probability``, else moved one step up or
-down (choice and randint: the next option; uniform and loguniform: ``factor`` of the range;
-quniform, qloguniform, qnormal, qlognormal: ``q``; normal and lognormal: ``factor * sigma``),
-clipped to the range. The others go on from their own checkpoint with the same hyperparameters.
-
-``<root>`` is ``classArgs.all_checkpoint_dir`` (a folder every trial reaches, as in NNI), or, when
-it is not given, the experiment's storage (:mod:`shared.checkpoints`). PBT never runs out by
-itself: the experiment's ``maxTrialNumber`` (``population_size`` times the steps) ends it.
-
-Restart-safe without state of its own: the first population comes from a generator seeded by
-(seed, 0), step ``s``'s exploit and explore from (seed, s), and the results from the records, so
-:meth:`import_data` replays the steps; ``save_checkpoint_dir`` names a trial's member and step.
+Details: :class:`PbtTuner`.
 """
 
 from __future__ import annotations
@@ -75,7 +56,29 @@ class _Run:
 
 
 class PbtTuner:
-    """See the module docstring."""
+    """NNI's ``PBT`` tuner: population based training, checkpoints handed from trial to trial.
+
+    A population of ``population_size`` members trains in steps; each trial runs one member for one
+    step (what a step is, e.g. an epoch, the trial decides). A trial's parameters are the member's
+    hyperparameters plus two folders (NNI's keys): ``load_checkpoint_dir``, the checkpoint to start
+    from, and ``save_checkpoint_dir`` (``<root>/<member>/<step>``), where it saves its own. Step
+    ``s + 1`` starts once every trial of step ``s`` has ended (NNI runs steps in lockstep too; until
+    then :class:`WaitForResults`). Between steps, exploit and explore as NNI does: members are ranked
+    by their step's result (one that ended without a result ranks last); each of the bottom
+    ``ceil(fraction * population_size)`` takes a random top member's checkpoint and hyperparameters,
+    each perturbed: resampled from the prior with ``resample_probability``, else moved one step up or
+    down (choice and randint: the next option; uniform and loguniform: ``factor`` of the range;
+    quniform, qloguniform, qnormal, qlognormal: ``q``; normal and lognormal: ``factor * sigma``),
+    clipped to the range. The others go on from their own checkpoint with the same hyperparameters.
+
+    ``<root>`` is ``classArgs.all_checkpoint_dir`` (a folder every trial reaches, as in NNI), or, when
+    it is not given, the experiment's storage (:mod:`shared.checkpoints`). PBT never runs out by
+    itself: the experiment's ``maxTrialNumber`` (``population_size`` times the steps) ends it.
+
+    Restart-safe without state of its own: the first population comes from a generator seeded by
+    (seed, 0), step ``s``'s exploit and explore from (seed, s), and the results from the records, so
+    :meth:`import_data` replays the steps; ``save_checkpoint_dir`` names a trial's member and step.
+    """
 
     name = "PBT"
     #: The service passes ``ended`` records and ``parameters`` to trial_end (as for the advisors).

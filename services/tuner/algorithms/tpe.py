@@ -1,21 +1,6 @@
 """Tree-structured Parzen Estimator: multivariate, with a local constant liar for parallel trials.
 
-One suggestion, after a quasi-random (scrambled Sobol) start of ``n_startup_jobs`` trials:
-
-1. Sort finished trials by loss. The best ``ceil(gamma * n)`` (at most 25) form the "good" density
-   l(x), the rest the "bad" density g(x). Both are multivariate Parzen estimators
-   (:mod:`.parzen`); older bad trials fade (hyperopt's linear forgetting).
-2. Kernel widths shrink as ``bandwidth * n ** -shrink_power`` with n the number of finished trials:
-   faster than Scott's rule, so the search tightens around good regions within ~100 trials.
-3. Draw ``n_ei_candidates`` points from l(x) and keep the unseen one maximising l(x) / g(x),
-   which is proportional to expected improvement under TPE's model (Bergstra et al., 2011).
-
-Parallel trials (pending: suggested, no result yet) use a *local* constant liar: each pending point
-is counted as a bad result (the "worst" lie), but with a kernel half as wide as the others. That
-keeps parallel suggestions apart without making the whole good region look bad, which is what
-slows a classic liar down with 8 or more trials in flight. ``constant_liar_type`` "mean" or "best"
-selects the classic liar with that value; ``None`` ignores pending trials (duplicates are still
-prevented).
+Details: :class:`TpeTuner`.
 """
 
 from __future__ import annotations
@@ -72,7 +57,25 @@ class _Rows:
 
 
 class TpeTuner(BaseTuner):
-    """NNI's ``TPE`` tuner (see the module docstring for the algorithm)."""
+    """NNI's ``TPE`` tuner.
+
+    One suggestion, after a quasi-random (scrambled Sobol) start of ``n_startup_jobs`` trials:
+
+    1. Sort finished trials by loss. The best ``ceil(gamma * n)`` (at most 25) form the "good" density
+       l(x), the rest the "bad" density g(x). Both are multivariate Parzen estimators
+       (:mod:`.parzen`); older bad trials fade (hyperopt's linear forgetting).
+    2. Kernel widths shrink as ``bandwidth * n ** -shrink_power`` with n the number of finished trials:
+       faster than Scott's rule, so the search tightens around good regions within ~100 trials.
+    3. Draw ``n_ei_candidates`` points from l(x) and keep the unseen one maximising l(x) / g(x),
+       which is proportional to expected improvement under TPE's model (Bergstra et al., 2011).
+
+    Parallel trials (pending: suggested, no result yet) use a *local* constant liar: each pending point
+    is counted as a bad result (the "worst" lie), but with a kernel half as wide as the others. That
+    keeps parallel suggestions apart without making the whole good region look bad, which is what
+    slows a classic liar down with 8 or more trials in flight. ``constant_liar_type`` "mean" or "best"
+    selects the classic liar with that value; ``None`` ignores pending trials (duplicates are still
+    prevented).
+    """
 
     name = "TPE"
 

@@ -1,25 +1,6 @@
 """tunebus's stand-in for NNI's trial API: ``import nni`` in unchanged NNI trial code.
 
-Stdlib only, runs on Python 3.8+ (trial images are not tunebus's) and nearly free to import:
-JSON, HTTP and logging are imported on first use, so a trial's start-up pays for nothing it
-does not call. That is why this package parses JSON with CPython's C scanner (:func:`_parse_json`),
-writes plain-http appends on a raw socket (:mod:`._blob`) and reads the clock with ``time``:
-each avoids an import that would be a sizeable part of a short trial's life. The measurements
-are in benchmarks/README_startup.md; these three are the only such tricks, all in this package.
-
-Two modes, chosen from the environment when first needed:
-
-* **tunebus** (``TUNEBUS_METRICS_URL`` or ``NNI_PLATFORM`` set, as the submitter does): the
-  parameters come from ``TUNEBUS_PARAMETERS`` and every report is appended as one line (a JSON
-  record with its sequence number) to the attempt's results blob, whose URL with an
-  append-only SAS is ``TUNEBUS_METRICS_URL``. A missing variable is an error that names it.
-* **standalone** (none of those set): like NNI without its runtime. ``get_next_parameter()``
-  warns and returns ``{}`` (or the JSON in ``TUNEBUS_PARAMETERS`` if set, handy for debugging
-  one parameter set), the ids are ``'STANDALONE'`` / ``0`` and reports are logged to stdout.
-
-A metric is a number, or a dict whose ``'default'`` is a number (the value the tuner
-optimises; the other keys are kept for display). Anything else raises TypeError/ValueError,
-and so does a number no float can hold (NaN, infinities, ints beyond ±1.8e308).
+Details: :class:`TrialRuntime`.
 """
 
 from __future__ import annotations
@@ -176,6 +157,27 @@ class TrialRuntime:
 
     The module-level functions use one instance built from ``os.environ`` on first use;
     tests build their own with an explicit ``environ``.
+
+    Stdlib only, runs on Python 3.8+ (trial images are not tunebus's) and nearly free to import:
+    JSON, HTTP and logging are imported on first use, so a trial's start-up pays for nothing it
+    does not call. That is why this package parses JSON with CPython's C scanner (:func:`_parse_json`),
+    writes plain-http appends on a raw socket (:mod:`._blob`) and reads the clock with ``time``:
+    each avoids an import that would be a sizeable part of a short trial's life. The measurements
+    are in benchmarks/README_startup.md; these three are the only such tricks, all in this package.
+
+    Two modes, chosen from the environment when first needed:
+
+    * **tunebus** (``TUNEBUS_METRICS_URL`` or ``NNI_PLATFORM`` set, as the submitter does): the
+      parameters come from ``TUNEBUS_PARAMETERS`` and every report is appended as one line (a JSON
+      record with its sequence number) to the attempt's results blob, whose URL with an
+      append-only SAS is ``TUNEBUS_METRICS_URL``. A missing variable is an error that names it.
+    * **standalone** (none of those set): like NNI without its runtime. ``get_next_parameter()``
+      warns and returns ``{}`` (or the JSON in ``TUNEBUS_PARAMETERS`` if set, handy for debugging
+      one parameter set), the ids are ``'STANDALONE'`` / ``0`` and reports are logged to stdout.
+
+    A metric is a number, or a dict whose ``'default'`` is a number (the value the tuner
+    optimises; the other keys are kept for display). Anything else raises TypeError/ValueError,
+    and so does a number no float can hold (NaN, infinities, ints beyond ±1.8e308).
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
