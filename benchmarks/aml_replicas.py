@@ -40,6 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from local_stack import deploy_local_env  # noqa: E402  (this script's folder is on sys.path when it runs)
+
 from shared.health import is_healthy  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -68,14 +70,8 @@ trainingService:
 
 def infra_env() -> dict[str, str]:
     """Environment pointing at the local RabbitMQ and Azurite (started if needed)."""
-    subprocess.run([str(DEPLOY_LOCAL), "up", "--infra-only"], check=True, stdout=subprocess.DEVNULL)
     # The operators' account: each run gets a vhost of its own, which it grants itself.
-    exports = subprocess.run([str(DEPLOY_LOCAL), "env", "--admin"], check=True, capture_output=True,
-                             text=True).stdout
-    env = dict(os.environ)
-    for line in exports.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = value.strip("'")
+    env = deploy_local_env("--infra-only", admin=True)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from local_stack import deploy_local_env
 
 REPO = Path(__file__).resolve().parents[1]
 TUNEBUS = Path(sys.executable).parent / "tunebus"
@@ -51,14 +52,7 @@ def write_experiment(folder: Path, trials: int, concurrency: int, tuner: str) ->
 
 def stack_env() -> dict[str, str]:
     """Environment for the CLI, pointing at the local deployment (started if needed)."""
-    subprocess.run([str(REPO / "deploy" / "local"), "up"], check=True, stdout=subprocess.DEVNULL)
-    exports = subprocess.run([str(REPO / "deploy" / "local"), "env"], check=True, capture_output=True,
-                             text=True).stdout
-    env = dict(os.environ)
-    for line in exports.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = value.strip("'")
-    return env
+    return deploy_local_env()
 
 
 def run_once(config: Path, env: dict[str, str]) -> tuple[float, dict[str, object]]:

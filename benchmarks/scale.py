@@ -43,6 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_stack import deploy_local_env
+
 REPO = Path(__file__).resolve().parents[1]
 TUNEBUS = Path(sys.executable).parent / "tunebus"
 DEPLOY_LOCAL = REPO / "deploy" / "local"
@@ -69,13 +71,7 @@ def write_experiment(folder: Path, name: str, trials: int, concurrency: int) -> 
 
 
 def stack_env() -> dict[str, str]:
-    subprocess.run([str(DEPLOY_LOCAL), "up"], check=True, stdout=subprocess.DEVNULL)
-    exports = subprocess.run([str(DEPLOY_LOCAL), "env"], check=True, capture_output=True, text=True).stdout
-    env = dict(os.environ)
-    for line in exports.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = value.strip("'")
-    return env
+    return deploy_local_env()
 
 
 # ---------------------------------------------------------------- what the processes spent

@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -40,6 +39,8 @@ import aio_pika
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from local_stack import deploy_local_env  # noqa: E402  (this script's folder is on sys.path when it runs)
 
 from shared.bus import Bus  # noqa: E402
 from shared.code_archive import build_code_archive  # noqa: E402
@@ -78,14 +79,7 @@ def _config(trials: int, concurrency: int, tuner: dict[str, Any]) -> dict[str, A
 
 def stack_env(tuners: int) -> dict[str, str]:
     """``deploy/local up --tuners N`` (the ones already running stay), and the admin's environment."""
-    subprocess.run([str(DEPLOY_LOCAL), "up", "--tuners", str(tuners)], check=True, stdout=subprocess.DEVNULL)
-    exports = subprocess.run([str(DEPLOY_LOCAL), "env", "--admin"], check=True, capture_output=True,
-                             text=True).stdout
-    env = dict(os.environ)
-    for line in exports.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = value.strip("'")
-    return env
+    return deploy_local_env("--tuners", str(tuners), admin=True)
 
 
 def stop_extra_tuners(state_dir: Path) -> None:
