@@ -81,10 +81,19 @@ class Infra:
 collect_ignore = ["compose"]
 
 
+#: pytest's hang guard for an end-to-end test. Each one bounds its own waits (a create up to
+#: 180-280 s, an experiment's end up to 90-240 s) and fails with what the services logged; the
+#: global 300 s, which also counts starting the test's stack, must not end it first with no word
+#: (a loaded CI machine did: "Timeout (>300.0s) from pytest-timeout" in the chaos test).
+E2E_TIMEOUT_SECONDS = 600
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INFRA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("e2e") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_SECONDS))
 
 
 # --- where the infrastructure comes from -------------------------------------------------
