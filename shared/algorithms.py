@@ -9,12 +9,13 @@ further where a value would only exhaust memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared import limits
-from shared.search_space import ParamSpec
+from shared.checkpoints import AML_CHECKPOINTS_REFUSED, CHECKPOINT_KEYS
+from shared.search_space import flatten_search_space
 
 Role = Literal["tuner", "assessor"]
 ArgKind = Literal["integer", "number", "flag", "text", "choice", "object"]
@@ -29,6 +30,8 @@ METIS_SPACE_TYPES = ("choice", "randint", "uniform", "quniform")
 #: Hyperband's first bracket starts about R configurations at once: R is bounded to keep that in memory.
 MAX_HYPERBAND_R = 100_000
 MAX_CHECKPOINT_DIR_CHARS = 1024
+#: The parameter Hyperband and BOHB hand each trial its budget in (NNI's ``TRIAL_BUDGET``).
+BUDGET_KEY = "TRIAL_BUDGET"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ class Arg:
     max_chars: int = 0
     args: tuple[Arg, ...] = ()
     required: bool = False
+
+
+@dataclass(frozen=True)
+class Relation:
+    """Two classArgs that must be ordered: ``arg`` ``op`` ``other`` (e.g. max_budget > min_budget)."""
+
+    arg: str
+    op: Literal[">", "<="]
+    other: str
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,12 @@ class Algorithm:
     """Takes no nested choice."""
     numeric_choices: bool = False
     """A ``choice`` must list numbers."""
+    batch_space: bool = False
+    """The search space is one ``choice`` whose options are whole configurations (NNI's BatchTuner)."""
+    reserved_parameters: tuple[str, ...] = ()
+    """Parameter names the algorithm sets in each trial's parameters itself, so no search space may."""
+    reserved_because: str = ""
+    relations: tuple[Relation, ...] = ()
 
 
 class ClassArgsError(ValueError):
@@ -110,7 +128,7 @@ _TUNERS = (
     Algorithm("Evolution", "tuner", (
         _mode("maximize"), _SEED,
         _count("population_size", 32, low=2, high=limits.MAX_CLASS_ARG_POPULATION))),
-    Algorithm("Batch", "tuner", (), aliases=("BatchTuner",), takes_class_args=False),
+    Algorithm("Batch", "tuner", (), aliases=("BatchTuner",), takes_class_args=False, batch_space=True),
     Algorithm("GP", "tuner", (
         _mode("maximize"), _SEED,
         Arg("utility", "choice", "ei", choices=GP_UTILITIES),
@@ -141,7 +159,8 @@ _TUNERS = (
         _count("R", 60, low=1, high=MAX_HYPERBAND_R),
         _count("eta", 3, low=2, high=MAX_HYPERBAND_R),
         Arg("exec_mode", "choice", "parallelism", choices=HYPERBAND_EXEC_MODES),
-    ), advisor=True),
+    ), advisor=True, reserved_parameters=(BUDGET_KEY,),
+        reserved_because="Hyperband sets it to each trial's budget"),
     Algorithm("BOHB", "tuner", (
         _mode(None), _SEED,
         _count("min_budget", 1, low=1, high=9999),
@@ -153,7 +172,9 @@ _TUNERS = (
         _fraction("random_fraction", 1 / 3),
         Arg("bandwidth_factor", "number", 3.0, low=1e-6, high=9999),
         Arg("min_bandwidth", "number", 1e-3, low=1e-6, high=1.0),
-    ), advisor=True, flat_space=True, refused_args=(
+    ), advisor=True, flat_space=True, reserved_parameters=(BUDGET_KEY,),
+        reserved_because="Hyperband sets it to each trial's budget",
+        relations=(Relation("max_budget", ">", "min_budget"),), refused_args=(
         ("config_space", "(a ConfigSpace file) is not supported: give the search space in NNI's format"),)),
     Algorithm("PBT", "tuner", (
         _mode(None), _SEED,
@@ -163,14 +184,15 @@ _TUNERS = (
         Arg("factor", "number", 0.2, low=0.0, high=1e6),
         _fraction("resample_probability", 0.25),
         _fraction("fraction", 0.2),
-    ), aliases=("PBTTuner",), advisor=True, flat_space=True),
+    ), aliases=("PBTTuner",), advisor=True, flat_space=True, reserved_parameters=CHECKPOINT_KEYS,
+        reserved_because="PBT sets it to a checkpoint folder"),
 )
 
 _ASSESSORS = (
     Algorithm("Medianstop", "assessor", (_mode("maximize"), _count("start_step", 0))),
     Algorithm("Curvefitting", "assessor", (
         _count("epoch_num", 20, low=1), _count("start_step", 6, low=1), _fraction("threshold", 0.95),
-        _count("gap", 1, low=1), _mode("maximize"))),
+        _count("gap", 1, low=1), _mode("maximize")), relations=(Relation("start_step", "<=", "epoch_num"),)),
 )
 
 #: Built-in tuners (advisors included) by their NNI names.
@@ -231,11 +253,29 @@ def read_class_args(algorithm: Algorithm, class_args: Any) -> dict[str, Any]:
     for name, reason in algorithm.refused_args:
         if name in given:
             raise error(reason, name)
-    return _read_object(algorithm.args, given, "", error)
+    values = _read_object(algorithm.args, given, "", error)
+    for relation in algorithm.relations:
+        value, other = values[relation.arg], values[relation.other]
+        if relation.op == ">" and not value > other:
+            raise error(f"({value}) must be larger than {relation.other} ({other})", relation.arg)
+        if relation.op == "<=" and not value <= other:
+            raise error(f"must be <= {relation.other} ({other}), got {value}", relation.arg)
+    return values
 
 
-def search_space_problem(algorithm: Algorithm, specs: Iterable[ParamSpec]) -> str | None:
-    """Why the algorithm cannot take this (flattened) search space, as NNI's refuses it; None if it can."""
+def search_space_problem(algorithm: Algorithm, search_space: Any) -> str | None:
+    """Why the algorithm cannot take this (valid) search space, as NNI's refuses it; None if it can."""
+    if algorithm.batch_space:
+        try:
+            batch_configurations(search_space)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    specs = flatten_search_space(search_space)
+    names = {spec.name for spec in specs}
+    for reserved in algorithm.reserved_parameters:
+        if reserved in names:
+            return f"the search space may not have a parameter named {reserved}: {algorithm.reserved_because}"
     name = algorithm.name
     for spec in specs:
         where = f"search space parameter '{spec.name}'"
@@ -248,6 +288,59 @@ def search_space_problem(algorithm: Algorithm, specs: Iterable[ParamSpec]) -> st
         if algorithm.numeric_choices and spec.type == "choice" and not all(map(_is_number, spec.values)):
             return f"{where}: {name} takes a choice of numbers only (as in NNI)"
     return None
+
+
+def batch_configurations(search_space: Any) -> list[dict[str, Any]]:
+    """NNI's BatchTuner's search space: one ``choice`` whose options are the configurations to run,
+    each an object of parameter names to values. ValueError saying what is wrong otherwise."""
+    def refuse(reason: str) -> ValueError:
+        return ValueError(f"the search space must be one 'choice' parameter whose options are the "
+                          f"configurations to run (NNI's BatchTuner); {reason}")
+
+    if not isinstance(search_space, Mapping) or len(search_space) != 1:
+        count = len(search_space) if isinstance(search_space, Mapping) else type(search_space).__name__
+        raise refuse(f"got {count} parameters")
+    (name, spec), = search_space.items()
+    if not isinstance(spec, Mapping) or spec.get("_type") != "choice":
+        got = spec.get("_type") if isinstance(spec, Mapping) else type(spec).__name__
+        raise refuse(f"'{name}' is of type {got!r}")
+    options = spec.get("_value")
+    if not isinstance(options, list) or not options:
+        raise refuse(f"'{name}' needs a non-empty list in _value")
+    for i, option in enumerate(options):
+        if not isinstance(option, Mapping) or not all(isinstance(k, str) for k in option):
+            raise refuse(f"option {i} of '{name}' is not an object of parameter names to values")
+    return [dict(option) for option in options]
+
+
+def config_problems(tuner: Any, assessor: Any | None, search_space: Any,
+                    platform: str | None = None) -> list[tuple[str, str]]:
+    """``(field, reason)`` for each thing a built-in tuner or assessor of this config would refuse,
+    in the words the tuner service would end the experiment with (``tunebus create`` says them
+    before anything is uploaded). ``tuner`` and ``assessor`` are :class:`shared.config.AlgorithmConfig`
+    sections; a custom (``className``) one is the tuner service's to load."""
+    problems: list[tuple[str, str]] = []
+    if tuner.class_name is None:
+        algorithm = find("tuner", tuner.name)
+        try:
+            read_class_args(algorithm, tuner.class_args)
+            problem = search_space_problem(algorithm, search_space)
+            if problem is not None:
+                problems.append(("tuner", f"tuner '{algorithm.name}': {problem}"))
+        except ClassArgsError as exc:
+            problems.append(("tuner", str(exc)))
+        if (platform == "aml" and algorithm.name == "PBT"
+                and (tuner.class_args or {}).get("all_checkpoint_dir") is None):
+            problems.append(("tuner.classArgs.all_checkpoint_dir", AML_CHECKPOINTS_REFUSED))
+    if assessor is not None and tuner.class_name is None and find("tuner", tuner.name).advisor:
+        problems.append(("assessor", f"{tuner.name} is an advisor: it stops and promotes trials itself, "
+                                     f"so it takes no assessor (as in NNI)"))
+    elif assessor is not None and assessor.class_name is None:
+        try:
+            read_class_args(find("assessor", assessor.name), assessor.class_args)
+        except ClassArgsError as exc:
+            problems.append(("assessor", str(exc)))
+    return problems
 
 
 def _is_number(value: Any) -> bool:

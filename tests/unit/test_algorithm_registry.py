@@ -22,7 +22,6 @@ from shared import algorithms
 from shared.algorithms import ClassArgsError, find, read_class_args
 from shared.config import parse_experiment_config
 from shared.errors import ConfigError
-from shared.search_space import flatten_search_space
 
 UNIFORM = {"_type": "uniform", "_value": [0, 1]}
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -151,6 +150,30 @@ def test_the_registry_search_space_rules_refuse_what_nni_refuses(name: str, spac
 
 def test_a_space_every_rule_allows_is_taken() -> None:
     space = {"x": {"_type": "uniform", "_value": [0, 1]}, "k": {"_type": "choice", "_value": [1, 2]}}
+    batch = {"config": {"_type": "choice", "_value": [{"x": 0.1}, {"x": 0.7}]}}
     for name, algorithm in algorithms.TUNERS.items():
-        specs = flatten_search_space(space)
-        assert algorithms.search_space_problem(algorithm, specs) is None, name
+        taken = batch if algorithm.batch_space else space
+        assert algorithms.search_space_problem(algorithm, taken) is None, name
+    problem = algorithms.search_space_problem(algorithms.TUNERS["Batch"], space) or ""
+    assert "must be one 'choice' parameter" in problem and "got 2 parameters" in problem
+
+
+@pytest.mark.parametrize(("name", "parameter"), [
+    ("Hyperband", "TRIAL_BUDGET"), ("BOHB", "TRIAL_BUDGET"), ("PBT", "load_checkpoint_dir"),
+    ("PBT", "save_checkpoint_dir"),
+])
+def test_parameters_an_algorithm_sets_itself_are_refused_in_the_space(name: str, parameter: str) -> None:
+    space = {parameter: UNIFORM, "x": UNIFORM}
+    problem = algorithms.search_space_problem(algorithms.TUNERS[name], space)
+    assert problem is not None and f"may not have a parameter named {parameter}" in problem
+
+
+@pytest.mark.parametrize(("role", "name", "args", "message"), [
+    ("tuner", "BOHB", {"optimize_mode": "maximize", "min_budget": 3, "max_budget": 3},
+     "classArgs.max_budget (3) must be larger than min_budget (3)"),
+    ("assessor", "Curvefitting", {"epoch_num": 5, "start_step": 6},
+     "classArgs.start_step must be <= epoch_num (5), got 6"),
+])
+def test_related_class_args_are_checked_together(role: Any, name: str, args: Any, message: str) -> None:
+    with pytest.raises(ClassArgsError, match=re.escape(message)):
+        read_class_args(find(role, name), args)

@@ -63,11 +63,9 @@ def cmd_create(args: argparse.Namespace, output: _Output) -> int:
 
     try:
         config = load_experiment_config(args.config)
-        # Only now: the algorithms import numpy and scipy (a second on a busy machine).
-        from services.tuner.checks import builtin_algorithm_problems
+        from shared.algorithms import config_problems
 
-        problems = builtin_algorithm_problems(config.tuner, config.assessor, config.search_space,
-                                              platform=config.platform)
+        problems = config_problems(config.tuner, config.assessor, config.search_space, config.platform)
         if problems:
             raise ConfigError(problems, source=args.config)
     except ConfigError as exc:

@@ -13,7 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import NoMoreTrials, TunerConfigError, suggest_each
+from shared import algorithms
+
+from .errors import NoMoreTrials, refuse_unsupported_space, suggest_each
 
 __all__ = ["BatchTuner"]
 
@@ -36,7 +38,8 @@ class BatchTuner:
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
         """Adopt the list of configurations; refuse anything but one ``choice`` of objects."""
-        self._configs = _configurations(search_space)
+        refuse_unsupported_space(self.name, search_space)
+        self._configs = algorithms.batch_configurations(search_space)
         self._keys = [_key(c) for c in self._configs]
         self._given.clear()
         self._used.clear()
@@ -77,25 +80,3 @@ class BatchTuner:
                 self._used.add(index)
                 matched += 1
         return matched
-
-
-def _configurations(search_space: Any) -> list[dict[str, Any]]:
-    def refuse(reason: str) -> TunerConfigError:
-        return TunerConfigError(
-            "Batch", f"the search space must be one 'choice' parameter whose options are the "
-                     f"configurations to run (NNI's BatchTuner); {reason}")
-
-    if not isinstance(search_space, Mapping) or len(search_space) != 1:
-        count = len(search_space) if isinstance(search_space, Mapping) else type(search_space).__name__
-        raise refuse(f"got {count} parameters")
-    (name, spec), = search_space.items()
-    if not isinstance(spec, Mapping) or spec.get("_type") != "choice":
-        got = spec.get("_type") if isinstance(spec, Mapping) else type(spec).__name__
-        raise refuse(f"'{name}' is of type {got!r}")
-    options = spec.get("_value")
-    if not isinstance(options, list) or not options:
-        raise refuse(f"'{name}' needs a non-empty list in _value")
-    for i, option in enumerate(options):
-        if not isinstance(option, Mapping) or not all(isinstance(k, str) for k in option):
-            raise refuse(f"option {i} of '{name}' is not an object of parameter names to values")
-    return [dict(option) for option in options]

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from shared.search_space import build_parameters, flatten_search_space, parse_parameters
+from shared.algorithms import BUDGET_KEY
+from shared.search_space import build_parameters, parse_parameters
 
 from .encoding import Encoding
-from .errors import TunerConfigError, refuse_unsupported_space
-from .hyperband import BUDGET_KEY, HyperbandAdvisor, _Job, _key
+from .errors import refuse_unsupported_space
+from .hyperband import HyperbandAdvisor, _Job, _key
 from .parzen import ParzenEstimator
 
 __all__ = ["BohbAdvisor", "BohbSettings"]
@@ -59,9 +60,8 @@ class BohbAdvisor(HyperbandAdvisor):
 
     def __init__(self, *, seed: int, minimize: bool, min_budget: int = 1, max_budget: int = 3,
                  eta: int = 3, settings: BohbSettings | None = None) -> None:
-        if max_budget <= min_budget:
-            raise TunerConfigError(self.name, f"classArgs.max_budget ({max_budget}) must be larger than "
-                                              f"min_budget ({min_budget})")
+        if max_budget <= min_budget:  # the registry refuses such classArgs (a direct caller's defect)
+            raise ValueError(f"max_budget ({max_budget}) must be larger than min_budget ({min_budget})")
         super().__init__(seed=seed, minimize=minimize, R=max_budget, eta=eta, exec_mode="serial")
         self.s_max = math.floor(math.log(max_budget / min_budget, eta) + 1e-6)
         self.settings = settings or BohbSettings()
@@ -69,7 +69,7 @@ class BohbAdvisor(HyperbandAdvisor):
         self._results: dict[int, list[tuple[np.ndarray, float]]] = defaultdict(list)
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        refuse_unsupported_space(self.name, flatten_search_space(search_space))
+        refuse_unsupported_space(self.name, search_space)
         super().update_search_space(search_space)
         self.encoding = Encoding(self.specs)
         self._results = defaultdict(list)

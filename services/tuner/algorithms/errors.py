@@ -7,7 +7,6 @@ from typing import Any
 
 from shared import algorithms
 from shared.algorithms import ClassArgsError
-from shared.search_space import ParamSpec
 
 __all__ = ["NoMoreTrials", "TunerConfigError", "WaitForResults", "refuse_unsupported_space", "suggest_each"]
 
@@ -30,10 +29,10 @@ class WaitForResults(Exception):
     The service keeps the request and answers it after a later trial ends."""
 
 
-def refuse_unsupported_space(tuner: str, specs: Iterable[ParamSpec]) -> None:
+def refuse_unsupported_space(tuner: str, search_space: Any) -> None:
     """Raise :class:`TunerConfigError` for a search space the built-in ``tuner`` cannot take
     (its registry entry's rules, :func:`shared.algorithms.search_space_problem`)."""
-    problem = algorithms.search_space_problem(algorithms.TUNERS[tuner], specs)
+    problem = algorithms.search_space_problem(algorithms.TUNERS[tuner], search_space)
     if problem is not None:
         raise TunerConfigError(tuner, problem)
 

@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from shared.search_space import flatten_search_space
-
 from .base import BaseTuner, Internal, Observation
 from .encoding import Encoding
 from .errors import refuse_unsupported_space
@@ -67,7 +65,7 @@ class GpTuner(BaseTuner):
         self.encoding = Encoding([])
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        refuse_unsupported_space(self.name, flatten_search_space(search_space))
+        refuse_unsupported_space(self.name, search_space)
         super().update_search_space(search_space)
 
     def _on_search_space(self) -> None:

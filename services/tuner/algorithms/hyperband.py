@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from shared.algorithms import BUDGET_KEY
 from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, build_parameters, flatten_search_space, is_active, sample_internal
 
-from .errors import TunerConfigError, WaitForResults, suggest_each
+from .errors import WaitForResults, refuse_unsupported_space, suggest_each
 
-__all__ = ["BUDGET_KEY", "HyperbandAdvisor"]
+__all__ = ["HyperbandAdvisor"]
 
-BUDGET_KEY = "TRIAL_BUDGET"
 _EPSILON = 1e-6  # as NNI: keeps floor(log(81, 3)) at 4 despite rounding
 _DEDUP_ATTEMPTS = 32
 
@@ -106,9 +106,7 @@ class HyperbandAdvisor:
     # ------------------------------------------------------------ NNI's methods
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        if isinstance(search_space, Mapping) and BUDGET_KEY in search_space:
-            raise TunerConfigError(self.name, f"the search space may not have a parameter named "
-                                              f"{BUDGET_KEY}: Hyperband sets it to each trial's budget")
+        refuse_unsupported_space(self.name, search_space)
         self.specs = flatten_search_space(search_space)
         self._reset()
 

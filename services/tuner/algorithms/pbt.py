@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoints import CHECKPOINT_KEYS, LOAD_KEY, SAVE_KEY, checkpoint_ref
+from shared.checkpoints import LOAD_KEY, SAVE_KEY, checkpoint_ref
 from shared.metric_rule import loss_of
 from shared.search_space import ParamSpec, flatten_search_space, from_value, sample_internal, to_value
 
-from .errors import TunerConfigError, WaitForResults, refuse_unsupported_space, suggest_each
+from .errors import WaitForResults, refuse_unsupported_space, suggest_each
 
 __all__ = ["PbtSettings", "PbtTuner"]
 
@@ -96,12 +96,8 @@ class PbtTuner:
     # ------------------------------------------------------------ NNI's methods
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
+        refuse_unsupported_space(self.name, search_space)
         specs = flatten_search_space(search_space)
-        for spec in specs:
-            if spec.name in CHECKPOINT_KEYS:
-                raise TunerConfigError(self.name, f"the search space may not have a parameter named "
-                                                  f"{spec.name}: PBT sets it to a checkpoint folder")
-        refuse_unsupported_space(self.name, specs)
         self.specs = specs
         self.step = 0
         self._by_id = {}

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AssessorConfigError
 from .result import AssessResult, finite, scalar_history
 
 __all__ = ["CurvefittingAssessor", "predict_final"]
@@ -134,12 +133,8 @@ class CurvefittingAssessor:
     @classmethod
     def from_class_args(cls, args: dict[str, Any]) -> CurvefittingAssessor:
         """Build from NNI's classArgs (epoch_num, start_step, threshold, gap, optimize_mode), checked."""
-        epoch_num, start_step = args["epoch_num"], args["start_step"]
-        if start_step > epoch_num:
-            raise AssessorConfigError(
-                cls.name, f"must be <= epoch_num ({epoch_num}), got {start_step}", "start_step"
-            )
-        return cls(epoch_num, start_step, args["threshold"], args["gap"], args["optimize_mode"] == "maximize")
+        return cls(args["epoch_num"], args["start_step"], args["threshold"], args["gap"],
+                   args["optimize_mode"] == "maximize")
 
     def assess_trial(self, trial_job_id: str, trial_history: list[Any]) -> AssessResult:
         """Good or Bad for a running trial, given all its intermediate results so far."""
