@@ -38,16 +38,27 @@ def one_run(name: str, dims: int, trials: int, seed: int) -> dict[int, float]:
     noise = np.random.default_rng(seed)
     marks = [m for m in MARKS if m <= trials]
     samples: dict[int, list[float]] = {m: [] for m in marks}
+    learning: dict[int, list[float]] = {m: [] for m in marks}
     for parameter_id in range(trials + 11):
         start = time.perf_counter()
         params = tuner.generate_parameters(parameter_id)
         elapsed = (time.perf_counter() - start) * 1000
-        value = sum((v - 0.3) ** 2 for v in params.values()) + noise.normal(0, 0.01)
+        # The search space's own parameters only (an advisor adds its budget or checkpoint folders).
+        value = sum((params[key] - 0.3) ** 2 for key in space) + noise.normal(0, 0.01)
+        start = time.perf_counter()
         tuner.receive_trial_result(parameter_id, params, float(value))
+        learned = (time.perf_counter() - start) * 1000
         for mark in marks:
             if abs(parameter_id - mark) <= 10:
                 samples[mark].append(elapsed)
+                learning[mark].append(learned)
+    LEARNING[name] = {m: statistics.mean(v) for m, v in learning.items()}
     return {m: statistics.median(v) for m, v in samples.items()}
+
+
+#: Mean milliseconds of ``receive_trial_result`` around each history size, by tuner (last run):
+#: where an advisor does its work (a new bracket, BOHB's model, PBT's next step), so a mean.
+LEARNING: dict[str, dict[int, float]] = {}
 
 
 def main() -> None:
@@ -63,12 +74,14 @@ def main() -> None:
     for name in args.tuners.split(","):
         runs = [one_run(name, args.dims, args.trials, seed) for seed in range(args.runs)]
         for i, run in enumerate(runs):
-            print(f"{name} run {i}: " + ", ".join(f"{m}: {ms:.2f} ms" for m, ms in run.items()), flush=True)
+            print(f"{name} run {i}: " + ", ".join(f"{m}: {ms:.3f} ms" for m, ms in run.items()), flush=True)
         median = {m: statistics.median(r[m] for r in runs) for m in runs[0]}
         print(
             f"{name} median of {args.runs} runs: "
-            + ", ".join(f"{m}: {ms:.2f} ms" for m, ms in median.items())
+            + ", ".join(f"{m}: {ms:.3f} ms" for m, ms in median.items())
         )
+        print(f"{name} learning a result, mean (last run): "
+              + ", ".join(f"{m}: {ms:.3f} ms" for m, ms in LEARNING[name].items()))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
     print(f"peak resident memory: {peak_mib:.0f} MiB")
 
