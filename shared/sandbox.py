@@ -5,6 +5,7 @@ Details: :class:`Sandbox`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,26 +87,62 @@ class TrialUser:
 
 
 def _bridge_venv(folder: Path, interpreter: Path, version: str) -> Path:
-    """A venv in ``folder`` on ``interpreter`` whose site-packages lead to this venv's; its bin."""
-    site = folder / "lib" / version / "site-packages"
-    site.mkdir(parents=True, exist_ok=True)
-    (folder / "bin").mkdir(exist_ok=True)
-    (folder / "pyvenv.cfg").write_text(f"home = {interpreter.parent}\ninclude-system-site-packages = false\n"
-                                       f"version = {version.removeprefix('python')}\n")
-    for name in ("python", "python3", version):
-        link = folder / "bin" / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(interpreter)
+    """A venv in ``folder`` on ``interpreter`` whose site-packages lead to this venv's; its bin.
+
+    Asked for at every start of a worker or trial, by any number of them at once (and by other
+    services sharing the folder): a bridge already right is used untouched, and a new one is built
+    beside it and renamed into place whole, so no start ever finds it half made.
+    """
+    files = _bridge_files(version)
+    for _ in range(5):  # a concurrent builder may move it between two of these steps: look again
+        if _bridge_is(folder, interpreter, files):
+            return folder / "bin"
+        partial = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.partial")
+        _write_bridge(partial, interpreter, version, files)
+        try:
+            os.rename(partial, folder)  # atomic, over a missing or empty folder only
+            return folder / "bin"
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+        if not _bridge_is(folder, interpreter, files):  # an older bridge: set it aside, then retry
+            with contextlib.suppress(OSError):
+                stale = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.stale")
+                os.rename(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+    raise SandboxError(f"could not build the trial interpreter's folder {folder}: it kept changing")
+
+
+def _bridge_files(version: str) -> dict[str, str]:
     paths = sysconfig.get_paths()
     packages = dict.fromkeys([paths["purelib"], paths["platlib"]])
     # addsitedir, not bare paths: the venv's own .pth files run too, so an editable install of
     # tunebus (deploy/local's) imports from a trial as it does from the venv's interpreter.
     lines = [f"import site; site.addsitedir({path!r})\n" for path in packages]
-    (site / "tunebus-venv.pth").write_text("".join(lines))
+    return {f"lib/{version}/site-packages/tunebus-venv.pth": "".join(lines)}
+
+
+def _bridge_is(folder: Path, interpreter: Path, files: dict[str, str]) -> bool:
+    """Whether ``folder`` is a whole bridge to ``interpreter`` with these files."""
+    try:
+        return ((folder / "bin" / "python3").readlink() == interpreter
+                and all((folder / name).read_text() == text for name, text in files.items())
+                and (folder / "pyvenv.cfg").is_file())
+    except OSError:
+        return False
+
+
+def _write_bridge(folder: Path, interpreter: Path, version: str, files: dict[str, str]) -> None:
+    (folder / "bin").mkdir(parents=True)
+    (folder / "pyvenv.cfg").write_text(f"home = {interpreter.parent}\ninclude-system-site-packages = false\n"
+                                       f"version = {version.removeprefix('python')}\n")
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    for name in ("python", "python3", version):
+        (folder / "bin" / name).symlink_to(interpreter)
     for path in (folder, *folder.rglob("*")):
         if not path.is_symlink():
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    return folder / "bin"
 
 
 @dataclass(frozen=True)

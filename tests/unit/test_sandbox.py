@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from services.aml_submitter.service import Submitter, _Experiment
 from shared.messages import Message, TrialStatus, TrialStatusChanged, TrialSubmit
-from shared.sandbox import Sandbox, SandboxError, TrialUser, allowlisted_environment
+from shared.sandbox import Sandbox, SandboxError, TrialUser, _bridge_venv, allowlisted_environment
 
 
 def test_only_the_allowlist_and_the_named_passthrough_reach_a_trial() -> None:
@@ -106,3 +107,60 @@ async def test_without_local_trials_a_local_trial_fails_saying_why(tmp_path: Pat
     assert "TUNEBUS_LOCAL_TRIALS=0" in (failed.error or "")
 
 
+
+
+def _bridge_args() -> tuple[Path, str]:
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return Path(sys.executable).resolve(), version
+
+
+def test_building_a_bridge_again_leaves_the_one_in_use_untouched(tmp_path: Path) -> None:
+    # Every worker start asks for the bridge: rebuilding it in place (unlink, then link) left a
+    # moment with no interpreter, and a worker started then failed (FileNotFoundError).
+    interpreter, version = _bridge_args()
+    first = _bridge_venv(tmp_path / "bridge", interpreter, version)
+    link = os.lstat(first / "python3")
+    assert _bridge_venv(tmp_path / "bridge", interpreter, version) == first
+    again = os.lstat(first / "python3")
+    assert (again.st_ino, again.st_mtime_ns) == (link.st_ino, link.st_mtime_ns)
+    assert (first / "python3").resolve() == interpreter
+
+
+def test_concurrent_builders_never_show_a_bridge_without_its_interpreter(tmp_path: Path) -> None:
+    interpreter, version = _bridge_args()
+    folder = tmp_path / "bridge"
+    stop = threading.Event()
+    missing: list[str] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            if folder.exists() and not (folder / "bin" / "python3").exists():
+                missing.append("python3")
+
+    def build() -> None:
+        for _ in range(15):
+            bin_dir = _bridge_venv(folder, interpreter, version)
+            if not (bin_dir / "python3").exists() or not (bin_dir.parent / "pyvenv.cfg").exists():
+                missing.append(str(bin_dir))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    builders = [threading.Thread(target=build) for _ in range(6)]
+    for thread in builders:
+        thread.start()
+    for thread in builders:
+        thread.join()
+    stop.set()
+    watcher.join()
+    assert not missing
+    assert not list(tmp_path.glob("bridge.*")), "a builder's partial or stale folder was left behind"
+
+
+def test_a_bridge_to_another_interpreter_replaces_the_old_one(tmp_path: Path) -> None:
+    interpreter, version = _bridge_args()
+    folder = tmp_path / "bridge"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "python3").symlink_to("/nonexistent/python3")  # a bridge from an older install
+    bin_dir = _bridge_venv(folder, interpreter, version)
+    assert (bin_dir / "python3").resolve() == interpreter
+    assert not list(tmp_path.glob("bridge.*"))
