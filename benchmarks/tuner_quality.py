@@ -10,6 +10,15 @@ Every tuner is driven through NNI's interface exactly like the shared side-by-si
 file exists its objectives are used, so the numbers are comparable with the peers it runs
 (NNI, Optuna, hyperopt); otherwise this file's own objectives are. Peer tuners named there
 (``optuna_tpe``, ``nni_tpe``, ...) can be given in ``--tuners`` in an environment that has them.
+
+Peers defined here, imported only when named (so this file runs without them): ``optuna_gp``
+(Optuna's GPSampler), ``nni_gp`` and ``nni_metis`` (NNI 3.0's GPTuner and MetisTuner with their
+defaults) and, for ``--multi-fidelity``, ``nni_bohb`` and ``nni_hyperband`` (NNI 3.0's advisors,
+driven through NNI's dispatcher messages). NNI's tuners take no seed: Python's and numpy's global
+RNGs are seeded before each is built, and the private RandomStates NNI makes are reseeded::
+
+    PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --tuners GP,nni_gp --funcs hartmann6
+    PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --multi-fidelity --tuners BOHB,nni_bohb
 """
 
 from __future__ import annotations
