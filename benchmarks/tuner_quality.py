@@ -10,6 +10,15 @@ Every tuner is driven through NNI's interface exactly like the shared side-by-si
 file exists its objectives are used, so the numbers are comparable with the peers it runs
 (NNI, Optuna, hyperopt); otherwise this file's own objectives are. Peer tuners named there
 (``optuna_tpe``, ``nni_tpe``, ...) can be given in ``--tuners`` in an environment that has them.
+
+Peers defined here, imported only when named (so this file runs without them): ``optuna_gp``
+(Optuna's GPSampler), ``nni_gp`` and ``nni_metis`` (NNI 3.0's GPTuner and MetisTuner with their
+defaults) and, for ``--multi-fidelity``, ``nni_bohb`` and ``nni_hyperband`` (NNI 3.0's advisors,
+driven through NNI's dispatcher messages). NNI's tuners take no seed: Python's and numpy's global
+RNGs are seeded before each is built, and the private RandomStates NNI makes are reseeded::
+
+    PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --tuners GP,nni_gp --funcs hartmann6
+    PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --multi-fidelity --tuners BOHB,nni_bohb
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import random
 import statistics
 import sys
 import time
@@ -167,7 +177,53 @@ class OptunaGP:
         self.study.tell(self.trials.pop(parameter_id), value)
 
 
-PEERS: dict[str, Callable[[dict[str, Any], int], Any]] = {"optuna_gp": OptunaGP}
+def _seed_global_rngs(seed: int) -> None:
+    """NNI's GP and Metis take no seed argument; Metis draws from ``random`` and numpy's global RNG."""
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _minimize_flat(fun: Callable[[np.ndarray], Any], x0: np.ndarray, **kwargs: Any) -> Any:
+    """scipy.optimize.minimize for NNI 3.0's GP and Metis on a recent scipy, which refuses their
+    2-d starting points and 1-element objectives: the same problem, flattened; ``fun`` kept 1-element."""
+    from scipy.optimize import minimize
+
+    result = minimize(lambda x, *args: float(np.ravel(fun(x, *args))[0]), np.ravel(x0), **kwargs)
+    result.fun = np.atleast_1d(result.fun)
+    return result
+
+
+def nni_gp(space: dict[str, Any], seed: int) -> Any:
+    """NNI 3.0's GPTuner with its defaults (needs nni and scikit-learn).
+
+    It keeps a private ``np.random.RandomState()`` seeded from the OS, shared by its search space
+    and its scikit-learn regressor, so that object is reseeded in place after the global RNGs."""
+    from nni.algorithms.hpo.gp_tuner import GPTuner, util
+
+    util.minimize = _minimize_flat
+    _seed_global_rngs(seed)
+    tuner = GPTuner(optimize_mode="minimize")
+    tuner._random_state.seed(seed)
+    tuner.update_search_space(space)
+    return tuner
+
+
+def nni_metis(space: dict[str, Any], seed: int) -> Any:
+    """NNI 3.0's MetisTuner with its defaults (needs nni, scikit-learn and statsmodels)."""
+    from nni.algorithms.hpo.metis_tuner import MetisTuner, lib_acquisition_function
+
+    lib_acquisition_function.minimize = _minimize_flat
+    _seed_global_rngs(seed)
+    tuner = MetisTuner(optimize_mode="minimize")
+    tuner.update_search_space(space)
+    return tuner
+
+
+PEERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
+    "optuna_gp": OptunaGP,
+    "nni_gp": nni_gp,
+    "nni_metis": nni_metis,
+}
 
 
 def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> float:
@@ -198,17 +254,124 @@ def _partial_training(p: dict[str, Any], budget: int) -> float:
     return _hartmann6(p) + bias
 
 
+class NNIAdvisorDriver:
+    """NNI 3.0's BOHB or Hyperband advisor, driven as NNI's manager drives it, behind the
+    ``generate_parameters`` / ``receive_trial_result`` interface the loops here use.
+
+    The manager's messages, in its order: ``handle_initialize(search space)``, then
+    ``handle_request_trial_jobs(concurrency)``; for each finished trial a FINAL metric
+    (``handle_report_metric_data``, ``sequence`` 0 as ``nni.report_final_result`` sends it), then
+    ``handle_trial_end`` (event SUCCEEDED) and ``handle_request_trial_jobs(1)``. What the advisor
+    ``send``s is captured: each NewTrialJob / SendTrialJobParameter is queued for the next
+    ``generate_parameters``. Two things are patched on the instance, neither part of the
+    algorithm: the command channel is a placeholder (no manager to connect to), and
+    ``is_created_in_previous_exp`` answers False (this is no resumed experiment; NNI 3.0's own
+    compares these advisors' string ids with an int and raises TypeError)."""
+
+    def __init__(self, advisor: Any, space: dict[str, Any], concurrency: int = 1) -> None:
+        from nni.runtime.tuner_command_channel import CommandType
+
+        self.advisor = advisor
+        self.new_job_commands = (CommandType.NewTrialJob, CommandType.SendTrialJobParameter)
+        self.queued: list[dict[str, Any]] = []
+        self.running: dict[int, dict[str, Any]] = {}
+        advisor.send = self._capture
+        advisor.is_created_in_previous_exp = lambda _parameter_id: False
+        advisor.handle_initialize(space)
+        advisor.handle_request_trial_jobs(concurrency)
+
+    def _capture(self, command: Any, data: str) -> None:
+        import nni
+
+        if command in self.new_job_commands:
+            self.queued.append(nni.load(data))
+
+    def generate_parameters(self, parameter_id: int) -> dict[str, Any]:
+        if not self.queued:
+            raise RuntimeError("the NNI advisor handed out no trial although one was requested")
+        job = self.queued.pop(0)
+        self.running[parameter_id] = job
+        return dict(job["parameters"])
+
+    def receive_trial_result(self, parameter_id: int, params: dict[str, Any], value: float) -> None:
+        import nni
+
+        job = self.running.pop(parameter_id)
+        trial_job_id = f"trial{parameter_id}"
+        self.advisor.handle_report_metric_data({
+            "parameter_id": job["parameter_id"], "trial_job_id": trial_job_id, "type": "FINAL",
+            "sequence": 0, "value": nni.dump(value)})
+        self.advisor.handle_trial_end({"trial_job_id": trial_job_id, "event": "SUCCEEDED",
+                                       "hyper_params": nni.dump(job)})
+        self.advisor.handle_request_trial_jobs(1)
+
+
+def _unconnected_command_channel() -> None:
+    """Let NNI's advisors be built without a manager: MsgDispatcherBase connects to the URL in
+    NNI_TUNER_COMMAND_CHANNEL unless it starts with ws://_unittest_ (NNI's own tests' placeholder)."""
+    from nni.runtime import msg_dispatcher_base
+
+    placeholder = "ws://_unittest_placeholder_"
+    msg_dispatcher_base.dispatcher_env_vars = msg_dispatcher_base.dispatcher_env_vars._replace(
+        NNI_TUNER_COMMAND_CHANNEL=placeholder)
+
+
+def nni_hyperband(space: dict[str, Any], seed: int) -> NNIAdvisorDriver:
+    """NNI 3.0's Hyperband advisor, R = MAX_BUDGET, eta 3, its default exec_mode (parallelism)."""
+    from nni.algorithms.hpo.hyperband_advisor import Hyperband
+
+    _unconnected_command_channel()
+    _seed_global_rngs(seed)
+    advisor = Hyperband(optimize_mode="minimize", R=MAX_BUDGET, eta=3)
+    original_update = advisor.handle_update_search_space
+
+    def update_seeded(data: dict[str, Any]) -> None:  # its RandomState is made here, OS-seeded
+        original_update(data)
+        advisor.random_state.seed(seed)
+
+    advisor.handle_update_search_space = update_seeded
+    return NNIAdvisorDriver(advisor, space)
+
+
+def nni_bohb(space: dict[str, Any], seed: int) -> NNIAdvisorDriver:
+    """NNI 3.0's BOHB advisor (needs ConfigSpace and statsmodels), budgets 1..MAX_BUDGET, eta 3,
+    its other defaults. Its ConfigSpace is seeded as it is built; its model draws from numpy's
+    global RNG."""
+    from nni.algorithms.hpo.bohb_advisor import BOHB
+
+    _unconnected_command_channel()
+    _seed_global_rngs(seed)
+    advisor = BOHB(optimize_mode="minimize", min_budget=1, max_budget=MAX_BUDGET, eta=3)
+    original_update = advisor.handle_update_search_space
+
+    def update_seeded(data: dict[str, Any]) -> None:
+        original_update(data)
+        advisor.search_space.seed(seed)
+
+    advisor.handle_update_search_space = update_seeded
+    return NNIAdvisorDriver(advisor, space)
+
+
+ADVISOR_PEERS: dict[str, Callable[[dict[str, Any], int], NNIAdvisorDriver]] = {
+    "nni_hyperband": nni_hyperband,
+    "nni_bohb": nni_bohb,
+}
+
+
 def multi_fidelity_regret(name: str, seed: int, total_budget: int) -> float:
     """Regret of the best configuration run at the full budget, once ``total_budget`` epochs are spent.
 
     Hyperband and BOHB hand out budgets; any other tuner runs every trial at the full budget."""
     space = {f"x{i}": {"_type": "uniform", "_value": [0, 1]} for i in range(6)}
+    tuner: Any
     if name == "Hyperband":
         args = {"optimize_mode": "minimize", "R": MAX_BUDGET, "eta": 3, "seed": seed}
         tuner = create_tuner(name, args, space)
     elif name == "BOHB":
         tuner = create_tuner(name, {"optimize_mode": "minimize", "min_budget": 1, "max_budget": MAX_BUDGET,
                                     "eta": 3, "seed": seed}, space)
+    elif name in ADVISOR_PEERS:
+        tuner = ADVISOR_PEERS[name](space, seed)
     else:
         tuner = make_tuner(name, space, seed, None)
     spent, best, parameter_id = 0, math.inf, 0
