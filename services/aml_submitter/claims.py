@@ -63,8 +63,21 @@ class Claims:
             if found is None:
                 raise TransientError(f"claim {path} vanished")
             doc, etag = found
-            if doc.get("state") == "started":
+            if doc.get("state") == "started" and not msg.resubmit:
                 return Claim("handled")  # a duplicate of a job that runs
+            if doc.get("state") == "started":
+                # Sent again: the dispatcher heard nothing of the job for its claim timeout, and a
+                # replica running one beats for it, so the one that started it is gone.
+                previous = str(doc.get("replica"))
+                try:
+                    await self.store.write_json(path, {
+                        "replica": self.replica, "state": "abandoned", "previous": previous,
+                        "time": datetime.now(UTC).isoformat()}, etag=etag)
+                except ConcurrentWriteError:
+                    continue
+                log.warning("trial %s/%s attempt %d: started by %s, which went silent; reported lost",
+                            msg.experiment_id, msg.trial_id, msg.attempt, previous)
+                return Claim("abandoned", previous=previous)
             if doc.get("state") == "abandoned":  # reported lost already; its report is sent again
                 return Claim("abandoned", previous=str(doc.get("previous")))
             if doc.get("state") == "released":  # its replica started nothing: claimed afresh

@@ -225,7 +225,8 @@ class Submitter:
                     message_id=f"{msg.experiment_id}-{msg.trial_id}-{msg.attempt}-abandoned",
                     experiment_id=msg.experiment_id, trial_id=msg.trial_id, parameter_id=msg.sequence_id,
                     attempt=msg.attempt, status=TrialStatus.FAILED, lost=True,
-                    error=f"lost: its submitter replica {claim.previous} stopped while starting it"))
+                    error=f"lost: its submitter replica {claim.previous} stopped while starting or "
+                          f"running it"))
                 return
             etag = claim.etag
         who = TrialIdentity(msg.experiment_id, msg.trial_id, msg.sequence_id, msg.attempt)

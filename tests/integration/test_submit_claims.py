@@ -129,6 +129,29 @@ async def test_a_claim_left_starting_is_reported_lost_not_run_again(store: BlobS
     assert [s.message_id for s in bus.statuses()] == [report.message_id] * 2
 
 
+async def test_a_started_claim_the_dispatcher_sent_again_for_is_reported_lost(
+        store: BlobStore, work_dir: Path) -> None:
+    """The dispatcher sends an attempt's submit again only when it heard nothing of it for its
+    claim timeout; a replica that runs a job beats for it, so a claim "started" then belongs to a
+    replica that is gone (chaos: its reports were lost with the broker, then it was killed).
+    Answering "running elsewhere" for ever left the experiment unable to end."""
+    await _experiment(store, work_dir, "claims-e")
+    layout = Layout("claims-e")
+    await store.write_json(layout.claim_blob("t1", 1), {"replica": "replica-gone", "state": "started",
+                                                         "time": datetime.now(UTC).isoformat()})
+    bus = FlakyBus()
+    submitter = _submitter(store, work_dir, bus)
+    await submitter.on_submit(_submit("claims-e"))  # a duplicate delivery of the first submit
+    assert bus.statuses() == []  # the job runs elsewhere, as far as this replica can tell
+    await submitter.on_submit(_submit("claims-e").model_copy(update={"resubmit": True}))
+    [report] = bus.statuses()
+    assert report.lost and report.status == TrialStatus.FAILED and report.attempt == 1, report
+    assert report.error is not None and "replica-gone" in report.error
+    claim = await store.read_json(layout.claim_blob("t1", 1))
+    assert claim is not None and claim[0]["state"] == "abandoned" and claim[0]["previous"] == "replica-gone"
+    assert not submitter.backends["local"].running()  # not run again into the same results
+
+
 async def test_a_claim_whose_start_failed_is_released_for_the_retry(store: BlobStore, work_dir: Path) -> None:
     await _experiment(store, work_dir, "claims-c")
     bus = FlakyBus()
