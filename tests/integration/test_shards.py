@@ -14,6 +14,7 @@ import pytest
 
 from shared.bus import Bus, TransientError
 from shared.messages import SuggestRequest, TrialEnded, TrialStatus
+from shared.placement import LoadMeter, Planner
 from shared.shards import ShardedConsumer, owner_of
 from shared.topology import EVENTS_EXCHANGE, EXPERIMENT_HEADER, TUNER_QUEUE, TUNER_SHARDS
 
@@ -144,6 +145,82 @@ async def test_the_owner_of_each_shard_is_the_same_for_every_replica() -> None:
     views = [("b", "a", "c"), ("c", "b", "a")]
     owners = [[owner_of(k, view) for k in range(8)] for view in views]
     assert owners[0] == owners[1] == ["a", "b", "c", "a", "b", "c", "a", "b"]
+
+
+async def test_the_leader_moves_shards_from_a_busy_replica_to_an_idle_one_keeping_each_experiments_order(
+        amqp_vhost: str) -> None:
+    """Four busy experiments on four shards that the hash gives to the same replica (0, 2, 4, 6 of
+    two replicas: all replica-a's): the leader measures the load and moves two of them to
+    replica-b, and each experiment's requests are still handled once each, in order."""
+    hot = {f"hot{k}": k for k in (0, 2, 4, 6)}
+    handled: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    busy_replicas: dict[str, ShardedConsumer] = {}
+
+    def handlers(name: str) -> dict[type, Callable]:
+        async def on_suggest(msg: SuggestRequest) -> None:
+            await asyncio.sleep(0.04)  # work: what the load meter measures
+            handled[msg.experiment_id].append((name, msg.parameter_ids[0]))
+        return {SuggestRequest: on_suggest}
+
+    async def release(experiment_ids: list[str]) -> None:
+        pass
+
+    buses = []
+    for name in ("replica-a", "replica-b"):
+        bus = await _bus(amqp_vhost, name)
+        buses.append(bus)
+        busy_replicas[name] = ShardedConsumer(
+            bus, TUNER_SHARDS, handlers(name), prefetch=8, concurrency=4, on_release=release, replica=name,
+            heartbeat=0.2, peer_timeout=1.5, cooldown=0.5, meter=LoadMeter(TUNER_SHARDS.count, tau=1.0),
+            planner=Planner(TUNER_SHARDS.count, every=0.5, settle=2.0))
+        await busy_replicas[name].start()
+    a, b = busy_replicas["replica-a"], busy_replicas["replica-b"]
+    connection = await aio_pika.connect(amqp_vhost)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        direct = {}
+        for shard in hot.values():  # straight into each experiment's shard, as the hash would
+            direct[shard] = await channel.declare_exchange(f"test.shard-{shard}", "direct", auto_delete=True)
+            queue = await channel.get_queue(TUNER_SHARDS.queue(shard).name)
+            await queue.bind(direct[shard], routing_key="suggest.request")
+        await _until(lambda: a.view == b.view == ("replica-a", "replica-b"), "both replicas see each other")
+        assert all(owner_of(k, a.view) == "replica-a" for k in hot.values())
+
+        async def round_of(pid: int) -> None:  # one request per experiment, all handled before the next
+            for experiment, shard in hot.items():
+                body = SuggestRequest(experiment_id=experiment, parameter_ids=[pid]).model_dump_json()
+                message = aio_pika.Message(body.encode(), headers={EXPERIMENT_HEADER: experiment})
+                await direct[shard].publish(message, routing_key="suggest.request")
+            await _until(lambda: all(len(handled[e]) > pid for e in hot), f"round {pid}")
+
+        def split(since: int) -> dict[str, set[str]]:
+            return {e: {name for name, pid in handled[e] if pid >= since} for e in hot}
+
+        pid = 0
+        deadline = time.monotonic() + 120
+        while not ({"replica-b"} in split(max(0, pid - 10)).values() and pid >= 10):
+            assert time.monotonic() < deadline, f"no shard moved to the idle replica: {split(0)}"
+            await round_of(pid)
+            pid += 1
+        settled = pid
+        for _ in range(20):  # 20 more rounds: the two replicas share the four experiments 2:2
+            await round_of(pid)
+            pid += 1
+        late = split(settled + 10)
+        assert all(len(names) == 1 for names in late.values()), late
+        per_replica = sorted(sum(1 for names in late.values() if names == {r})
+                             for r in ("replica-a", "replica-b"))
+        assert per_replica == [2, 2], late
+        assert sorted(a.owned() + b.owned()) == list(range(TUNER_SHARDS.count))  # one plan, followed by both
+    finally:
+        await connection.close()
+        for consumer in (a, b):
+            await consumer.stop()
+        for bus in buses:
+            await bus.close()
+    for e in hot:
+        ids = [pid for _, pid in handled[e]]
+        assert ids == list(range(len(ids))), f"{e}: handled twice or out of order: {ids}"
 
 
 async def test_a_slow_experiment_holds_up_only_itself(amqp_vhost: str) -> None:
