@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from .backend import Backend, JobRequest, PermanentSubmitError, SubmitError
 from .backend_setup import aml_backend, trial_sandbox
 from .checkpoints import CheckpointTransfer
 from .claims import CLAIM_STALE_SECONDS, Claims
+from .code_folders import CodeFolders
 from .local import LocalBackend
 from .settings import SubmitterSettings
 from .trial_env import TrialIdentity, sas_lifetime
@@ -82,6 +82,9 @@ class Submitter:
         self.shared_storage_endpoint = shared_storage_endpoint  # template, {account} for the name
         self.backends: dict[str, Backend] = {}
         self.claims = Claims(store, replica)
+        self.code = CodeFolders(work_dir, replica)
+        self._submitting: Counter[str] = Counter()  # experiment -> submissions in progress here
+        self._unused_code: set[str] = set()  # experiments left the cache whose folder is still here
         # The experiments whose trials came here lately (least recently used first): bounded,
         # so a long-lived replica does not keep every experiment it ever ran.
         self._experiments: OrderedDict[str, _Experiment] = OrderedDict()
@@ -122,11 +125,25 @@ class Submitter:
                 self._loading.pop(experiment_id, None)
         self._experiments[experiment_id] = loaded
         while len(self._experiments) > MAX_CACHED_EXPERIMENTS:
-            _, evicted = self._experiments.popitem(last=False)
+            evicted_id, evicted = self._experiments.popitem(last=False)
             if evicted.results_store is not None:
                 # A call still in flight on it reopens its session (BlobStore does on use).
                 await evicted.results_store.close()
+            if evicted.code_dir is not None:
+                self._unused_code.add(evicted_id)
+        await self._remove_unused_code()
         return loaded
+
+    async def _remove_unused_code(self) -> None:
+        """Remove the code folders of experiments no longer loaded, unless a trial of theirs
+        runs here or is being submitted (it is tried again at the next eviction)."""
+        if not self._unused_code:
+            return
+        busy = {e for backend in self.backends.values() for e in backend.running()}
+        busy |= {e for e, n in self._submitting.items() if n} | self._experiments.keys()
+        for experiment_id in sorted(self._unused_code - busy):
+            await self.code.remove(experiment_id)
+            self._unused_code.discard(experiment_id)
 
     async def _load_experiment(self, experiment_id: str) -> _Experiment:
         """An experiment's config, unpacked code and results account, from storage."""
@@ -166,33 +183,36 @@ class Submitter:
         return shared_storage_results_url(experiment.shared_storage, path, lifetime)
 
     async def close(self) -> None:
-        """Close the stores opened on experiments' sharedStorage accounts."""
+        """Close the stores opened on experiments' sharedStorage accounts; remove this replica's
+        code folders (its backends are closed first: no trial of it runs any more)."""
         for experiment in self._experiments.values():
             if experiment.results_store is not None:
                 await experiment.results_store.close()
+        await self.code.close()
 
     async def _unpack_code(self, experiment_id: str, code_blob: str | None) -> Path | None:
         if not code_blob:
             return None
-        from shared.code_archive import extract_code_archive
-
-        dest = self.work_dir / experiment_id / "code"
+        dest = self.code.folder(experiment_id)
         if dest.exists():
             return dest
         data = await self.store.read_bytes(code_blob)
         if data is None:
             raise PermanentError(f"code archive {code_blob} is missing")
-        partial = dest.with_name(f"code.{uuid.uuid4().hex}.partial")
-        await asyncio.to_thread(extract_code_archive, data, partial)
-        try:
-            partial.rename(dest)  # atomic: replicas on one machine never see half a tree
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)  # another replica got there first
-        return dest
+        return await self.code.unpack(experiment_id, data)
 
     # ------------------------------------------------------------------ handlers
 
     async def on_submit(self, msg: TrialSubmit) -> None:
+        self._submitting[msg.experiment_id] += 1
+        try:
+            await self._submit(msg)
+        finally:
+            self._submitting[msg.experiment_id] -= 1
+            if not self._submitting[msg.experiment_id]:
+                del self._submitting[msg.experiment_id]
+
+    async def _submit(self, msg: TrialSubmit) -> None:
         try:
             experiment = await self._experiment(msg.experiment_id)
         except SharedStorageError as exc:  # no trial of it can report metrics: fail, say why
@@ -285,6 +305,7 @@ async def start(settings: SubmitterSettings) -> Running:
     submitter = Submitter(bus, store, work_dir, replica,
                           shared_storage_endpoint=settings.shared_storage_endpoint,
                           log_max_bytes=settings.log_max_bytes)
+    await asyncio.to_thread(submitter.code.start)
     if settings.local_trials:
         local = LocalBackend(work_dir, submitter.report, submitter.upload_logs, sandbox=sandbox,
                              sandbox_error=sandbox_error, checkpoints=CheckpointTransfer(store))

@@ -211,3 +211,44 @@ async def test_a_replica_whose_claim_was_abandoned_while_it_started_stops_its_jo
     assert end.attempt == 1 and end.status == TrialStatus.SYS_CANCELED, end
     assert end.error is not None and "abandoned" in end.error
     assert backend.running() == {}
+
+
+@dataclass
+class Busy:
+    """A backend that only says which experiments have trials running on it."""
+
+    experiments: set[str] = field(default_factory=set)
+
+    def running(self) -> dict[str, dict[str, int]]:
+        return {e: {"t": 1} for e in self.experiments}
+
+
+async def test_an_experiment_leaving_the_cache_takes_its_code_folder_unless_a_trial_of_it_runs(
+        store: BlobStore, work_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.aml_submitter.service.MAX_CACHED_EXPERIMENTS", 1)
+    for experiment_id in ("code-a", "code-b", "code-c"):
+        await _experiment(store, work_dir, experiment_id)
+    bus = FlakyBus()
+    submitter = _submitter(store, work_dir, bus)
+    busy = Busy()
+    submitter.backends["busy"] = busy  # type: ignore[assignment]
+    folder = submitter.code.folder
+
+    async def run(experiment_id: str, trial_id: str) -> None:
+        bus.published.clear()
+        await submitter.on_submit(TrialSubmit(experiment_id=experiment_id, trial_id=trial_id, sequence_id=0,
+                                              parameters={"x": 0.5}))
+        assert (await _end(bus)).status == TrialStatus.SUCCEEDED  # its code was there to run
+
+    await run("code-a", "t1")
+    assert folder("code-a").is_dir()
+    busy.experiments = {"code-b"}
+    await run("code-b", "t1")  # a leaves the cache: nothing of it runs, its folder goes
+    assert not folder("code-a").exists() and folder("code-b").is_dir()
+    await run("code-c", "t1")  # b leaves the cache, but a trial of it still runs here: kept
+    assert folder("code-b").is_dir() and folder("code-c").is_dir()
+    busy.experiments = set()
+    await run("code-a", "t2")  # unpacked again; c leaves, and b's trial has ended: both go
+    assert folder("code-a").is_dir() and not folder("code-b").exists() and not folder("code-c").exists()
+    await submitter.close()
+    assert not submitter.code.root.exists()

@@ -4,6 +4,7 @@ never be called."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ def _tables() -> list[tuple[QueueSpec, dict[type[Message], Any]]]:
          Dispatcher(None, None, Policy(), 8).handlers()),  # type: ignore[arg-type]
         (QueueSpec(TUNER_SHARDS.exchange, TUNER_SHARDS.bindings), TunerService(None, None).handlers()),  # type: ignore[arg-type]
         (INGESTOR_QUEUE, Ingestor(None, None, 1.0).handlers()),  # type: ignore[arg-type]
-        (SUBMIT_QUEUE, _handlers(Submitter(None, None, None, "r"))),  # type: ignore[arg-type]
+        (SUBMIT_QUEUE, _handlers(Submitter(None, None, Path("unused"), "r"))),  # type: ignore[arg-type]
     ]
 
 
