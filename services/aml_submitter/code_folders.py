@@ -56,7 +56,8 @@ class CodeFolders:
     def start(self) -> list[str]:
         """Take this replica's lock; remove the folders of replicas that are gone (their names)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / LOCK_NAME, "wb")
+        # Private (0600): a trial, which may read the code, must not be able to hold the lock.
+        self._lock = os.fdopen(os.open(self.root / LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600), "wb")
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         gone = []
         for folder in sorted(self.parent.iterdir()):

@@ -22,6 +22,7 @@ def _archive(tmp_path: Path) -> bytes:
 async def test_unpacked_once_then_reused_and_removed(tmp_path: Path) -> None:
     folders = CodeFolders(tmp_path / "work", "replica-a")
     folders.start()
+    assert stat.S_IMODE((folders.root / ".alive").stat().st_mode) == 0o600  # no trial can hold it
     code = await folders.unpack("exp1", _archive(tmp_path))
     assert (code / "trial.py").read_text() == "print('hi')\n"
     (code / "marker").write_text("kept")
