@@ -20,9 +20,9 @@ nni, get the parameters, report a final result), Random tuner. Reported per run:
     .venv/bin/python benchmarks/scale.py single --trials 100 1000 [--concurrency 16]
     .venv/bin/python benchmarks/scale.py many --experiments 50 --trials 100 [--concurrency 4]
 
-At 10,000 trials Azurite on disk dominates the run (it rewrites its whole metadata database every
-5 s); ``TUNEBUS_AZURITE_IN_MEMORY=1`` keeps it off disk, but once stopped answering at ~1,800
-trials: see the README's Performance section.
+At 10,000 trials Azurite dominates the run: on disk it rewrites its whole metadata database every
+5 s, and in memory too each request scans every blob of the account (``azurite_growth.py``);
+``TUNEBUS_AZURITE_IN_MEMORY=1`` keeps it off disk. See the README's Performance section.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 3600). Needs to run as
 the user that started the stack (it reads the services' ``/proc`` entries).
