@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.tuner.algorithms import TunerConfigError, WaitForResults, create_tuner
+from shared.search_space import parse_parameters
 
 SPACE: dict[str, Any] = {
     "x": {"_type": "uniform", "_value": [0.0, 1.0]},
@@ -298,3 +299,34 @@ def test_bohb_class_args_are_checked(args: dict[str, Any], message: str) -> None
 def test_bohb_refuses_a_nested_choice() -> None:
     with pytest.raises(TunerConfigError, match="'opt' is a nested choice; BOHB takes flat parameters only"):
         create_tuner("BOHB", {"optimize_mode": "maximize"}, SPACE)
+
+
+def test_bohb_models_every_budget_by_rank_within_it_weighted_by_the_budget() -> None:
+    """Short runs are biased (here: far worse values, and a misleading optimum), but their ranks
+    among themselves count early; a longer run counts as many short ones as its budget is
+    longer. So one full-budget result outweighs a few short ones, and short runs make a model
+    possible before the full budget has enough results for one. (NNI's and BOHB's paper's rule,
+    the largest budget with enough results alone, would model budget 1 here: optimum A.)"""
+    tuner = bohb(min_points_in_model=3)
+
+    def encode(params: dict[str, float]) -> np.ndarray:
+        return tuner.encoding.encode(parse_parameters(tuner.specs, params))
+
+    near_a, near_b = (0.1, 0.9), (0.8, 0.2)  # short runs say A; the full budget says B
+    rng = np.random.default_rng(0)
+    for i in range(27):  # budget 1: the three best (far worse than any full run) near A
+        x, y = near_a if i < 3 else rng.random(2)
+        tuner._results[1].append((encode({"x": x, "y": y}), 100.0 + i))
+    for i in range(6):  # budget 9: the best near B, the rest spread out
+        x, y = near_b if i == 0 else rng.random(2)
+        tuner._results[9].append((encode({"x": x, "y": y}), float(i)))
+    model = tuner._model()
+    assert model is not None
+    good, bad, _ = model
+    points = np.array([encode(dict(zip("xy", p, strict=True))) for p in (near_b, near_a)])
+    score = good.log_pdf(points) - bad.log_pdf(points)
+    assert score[0] > score[1]  # the full-budget optimum, weighted 9 to 1, leads
+    short_runs = tuner._results.pop(1)
+    assert tuner._model() is None  # the full budget alone has too few results for a model yet
+    tuner._results[1] = short_runs[:10]  # and the short runs' ranks count, whatever their values
+    assert tuner._model() is not None

@@ -41,16 +41,21 @@ class BohbAdvisor(HyperbandAdvisor):
     Brackets as in :mod:`.hyperband`, with ``s_max = floor(log_eta(max_budget / min_budget))``, round
     budgets ``max_budget / eta**s * eta**i``, one bracket at a time (NNI's BOHB is serial). A new
     bracket's configurations are drawn, each with probability ``1 - random_fraction``, from a
-    TPE-like model of the largest budget with enough results: the results at that budget are split
-    into the best ``top_n_percent`` ("good", at least ``min_points_in_model``) and the rest ("bad");
-    each gets a Parzen estimator whose kernel widths follow the normal reference rule (at least
-    ``min_bandwidth``); ``num_samples`` points are drawn from the good one with widths times
-    ``bandwidth_factor``, and the one with the highest good/bad density ratio is taken. Otherwise,
-    and until a model exists, the configuration is random.
+    TPE-like model of every budget's results: at each budget the best ``top_n_percent`` (at least
+    one) are "good" and the rest "bad", each result weighted by its budget over the largest budget
+    run so far; the good and the bad results of all budgets each get a Parzen estimator whose
+    kernel widths follow the normal reference rule (at least ``min_bandwidth``); ``num_samples``
+    points are drawn from the good one with widths times ``bandwidth_factor``, and the one with
+    the highest good/bad density ratio is taken. Until the good and the bad sets each hold more
+    points than there are parameters (and all together ``min_points_in_model``), the configuration
+    is random.
 
     Search-space types are NNI's for BOHB (those ConfigSpace takes): every flat type; a nested
     choice is refused. Differences from NNI, on purpose: the model learns each trial at the budget it
-    ran with (NNI files it under the final result's sequence number), categorical kernels use the
+    ran with, ranked among its own budget's results and weighted by that budget (NNI files every
+    result under the final result's sequence number, and BOHB's paper models the largest budget
+    with enough results alone: a short run's value is biased, but its rank among short runs tells
+    much early on; ``benchmarks/README_tuners.md`` has the comparison), categorical kernels use the
     TPE rule of :mod:`.parzen` rather than statsmodels' Aitchison-Aitken kernel, and after a restart
     a bracket's first round is taken back from the recorded trials (the model that drew it saw only
     the results known then).
@@ -126,25 +131,31 @@ class BohbAdvisor(HyperbandAdvisor):
         return build_parameters(self.specs, self.encoding.decode(vector))
 
     def _model(self) -> tuple[ParzenEstimator, ParzenEstimator, ParzenEstimator] | None:
-        """Good, bad and sampling densities at the largest budget with enough results (NNI's rule)."""
+        """Good, bad and sampling densities from every budget's results (see the class)."""
         s = self.settings
         dim = self.encoding.dim
-        least = max(s.min_points_in_model or 0, dim + 1)
-        for budget in sorted(self._results, reverse=True):
+        if not self._results or sum(map(len, self._results.values())) < (s.min_points_in_model or 0):
+            return None
+        largest = max(self._results)
+        good: list[np.ndarray] = []
+        bad: list[np.ndarray] = []
+        good_weights: list[float] = []
+        bad_weights: list[float] = []
+        for budget in sorted(self._results):
             results = self._results[budget]
-            if len(results) < least:
-                continue
             order = sorted(range(len(results)), key=lambda i: results[i][1])
-            points = np.array([results[i][0] for i in order])
-            n_good = max(least, s.top_n_percent * len(results) // 100)
-            n_bad = max(least, (100 - s.top_n_percent) * len(results) // 100)
-            good, bad = points[:n_good], points[n_good:n_good + n_bad]
-            if len(good) <= dim or len(bad) <= dim:
-                continue
-            width = self._bandwidth(good)
-            return (self._density(good, width, 1.0), self._density(bad, self._bandwidth(bad), 1.0),
-                    self._density(good, width * s.bandwidth_factor, 0.0))
-        return None
+            n_good = max(1, math.ceil(s.top_n_percent * len(results) / 100))
+            weight = budget / largest
+            for rank, index in enumerate(order):
+                (good if rank < n_good else bad).append(results[index][0])
+                (good_weights if rank < n_good else bad_weights).append(weight)
+        if len(good) <= dim or len(bad) <= dim:
+            return None
+        good_points, bad_points = np.array(good), np.array(bad)
+        width = self._bandwidth(good_points)
+        return (self._density(good_points, good_weights, width, 1.0),
+                self._density(bad_points, bad_weights, self._bandwidth(bad_points), 1.0),
+                self._density(good_points, good_weights, width * s.bandwidth_factor, 0.0))
 
     def _bandwidth(self, points: np.ndarray) -> np.ndarray:
         """The normal reference rule, per column, floored at min_bandwidth."""
@@ -153,5 +164,6 @@ class BohbAdvisor(HyperbandAdvisor):
         width = 1.06 * np.nan_to_num(spread, nan=1.0) * n ** (-1.0 / (dim + 4))
         return np.clip(width, self.settings.min_bandwidth, 1.0)
 
-    def _density(self, points: np.ndarray, width: np.ndarray, prior_weight: float) -> ParzenEstimator:
-        return ParzenEstimator(self.encoding, points, np.ones(len(points)), width, prior_weight)
+    def _density(self, points: np.ndarray, weights: list[float], width: np.ndarray,
+                 prior_weight: float) -> ParzenEstimator:
+        return ParzenEstimator(self.encoding, points, np.array(weights), width, prior_weight)
