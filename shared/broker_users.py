@@ -81,7 +81,8 @@ class BrokerUser:
 
 USERS: tuple[BrokerUser, ...] = (
     BrokerUser("tunebus-dispatcher", (f"{DISPATCHER_SHARDS.queue(0).name[:-1]}<k>",),
-               ("experiment.status", "suggest.request", "trial.submit", "trial.kill", "trial.ended",
+               ("experiment.status", "suggest.request", "suggest.withdrawn", "trial.submit", "trial.kill",
+                "trial.ended",
                 # trial.status: a lost job's end, or an end the ingestor never got, sent again
                 "trial.status", "ticket.dispatcher.tick")),
     BrokerUser("tunebus-tuner", (f"{TUNER_SHARDS.queue(0).name[:-1]}<k>",),

@@ -44,6 +44,7 @@ __all__ = [
     "Message",
     "MetricKind",
     "SuggestRequest",
+    "SuggestionsWithdrawn",
     "Ticket",
     "TrialEnded",
     "TrialHeartbeat",
@@ -210,6 +211,15 @@ class SuggestRequest(Message):
     ROUTING_KEY: ClassVar[str] = "suggest.request"
     parameter_ids: list[int] = Field(min_length=1, max_length=MAX_SUGGEST_BATCH,
                                      description="NNI parameter ids = trial sequence ids.")
+
+
+class SuggestionsWithdrawn(Message):
+    """The dispatcher will never run these parameter ids (``maxTrialNumber`` was lowered): the
+    tuner answers none it still holds and ends those it answered as trials that never ran (an
+    advisor's round must not wait for their results)."""
+
+    ROUTING_KEY: ClassVar[str] = "suggest.withdrawn"
+    parameter_ids: list[int] = Field(min_length=1, max_length=MAX_SUGGEST_BATCH)
 
 
 class TrialSuggested(Message):

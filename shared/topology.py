@@ -124,7 +124,7 @@ DISPATCHER_QUEUE = QueueSpec(
 )
 TUNER_QUEUE = QueueSpec(
     "tunebus.tuner",
-    bindings=("suggest.request", "trial.metric", "trial.ended", "experiment.status"),
+    bindings=("suggest.request", "suggest.withdrawn", "trial.metric", "trial.ended", "experiment.status"),
     single_active_consumer=True,
 )
 

@@ -17,6 +17,7 @@ from shared.bus import PermanentError, parse_message
 from shared.messages import (
     ExperimentStatusChanged,
     Message,
+    SuggestionsWithdrawn,
     SuggestRequest,
     TrialEnded,
     TrialKill,
@@ -29,7 +30,8 @@ __all__ = ["DISPATCHER_ROUTING_KEYS", "CorruptState", "checked_outbox", "checked
 
 #: Every routing key the dispatcher publishes (lifecycle's messages, and its own tick).
 DISPATCHER_ROUTING_KEYS = frozenset({
-    ExperimentStatusChanged.ROUTING_KEY, SuggestRequest.ROUTING_KEY, TrialSubmit.ROUTING_KEY,
+    ExperimentStatusChanged.ROUTING_KEY, SuggestRequest.ROUTING_KEY, SuggestionsWithdrawn.ROUTING_KEY,
+    TrialSubmit.ROUTING_KEY,
     TrialKill.ROUTING_KEY, TrialEnded.ROUTING_KEY, TrialStatusChanged.ROUTING_KEY,
     "ticket.dispatcher.tick",
 })

@@ -8,6 +8,7 @@ goes on; parameter ids are the dispatcher's, so none is ever repeated.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from shared.messages import (
     ExperimentStatusChanged,
     Message,
     MetricKind,
+    SuggestionsWithdrawn,
     SuggestRequest,
     TrialEnded,
     TrialMetric,
@@ -95,6 +97,7 @@ class TunerService:
     def handlers(self) -> dict[type[Message], Callable[[Any], Awaitable[None]]]:
         return {
             SuggestRequest: self._one_at_a_time(self.on_suggest),
+            SuggestionsWithdrawn: self._one_at_a_time(self.on_withdrawn),
             TrialEnded: self._one_at_a_time(self.on_ended),
             TrialMetric: self._one_at_a_time(self.on_metric),
             ExperimentStatusChanged: self._one_at_a_time(self.on_experiment_status),
@@ -220,6 +223,29 @@ class TunerService:
             TrialSuggested(experiment_id=experiment_id, parameter_id=pid, parameters=params)
             for pid, params in answers
         )
+
+    async def on_withdrawn(self, msg: SuggestionsWithdrawn) -> None:
+        """Ids the dispatcher will never run: those still held are not answered; those answered
+        end as trials that never ran, so that an advisor's round does not wait for them."""
+        session = await self._session(msg.experiment_id)
+        if session is None:
+            return
+        tuner = session.tuner
+        for pid in msg.parameter_ids:
+            if pid in session.waiting:
+                session.waiting.remove(pid)
+            params = session.parameters.get(pid)
+            if params is None or pid in session.withdrawn:
+                continue
+            session.withdrawn.add(pid)
+            end = functools.partial(tuner.trial_end, pid, False,
+                                    **({"parameters": params} if session.advisor else {}))
+            try:
+                await session.calls.run(f"{session.tuner_name}: trial_end", end)
+            except AlgorithmFailed as exc:
+                await self._fail(msg.experiment_id, exc)
+                return
+        await self._answer_waiting(msg.experiment_id, session)
 
     async def on_ended(self, msg: TrialEnded) -> None:
         session = await self._session(msg.experiment_id)

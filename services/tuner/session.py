@@ -51,6 +51,7 @@ class Session:
     stop_requested: set[str] = field(default_factory=set)
     exhausted: bool = False
     waiting: list[int] = field(default_factory=list)  # ids asked for that the tuner will answer later
+    withdrawn: set[int] = field(default_factory=set)  # answered ids the dispatcher will never run
 
     @property
     def advisor(self) -> bool:

@@ -13,6 +13,7 @@ from shared.messages import (
     ExperimentStatus,
     ExperimentStatusChanged,
     ExperimentUpdate,
+    SuggestionsWithdrawn,
     SuggestRequest,
     Ticket,
     TrialEnded,
@@ -542,10 +543,20 @@ def test_lowering_max_trials_drops_what_waits_beyond_it() -> None:
     suggest(state, p, 0)
     suggest(state, p, 1)  # waits for the slot
     assert [r.parameter_id for r in state.ready] == [1] and state.requested == [2]
-    p, _ = update(state, p, max_trial_number=1)
+    p, out = update(state, p, max_trial_number=1)
     assert p.max_trials == 1 and state.ready == [] and state.requested == []
+    # The tuner hears which ids will never run (an advisor's round may be counting on them).
+    assert [m.parameter_ids for m in of(out, SuggestionsWithdrawn)] == [[1, 2]]
     end(state, p, state.by_sequence()[0].trial_id)
     assert state.status == ExperimentStatus.DONE and len(state.trials) == 1
+
+
+def test_an_update_that_drops_nothing_withdraws_nothing() -> None:
+    p = plan(concurrency=1, max_trials=10, lookahead=2)
+    state, _ = started(p)
+    suggest(state, p, 0)
+    _, out = update(state, p, max_trial_number=4)
+    assert not of(out, SuggestionsWithdrawn) and state.requested == [1, 2]
 
 
 def test_more_time_brings_an_experiment_out_of_no_more_trial() -> None:

@@ -8,7 +8,7 @@ from shared.messages import ExperimentStatus, ExperimentStatusChanged, Experimen
 from shared.state import ExperimentState
 
 from .plan import Plan, Policy, plan_with_limits
-from .steps import OUT_OF_TIME, begin_drain, fill_slots, next_tick, status_change
+from .steps import OUT_OF_TIME, begin_drain, fill_slots, next_tick, status_change, withdrawals
 
 #: What ``resume`` applies to: every ended experiment. A DONE one whose trials or time are used
 #: up ends DONE again at once, unless ``update`` raised its limits first.
@@ -55,19 +55,23 @@ def apply_update(state: ExperimentState, plan: Plan, msg: ExperimentUpdate,
     """New limits (``nnictl update``): the plan they make and what follows at once.
 
     More slots are filled at once; fewer kill nothing (freed slots are not refilled past the new
-    number); a lower ``maxTrialNumber`` drops the suggestions waiting beyond it; more time takes
+    number); a lower ``maxTrialNumber`` drops the suggestions waiting beyond it (and tells the
+    tuner, whose advisor may count on their results); more time takes
     an experiment whose time had run out back to RUNNING. A finished experiment keeps them for
     its resume. Repeating an update changes nothing more.
     """
     state.updated_limits.update(msg.limits())
     plan = plan_with_limits(plan, state.updated_limits)
+    out: list[Message] = []
     if plan.max_trials is not None:
         room = max(plan.max_trials - state.trials_created, 0)
+        dropped = [ready.parameter_id for ready in state.ready[room:]]
         del state.ready[room:]
+        dropped += state.requested[max(room - len(state.ready), 0):]
         del state.requested[max(room - len(state.ready), 0):]
+        out += withdrawals(state.experiment_id, dropped)
     if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):
-        return plan, []
-    out: list[Message] = []
+        return plan, out
     if (state.status == ExperimentStatus.NO_MORE_TRIAL and state.reason == OUT_OF_TIME
             and (plan.max_duration is None or state.elapsed_seconds(now) < plan.max_duration)):
         state.reason = None

@@ -11,6 +11,7 @@ from shared.messages import (
     ExperimentStatus,
     ExperimentStatusChanged,
     Message,
+    SuggestionsWithdrawn,
     SuggestRequest,
     Ticket,
     TrialKill,
@@ -126,6 +127,12 @@ def fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Messag
     if running == 0 and queued == 0:
         out += status_change(state, ExperimentStatus.DONE, now)
     return out
+
+
+def withdrawals(experiment_id: str, ids: list[int]) -> list[Message]:
+    """``suggest.withdrawn`` messages for parameter ids that will never run, in batches."""
+    return [SuggestionsWithdrawn(experiment_id=experiment_id, parameter_ids=ids[i:i + MAX_SUGGEST_BATCH])
+            for i in range(0, len(ids), MAX_SUGGEST_BATCH)]
 
 
 def suggest_requests(experiment_id: str, ids: list[int]) -> list[Message]:
