@@ -112,6 +112,59 @@ OWN_PROBLEMS: dict[str, Problem] = {
 }
 
 
+# ---------------------------------------------------------------- multimodal, 10-20 dimensions
+
+
+def _vector(p: dict[str, Any], dims: int) -> np.ndarray:
+    return np.array([p[f"x{i}"] for i in range(dims)], dtype=float)
+
+
+#: Where the shifted functions have their minimum (not the box's centre, which some samplers favour).
+_SHIFT = 1.7 * np.sin(np.arange(1, 21) * 1.3)
+
+
+def _ackley10(p: dict[str, Any]) -> float:
+    """Ackley in 10 dimensions on [-5, 5]^10, its minimum 0 moved to ``_SHIFT``: a wide funnel
+    covered in many shallow local minima."""
+    z = _vector(p, 10) - _SHIFT[:10]
+    return float(-20 * np.exp(-0.2 * np.sqrt(np.mean(z**2))) - np.exp(np.mean(np.cos(2 * np.pi * z)))
+                 + 20 + math.e)
+
+
+def _rastrigin10(p: dict[str, Any]) -> float:
+    """Rastrigin in 10 dimensions on [-5.12, 5.12]^10, minimum 0 moved to ``_SHIFT``: a regular
+    lattice of about 10^10 local minima."""
+    z = _vector(p, 10) - _SHIFT[:10]
+    return float(10 * len(z) + np.sum(z**2 - 10 * np.cos(2 * np.pi * z)))
+
+
+def _levy20(p: dict[str, Any]) -> float:
+    """Levy in 20 dimensions on [-10, 10]^20 (minimum 0 at x = 1): ridges of local minima."""
+    w = 1 + (_vector(p, 20) - 1) / 4
+    middle = np.sum((w[:-1] - 1) ** 2 * (1 + 10 * np.sin(np.pi * w[:-1] + 1) ** 2))
+    return float(np.sin(np.pi * w[0]) ** 2 + middle + (w[-1] - 1) ** 2 * (1 + np.sin(2 * np.pi * w[-1]) ** 2))
+
+
+def _styblinski_tang12(p: dict[str, Any]) -> float:
+    """Styblinski-Tang in 12 dimensions on [-5, 5]^12: 2^12 local minima, the global one in a
+    corner region (each x_i = -2.9035, -39.16617 a dimension)."""
+    x = _vector(p, 12)
+    return float(0.5 * np.sum(x**4 - 16 * x**2 + 5 * x))
+
+
+def _box(dims: int, low: float, high: float) -> dict[str, Any]:
+    return {f"x{i}": {"_type": "uniform", "_value": [low, high]} for i in range(dims)}
+
+
+#: Added to whichever objectives are used (issue 14: multimodal and 10-20 dimensional).
+HARD_PROBLEMS: dict[str, Problem] = {
+    "ackley10": (_box(10, -5, 5), _ackley10, 0.0),
+    "rastrigin10": (_box(10, -5.12, 5.12), _rastrigin10, 0.0),
+    "levy20": (_box(20, -10, 10), _levy20, 0.0),
+    "styblinski12": (_box(12, -5, 5), _styblinski_tang12, -39.16617 * 12),
+}
+
+
 def shared_bench() -> ModuleType | None:
     """The shared side-by-side benchmark module, if this checkout sits next to it."""
     if not SHARED_BENCH.exists():
@@ -126,7 +179,7 @@ def shared_bench() -> ModuleType | None:
 
 def problems(bench: ModuleType | None) -> dict[str, Problem]:
     """The shared benchmark's objectives when available, else this file's own."""
-    return dict(bench.FUNCS) if bench is not None else OWN_PROBLEMS
+    return {**(dict(bench.FUNCS) if bench is not None else OWN_PROBLEMS), **HARD_PROBLEMS}
 
 
 # ---------------------------------------------------------------- driving tuners
