@@ -116,7 +116,7 @@ class LoadMeter:
 
 
 def rebalance(owners: tuple[str, ...], view: tuple[str, ...], loads: Mapping[int, float], *,
-              frozen: Iterable[int] = (), min_gain: float = 0.05, min_share: float = 0.1) -> tuple[str, ...]:
+              frozen: Iterable[int] = (), min_gain: float = 0.05, min_share: float = 0.2) -> tuple[str, ...]:
     """``owners`` with shards moved, one at a time, from the busiest replica to the least busy.
 
     A move is made only if it lowers the busiest replica's load by ``min_gain`` and by
@@ -154,7 +154,7 @@ class Planner:
     was when moved and what is reported now (:meth:`plan` is given the highest report per shard).
     """
 
-    def __init__(self, count: int, *, every: float = 3.0, settle: float = 15.0,
+    def __init__(self, count: int, *, every: float = 10.0, settle: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.count = count
         self.every = every
