@@ -22,7 +22,7 @@ from shared.placement import LoadMeter, Plan, Planner, owner_of, parse_loads, pa
 from shared.topology import ShardedQueues, replicas_queue
 
 __all__ = ["HEARTBEAT_SECONDS", "PEER_TIMEOUT_SECONDS", "STEP_BACK_COOLDOWN", "ShardedConsumer",
-           "owner_of", "replica_name"]  # owner_of: from shared.placement
+           "replica_name"]
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,11 @@ class CodeFolders:
         partial = self.root / f".{experiment_id}.{uuid.uuid4().hex}.partial"
         try:
             await asyncio.to_thread(extract_code_archive, data, partial)
-            partial.rename(dest)  # whole or not at all, for a replica restarted on the same name
+            try:
+                partial.rename(dest)  # whole or not at all
+            except OSError:
+                if not dest.is_dir():  # not merely unpacked meanwhile
+                    raise
         finally:
             await asyncio.to_thread(remove_tree, partial)
         return dest

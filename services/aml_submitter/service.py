@@ -77,7 +77,6 @@ class Submitter:
         self.bus = bus
         self.log_max_bytes = log_max_bytes
         self.store = store
-        self.work_dir = work_dir
         self.replica = replica
         self.shared_storage_endpoint = shared_storage_endpoint  # template, {account} for the name
         self.backends: dict[str, Backend] = {}
@@ -140,7 +139,7 @@ class Submitter:
         if not self._unused_code:
             return
         busy = {e for backend in self.backends.values() for e in backend.running()}
-        busy |= {e for e, n in self._submitting.items() if n} | self._experiments.keys()
+        busy |= self._submitting.keys() | self._experiments.keys()
         for experiment_id in sorted(self._unused_code - busy):
             await self.code.remove(experiment_id)
             self._unused_code.discard(experiment_id)

@@ -14,8 +14,8 @@ import pytest
 
 from shared.bus import Bus, TransientError
 from shared.messages import SuggestRequest, TrialEnded, TrialStatus
-from shared.placement import LoadMeter, Planner
-from shared.shards import ShardedConsumer, owner_of
+from shared.placement import LoadMeter, Planner, owner_of
+from shared.shards import ShardedConsumer
 from shared.topology import EVENTS_EXCHANGE, EXPERIMENT_HEADER, TUNER_QUEUE, TUNER_SHARDS
 
 pytestmark = pytest.mark.integration

@@ -67,8 +67,9 @@ def apply_update(state: ExperimentState, plan: Plan, msg: ExperimentUpdate,
         room = max(plan.max_trials - state.trials_created, 0)
         dropped = [ready.parameter_id for ready in state.ready[room:]]
         del state.ready[room:]
-        dropped += state.requested[max(room - len(state.ready), 0):]
-        del state.requested[max(room - len(state.ready), 0):]
+        asked = max(room - len(state.ready), 0)  # requests still wanted
+        dropped += state.requested[asked:]
+        del state.requested[asked:]
         out += withdrawals(state.experiment_id, dropped)
     if state.status not in (ExperimentStatus.RUNNING, ExperimentStatus.NO_MORE_TRIAL):
         return plan, out

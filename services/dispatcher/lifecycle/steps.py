@@ -129,13 +129,17 @@ def fill_slots(state: ExperimentState, plan: Plan, now: datetime) -> list[Messag
     return out
 
 
+def _in_batches(kind: type[SuggestRequest | SuggestionsWithdrawn], experiment_id: str,
+                ids: list[int]) -> list[Message]:
+    return [kind(experiment_id=experiment_id, parameter_ids=ids[i:i + MAX_SUGGEST_BATCH])
+            for i in range(0, len(ids), MAX_SUGGEST_BATCH)]
+
+
 def withdrawals(experiment_id: str, ids: list[int]) -> list[Message]:
     """``suggest.withdrawn`` messages for parameter ids that will never run, in batches."""
-    return [SuggestionsWithdrawn(experiment_id=experiment_id, parameter_ids=ids[i:i + MAX_SUGGEST_BATCH])
-            for i in range(0, len(ids), MAX_SUGGEST_BATCH)]
+    return _in_batches(SuggestionsWithdrawn, experiment_id, ids)
 
 
 def suggest_requests(experiment_id: str, ids: list[int]) -> list[Message]:
     """``suggest.request`` messages for ``ids``, in batches the tuner takes."""
-    return [SuggestRequest(experiment_id=experiment_id, parameter_ids=ids[i:i + MAX_SUGGEST_BATCH])
-            for i in range(0, len(ids), MAX_SUGGEST_BATCH)]
+    return _in_batches(SuggestRequest, experiment_id, ids)
