@@ -108,6 +108,11 @@ class Message(BaseModel):
         """The key it is published with on the events exchange (a ticket's says its purpose)."""
         return self.ROUTING_KEY
 
+    def trace_id(self) -> str:
+        """``experiment/trial`` (``experiment`` for a message of no one trial), for trace logs."""
+        trial = getattr(self, "trial_id", None)
+        return f"{self.experiment_id}/{trial}" if trial else self.experiment_id
+
 
 # ---------------------------------------------------------------- experiment lifecycle
 

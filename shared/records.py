@@ -211,7 +211,10 @@ async def append_pending(store: BlobStore, state: ExperimentState, *, known_clea
             records = [r for r in records if r.trial_id not in there]
         if not records:
             continue
-        await store.create_append_blob(path)
+        # A chunk is created by the append of its first record; after a crash or a failed try
+        # (not known clean) it may not have been: creating is a no-op where it exists.
+        if not known_clean or chunk * CHUNK_RECORDS >= state.ended_logged:
+            await store.create_append_blob(path)
         for block in _blocks(records):
             await store.append_block(path, block)
     state.ended_logged += len(pending)

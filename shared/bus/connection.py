@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,7 @@ from shared.topology import (
 __all__ = ["PUBLISH_CONFIRM_TIMEOUT", "REASON_HEADER", "BusConnection", "without_secrets"]
 
 log = logging.getLogger(__name__)
+trace = logging.getLogger("tunebus.trace")  # each publish and its confirm's wait, at DEBUG
 
 REASON_HEADER = "x-tunebus-reason"
 PUBLISH_CONFIRM_TIMEOUT = 10.0
@@ -173,9 +175,13 @@ class BusConnection:
         """
         assert self._events is not None, "Bus.connect() was not called"
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            started = time.perf_counter()
             try:
                 await self._events.publish(self._amqp_message(msg, headers), routing_key=msg.routing_key,
                                            mandatory=True, timeout=PUBLISH_CONFIRM_TIMEOUT)
+                if trace.isEnabledFor(logging.DEBUG):
+                    trace.debug("published %s %s, confirmed in %.1f ms", msg.routing_key, msg.trace_id(),
+                                1000 * (time.perf_counter() - started))
                 return
             except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
                 if attempt == PUBLISH_ATTEMPTS:

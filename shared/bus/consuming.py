@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from shared.topology import EXPERIMENT_HEADER, QueueSpec, ShardedQueues
 __all__ = ["Bus", "Consumption", "Handler", "KeyedLocks"]
 
 log = logging.getLogger(__name__)
+# Every delivery handled and how long it took, at DEBUG (TUNEBUS_LOG_LEVEL=DEBUG): a trial's
+# path through the services, read from their logs' timestamps.
+trace = logging.getLogger("tunebus.trace")
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -131,12 +135,16 @@ class Bus(BusConnection):
         if retry_for is not None and _text(retry_for) != spec.name:
             await delivery.ack()  # a retry meant for another queue bound to the same key
             return
+        started = time.perf_counter()
         try:
             msg = parse_message(key, delivery.body)
             handler = handlers.get(type(msg))
             if handler is None:
                 raise PermanentError(f"{self.service} has no handler for {type(msg).__name__}")
             await handler(msg)
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug("handled %s %s in %.1f ms", key, msg.trace_id(),
+                            1000 * (time.perf_counter() - started))
         except PermanentError as exc:
             log.error("dead-lettering %s from %s: %s", key, spec.name, exc)
             await self.dead_letter(key, delivery.body, str(exc), spec.name)

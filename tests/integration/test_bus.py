@@ -244,3 +244,25 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_its_retries(am
     assert len(letters) == 1
     reason = str(letters[0].headers["x-tunebus-reason"])
     assert "failed 3 times" in reason and "KeyError" in reason
+
+
+async def test_debug_traces_each_publish_and_handling_with_its_trial(
+        amqp_vhost: str, caplog: pytest.LogCaptureFixture) -> None:
+    """TUNEBUS_LOG_LEVEL=DEBUG: a trial's path through the services can be read from their logs."""
+    bus = await _bus(amqp_vhost)
+    handled: list[str] = []
+
+    async def on_ended(msg: TrialEnded) -> None:
+        handled.append(msg.trial_id)
+
+    caplog.set_level("DEBUG", logger="tunebus.trace")
+    try:
+        await bus.consume(DISPATCHER_QUEUE, {TrialEnded: on_ended})
+        await bus.publish(TrialEnded(experiment_id="e9", trial_id="t7", parameter_id=0,
+                                     status=TrialStatus.SUCCEEDED))
+        await _until(lambda: handled == ["t7"], "the ended trial handled")
+    finally:
+        await bus.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tunebus.trace"]
+    assert any(line.startswith("published trial.ended e9/t7, confirmed in ") for line in lines), lines
+    assert any(line.startswith("handled trial.ended e9/t7 in ") for line in lines), lines

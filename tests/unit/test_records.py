@@ -31,12 +31,14 @@ class AppendBlobs:
 
     blobs: dict[str, bytes]
     appends = 0
+    creates = 0  # create calls, whether or not the blob was there
     fail_after: int | None = None
 
     async def read_bytes(self, path: str) -> bytes | None:
         return self.blobs.get(path)
 
     async def create_append_blob(self, path: str) -> bool:
+        self.creates += 1
         if path in self.blobs:
             return False
         self.blobs[path] = b""
@@ -128,6 +130,20 @@ def test_later_moves_continue_in_the_chunk_where_the_last_stopped() -> None:
     run(append_pending(store, state))  # type: ignore[arg-type]
     assert len(parse_chunk(store.blobs[chunk_path("exp", 0)])) == CHUNK_RECORDS
     assert len(parse_chunk(store.blobs[chunk_path("exp", 1)])) == 2
+
+
+def test_trials_appended_one_at_a_time_create_each_chunk_once() -> None:
+    """One append per ended trial: the chunk's blob is created when its first record goes in,
+    not tried again before every append (each try is a request that storage refuses)."""
+    store = MemoryStore()
+    state = state_with()
+    for i in range(CHUNK_RECORDS + 5):
+        state.trials[f"t{i:05d}"] = trial(i)
+        retire_ended(state)
+        run(append_pending(store, state))  # type: ignore[arg-type]
+    assert store.creates == 2
+    assert store.appends == CHUNK_RECORDS + 5
+    assert len(parse_chunk(store.blobs[chunk_path("exp", 1)])) == 5
 
 
 @pytest.mark.parametrize("appends_before_crash", [0, 1, 2])
