@@ -2,7 +2,9 @@
 
 Handlers are thin: load the experiment's summary (:mod:`.states`), apply the pure lifecycle
 function (:mod:`.lifecycle`), write the summary with the resulting messages in its outbox,
-publish them, append the ended trials to the ended log (:mod:`shared.records`), ack.
+publish them, append the ended trials to the ended log (:mod:`shared.records`), ack. Once its
+change is applied, a handler lets the experiment's next delivery apply while it waits for its
+write: changes applied meanwhile share the next write (a group commit).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from shared import records
-from shared.bus import Bus, PermanentError
+from shared.bus import Bus, PermanentError, end_turn
 from shared.layout import active_marker
 from shared.messages import (
     ExperimentError,
@@ -96,16 +98,21 @@ class Dispatcher:
         was_finished = loaded.state.finished
         try:
             out = change(loaded, lifecycle.utcnow())
-        except Exception:
-            self.states.drop(experiment_id)  # the cached state may be half-changed
+        except Exception as exc:
+            self.states.break_off(loaded, exc)  # the cached state may be half-changed
             raise
         if deferrable and not out and not loaded.state.finished:
             return
         if was_finished and not loaded.state.finished:  # resumed: running again
             await self.states.mark_running(experiment_id)
-        await self.states.commit(loaded, out)
         if loaded.state.finished:
+            await self.states.commit_with_others(loaded, out)
             await self.states.forget_finished(loaded)
+            return
+        # Applied: the experiment's next delivery may apply too while this change is written
+        # (it then joins the next write); this delivery is acked once its own write is done.
+        end_turn()
+        await self.states.commit_with_others(loaded, out)
 
     # ------------------------------------------------------------------ handlers
 

@@ -10,9 +10,10 @@ experiment in ERROR instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared import records
 from shared.bus import Bus, PermanentError, TransientError
@@ -25,12 +26,20 @@ from . import lifecycle
 from .lifecycle import Plan
 from .outbox import CorruptState, checked_outbox, checked_state
 
-__all__ = ["FINISHED_IDS", "ExperimentStates", "Loaded"]
+__all__ = ["FINISHED_IDS", "Batch", "ExperimentStates", "Loaded"]
 
 log = logging.getLogger("tunebus.dispatcher")
 
 #: Finished experiments' ids the dispatcher remembers (for its watchdog; ~100 bytes each).
 FINISHED_IDS = 10_000
+
+
+@dataclass
+class Batch:
+    """Changes applied while a write was in flight: written together by the next one."""
+
+    done: asyncio.Future[None]
+    out: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -44,6 +53,11 @@ class Loaded:
     # Whether this process knows that no record of ``state.pending_ended`` is in the log yet
     # (false after a load or a failed append: the append then reads the chunks first).
     log_clean: bool = True
+    batch: Batch | None = None  # changes waiting for the next write
+    writing: bool = False  # a writer task is at work on this state's batches
+    # Set when a write failed or a change broke off half-applied: what is in memory is not to be
+    # written any more (the state left the cache; the next delivery loads what is stored).
+    broken: BaseException | None = None
 
 
 class ExperimentStates:
@@ -54,6 +68,7 @@ class ExperimentStates:
         self.store = store
         self.lookahead = lookahead
         self._cache: dict[str, Loaded] = {}
+        self._writers: set[asyncio.Task[None]] = set()
         # Ids of experiments that finished here (ids only, the newest FINISHED_IDS): the
         # watchdog removes a marker one of them left behind without loading it again.
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -69,6 +84,13 @@ class ExperimentStates:
     def drop(self, experiment_id: str) -> None:
         """Forget the held state: the next use loads it again from storage."""
         self._cache.pop(experiment_id, None)
+
+    def break_off(self, loaded: Loaded, why: BaseException) -> None:
+        """``loaded`` holds a change that will never be written (it failed half-way, or its write
+        did): forget it, and fail the changes still waiting to be written with it."""
+        loaded.broken = loaded.broken or why
+        if self._cache.get(loaded.state.experiment_id) is loaded:
+            self.drop(loaded.state.experiment_id)
 
     def finished_here(self, experiment_id: str) -> bool:
         """Whether the experiment finished in this process (its marker may outlive a crash)."""
@@ -141,6 +163,53 @@ class ExperimentStates:
         self._cache[experiment_id] = loaded
         await self.commit(loaded, out)
         return loaded
+
+    async def commit_with_others(self, loaded: Loaded, out: list[Message]) -> None:
+        """Make the changes applied to ``loaded`` so far durable, then publish ``out``: at once
+        if nothing is being written, else in the next write, together with every change applied
+        meanwhile (a group commit: one write and one round of publishing for all of them, in the
+        order they were applied). Returns once that is done; raises if it failed, and then every
+        change of the batch is lost with the state, which leaves the cache: their deliveries are
+        retried on what is stored (whose outbox the next load publishes again)."""
+        if loaded.broken is not None:
+            raise TransientError(f"state of {loaded.state.experiment_id} was dropped: {loaded.broken!r}")
+        if loaded.batch is None:
+            loaded.batch = Batch(asyncio.get_running_loop().create_future())
+            # Read even if no handler waits any more (it was cancelled): no "never retrieved".
+            loaded.batch.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        batch = loaded.batch
+        batch.out += out
+        if not loaded.writing:
+            loaded.writing = True
+            writer = asyncio.create_task(self._write_batches(loaded))
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        await asyncio.shield(batch.done)
+
+    async def _write_batches(self, loaded: Loaded) -> None:
+        """Write ``loaded``'s batches one after the other until none waits."""
+        batch = None
+        try:
+            while (batch := loaded.batch) is not None:
+                loaded.batch = None
+                if loaded.broken is not None:
+                    batch.done.set_exception(TransientError(
+                        f"state of {loaded.state.experiment_id} was dropped before this change was "
+                        f"written: {loaded.broken!r}"))
+                    continue
+                try:
+                    await self.commit(loaded, batch.out)
+                except Exception as exc:
+                    self.break_off(loaded, exc)
+                    batch.done.set_exception(exc)
+                    continue
+                batch.done.set_result(None)
+        finally:
+            loaded.writing = False
+            for left in (batch, loaded.batch):  # cancelled (the process stops): retried elsewhere
+                if left is not None and not left.done.done():
+                    self.break_off(loaded, TransientError("the dispatcher is stopping"))
+                    left.done.set_exception(TransientError("the dispatcher is stopping"))
 
     async def commit(self, loaded: Loaded, out: list[Message]) -> None:
         """Write the state with ``out`` as its outbox (unless nothing changed), then publish ``out``."""

@@ -8,7 +8,7 @@ is retried later or dead-lettered; the service keeps running. The rooms: :mod:`.
 """
 
 from shared.bus.connection import PUBLISH_CONFIRM_TIMEOUT, REASON_HEADER, without_secrets
-from shared.bus.consuming import Bus, Consumption, Handler, KeyedLocks
+from shared.bus.consuming import Bus, Consumption, Handler, KeyedLocks, end_turn
 from shared.bus.errors import PermanentError, TransientError
 from shared.bus.parsing import MAX_BODY_BYTES, parse_message
 from shared.bus.retries import TRANSIENT_RETRY_SECONDS, UNEXPECTED_RETRIES, retry_budget_spent, retry_delay
@@ -25,6 +25,7 @@ __all__ = [
     "KeyedLocks",
     "PermanentError",
     "TransientError",
+    "end_turn",
     "parse_message",
     "retry_budget_spent",
     "retry_delay",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from shared.bus.retries import RETRY_FOR_HEADER, TRANSIENT_RETRY_SECONDS, UNEXPE
 from shared.messages import Message
 from shared.topology import EXPERIMENT_HEADER, QueueSpec, ShardedQueues
 
-__all__ = ["Bus", "Consumption", "Handler", "KeyedLocks"]
+__all__ = ["Bus", "Consumption", "Handler", "KeyedLocks", "end_turn"]
 
 log = logging.getLogger(__name__)
 # Every delivery handled and how long it took, at DEBUG (TUNEBUS_LOG_LEVEL=DEBUG): a trial's
@@ -31,6 +32,21 @@ log = logging.getLogger(__name__)
 trace = logging.getLogger("tunebus.trace")
 
 Handler = Callable[[Any], Awaitable[None]]
+
+# The running handler's way to let its experiment's next delivery start (see end_turn).
+_turn: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("turn", default=None)
+
+
+def end_turn() -> None:
+    """Let the next delivery of the running handler's experiment start before this one returns.
+
+    For a ``per_experiment`` consumer's handler whose in-order part is done (its change applied
+    in memory) and which only waits now (for the write that makes it durable): the delivery is
+    still acked only when the handler returns. Does nothing outside such a handler.
+    """
+    release = _turn.get()
+    if release is not None:
+        release()
 
 
 class Bus(BusConnection):
@@ -86,7 +102,7 @@ class Bus(BusConnection):
             if consumption.stopping:
                 return  # left unacked: back to the queue when the channel closes (stop())
             experiment = _text((delivery.headers or {}).get(EXPERIMENT_HEADER, ""))
-            async with locks.hold(experiment if per_experiment else ""), gate:
+            async with locks.hold(experiment if per_experiment else "") as release_turn, gate:
                 if consumption.stopping:
                     return
                 task = asyncio.current_task()
@@ -94,9 +110,11 @@ class Bus(BusConnection):
                     self._in_flight.add(task)
                     consumption.in_flight.add(task)
                 consumption.saw(experiment)
+                turn = _turn.set(release_turn if per_experiment else None)
                 try:
                     await self._handle(spec, handlers, delivery)
                 finally:
+                    _turn.reset(turn)
                     if task is not None:
                         self._in_flight.discard(task)
                         consumption.in_flight.discard(task)
@@ -188,22 +206,37 @@ class KeyedLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str) -> AsyncIterator[Callable[[], None]]:
+        """Hold ``key``'s lock for the block; what it yields releases it early (once)."""
         if self.shared:
-            yield
+            yield _nothing
             return
-        lock, users = self._locks.get(key, (None, 0))
-        lock = lock or asyncio.Lock()
+        found, users = self._locks.get(key, (None, 0))
+        lock = found or asyncio.Lock()
         self._locks[key] = (lock, users + 1)
+        held = False
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                lock.release()
+
         try:
-            async with lock:
-                yield
+            await lock.acquire()
+            held = True
+            yield release
         finally:
-            lock, users = self._locks[key]
+            release()
+            users = self._locks[key][1]
             if users == 1:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def _nothing() -> None:
+    return None
 
 
 class Consumption:

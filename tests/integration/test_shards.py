@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aio_pika
 import pytest
 
-from shared.bus import Bus, TransientError
+from shared.bus import Bus, TransientError, end_turn
 from shared.messages import SuggestRequest, TrialEnded, TrialStatus
 from shared.placement import LoadMeter, Planner, owner_of
 from shared.shards import ShardedConsumer
@@ -259,6 +259,41 @@ async def test_a_slow_experiment_holds_up_only_itself(amqp_vhost: str) -> None:
         await bus.close()
     assert [pid for e, pid in order if e == "slow"] == [0, 1, 2]
     assert [pid for e, pid in order if e == "fast1"] == [0, 1, 2]
+
+
+async def test_a_handler_that_ends_its_turn_lets_its_experiments_next_delivery_start(amqp_vhost: str) -> None:
+    """end_turn(): the dispatcher's handler, once its change is applied, lets the experiment's
+    next delivery apply while it waits for its write (the held one here); without it, the
+    experiment's deliveries wait for each other (the slow experiment above)."""
+    bus = await _bus(amqp_vhost)
+    release_first = asyncio.Event()
+    order: list[int] = []
+
+    async def on_suggest(msg: SuggestRequest) -> None:
+        pid = msg.parameter_ids[0]
+        if pid == 0:
+            end_turn()
+            await release_first.wait()
+        order.append(pid)
+
+    try:
+        await bus.consume(TUNER_SHARDS.queue(0), {SuggestRequest: on_suggest}, prefetch=64, concurrency=4,
+                          per_experiment=True)
+        connection = await aio_pika.connect(amqp_vhost)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            direct = await channel.declare_exchange("test.direct", "direct", auto_delete=True)
+            shard = await channel.get_queue(TUNER_SHARDS.queue(0).name)
+            await shard.bind(direct, routing_key="suggest.request")
+            for pid in range(3):
+                body = SuggestRequest(experiment_id="e", parameter_ids=[pid]).model_dump_json()
+                await direct.publish(aio_pika.Message(body.encode(), headers={EXPERIMENT_HEADER: "e"}),
+                                     routing_key="suggest.request")
+        await _until(lambda: order == [1, 2], "the deliveries after the held one, in order")
+        release_first.set()
+        await _until(lambda: len(order) == 3, "the held delivery")
+    finally:
+        await bus.close()
 
 
 async def test_a_legacy_single_queue_and_a_retired_shard_are_drained_into_the_shards_and_deleted(
