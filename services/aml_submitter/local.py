@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 __all__ = ["LocalBackend", "compile_trial_runtime", "stderr_tail"]
 
 log = logging.getLogger("tunebus.submitter.local")
+trace = logging.getLogger("tunebus.trace")  # each trial process's run time, at DEBUG
 
 TAIL_LINES = 30
 TAIL_CHARS = 4000
@@ -104,6 +106,7 @@ class _Running:
     kill_reason: str | None = None
     started_report: asyncio.Task[None] | None = None  # RUNNING, sent before the end is
     checkpoints: CheckpointFolders | None = None  # PBT's, when tunebus keeps them
+    started_at: float = field(default_factory=time.perf_counter)
 
 
 class LocalBackend:
@@ -229,6 +232,9 @@ class LocalBackend:
     async def _watch(self, key: tuple[str, str, int], running: _Running) -> None:
         code = await running.proc.wait()
         who = running.job.who
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("trial %s/%s attempt %d exited %d after %.1f ms", who.experiment_id, who.trial_id,
+                        who.attempt, code, 1000 * (time.perf_counter() - running.started_at))
         # This replica no longer runs the trial: its heartbeat stops, its GPUs are free.
         self._running.pop(key, None)
         if running.gpus:

@@ -75,7 +75,9 @@ async def test_a_trial_runs_with_its_environment_and_its_exit_is_reported(tmp_pa
     assert backend.running() == {}
 
 
-async def test_a_crashing_trial_is_failed_with_the_tail_of_its_stderr(tmp_path: Path) -> None:
+async def test_a_crashing_trial_is_failed_with_the_tail_of_its_stderr(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="tunebus.trace")
     rec = _Recorder()
     backend = _backend(tmp_path, rec)
     crash = "import sys; print('boom: bad lr', file=sys.stderr); sys.exit(3)"
@@ -84,6 +86,9 @@ async def test_a_crashing_trial_is_failed_with_the_tail_of_its_stderr(tmp_path: 
     end = rec.reports[-1]
     assert end.status == TrialStatus.FAILED and end.exit_code == 3
     assert "exit code 3" in (end.error or "") and "boom: bad lr" in (end.error or "")
+    # At DEBUG, the trace says how long the process ran (TUNEBUS_LOG_LEVEL=DEBUG).
+    assert any(r.getMessage().startswith("trial exp1/t1 attempt 1 exited 3 after ")
+               for r in caplog.records if r.name == "tunebus.trace")
 
 
 async def test_kill_ends_the_trial_with_the_requested_status(tmp_path: Path) -> None:
