@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -174,6 +175,7 @@ class BusConnection:
         waited for a bounded time, then the message is sent again: consumers dedupe by id.
         """
         assert self._events is not None, "Bus.connect() was not called"
+        first: Exception | None = None
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             started = time.perf_counter()
             try:
@@ -183,9 +185,14 @@ class BusConnection:
                     trace.debug("published %s %s, confirmed in %.1f ms", msg.routing_key, msg.trace_id(),
                                 1000 * (time.perf_counter() - started))
                 return
-            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+            # A channel the broker closed (e.g. after a refused publish) reads as closed until the
+            # robust connection has reopened it: aiormq's ChannelInvalidStateError, no AMQPError.
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError,
+                    aiormq.exceptions.ChannelInvalidStateError) as exc:
+                first = first or exc
                 if attempt == PUBLISH_ATTEMPTS:
-                    raise TransientError(f"publishing {msg.routing_key} failed: {exc!r}") from exc
+                    last = "" if exc is first else f" (last: {exc!r})"
+                    raise TransientError(f"publishing {msg.routing_key} failed: {first!r}{last}") from exc
                 log.warning("publishing %s failed (attempt %d): %r; again", msg.routing_key, attempt, exc)
                 await asyncio.sleep(0.5 * attempt)
 
