@@ -35,6 +35,9 @@ class TpeSettings:
     shrink_power: float = 0.6
     min_bandwidth: float = 0.005
     liar_width: float = 0.5  # width of a pending trial's kernel relative to the others (local liar)
+    # Each EI candidate is the best trial with about this many coordinates redrawn from l(x) (each
+    # with probability k / d, at least one); 0, or k >= d: candidates drawn from l(x) whole.
+    local_coordinates: float = 2.0
     max_history: int = 1000  # bad trials beyond this many (the oldest) are left out of g(x)
 
 
@@ -68,6 +71,10 @@ class TpeTuner(BaseTuner):
        faster than Scott's rule, so the search tightens around good regions within ~100 trials.
     3. Draw ``n_ei_candidates`` points from l(x) and keep the unseen one maximising l(x) / g(x),
        which is proportional to expected improvement under TPE's model (Bergstra et al., 2011).
+       In more than two dimensions each candidate is the best trial with about
+       ``local_coordinates`` (2) of its coordinates taken from such a draw, the others kept: in
+       10-20 dimensions a whole draw from l(x) moves every coordinate at once and rarely
+       improves, while changing a few around the best does (benchmarks/README_tuners.md).
 
     Parallel trials (pending: suggested, no result yet) use a *local* constant liar: each pending point
     is counted as a bad result (the "worst" lie), but with a kernel half as wide as the others. That
@@ -148,13 +155,34 @@ class TpeTuner(BaseTuner):
         below, above = self._split(losses)
         good = self._estimator(points[below], np.ones(len(below)))
         bad = self._estimator(points[above], self._forgetting_weights(len(above)))
-        candidates = good.sample(self.settings.n_ei_candidates, rng)
+        candidates = self._around_best(good.sample(self.settings.n_ei_candidates, rng), rng)
         scores = good.log_pdf(candidates) - self._bad_log_pdf(bad, len(above), liars, candidates)
         for index in np.argsort(-scores, kind="stable"):
             internal = self.encoding.decode(candidates[index])
             if not self._is_seen(internal):
                 return internal
         return self._sample_prior(rng)  # every candidate repeats a trial: deduplication takes over
+
+    def _around_best(self, drawn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``drawn`` (points from l(x)) turned into the best finished trial with a few of its
+        coordinates from them: each with probability ``local_coordinates / d``, at least one."""
+        d = self.encoding.dim
+        share = self.settings.local_coordinates / d
+        if share <= 0 or share >= 1:
+            return drawn
+        best = self._points.rows[int(np.argmin(self._losses.rows[:, 0]))]
+        base = np.broadcast_to(best, drawn.shape)
+        changed = rng.random(drawn.shape) < share
+        none = ~changed.any(axis=1)
+        changed[none, rng.integers(d, size=int(none.sum()))] = True
+        # A coordinate the draw has inactive (its nested choice differs) keeps the best's value.
+        points = np.where(changed & ~np.isnan(drawn), drawn, base)
+        for i, column in enumerate(self.encoding.columns):
+            if column.parent is not None:  # its nested choice moved: the draw's own values follow
+                parent = column.parent[0]
+                moved = points[:, parent] != base[:, parent]
+                points[moved, i] = drawn[moved, i]
+        return self.encoding.snap(self.encoding.mask_inactive(points))
 
     def _training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points and losses the densities learn from, and the pending points left for a local liar."""
