@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.bus.connection import PUBLISH_CONFIRM_TIMEOUT
@@ -65,9 +66,11 @@ async def retry_later(bus: Bus, spec: QueueSpec, delivery: AbstractIncomingMessa
     headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("x-") or
                k in (RETRY_ATTEMPT_HEADER,)}
     attempt = _int(headers.get(RETRY_ATTEMPT_HEADER)) + 1
-    # A dependency that cannot be reached (storage restarting, the broker away) may come back.
+    # A dependency that cannot be reached (storage restarting, the broker away, a channel it
+    # closed and that is being reopened) may come back.
     transient = isinstance(exc, (TransientError, ConnectionError, TimeoutError,
-                                 aio_pika.exceptions.AMQPConnectionError))
+                                 aio_pika.exceptions.AMQPConnectionError,
+                                 aiormq.exceptions.ChannelInvalidStateError))
     delay = retry_delay(attempt)
     exhausted = (retry_budget_spent(attempt) > bus.transient_retry_seconds if transient
                  else attempt > bus.unexpected_retries)
