@@ -223,6 +223,21 @@ async def test_the_leader_moves_shards_from_a_busy_replica_to_an_idle_one_keepin
         assert ids == list(range(len(ids))), f"{e}: handled twice or out of order: {ids}"
 
 
+async def _into_shard_0(amqp_vhost: str, requests: list[SuggestRequest]) -> None:
+    """Publish ``requests`` straight into the tuner's shard 0 (not through the hash ring), in
+    order, by an exchange of the test's own."""
+    connection = await aio_pika.connect(amqp_vhost)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        direct = await channel.declare_exchange("test.direct", "direct", auto_delete=True)
+        shard = await channel.get_queue(TUNER_SHARDS.queue(0).name)
+        await shard.bind(direct, routing_key="suggest.request")
+        for request in requests:
+            message = aio_pika.Message(request.model_dump_json().encode(),
+                                       headers={EXPERIMENT_HEADER: request.experiment_id})
+            await direct.publish(message, routing_key="suggest.request")
+
+
 async def test_a_slow_experiment_holds_up_only_itself(amqp_vhost: str) -> None:
     bus = await _bus(amqp_vhost)
     slow_started = asyncio.Event()
@@ -239,18 +254,8 @@ async def test_a_slow_experiment_holds_up_only_itself(amqp_vhost: str) -> None:
         # One queue only: the slow experiment and the others share it (the worst case).
         await bus.consume(TUNER_SHARDS.queue(0), {SuggestRequest: on_suggest}, prefetch=64, concurrency=4,
                           per_experiment=True)
-        # Straight into shard 0 (not through the hash ring), by an exchange of the test's own.
-        connection = await aio_pika.connect(amqp_vhost)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            direct = await channel.declare_exchange("test.direct", "direct", auto_delete=True)
-            shard = await channel.get_queue(TUNER_SHARDS.queue(0).name)
-            await shard.bind(direct, routing_key="suggest.request")
-            for pid in range(3):
-                for experiment in ("slow", "fast1", "fast2"):
-                    body = SuggestRequest(experiment_id=experiment, parameter_ids=[pid]).model_dump_json()
-                    message = aio_pika.Message(body.encode(), headers={EXPERIMENT_HEADER: experiment})
-                    await direct.publish(message, routing_key="suggest.request")
+        await _into_shard_0(amqp_vhost, [SuggestRequest(experiment_id=experiment, parameter_ids=[pid])
+                                         for pid in range(3) for experiment in ("slow", "fast1", "fast2")])
         await _until(lambda: sum(1 for e, _ in order if e != "slow") == 6, "the fast experiments' requests")
         assert slow_started.is_set() and not [o for o in order if o[0] == "slow"]
         release_slow.set()
@@ -279,16 +284,8 @@ async def test_a_handler_that_ends_its_turn_lets_its_experiments_next_delivery_s
     try:
         await bus.consume(TUNER_SHARDS.queue(0), {SuggestRequest: on_suggest}, prefetch=64, concurrency=4,
                           per_experiment=True)
-        connection = await aio_pika.connect(amqp_vhost)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            direct = await channel.declare_exchange("test.direct", "direct", auto_delete=True)
-            shard = await channel.get_queue(TUNER_SHARDS.queue(0).name)
-            await shard.bind(direct, routing_key="suggest.request")
-            for pid in range(3):
-                body = SuggestRequest(experiment_id="e", parameter_ids=[pid]).model_dump_json()
-                await direct.publish(aio_pika.Message(body.encode(), headers={EXPERIMENT_HEADER: "e"}),
-                                     routing_key="suggest.request")
+        await _into_shard_0(amqp_vhost, [SuggestRequest(experiment_id="e", parameter_ids=[pid])
+                                         for pid in range(3)])
         await _until(lambda: order == [1, 2], "the deliveries after the held one, in order")
         release_first.set()
         await _until(lambda: len(order) == 3, "the held delivery")
