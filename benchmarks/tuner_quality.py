@@ -14,8 +14,9 @@ file exists its objectives are used, so the numbers are comparable with the peer
 Peers defined here, imported only when named (so this file runs without them): ``optuna_gp``
 (Optuna's GPSampler), ``nni_gp`` and ``nni_metis`` (NNI 3.0's GPTuner and MetisTuner with their
 defaults) and, for ``--multi-fidelity``, ``nni_bohb`` and ``nni_hyperband`` (NNI 3.0's advisors,
-driven through NNI's dispatcher messages). NNI's tuners take no seed: Python's and numpy's global
-RNGs are seeded before each is built, and the private RandomStates NNI makes are reseeded::
+driven through NNI's dispatcher messages) and, for ``--pbt``, ``nni_pbt`` (NNI 3.0's PBTTuner).
+NNI's tuners take no seed: Python's and numpy's global RNGs are seeded before each is built, and
+the private RandomStates NNI makes are reseeded::
 
     PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --tuners GP,nni_gp --funcs hartmann6
     PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --multi-fidelity --tuners BOHB,nni_bohb
@@ -479,7 +480,7 @@ def pbt_final_loss(name: str, seed: int, population: int, steps: int) -> float:
     space = {"lr": {"_type": "loguniform", "_value": [1e-4, 0.05]},
              "momentum": {"_type": "uniform", "_value": [0.0, 0.99]}}
     rng = np.random.default_rng(seed)
-    if name != "PBT":
+    if name not in ("PBT", "nni_pbt"):
         tuner = make_tuner(name, space, seed, None)
         best = math.inf
         for parameter_id in range(population):
@@ -490,8 +491,11 @@ def pbt_final_loss(name: str, seed: int, population: int, steps: int) -> float:
             best = min(best, loss)
             tuner.receive_trial_result(parameter_id, params, loss)
         return best
-    tuner = create_tuner("PBT", {"optimize_mode": "minimize", "population_size": population, "seed": seed},
-                         space)
+    if name == "nni_pbt":
+        tuner = nni_pbt(space, seed, population)
+    else:
+        args = {"optimize_mode": "minimize", "population_size": population, "seed": seed}
+        tuner = create_tuner("PBT", args, space)
     checkpoints: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     losses: list[float] = []
     for step in range(steps):
@@ -504,6 +508,35 @@ def pbt_final_loss(name: str, seed: int, population: int, steps: int) -> float:
             losses.append(loss)
             tuner.receive_trial_result(parameter_id, params, loss)
     return min(losses)
+
+
+def nni_pbt(space: dict[str, Any], seed: int, population: int) -> Any:
+    """NNI 3.0's PBTTuner with its defaults but ``population_size`` (needs nni).
+
+    Its folders are only named (``all_checkpoint_dir/<member>/<step>``: the harness keeps the
+    checkpoints in a dict by name). It draws from ``random`` and numpy's global RNG (seeded) and
+    from new OS-seeded ``np.random.RandomState()`` objects (the first population, each
+    exploit-and-explore): those are seeded here from a sequence that follows the run's seed."""
+    from nni.algorithms.hpo import pbt_tuner
+
+    _seed_global_rngs(seed)
+    seeds = iter(range(seed * 1_000_003, seed * 1_000_003 + 1_000_000))
+    state_class = np.random.RandomState
+
+    def seeded(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            np.random.RandomState = lambda *_: state_class(next(seeds))  # type: ignore[assignment,misc]
+            try:
+                return method(*args)
+            finally:
+                np.random.RandomState = state_class  # type: ignore[misc]
+        return call
+
+    pbt_tuner.exploit_and_explore = seeded(pbt_tuner.exploit_and_explore)
+    tuner = pbt_tuner.PBTTuner(optimize_mode="minimize", all_checkpoint_dir="/nni-pbt",
+                               population_size=population)
+    seeded(tuner.update_search_space)(space)
+    return tuner
 
 
 def pbt(tuners: list[str], seeds: range, population: int, steps: int) -> None:
