@@ -12,9 +12,10 @@ file exists its objectives are used, so the numbers are comparable with the peer
 (``optuna_tpe``, ``nni_tpe``, ...) can be given in ``--tuners`` in an environment that has them.
 
 Peers defined here, imported only when named (so this file runs without them): ``optuna_gp``
-(Optuna's GPSampler), ``nni_gp`` and ``nni_metis`` (NNI 3.0's GPTuner and MetisTuner with their
-defaults) and, for ``--multi-fidelity``, ``nni_bohb`` and ``nni_hyperband`` (NNI 3.0's advisors,
-driven through NNI's dispatcher messages) and, for ``--pbt``, ``nni_pbt`` (NNI 3.0's PBTTuner).
+(Optuna's GPSampler), ``nni_gp``, ``nni_metis`` and ``nni_dngo`` (NNI 3.0's GPTuner, MetisTuner
+and DNGOTuner with their defaults) and, for ``--multi-fidelity``, ``nni_bohb`` and
+``nni_hyperband`` (NNI 3.0's advisors, driven through NNI's dispatcher messages) and, for
+``--pbt``, ``nni_pbt`` (NNI 3.0's PBTTuner).
 NNI's tuners take no seed: Python's and numpy's global RNGs are seeded before each is built, and
 the private RandomStates NNI makes are reseeded::
 
@@ -273,10 +274,30 @@ def nni_metis(space: dict[str, Any], seed: int) -> Any:
     return tuner
 
 
+def nni_dngo(space: dict[str, Any], seed: int) -> Any:
+    """NNI 3.0's DNGOTuner with its defaults (needs nni, torch, pybnn 0.0.5 and emcee).
+
+    As shipped: its expected improvement is measured above a fixed 0.95 and, minimising, it picks
+    the candidate with the *least* of it (``torch.argmin``). Its OS-seeded RandomState is replaced
+    by one seeded with the run's seed; torch's generator (the network's initial weights) is seeded,
+    and held to one thread like the other tuners' BLAS."""
+    import torch
+    from nni.algorithms.hpo.dngo_tuner import DNGOTuner
+
+    _seed_global_rngs(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    tuner = DNGOTuner(optimize_mode="minimize")
+    tuner.update_search_space(space)
+    tuner.random_state = np.random.RandomState(seed)
+    return tuner
+
+
 PEERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "optuna_gp": OptunaGP,
     "nni_gp": nni_gp,
     "nni_metis": nni_metis,
+    "nni_dngo": nni_dngo,
 }
 
 
