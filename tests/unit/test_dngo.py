@@ -63,6 +63,40 @@ def test_the_model_predicts_a_smooth_function_with_calibrated_uncertainty() -> N
     assert std.min() > 0 and np.mean(np.abs(mean - f(test)) < 3 * std) > 0.6
 
 
+def test_a_pending_point_is_believed_its_predicted_mean_and_loses_its_uncertainty() -> None:
+    # Trials in flight (a kriging believer in the last layer): each is taken in as if it had
+    # scored what the model predicts there. The mean stays; the uncertainty near it falls, so
+    # expected improvement sends the next suggestion elsewhere instead of next to it.
+    rng = np.random.default_rng(0)
+    x, test = rng.random((30, 2)), rng.random((200, 2))
+    y = np.sin(6 * x[:, 0]) + x[:, 1]
+    model = NeuralBayesRegressor(2, np.random.default_rng(1)).fit(x, y, 200, np.random.default_rng(2))
+    pending = np.array([[0.9, 0.1], [0.2, 0.8]])
+    believer = model.believing(pending)
+    mean, std = model.predict(test)
+    believed_mean, believed_std = believer.predict(test)
+    np.testing.assert_allclose(believed_mean, mean, rtol=1e-9, atol=1e-9)
+    assert np.all(believed_std <= std + 1e-12)
+    at_pending = model.predict(pending)[1], believer.predict(pending)[1]
+    far = np.linalg.norm(test[:, None, :] - pending[None, :, :], axis=2).min(axis=1) > 0.5
+    assert np.all(at_pending[1] < at_pending[0])  # the pending points themselves lose the most
+    assert np.mean(std[far] - believed_std[far]) < np.mean(at_pending[0] - at_pending[1])
+    assert model.predict(test)[1].tolist() == std.tolist()  # the fitted model is left as it was
+
+
+def test_suggestions_are_scored_by_a_model_that_believes_the_trials_in_flight() -> None:
+    # Not only the random draw keeps parallel suggestions apart: at a pending trial the model
+    # used for the next suggestion is surer than the fitted one.
+    tuner = dngo(seed=4)
+    for pid in range(6):
+        params = tuner.generate_parameters(pid)
+        tuner.receive_trial_result(pid, params, loss(params))
+    assert tuner.model is not None
+    tuner.generate_parameters(6)
+    cube = np.array([tuner._to_cube(tuner.pending[6])])
+    assert tuner._model_for_suggestion().predict(cube)[1][0] < tuner.model.predict(cube)[1][0]
+
+
 def test_finds_branins_minimum_better_than_random() -> None:
     dngo_args = {"optimize_mode": "minimize", **FAST, "trials_per_update": 10}
     dngo_regret = [branin_regret("DNGO", {**dngo_args, "seed": s}, 40) for s in range(3)]

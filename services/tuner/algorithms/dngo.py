@@ -5,6 +5,7 @@ Details: :class:`DngoTuner`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ class DngoTuner(GpTuner):
     variance as the standard deviation, and minimises it in ``minimize`` mode); the training data are
     put in a canonical order and the network's initial weights come from the experiment's seed, so a
     model retrained on the same results is the same model (a rebuilt tuner retrains on all of them,
-    as NNI's import_data does).
+    as NNI's import_data does); trials in flight are believed to score what the model predicts there
+    (:meth:`NeuralBayesRegressor.believing`), as in the GP tuner, so parallel suggestions spread out
+    (NNI's model knows only finished trials).
     """
 
     name = "DNGO"
@@ -108,11 +111,19 @@ class DngoTuner(GpTuner):
                       key=lambda item: json.dumps(item[0].round(12).tolist()))
         return np.array([u for u, _ in data]), np.array([loss for _, loss in data])
 
+    def _model_for_suggestion(self) -> NeuralBayesRegressor:
+        """The model, believing each trial in flight scored what it predicts there (as the GP)."""
+        assert self.model is not None
+        if not self.pending:
+            return self.model
+        return self.model.believing(np.array([self._to_cube(p) for p in self.pending.values()]))
+
     def _suggest(self, parameter_id: Any, rng: np.random.Generator) -> Internal:
         if self.model is None:
             return self._sample_prior(rng)
         candidates = [self._sample_prior(rng) for _ in range(self.dngo.sample_size)]
-        mean, std = self.model.predict(np.array([self._to_cube(c) for c in candidates]))
+        model = self._model_for_suggestion()
+        mean, std = model.predict(np.array([self._to_cube(c) for c in candidates]))
         best = min(o.loss for o in self.history)
         z = (best - mean) / std
         from scipy.special import ndtr  # lazily: `tunebus create` builds tuners to check them
@@ -207,6 +218,17 @@ class NeuralBayesRegressor:
         self._weights = beta * self._covariance @ phi.T @ z
         self._noise = 1.0 / beta
         return self
+
+    def believing(self, x: np.ndarray) -> NeuralBayesRegressor:
+        """A copy whose last layer has also seen the rows of ``x``, each with the value it predicts
+        there (a kriging believer): the mean is unchanged, the weights' covariance shrinks along
+        those points' features (a rank-``len(x)`` update), so their uncertainty falls."""
+        phi = self._features(x)
+        spread = self._covariance @ phi.T
+        gain = np.linalg.solve(phi @ spread + self._noise * np.eye(len(phi)), spread.T)
+        other = copy.copy(self)
+        other._covariance = self._covariance - spread @ gain
+        return other
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         return self._forward(x)[-2]
