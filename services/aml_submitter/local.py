@@ -45,6 +45,8 @@ TAIL_LINES = 30
 TAIL_CHARS = 4000
 KILL_GRACE_SECONDS = 5.0
 LOG_UPLOAD_TIMEOUT = 60.0
+#: A trial folder is made again this many times when an ended trial removes an empty parent meanwhile.
+FOLDER_RETRIES = 10
 
 LogUploader = Callable[[TrialIdentity, Path], Awaitable[None]]
 
@@ -60,6 +62,27 @@ def stderr_tail(path: Path) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-TAIL_LINES:])[-TAIL_CHARS:]
+
+
+def make_trial_folder(folder: Path) -> None:
+    """``mkdir -p folder``, where another attempt's end may remove an empty parent meanwhile."""
+    for _ in range(FOLDER_RETRIES):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:  # a parent made a moment ago was removed, empty, by a trial's end
+            continue
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def remove_empty_parents(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and then its parents up to (not including) ``root`` while they are empty."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another trial's folder), or already gone
+            return
+        folder = folder.parent
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -186,7 +209,7 @@ class LocalBackend:
             return  # already running here (a duplicate submit)
         await self._interpreter_for_trials()
         output_dir = self.work_dir / who.experiment_id / "trials" / who.trial_id / f"attempt-{who.attempt}"
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_trial_folder(output_dir)
         # Logs live beside the trial's folder, not in it: in its own folder a trial could replace
         # stdout.log by a link to any file, which this (root) process would then upload as its log.
         log_dir = output_dir.with_name(f"attempt-{who.attempt}.logs")
@@ -261,9 +284,11 @@ class LocalBackend:
         except Exception as exc:  # the stderr tail is in the report already; logs are a convenience
             log.warning("uploading the logs of trial %s/%s attempt %d failed: %r", *key, exc)
         finally:
-            # Nothing of a finished trial stays on this machine's disk (its logs are uploaded).
+            # Nothing of a finished trial stays on this machine's disk (its logs are uploaded),
+            # nor the folders above it once empty (make_trial_folder copes with that).
             for folder in (running.log_dir, running.output_dir):
                 await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(remove_empty_parents, running.output_dir.parent, self.work_dir)
 
     async def _checkpoints_for(self, job: JobRequest, output_dir: Path
                                ) -> tuple[dict[str, Any], CheckpointFolders | None]:

@@ -182,3 +182,36 @@ async def test_two_attempts_of_a_trial_run_apart_and_a_kill_may_name_one(tmp_pat
     assert sorted(r.attempt for r in rec.reports if r.status == TrialStatus.RUNNING) == [1, 2]
     assert await backend.kill("exp1", "t1", TrialStatus.USER_CANCELED, "stop")  # any attempt
     await backend.close()
+
+
+async def test_nothing_of_an_ended_trial_stays_in_the_work_folder(tmp_path: Path) -> None:
+    # A 10,000-trial experiment must not leave 10,000 empty folders on the replica's disk.
+    rec = _Recorder()
+    backend = _backend(tmp_path, rec)
+    await backend.submit(_job("true", tmp_path, trial="t1"))
+    await backend.submit(_job("exit 4", tmp_path, trial="t2"))
+    assert (tmp_path / "work" / "exp1" / "trials" / "t1").is_dir()
+    await asyncio.wait_for(asyncio.gather(*backend._watchers), 30)
+    ends = sorted((r.trial_id, r.status) for r in rec.reports if r.status != TrialStatus.RUNNING)
+    assert ends == [("t1", TrialStatus.SUCCEEDED), ("t2", TrialStatus.FAILED)]
+    assert not (tmp_path / "work" / "exp1").exists()
+
+
+def test_a_trial_folder_is_made_even_if_an_ended_trial_removes_its_empty_parent_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.aml_submitter.local import make_trial_folder
+
+    folder = tmp_path / "exp1" / "trials" / "t1" / "attempt-2"
+    real_mkdir = os.mkdir
+    removed: list[str] = []
+
+    def mkdir_after_a_cleanup(path: str | os.PathLike[str], mode: int = 0o777) -> None:
+        # The parent was just made; another attempt's end removes it, empty, before the leaf is.
+        if Path(path) == folder and not removed and folder.parent.is_dir():
+            os.rmdir(folder.parent)
+            removed.append(str(folder.parent))
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_after_a_cleanup)
+    make_trial_folder(folder)
+    assert removed and folder.is_dir()
