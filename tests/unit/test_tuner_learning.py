@@ -50,9 +50,9 @@ async def test_an_early_stopped_trial_is_learned_by_its_last_intermediate_result
     bus = RecordingBus()
     empty = ExperimentState(experiment_id="e1", started_at=datetime.now(UTC))
     service = TunerService(bus, _store(empty))  # type: ignore[arg-type]
-    await service.on_suggest(SuggestRequest(experiment_id="e1", parameter_ids=[0, 1, 2, 3]))
+    await service.on_suggest(SuggestRequest(experiment_id="e1", parameter_ids=[0, 1, 2, 3, 4]))
     params = {m.parameter_id: m.parameters for m in bus.published if isinstance(m, TrialSuggested)}
-    assert sorted(params) == [0, 1, 2, 3]
+    assert sorted(params) == [0, 1, 2, 3, 4]
     learned = _spy(service, "e1", "receive_trial_result")
 
     ends = [
@@ -64,12 +64,15 @@ async def test_an_early_stopped_trial_is_learned_by_its_last_intermediate_result
                    final_value=0.3, last_intermediate=0.25, metric_count=6),
         TrialEnded(experiment_id="e1", trial_id="t3", parameter_id=3, status=TrialStatus.USER_CANCELED,
                    last_intermediate=0.95, metric_count=2),
+        # Stopped while its process ended, after it had reported its final result: that is learned.
+        TrialEnded(experiment_id="e1", trial_id="t4", parameter_id=4, status=TrialStatus.EARLY_STOPPED,
+                   final_value=0.4, last_intermediate=0.35, metric_count=20),
     ]
     for end in ends:
         await service.on_ended(end)
     await service.on_ended(ends[0])  # a redelivery teaches nothing twice
 
-    assert learned == [(0, params[0], 0.7), (2, params[2], 0.3)]
+    assert learned == [(0, params[0], 0.7), (2, params[2], 0.3), (4, params[4], 0.4)]
 
 
 async def test_a_rebuilt_session_learns_early_stopped_trials_the_same_way(
