@@ -36,7 +36,8 @@ from .checkpoints import CheckpointError, CheckpointFolders, CheckpointTransfer
 from .gpus import GpuAllocator
 from .trial_env import TRIAL_RUNTIME_DIR, TrialIdentity, trial_environment
 
-__all__ = ["LocalBackend", "compile_trial_runtime", "make_trial_folder", "remove_empty_parents", "stderr_tail"]
+__all__ = ["LocalBackend", "compile_trial_runtime", "make_trial_folder", "remove_empty_parents",
+           "stderr_tail"]
 
 log = logging.getLogger("tunebus.submitter.local")
 trace = logging.getLogger("tunebus.trace")  # each trial process's run time, at DEBUG
