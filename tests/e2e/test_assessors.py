@@ -143,7 +143,6 @@ async def test_assessor_stops_losing_trials(fast_stack: Stack, tmp_path: Path,
         # may land after its final result, while the process still ends (as in NNI, it is still
         # EARLY_STOPPED and its final result is kept); that result is then its own last value.
         if trial.final_value is not None:
-            assert float(trial.parameters["x"]) >= LOSER_BELOW, trial
             assert trial.final_value == pytest.approx(_curve(float(trial.parameters["x"]))[-1], rel=1e-9)
         assert trial.last_intermediate is not None and trial.last_intermediate < best.final_value
         # The assessor judges a curve only from start_step results on (NNI's rule), so a stop
