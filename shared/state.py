@@ -145,9 +145,14 @@ class ExperimentState(BaseModel):
     drain_to: ExperimentStatus | None = Field(
         default=None, description="While STOPPING: the status to end in once no trial is running."
     )
-    tick_id: str | None = Field(default=None, description="Message id of the one live tick ticket.")
+    tick_id: str | None = Field(
+        default=None, description="The one live tick chain: its tickets carry it as ``state.chain``.")
+    # Memory only (never written: a tick that decides nothing leaves the stored state as it is).
     ticked_at: datetime | None = Field(
-        default=None, description="When the tick chain last ran (one silent for long was lost: re-armed).")
+        default=None, exclude=True,
+        description="When the tick chain last ran (one silent for long was lost: re-armed).")
+    tick_chain_since: datetime | None = Field(
+        default=None, exclude=True, description="When the live tick chain was started or renewed.")
     requested_at: datetime | None = Field(
         default=None, description="Since when suggestions are asked for and not all answered.")
     reasks: int = Field(default=0, description="Suggestion requests sent again since the last answer.")

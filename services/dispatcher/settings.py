@@ -27,6 +27,7 @@ class DispatcherSettings(CommonSettings):
     suggest_timeout: float = Policy.suggest_timeout
     max_reasks: int = Policy.max_reasks
     tick_stall: float = Policy.tick_stall
+    tick_renew: float = Policy.tick_renew
     # How often every replica lists the running experiments and re-arms any whose tick chain
     # was lost (with a broker crash); also how a restarted dispatcher finds its experiments.
     watchdog_seconds: float = 10.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from shared import records
 from shared.bus import Bus, PermanentError, TransientError
 from shared.layout import active_marker
-from shared.messages import ExperimentStatus, ExperimentStatusChanged, Message
+from shared.messages import ExperimentStatus, ExperimentStatusChanged, Message, Ticket
 from shared.state import ExperimentState, OutboxEntry
 from shared.storage import BlobStore, ConcurrentWriteError, Layout
 
@@ -215,7 +215,9 @@ class ExperimentStates:
         """Write the state with ``out`` as its outbox (unless nothing changed), then publish ``out``."""
         state = loaded.state
         records.retire_ended(state)  # durable with this write; appended to the log after it
-        state.outbox = [OutboxEntry.of(m) for m in out]
+        # Tick tickets stay out of the outbox: a tick that decides nothing then changes nothing
+        # stored, and a ticket lost with a crash is replaced by the watchdog's re-arm.
+        state.outbox = [OutboxEntry.of(m) for m in out if not _is_tick(m)]
         body = state.model_dump_json()
         if body != loaded.written:
             try:
@@ -255,3 +257,8 @@ class ExperimentStates:
         """A finished experiment runs again (resumed): the watchdog watches it again."""
         self._finished.pop(experiment_id, None)
         await self.store.write_bytes(active_marker(experiment_id), b"")
+
+
+def _is_tick(message: Message) -> bool:
+    return isinstance(message, Ticket) and message.purpose == "dispatcher.tick"
+

@@ -9,15 +9,24 @@ waited on it, and the next delivery starts again from what is stored, outbox inc
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from services.dispatcher.lifecycle import Policy
+from services.dispatcher.lifecycle import Policy, utcnow
 from services.dispatcher.outbox import checked_outbox
 from services.dispatcher.service import Dispatcher
 from shared.bus import TransientError
-from shared.messages import ExperimentStart, Message, TrialEnded, TrialStatus, TrialSubmit
+from shared.messages import (
+    ExperimentStart,
+    Message,
+    Ticket,
+    TrialEnded,
+    TrialStatus,
+    TrialStatusChanged,
+    TrialSubmit,
+)
 from shared.state import ExperimentState
 from shared.storage import Layout
 from tests.unit.test_dispatcher_outbox import FakeBus
@@ -186,3 +195,60 @@ async def test_messages_of_a_write_whose_publish_failed_go_out_with_the_next_del
     await dispatcher.on_ended(message)  # the retry
     ids = {m.message_id for m in bus.published}
     assert all(m.message_id in ids for m in lost), "the written outbox was never published"
+
+
+def due_tick(dispatcher: Dispatcher, chain: str | None = None) -> Ticket:
+    """A tick of the live chain (or of ``chain``), due now."""
+    state = dispatcher.states._cache["exp1"].state
+    return Ticket(experiment_id="exp1", purpose="dispatcher.tick", due=utcnow(),
+                  state={"chain": chain or state.tick_id})
+
+
+def ticks(bus: FakeBus) -> list[Ticket]:
+    return [m for m in bus.published if isinstance(m, Ticket)]
+
+
+async def test_a_tick_that_decides_nothing_continues_its_chain_without_a_write() -> None:
+    # Every experiment ticks each second: a write per tick made an experiment's storage and
+    # dispatcher cost grow with its duration (50 experiments at once: 3.5x per trial).
+    dispatcher, store, bus = await gated_dispatcher()
+    await dispatcher.on_ticket(due_tick(dispatcher))  # the first tick after the trials' changes
+    chain = dispatcher.states._cache["exp1"].state.tick_id
+    writes, stored = store.summary_writes, store.blobs[STATE]
+    bus.published.clear()
+    for _ in range(3):
+        await dispatcher.on_ticket(due_tick(dispatcher))
+    assert store.summary_writes == writes and store.blobs[STATE] == stored
+    assert [t.state["chain"] for t in ticks(bus)] == [chain] * 3  # the chain goes on
+    assert summary(store).tick_id == chain and not summary(store).outbox
+
+    # A progress note kept in memory (RUNNING) is written by the next tick, still the same chain.
+    trial = next(iter(dispatcher.states._cache["exp1"].state.running()))
+    await dispatcher.on_status(TrialStatusChanged(experiment_id="exp1", trial_id=trial.trial_id,
+                                                  parameter_id=trial.sequence_id, attempt=1,
+                                                  status=TrialStatus.RUNNING))
+    assert store.summary_writes == writes
+    await dispatcher.on_ticket(due_tick(dispatcher))
+    assert store.summary_writes == writes + 1
+    assert summary(store).trials[trial.trial_id].status == TrialStatus.RUNNING
+
+
+async def test_a_tick_chain_is_renewed_and_written_so_a_doubled_chain_ends() -> None:
+    dispatcher, store, bus = await gated_dispatcher()
+    await dispatcher.on_ticket(due_tick(dispatcher))
+    chain = dispatcher.states._cache["exp1"].state.tick_id
+    assert chain is not None
+    # A redelivery after a crash left two tickets of the chain; both tick while it lives.
+    await dispatcher.on_ticket(due_tick(dispatcher, chain))
+    await dispatcher.on_ticket(due_tick(dispatcher, chain))
+    assert len(ticks(bus)) >= 2 and dispatcher.states._cache["exp1"].state.tick_id == chain
+    dispatcher.policy = replace(dispatcher.policy, tick_renew=0.0)
+    writes = store.summary_writes
+    bus.published.clear()
+    await dispatcher.on_ticket(due_tick(dispatcher, chain))  # renewed: a new chain, written
+    renewed = summary(store).tick_id
+    assert store.summary_writes == writes + 1 and renewed not in (None, chain)
+    assert [t.state["chain"] for t in ticks(bus)] == [renewed]
+    bus.published.clear()
+    await dispatcher.on_ticket(due_tick(dispatcher, chain))  # the other ticket of the old chain
+    assert ticks(bus) == [] and store.summary_writes == writes + 1

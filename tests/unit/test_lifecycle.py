@@ -220,6 +220,19 @@ def test_stale_ticks_are_ignored_so_only_one_chain_lives() -> None:
     assert lifecycle.apply_tick(state, p, POLICY, stale, T0) == []
     out = tick(state, p, T0 + timedelta(seconds=1))
     assert len(of(out, Ticket)) == 1
+    other_chain = Ticket(experiment_id=EXP, purpose="dispatcher.tick", due=T0, state={"chain": "old"})
+    assert lifecycle.apply_tick(state, p, POLICY, other_chain, T0 + timedelta(seconds=2)) == []
+
+
+def test_a_quiet_tick_continues_its_chain_until_the_chain_is_renewed() -> None:
+    p = plan()
+    state, _ = started(p)
+    chain = state.tick_id
+    for second in (1, 2, 29):  # nothing to decide: the chain (what the state stores) stays
+        [ticket] = tick(state, p, T0 + timedelta(seconds=second))
+        assert state.tick_id == chain and ticket.state["chain"] == chain  # type: ignore[attr-defined]
+    [ticket] = tick(state, p, T0 + timedelta(seconds=30))  # tick_renew (30 s) after its start
+    assert state.tick_id not in (None, chain) and ticket.state["chain"] == state.tick_id  # type: ignore[attr-defined]
 
 
 def lost_end(state: ExperimentState, p: Plan, trial_id: str, attempt: int) -> list[object]:
@@ -237,7 +250,10 @@ def test_lost_trial_is_checked_in_storage_run_again_then_failed() -> None:
     lifecycle.apply_heartbeat(state, TrialHeartbeat(experiment_id=EXP, trial_ids=[trial_id], replica="r"),
                               T0 + timedelta(seconds=20))
     assert not of(tick(state, p, T0 + timedelta(seconds=40)), TrialStatusChanged)  # heartbeat 20 s ago
+    quiet_chain = state.tick_id
     out = tick(state, p, T0 + timedelta(seconds=51))
+    # A tick that decides something starts a new tick chain (its write records it).
+    assert state.tick_id != quiet_chain and of(out, Ticket)[0].state["chain"] == state.tick_id
     # Not run again yet: the ingestor first ends it from what it stored, if it finished.
     assert not of(out, TrialSubmit)
     [lost] = of(out, TrialStatusChanged)

@@ -50,6 +50,10 @@ class Policy:
     max_reasks: int = 5
     # A tick chain that has not run this long was lost (with a broker crash): re-armed.
     tick_stall: float = 10.0
+    # A tick that decides nothing continues its chain without a state write; the chain is
+    # renewed (a new id, written) at least this often, so that a chain doubled by a redelivery
+    # after a crash ends within this time.
+    tick_renew: float = 30.0
 
 
 def plan_from_config(config: dict[str, Any], lookahead: int = 1) -> Plan:

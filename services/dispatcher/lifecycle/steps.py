@@ -38,12 +38,22 @@ def status_change(state: ExperimentState, status: ExperimentStatus, now: datetim
     return [ExperimentStatusChanged(experiment_id=state.experiment_id, status=status, reason=reason)]
 
 
-def next_tick(state: ExperimentState, policy: Policy, now: datetime) -> list[Message]:
-    """The experiment's next tick, which becomes the one live chain."""
+def next_tick(state: ExperimentState, policy: Policy, now: datetime, *, renew: bool = True) -> list[Message]:
+    """The experiment's next tick: of a new chain, which becomes the one live chain (``renew``),
+    else of the live chain."""
     ticket = Ticket(experiment_id=state.experiment_id, purpose="dispatcher.tick",
                     due=now + timedelta(seconds=policy.tick_seconds))
-    state.tick_id = ticket.message_id
+    if renew or state.tick_id is None:
+        state.tick_id = ticket.message_id
+        state.tick_chain_since = now
+    ticket.state["chain"] = state.tick_id
     return [ticket]
+
+
+def tick_chain(ticket: Ticket) -> str:
+    """The tick chain a ticket belongs to (a chain's first ticket, or a re-arm, is its own)."""
+    chain = ticket.state.get("chain")
+    return chain if isinstance(chain, str) else ticket.message_id
 
 
 def kill(state: ExperimentState, trial: TrialRecord, status: TrialStatus, reason: str,

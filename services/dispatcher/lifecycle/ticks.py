@@ -18,14 +18,26 @@ from shared.state import ExperimentState, TrialRecord
 
 from .control import apply_error
 from .plan import Plan, Policy
-from .steps import OUT_OF_TIME, fill_slots, kill, next_tick, stop_creating_trials, suggest_requests
+from .steps import (
+    OUT_OF_TIME,
+    fill_slots,
+    kill,
+    next_tick,
+    stop_creating_trials,
+    suggest_requests,
+    tick_chain,
+)
 
 
 def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
                now: datetime) -> list[Message]:
-    """The periodic check: experiment and trial time limits, lost jobs, unconfirmed kills."""
-    if msg.message_id != state.tick_id or state.finished:
-        return []  # a stale or duplicate tick: only one chain lives
+    """The periodic check: experiment and trial time limits, lost jobs, unconfirmed kills.
+
+    A tick that decides nothing continues its chain, so the stored state (which keeps the
+    chain's id, not the time of its last tick) needs no write; one that decides something, or
+    whose chain is ``tick_renew`` old, starts a new chain, which its write records."""
+    if tick_chain(msg) != state.tick_id or state.finished:
+        return []  # a tick of a stale chain: only one chain lives
     state.ticked_at = now
     out: list[Message] = []
     elapsed = state.elapsed_seconds(now)
@@ -36,7 +48,9 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     out += _check_suggestions(state, plan, policy, now)
     out += fill_slots(state, plan, now)
     if not state.finished:
-        out += next_tick(state, policy, now)
+        since = state.tick_chain_since
+        renew = bool(out) or since is None or (now - since).total_seconds() >= policy.tick_renew
+        out += next_tick(state, policy, now, renew=renew)
     return out
 
 
@@ -51,6 +65,7 @@ def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     if (now - last).total_seconds() < policy.tick_stall:
         return []
     state.tick_id = msg.message_id
+    state.tick_chain_since = None  # the tick renews it: a new chain, written
     return apply_tick(state, plan, policy, msg, now)
 
 
