@@ -38,6 +38,10 @@ class TpeSettings:
     # Each EI candidate is the best trial with about this many coordinates redrawn from l(x) (each
     # with probability k / d, at least one); 0, or k >= d: candidates drawn from l(x) whole.
     local_coordinates: float = 2.0
+    # The l(x) draws that supply those coordinates come from kernels this many times wider (the
+    # ranking by l(x) / g(x) keeps the usual widths): moves that leave a basin are among the
+    # candidates, and the ranking still prefers the likely ones.
+    proposal_width: float = 3.0
     max_history: int = 1000  # bad trials beyond this many (the oldest) are left out of g(x)
 
 
@@ -74,7 +78,9 @@ class TpeTuner(BaseTuner):
        In more than two dimensions each candidate is the best trial with about
        ``local_coordinates`` (2) of its coordinates taken from such a draw, the others kept: in
        10-20 dimensions a whole draw from l(x) moves every coordinate at once and rarely
-       improves, while changing a few around the best does (benchmarks/README_tuners.md).
+       improves, while changing a few around the best does; those draws come from kernels
+       ``proposal_width`` (3) times wider, so that moves out of the best's basin are among the
+       candidates (benchmarks/README_tuners.md).
 
     Parallel trials (pending: suggested, no result yet) use a *local* constant liar: each pending point
     is counted as a bad result (the "worst" lie), but with a kernel half as wide as the others. That
@@ -155,7 +161,10 @@ class TpeTuner(BaseTuner):
         below, above = self._split(losses)
         good = self._estimator(points[below], np.ones(len(below)))
         bad = self._estimator(points[above], self._forgetting_weights(len(above)))
-        candidates = self._around_best(good.sample(self.settings.n_ei_candidates, rng), rng)
+        proposals, width = good, self.settings.proposal_width
+        if self._is_local() and width != 1.0:
+            proposals = self._estimator(points[below], np.ones(len(below)), scale=width)
+        candidates = self._around_best(proposals.sample(self.settings.n_ei_candidates, rng), rng)
         scores = good.log_pdf(candidates) - self._bad_log_pdf(bad, len(above), liars, candidates)
         for index in np.argsort(-scores, kind="stable"):
             internal = self.encoding.decode(candidates[index])
@@ -163,13 +172,18 @@ class TpeTuner(BaseTuner):
                 return internal
         return self._sample_prior(rng)  # every candidate repeats a trial: deduplication takes over
 
+    def _is_local(self) -> bool:
+        """Whether candidates are the best trial with a few coordinates changed (in more than
+        ``local_coordinates`` dimensions), not whole draws from l(x)."""
+        return 0 < self.settings.local_coordinates < self.encoding.dim
+
     def _around_best(self, drawn: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``drawn`` (points from l(x)) turned into the best finished trial with a few of its
         coordinates from them: each with probability ``local_coordinates / d``, at least one."""
+        if not self._is_local():
+            return drawn
         d = self.encoding.dim
         share = self.settings.local_coordinates / d
-        if share <= 0 or share >= 1:
-            return drawn
         best = self._points.rows[int(np.argmin(self._losses.rows[:, 0]))]
         base = np.broadcast_to(best, drawn.shape)
         changed = rng.random(drawn.shape) < share
