@@ -33,6 +33,7 @@ __all__ = [
     "SHARDED",
     "SHARDS",
     "SUBMIT_QUEUE",
+    "TICKET_LATENESS",
     "TUNER_QUEUE",
     "TUNER_SHARDS",
     "ExchangeSpec",
@@ -233,9 +234,16 @@ QUEUES: tuple[QueueSpec, ...] = (
 )
 
 
-def delay_bucket_for(seconds_left: float) -> float:
-    """The largest delay bucket not longer than ``seconds_left`` (the smallest if none)."""
-    fitting = [b for b in DELAY_BUCKETS if b <= seconds_left + 1e-9]
+#: How late a ticket may come back, as a share of what was left when it was parked: a tick due in
+#: 1 s, parked some milliseconds after it was decided, waits in the 1-s bucket (one hop), not in
+#: the 0.2-s one five times over (five deliveries, each handled and parked again).
+TICKET_LATENESS = 0.25
+
+
+def delay_bucket_for(seconds_left: float, *, lateness: float = 0.0) -> float:
+    """The largest delay bucket not longer than ``seconds_left`` (the smallest if none); with
+    ``lateness``, buckets up to that share longer fit too."""
+    fitting = [b for b in DELAY_BUCKETS if b <= seconds_left * (1 + lateness) + 1e-9]
     return max(fitting) if fitting else DELAY_BUCKETS[0]
 
 

@@ -33,6 +33,7 @@ from shared.topology import (
     QUEUES,
     REPLICAS_EXCHANGE,
     SHARDED,
+    TICKET_LATENESS,
     QueueSpec,
     delay_bucket_for,
     delay_queue_name,
@@ -202,12 +203,13 @@ class BusConnection:
             await self.publish(msg)
 
     async def publish_ticket(self, ticket: Ticket) -> None:
-        """Publish a ticket now if it is due, else park it in a delay queue until about ``due``."""
+        """Publish a ticket now if it is due, else park it in a delay queue until about ``due``
+        (at most ``TICKET_LATENESS`` of the wait late: fewer hops through the delay queues)."""
         left = (ticket.due - datetime.now(UTC)).total_seconds()
         if left <= 0:
             await self.publish(ticket)
             return
-        bucket = delay_queue_name(delay_bucket_for(left))
+        bucket = delay_queue_name(delay_bucket_for(left, lateness=TICKET_LATENESS))
         await self.delay_exchange().publish(
             self._amqp_message(ticket, {DELAY_HEADER: bucket}), routing_key=ticket.routing_key,
         )
