@@ -261,4 +261,3 @@ class ExperimentStates:
 
 def _is_tick(message: Message) -> bool:
     return isinstance(message, Ticket) and message.purpose == "dispatcher.tick"
-
