@@ -172,19 +172,28 @@ class BusConnection:
     async def publish(self, msg: Message, *, headers: dict[str, Any] | None = None) -> None:
         """Publish a message on the events exchange; returns once the broker confirmed it.
 
-        A confirm that does not come (the connection broke and is being re-established) is
-        waited for a bounded time, then the message is sent again: consumers dedupe by id.
+        A ticket not yet due is parked in a delay queue instead (:meth:`publish_ticket`): its
+        consumer sees it once, when it is due. A confirm that does not come (the connection
+        broke and is being re-established) is waited for a bounded time, then the message is
+        sent again: consumers dedupe by id.
         """
         assert self._events is not None, "Bus.connect() was not called"
+        exchange, mandatory = self._events, True
+        if isinstance(msg, Ticket):
+            left = (msg.due - datetime.now(UTC)).total_seconds()
+            if left > 0:
+                bucket = delay_queue_name(delay_bucket_for(left, lateness=TICKET_LATENESS))
+                exchange, mandatory, headers = self.delay_exchange(), False, {**(headers or {}),
+                                                                             DELAY_HEADER: bucket}
         first: Exception | None = None
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             started = time.perf_counter()
             try:
-                await self._events.publish(self._amqp_message(msg, headers), routing_key=msg.routing_key,
-                                           mandatory=True, timeout=PUBLISH_CONFIRM_TIMEOUT)
+                await exchange.publish(self._amqp_message(msg, headers), routing_key=msg.routing_key,
+                                       mandatory=mandatory, timeout=PUBLISH_CONFIRM_TIMEOUT)
                 if trace.isEnabledFor(logging.DEBUG):
-                    trace.debug("published %s %s, confirmed in %.1f ms", msg.routing_key, msg.trace_id(),
-                                1000 * (time.perf_counter() - started))
+                    trace.debug("published %s %s%s, confirmed in %.1f ms", msg.routing_key, msg.trace_id(),
+                                "" if mandatory else " (delayed)", 1000 * (time.perf_counter() - started))
                 return
             # A channel the broker closed (e.g. after a refused publish) reads as closed until the
             # robust connection has reopened it: aiormq's ChannelInvalidStateError, no AMQPError.
@@ -205,14 +214,7 @@ class BusConnection:
     async def publish_ticket(self, ticket: Ticket) -> None:
         """Publish a ticket now if it is due, else park it in a delay queue until about ``due``
         (at most ``TICKET_LATENESS`` of the wait late: fewer hops through the delay queues)."""
-        left = (ticket.due - datetime.now(UTC)).total_seconds()
-        if left <= 0:
-            await self.publish(ticket)
-            return
-        bucket = delay_queue_name(delay_bucket_for(left, lateness=TICKET_LATENESS))
-        await self.delay_exchange().publish(
-            self._amqp_message(ticket, {DELAY_HEADER: bucket}), routing_key=ticket.routing_key,
-        )
+        await self.publish(ticket)
 
     async def dead_letter(self, routing_key: str, body: bytes, reason: str, queue: str) -> None:
         """Copy a delivery to the dead-letter exchange with why and where it failed, secrets masked."""

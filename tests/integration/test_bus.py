@@ -57,6 +57,33 @@ async def test_a_delayed_ticket_comes_back_once_and_not_before_it_is_due(amqp_vh
     assert all(not q.binding_arguments or not any(k.startswith("x-") and k != "x-match"
                                                   for k in q.binding_arguments) for q in DELAY_QUEUES)
 
+async def test_a_ticket_published_like_any_message_waits_in_a_delay_queue_until_it_is_due(
+        amqp_vhost: str) -> None:
+    """The dispatcher publishes its next tick with the rest of a change's messages: not yet due,
+    it must go to a delay queue at once, not to the consumer first (which would park it itself:
+    a second publish and a second delivery for every tick)."""
+    bus = await _bus(amqp_vhost)
+    deliveries: list[tuple[float, Ticket]] = []
+
+    async def on_ticket(ticket: Ticket) -> None:
+        deliveries.append((time.monotonic(), ticket))
+
+    try:
+        await bus.consume(INGESTOR_QUEUE, {Ticket: on_ticket}, concurrency=4)
+        started = time.monotonic()
+        due = Ticket(experiment_id="e1", purpose="ingest.watch", trial_id="now", due=datetime.now(UTC))
+        later = Ticket(experiment_id="e1", purpose="ingest.watch", trial_id="later",
+                       due=datetime.now(UTC) + timedelta(seconds=1.0))  # a delay bucket's length
+        await bus.publish_many([later, due])
+        await _until(lambda: len(deliveries) == 2, "both tickets")
+        await asyncio.sleep(0.5)  # nothing more comes
+    finally:
+        await bus.close()
+    assert [t.trial_id for _, t in deliveries] == ["now", "later"]
+    assert deliveries[0][0] - started < 1.0  # a due ticket goes straight to its consumer
+    assert deliveries[1][0] - started >= 0.95  # the other was not delivered before it was due
+
+
 
 async def test_bad_messages_are_dead_lettered_with_reason_and_consumption_goes_on(amqp_vhost: str) -> None:
     bus = await _bus(amqp_vhost)
