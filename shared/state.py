@@ -148,9 +148,9 @@ class ExperimentState(BaseModel):
     tick_id: str | None = Field(
         default=None, description="The one live tick chain: its tickets carry it as ``state.chain``.")
     # Memory only (never written: a tick that decides nothing leaves the stored state as it is).
-    ticked_at: datetime | None = Field(
+    tick_due: datetime | None = Field(
         default=None, exclude=True,
-        description="When the tick chain last ran (one silent for long was lost: re-armed).")
+        description="When the live chain's next tick is due (one overdue for long was lost: re-armed).")
     tick_chain_since: datetime | None = Field(
         default=None, exclude=True, description="When the live tick chain was started or renewed.")
     requested_at: datetime | None = Field(

@@ -86,7 +86,7 @@ class Dispatcher:
         """Apply one event to an experiment; persist, then publish what follows from it.
 
         A ``deferrable`` change that decides nothing (no messages) is kept in memory and
-        written with the next write (at the latest the next tick, about a second later):
+        written with the next write (at the latest the next tick, within ``tick_idle_seconds``):
         it is a progress note (RUNNING, a heartbeat) whose loss in a crash the next report
         repairs, and not writing it keeps the state writes off the trials' critical path.
         """

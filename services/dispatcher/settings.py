@@ -18,6 +18,7 @@ class DispatcherSettings(CommonSettings):
 
     # The lifecycle's timings (what each means: Policy), defaulting to Policy's.
     tick_seconds: float = Policy.tick_seconds
+    tick_idle_seconds: float = Policy.tick_idle_seconds
     heartbeat_timeout: float = Policy.heartbeat_timeout
     kill_grace: float = Policy.kill_grace
     max_attempts: int = Policy.max_attempts

@@ -43,8 +43,8 @@ class Watchdog:
             if self.states.finished_here(experiment_id) or (cached is not None and cached.state.finished):
                 await self.store.delete(name)  # ended (its marker outlived a crash, or a corrupt state)
                 continue
-            if cached is not None and cached.state.ticked_at is not None and (
-                    now - cached.state.ticked_at).total_seconds() < self.policy.tick_stall:
+            if cached is not None and cached.state.tick_due is not None and not lifecycle.tick_overdue(
+                    cached.state, self.policy, now):
                 continue
             await self.bus.publish(Ticket(experiment_id=experiment_id, purpose="dispatcher.tick", due=now,
                                           state={"rearm": True}))

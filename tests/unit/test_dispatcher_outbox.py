@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -179,7 +180,12 @@ async def test_a_started_experiment_is_marked_active_and_its_marker_goes_with_it
     dispatcher, store, bus = await started()
     assert active_marker("exp1") in store.blobs  # what a restarted dispatcher lists
     bus.published.clear()
-    await dispatcher.watchdog.watch_experiments()  # never ticked yet: it is re-armed
+    await dispatcher.watchdog.watch_experiments()  # its first tick is not due yet: left alone
+    assert not bus.published
+    cached = dispatcher.states.cached("exp1")
+    assert cached is not None and cached.state.tick_due is not None
+    cached.state.tick_due -= timedelta(seconds=Policy().tick_stall + 1)  # its ticket was lost
+    await dispatcher.watchdog.watch_experiments()
     [rearm] = [m for m in bus.published if isinstance(m, Ticket)]
     assert rearm.state == {"rearm": True} and rearm.experiment_id == "exp1"
     await dispatcher.on_stop(ExperimentStop(experiment_id="exp1"))  # nothing runs: STOPPED at once

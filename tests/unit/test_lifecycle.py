@@ -344,13 +344,45 @@ def test_a_lost_tick_chain_is_rearmed_and_a_live_one_is_left_alone() -> None:
     state, _ = started(p)
     tick(state, p, T0 + timedelta(seconds=1))
     live = state.tick_id
+    assert state.tick_due == T0 + timedelta(seconds=6)  # nothing falls due soon: the idle interval
     rearm = Ticket(experiment_id=EXP, purpose="dispatcher.tick", due=T0, state={"rearm": True})
-    assert lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=5)) == []
+    for second in (5, 15):  # not yet due, then 9 s overdue: tick_stall (10 s) not reached
+        assert lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=second)) == []
     assert state.tick_id == live
-    out = lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=12))
+    out = lifecycle.apply_rearm(state, p, POLICY, rearm, T0 + timedelta(seconds=16))
     assert of(out, Ticket) and state.tick_id not in (live, rearm.message_id)  # a new chain from it
     stale = Ticket(message_id=live or "", experiment_id=EXP, purpose="dispatcher.tick", due=T0)
-    assert lifecycle.apply_tick(state, p, POLICY, stale, T0 + timedelta(seconds=13)) == []
+    assert lifecycle.apply_tick(state, p, POLICY, stale, T0 + timedelta(seconds=17)) == []
+
+
+def next_due(out: list[object]) -> float:
+    """Seconds from the experiment's start to its next tick (the one ticket in ``out``)."""
+    [ticket] = of(out, Ticket)
+    return (ticket.due - T0).total_seconds()
+
+
+def test_ticks_wait_the_idle_interval_unless_a_limit_or_timeout_falls_due_sooner() -> None:
+    assert (POLICY.tick_seconds, POLICY.tick_idle_seconds) == (1, 5)
+    p = plan(max_duration=60)
+    state, _ = started(p)
+    assert next_due(tick(state, p, T0 + timedelta(seconds=1))) == 6  # suggestions asked: 120 s to wait
+    assert next_due(tick(state, p, T0 + timedelta(seconds=54))) == 59  # 6 s left of the experiment
+    assert next_due(tick(state, p, T0 + timedelta(seconds=56))) == 57  # 4 s left: a check a second
+    # A running trial: its heartbeat timeout (30 s) comes near.
+    p = plan()
+    state, trial_id = first_trial(p)
+    report(state, trial_id)
+    assert next_due(tick(state, p, T0 + timedelta(seconds=20))) == 25
+    assert next_due(tick(state, p, T0 + timedelta(seconds=26))) == 27
+    # A trial not started yet whose maxTrialDuration is shorter than the idle interval.
+    p = plan(max_trial_duration=3)
+    state, _ = first_trial(p)
+    assert next_due(tick(state, p, T0 + timedelta(seconds=1))) == 2
+    # Idle interval set to the tick's own: every tick a second apart, as before.
+    state, _ = started(plan())
+    ticket = Ticket(message_id=state.tick_id or "", experiment_id=EXP, purpose="dispatcher.tick", due=T0)
+    every_second = Policy(tick_seconds=1, tick_idle_seconds=1)
+    assert next_due(lifecycle.apply_tick(state, plan(), every_second, ticket, T0 + timedelta(seconds=1))) == 2
 
 
 def test_unanswered_suggestions_are_asked_again_then_the_experiment_errs() -> None:

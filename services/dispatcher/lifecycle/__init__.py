@@ -18,7 +18,7 @@ from .control import (
 )
 from .plan import Plan, Policy, plan_from_config, plan_with_limits, utcnow
 from .steps import suggest_requests
-from .ticks import apply_rearm, apply_tick
+from .ticks import apply_rearm, apply_tick, tick_interval, tick_overdue
 from .trials import (
     apply_ended,
     apply_heartbeat,
@@ -48,5 +48,7 @@ __all__ = [
     "plan_with_limits",
     "start_experiment",
     "suggest_requests",
+    "tick_interval",
+    "tick_overdue",
     "utcnow",
 ]

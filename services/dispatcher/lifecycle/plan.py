@@ -32,6 +32,10 @@ class Policy:
     """Timings of the dispatcher's own checks (the deployment's, not the experiment's)."""
 
     tick_seconds: float = 1.0
+    # A tick after which no limit or timeout can fall due within this long waits this long for
+    # the next (one near a deadline waits ``tick_seconds``): what an experiment costs while its
+    # trials wait or run does not grow with ticks that find nothing to do.
+    tick_idle_seconds: float = 5.0
     heartbeat_timeout: float = 30.0
     kill_grace: float = 60.0  # a killed trial not confirmed ended by then is ended by the dispatcher
     max_attempts: int = 3  # a trial whose job was lost is run again, up to this many times
@@ -48,7 +52,7 @@ class Policy:
     # ``max_reasks`` such repeats the experiment ends in ERROR (its tuner does not answer).
     suggest_timeout: float = 120.0
     max_reasks: int = 5
-    # A tick chain that has not run this long was lost (with a broker crash): re-armed.
+    # A tick chain whose next tick is this long overdue was lost (with a broker crash): re-armed.
     tick_stall: float = 10.0
     # A tick that decides nothing continues its chain without a state write; the chain is
     # renewed (a new id, written) at least this often, so that a chain doubled by a redelivery

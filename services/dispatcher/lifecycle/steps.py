@@ -38,11 +38,14 @@ def status_change(state: ExperimentState, status: ExperimentStatus, now: datetim
     return [ExperimentStatusChanged(experiment_id=state.experiment_id, status=status, reason=reason)]
 
 
-def next_tick(state: ExperimentState, policy: Policy, now: datetime, *, renew: bool = True) -> list[Message]:
-    """The experiment's next tick: of a new chain, which becomes the one live chain (``renew``),
-    else of the live chain."""
+def next_tick(state: ExperimentState, policy: Policy, now: datetime, *, renew: bool = True,
+              seconds: float | None = None) -> list[Message]:
+    """The experiment's next tick, ``seconds`` (``tick_seconds``) from now: of a new chain, which
+    becomes the one live chain (``renew``), else of the live chain."""
+    wait = policy.tick_seconds if seconds is None else seconds
     ticket = Ticket(experiment_id=state.experiment_id, purpose="dispatcher.tick",
-                    due=now + timedelta(seconds=policy.tick_seconds))
+                    due=now + timedelta(seconds=wait))
+    state.tick_due = ticket.due
     if renew or state.tick_id is None:
         state.tick_id = ticket.message_id
         state.tick_chain_since = now

@@ -38,7 +38,6 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     whose chain is ``tick_renew`` old, starts a new chain, which its write records."""
     if tick_chain(msg) != state.tick_id or state.finished:
         return []  # a tick of a stale chain: only one chain lives
-    state.ticked_at = now
     out: list[Message] = []
     elapsed = state.elapsed_seconds(now)
     if plan.max_duration is not None and elapsed >= plan.max_duration:
@@ -50,23 +49,66 @@ def apply_tick(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
     if not state.finished:
         since = state.tick_chain_since
         renew = bool(out) or since is None or (now - since).total_seconds() >= policy.tick_renew
-        out += next_tick(state, policy, now, renew=renew)
+        out += next_tick(state, policy, now, renew=renew, seconds=tick_interval(state, plan, policy, now))
     return out
+
+
+def tick_interval(state: ExperimentState, plan: Plan, policy: Policy, now: datetime) -> float:
+    """How long until the next tick: ``tick_idle_seconds`` when none of the checks a tick makes
+    can fall due before then, else ``tick_seconds`` (a limit is still kept to about a second).
+
+    Everything else a tick might do follows from an event, which the dispatcher applies when it
+    comes; so while an experiment's trials wait or run, its ticks cost little. The deadlines
+    mirror :func:`apply_tick`'s checks."""
+    idle = policy.tick_idle_seconds
+    if idle <= policy.tick_seconds:
+        return policy.tick_seconds
+    deadlines: list[float] = []
+    if plan.max_duration is not None:
+        deadlines.append(plan.max_duration - state.elapsed_seconds(now))
+    if state.requested and state.status == ExperimentStatus.RUNNING:
+        deadlines.append(policy.suggest_timeout - (now - (state.requested_at or now)).total_seconds())
+    deadlines += (_trial_deadline(plan, policy, trial, now) for trial in state.running())
+    return policy.tick_seconds if any(left < idle for left in deadlines) else idle
+
+
+def _trial_deadline(plan: Plan, policy: Policy, trial: TrialRecord, now: datetime) -> float:
+    """Seconds until :func:`_check_trial` could decide something about ``trial``."""
+    silent = (now - (trial.last_heartbeat or now)).total_seconds()
+    if trial.kill_status is not None:
+        return policy.kill_grace - silent
+    left = float("inf")
+    if plan.max_trial_duration is not None:  # a trial not started yet may start any moment
+        left = plan.max_trial_duration - (trial.duration_seconds(now) or 0.0)
+    if trial.job_ended:
+        timeout = policy.ended_timeout
+    elif trial.status == TrialStatus.WAITING:
+        timeout = policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
+    elif not plan.uses_heartbeats:
+        timeout = policy.remote_silence_timeout
+    else:
+        timeout = policy.heartbeat_timeout
+    return min(left, timeout - silent)
 
 
 def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
                 now: datetime) -> list[Message]:
-    """The dispatcher's watchdog: a running experiment whose tick chain has been silent for
-    ``tick_stall`` (its ticket was lost with the broker) gets this ticket as its chain. A chain
-    that was only slow stops at its next tick (its id is no longer the live one)."""
-    if state.finished:
-        return []
-    last = state.ticked_at or state.resumed_at or state.started_at
-    if (now - last).total_seconds() < policy.tick_stall:
+    """The dispatcher's watchdog: a running experiment whose next tick is ``tick_stall``
+    overdue (its ticket was lost with the broker) gets this ticket as its chain. A chain that
+    was only slow stops at its next tick (its id is no longer the live one)."""
+    if state.finished or not tick_overdue(state, policy, now):
         return []
     state.tick_id = msg.message_id
     state.tick_chain_since = None  # the tick renews it: a new chain, written
     return apply_tick(state, plan, policy, msg, now)
+
+
+def tick_overdue(state: ExperimentState, policy: Policy, now: datetime) -> bool:
+    """Whether the experiment's next tick is ``tick_stall`` overdue (not known here: loaded
+    since its last tick, e.g. by a restarted dispatcher, its chain is counted from its last
+    start or resume)."""
+    expected = state.tick_due or state.resumed_at or state.started_at
+    return (now - expected).total_seconds() >= policy.tick_stall
 
 
 def _check_suggestions(state: ExperimentState, plan: Plan, policy: Policy, now: datetime) -> list[Message]:
