@@ -11,7 +11,8 @@ start messages (as any program may), and followed by the events the services pub
 * ``slow``: ``--experiments`` no-op experiments (Random tuner, concurrency 4), once alone and
   once beside one more whose custom tuner sleeps 0.5 s in every ``generate_parameters``: when
   the others have all ended (their last finish, median finish), and how many suggestions the
-  slow one had made by then.
+  slow one had made by then. Each run on a purged stack (``deploy/local down --purge``), the
+  order alternating with ``--repeat``; the medians of both at the end.
 * ``cpu``: ``--experiments`` experiments with the GP tuner (a suggestion costs 0.4-1.5 s of CPU
   once it has a few results), no-op trials, with 1 then 2 tuner replicas (``up --tuners 2``):
   wall time to all DONE, and the ratio.
@@ -27,6 +28,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -226,9 +228,12 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         if args.mode == "slow":
-            stop_extra_tuners(state_dir)  # one tuner: what a slow experiment could hold up
-            env = stack_env(1)
-            for with_slow in (False, True):
+            # Each run on a purged stack (Azurite slows as its container fills: a run after another
+            # is slower whatever it does), the order alternating from one repeat to the next.
+            order = (False, True) if len(results) % 4 == 0 else (True, False)
+            for with_slow in order:
+                subprocess.run([str(DEPLOY_LOCAL), "down", "--purge"], check=True, capture_output=True)
+                env = stack_env(1)  # one tuner: what a slow experiment could hold up
                 run = run_slow(env, args.experiments or 50, args.trials or 100, with_slow, args.deadline)
                 results.append(asyncio.run(run))
                 print(json.dumps(results[-1]), flush=True)
@@ -242,6 +247,11 @@ def main() -> None:
                 results.append(asyncio.run(run_cpu(env, args.experiments or 8, args.trials or 30, tuners,
                                                    args.deadline)))
                 print(json.dumps(results[-1]), flush=True)
+    if args.mode == "slow":
+        last = {key: statistics.median(r["last_finish_s"] for r in results
+                                       if r["with_slow_experiment"] == key) for key in (False, True)}
+        print(json.dumps({"median_last_finish_s": {"alone": last[False], "beside_slow": last[True]},
+                          "ratio": round(last[True] / last[False], 2)}), flush=True)
     if args.mode == "cpu":
         walls = {n: statistics.median(r["wall_s"] for r in results if r["tuners"] == n) for n in (1, 2)}
         print(json.dumps({"median_wall_s": walls, "speedup": round(walls[1] / walls[2], 2)}), flush=True)
