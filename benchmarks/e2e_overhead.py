@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_stack import deploy_local_env
+from local_stack import delete_experiments, deploy_local_env
 
 REPO = Path(__file__).resolve().parents[1]
 TUNEBUS = Path(sys.executable).parent / "tunebus"
@@ -65,21 +65,6 @@ def run_once(config: Path, env: dict[str, str]) -> tuple[float, dict[str, object
     return elapsed, json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def delete_experiment(experiment_id: str, env: dict[str, str]) -> None:
-    """Remove a finished run's blobs (untimed): Azurite slows down as its container fills up
-    (a GET takes twice as long with 10,000 other blobs), so runs must not slow later runs."""
-    import asyncio
-
-    from shared.storage import BlobStore, Layout
-
-    async def delete() -> None:
-        conn, container = env["TUNEBUS_STORAGE_CONNECTION_STRING"], env["TUNEBUS_STORAGE_CONTAINER"]
-        async with BlobStore(conn, container) as store:
-            await store.delete_prefix(Layout(experiment_id).root + "/")
-
-    asyncio.run(delete())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +83,7 @@ def main() -> None:
             if summary["status"] != "DONE" or succeeded != args.trials:
                 raise SystemExit(f"run {run} did not end DONE with {args.trials} trials: {summary}")
             times.append(elapsed)
-            delete_experiment(str(summary["id"]), env)
+            delete_experiments([str(summary["id"])], env)
             print(f"run {run}: {elapsed:.2f} s ({summary['status']}, {succeeded} trials SUCCEEDED)",
                   flush=True)
     print(f"median of {args.runs}: {statistics.median(times):.2f} s for {args.trials} trials at "

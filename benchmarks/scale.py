@@ -20,9 +20,11 @@ nni, get the parameters, report a final result), Random tuner. Reported per run:
     .venv/bin/python benchmarks/scale.py single --trials 100 1000 [--concurrency 16]
     .venv/bin/python benchmarks/scale.py many --experiments 50 --trials 100 [--concurrency 4]
 
-At 10,000 trials Azurite dominates the run: on disk it rewrites its whole metadata database every
-5 s, and in memory too each request scans every blob of the account (``azurite_growth.py``);
-``TUNEBUS_AZURITE_IN_MEMORY=1`` keeps it off disk. See the README's Performance section.
+Each run's experiments are deleted from storage afterwards (untimed; ``--keep`` leaves them), so
+that a run does not slow the runs after it on the same stack. At 10,000 trials Azurite dominates
+the run: on disk it rewrites its whole metadata database every 5 s, and in memory too each
+request scans every blob of the account (``azurite_growth.py``); ``TUNEBUS_AZURITE_IN_MEMORY=1``
+keeps it off disk. See the README's Performance section.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 3600). Needs to run as
 the user that started the stack (it reads the services' ``/proc`` entries).
@@ -43,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from local_stack import deploy_local_env
+from local_stack import delete_experiments, deploy_local_env
 
 REPO = Path(__file__).resolve().parents[1]
 TUNEBUS = Path(sys.executable).parent / "tunebus"
@@ -168,7 +170,8 @@ def _stored_sizes(experiment_id: str, env: dict[str, str]) -> dict[str, int]:
             "azurite_db_bytes": database.stat().st_size if database.exists() else 0}
 
 
-def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: float) -> dict[str, object]:
+def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: float,
+               keep: bool) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
         config = write_experiment(Path(tmp), f"scale-{trials}", trials, concurrency)
         started = time.monotonic()
@@ -176,15 +179,18 @@ def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: flo
         wall = time.monotonic() - started
     if summary["status"] != "DONE" or summary["trials"] != {"SUCCEEDED": trials}:
         raise SystemExit(f"{trials} trials: not DONE with every trial SUCCEEDED: {summary}")
-    return {"mode": "single", "trials": trials, "concurrency": concurrency, "wall_s": round(wall, 2),
-            "wall_ms_per_trial": round(1000 * wall / trials, 2),
-            "orchestration_cpu_ms_per_trial": _orchestration_ms(report, trials),
-            **_stored_sizes(str(summary["id"]), env), "load_avg_1m": os.getloadavg()[0],
-            "per_trial": _per_trial(report, trials)}
+    result = {"mode": "single", "trials": trials, "concurrency": concurrency, "wall_s": round(wall, 2),
+              "wall_ms_per_trial": round(1000 * wall / trials, 2),
+              "orchestration_cpu_ms_per_trial": _orchestration_ms(report, trials),
+              **_stored_sizes(str(summary["id"]), env), "load_avg_1m": os.getloadavg()[0],
+              "per_trial": _per_trial(report, trials)}
+    if not keep:
+        delete_experiments([str(summary["id"])], env)
+    return result
 
 
 def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str],
-             deadline: float) -> dict[str, object]:
+             deadline: float, keep: bool) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
         started = time.monotonic()
         ids = [str(_create(write_experiment(Path(tmp) / f"e{i}", f"many-{i}", trials, concurrency), env,
@@ -204,13 +210,16 @@ def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str
         wall = max(finished.values())
     total = experiments * trials
     ends = sorted(finished.values())
-    return {"mode": "many", "experiments": experiments, "trials_each": trials, "concurrency": concurrency,
-            "wall_s": round(wall, 2), "wall_ms_per_trial": round(1000 * wall / total, 2),
-            "finish_s": {"first": round(ends[0], 1), "median": round(statistics.median(ends), 1),
-                         "last": round(ends[-1], 1)},
-            "orchestration_cpu_ms_per_trial": _orchestration_ms(report, total),
-            "load_avg_1m": os.getloadavg()[0],
-            "per_trial": _per_trial(report, total)}
+    result = {"mode": "many", "experiments": experiments, "trials_each": trials, "concurrency": concurrency,
+              "wall_s": round(wall, 2), "wall_ms_per_trial": round(1000 * wall / total, 2),
+              "finish_s": {"first": round(ends[0], 1), "median": round(statistics.median(ends), 1),
+                           "last": round(ends[-1], 1)},
+              "orchestration_cpu_ms_per_trial": _orchestration_ms(report, total),
+              "load_avg_1m": os.getloadavg()[0],
+              "per_trial": _per_trial(report, total)}
+    if not keep:
+        delete_experiments(ids, env)
+    return result
 
 
 def main() -> None:
@@ -226,14 +235,17 @@ def main() -> None:
     many.add_argument("--concurrency", type=int, default=4)
     for each in (single, many):
         each.add_argument("--deadline", type=float, default=3600.0)
+        each.add_argument("--keep", action="store_true",
+                          help="leave the experiments in storage (by default deleted after each run, "
+                               "untimed: Azurite slows as its container fills)")
     args = parser.parse_args()
     env = stack_env()
     if args.mode == "single":
         for trials in args.trials:
-            print(json.dumps(run_single(trials, args.concurrency, env, args.deadline)), flush=True)
+            print(json.dumps(run_single(trials, args.concurrency, env, args.deadline, args.keep)), flush=True)
     else:
-        print(json.dumps(run_many(args.experiments, args.trials, args.concurrency, env, args.deadline)),
-              flush=True)
+        print(json.dumps(run_many(args.experiments, args.trials, args.concurrency, env, args.deadline,
+                                  args.keep)), flush=True)
 
 
 if __name__ == "__main__":
