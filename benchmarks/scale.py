@@ -20,8 +20,10 @@ nni, get the parameters, report a final result), Random tuner. Reported per run:
     .venv/bin/python benchmarks/scale.py single --trials 100 1000 [--concurrency 16]
     .venv/bin/python benchmarks/scale.py many --experiments 50 --trials 100 [--concurrency 4]
 
-Each run's experiments are deleted from storage afterwards (untimed; ``--keep`` leaves them), so
-that a run does not slow the runs after it on the same stack. At 10,000 trials Azurite dominates
+Each run's experiments are deleted from storage after its numbers are printed (untimed;
+``--keep`` leaves them), so that a run does not slow the runs after it on the same stack; for
+thousands of trials that takes minutes on Azurite, and ``--keep`` with ``deploy/local down
+--purge`` is quicker. At 10,000 trials Azurite dominates
 the run: on disk it rewrites its whole metadata database every 5 s, and in memory too each
 request scans every blob of the account (``azurite_growth.py``); ``TUNEBUS_AZURITE_IN_MEMORY=1``
 keeps it off disk. See the README's Performance section.
@@ -43,6 +45,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from local_stack import delete_experiments, deploy_local_env
@@ -170,8 +173,9 @@ def _stored_sizes(experiment_id: str, env: dict[str, str]) -> dict[str, int]:
             "azurite_db_bytes": database.stat().st_size if database.exists() else 0}
 
 
-def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: float,
-               keep: bool) -> dict[str, object]:
+def run_single(trials: int, concurrency: int, env: dict[str, str],
+               deadline: float) -> tuple[dict[str, object], list[str]]:
+    """The run's numbers, and the experiment it created."""
     with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
         config = write_experiment(Path(tmp), f"scale-{trials}", trials, concurrency)
         started = time.monotonic()
@@ -184,13 +188,12 @@ def run_single(trials: int, concurrency: int, env: dict[str, str], deadline: flo
               "orchestration_cpu_ms_per_trial": _orchestration_ms(report, trials),
               **_stored_sizes(str(summary["id"]), env), "load_avg_1m": os.getloadavg()[0],
               "per_trial": _per_trial(report, trials)}
-    if not keep:
-        delete_experiments([str(summary["id"])], env)
-    return result
+    return result, [str(summary["id"])]
 
 
 def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str],
-             deadline: float, keep: bool) -> dict[str, object]:
+             deadline: float) -> tuple[dict[str, object], list[str]]:
+    """The run's numbers, and the experiments it created."""
     with tempfile.TemporaryDirectory() as tmp, measured((*SERVICES, "rabbitmq", "azurite")) as report:
         started = time.monotonic()
         ids = [str(_create(write_experiment(Path(tmp) / f"e{i}", f"many-{i}", trials, concurrency), env,
@@ -217,9 +220,7 @@ def run_many(experiments: int, trials: int, concurrency: int, env: dict[str, str
               "orchestration_cpu_ms_per_trial": _orchestration_ms(report, total),
               "load_avg_1m": os.getloadavg()[0],
               "per_trial": _per_trial(report, total)}
-    if not keep:
-        delete_experiments(ids, env)
-    return result
+    return result, ids
 
 
 def main() -> None:
@@ -241,11 +242,14 @@ def main() -> None:
     args = parser.parse_args()
     env = stack_env()
     if args.mode == "single":
-        for trials in args.trials:
-            print(json.dumps(run_single(trials, args.concurrency, env, args.deadline, args.keep)), flush=True)
+        runs = [partial(run_single, trials, args.concurrency, env, args.deadline) for trials in args.trials]
     else:
-        print(json.dumps(run_many(args.experiments, args.trials, args.concurrency, env, args.deadline,
-                                  args.keep)), flush=True)
+        runs = [partial(run_many, args.experiments, args.trials, args.concurrency, env, args.deadline)]
+    for run in runs:
+        result, experiment_ids = run()
+        print(json.dumps(result), flush=True)
+        if not args.keep:
+            delete_experiments(experiment_ids, env)
 
 
 if __name__ == "__main__":
