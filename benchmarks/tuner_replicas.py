@@ -14,8 +14,8 @@ start messages (as any program may), and followed by the events the services pub
   slow one had made by then. Each run on a purged stack (``deploy/local down --purge``), the
   order alternating with ``--repeat``; the medians of both at the end.
 * ``cpu``: ``--experiments`` experiments with the GP tuner (a suggestion costs 0.4-1.5 s of CPU
-  once it has a few results), no-op trials, with 1 then 2 tuner replicas (``up --tuners 2``):
-  wall time to all DONE, and the ratio.
+  once it has a few results), no-op trials, with 1 then 2 tuner replicas (``up --tuners 2``),
+  each on a purged stack: wall time to all DONE, and the ratio.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 1800).
 """
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -84,17 +83,11 @@ def stack_env(tuners: int) -> dict[str, str]:
     return deploy_local_env("--tuners", str(tuners), admin=True)
 
 
-def stop_extra_tuners(state_dir: Path) -> None:
-    """Stop tuner-2.. (started by an earlier ``up --tuners N`` of this script), SIGTERM, bounded."""
-    for pid_file in (state_dir / "run").glob("tuner-*.pid"):
-        pid = int(pid_file.read_text().split()[0])
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.2)
+def purge_stack() -> None:
+    """``deploy/local down --purge``: every part stopped (extra tuner replicas too), every blob
+    and queue deleted. Azurite slows as its container fills, so a run on a stack that holds an
+    earlier run's blobs would be slower whatever it measures."""
+    subprocess.run([str(DEPLOY_LOCAL), "down", "--purge"], check=True, capture_output=True)
 
 
 class Events:
@@ -224,7 +217,6 @@ def main() -> None:
         os.environ.update(TUNEBUS_LOCAL_DIR=str(REPO / ".local-bench"), TUNEBUS_AMQP_PORT="25681",
                           TUNEBUS_BLOB_PORT="25610", TUNEBUS_DASHBOARD_PORT="25680")
         os.environ.setdefault("TUNEBUS_AZURITE_DIR", str(REPO / ".local" / "azurite"))
-    state_dir = Path(os.environ["TUNEBUS_LOCAL_DIR"])
     results: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         if args.mode == "slow":
@@ -232,14 +224,14 @@ def main() -> None:
             # is slower whatever it does), the order alternating from one repeat to the next.
             order = (False, True) if len(results) % 4 == 0 else (True, False)
             for with_slow in order:
-                subprocess.run([str(DEPLOY_LOCAL), "down", "--purge"], check=True, capture_output=True)
+                purge_stack()
                 env = stack_env(1)  # one tuner: what a slow experiment could hold up
                 run = run_slow(env, args.experiments or 50, args.trials or 100, with_slow, args.deadline)
                 results.append(asyncio.run(run))
                 print(json.dumps(results[-1]), flush=True)
         else:
             for tuners in (1, 2):
-                stop_extra_tuners(state_dir)
+                purge_stack()  # each run on an empty container, like the slow mode's
                 env = stack_env(tuners)
                 time.sleep(6)  # the replicas see each other and share the shards out (shared/shards.py)
                 # Warm-up, not counted: each replica imports the GP's libraries on its first experiment.
