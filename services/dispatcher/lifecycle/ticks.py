@@ -80,15 +80,19 @@ def _trial_deadline(plan: Plan, policy: Policy, trial: TrialRecord, now: datetim
     left = float("inf")
     if plan.max_trial_duration is not None:  # a trial not started yet may start any moment
         left = plan.max_trial_duration - (trial.duration_seconds(now) or 0.0)
+    return min(left, _silence_limit(plan, policy, trial) - silent)
+
+
+def _silence_limit(plan: Plan, policy: Policy, trial: TrialRecord) -> float:
+    """How long a trial that is not being killed may go without a sign before a tick acts:
+    its end sent again, its submit sent again, or its job reported lost."""
     if trial.job_ended:
-        timeout = policy.ended_timeout
-    elif trial.status == TrialStatus.WAITING:
-        timeout = policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
-    elif not plan.uses_heartbeats:
-        timeout = policy.remote_silence_timeout
-    else:
-        timeout = policy.heartbeat_timeout
-    return min(left, timeout - silent)
+        return policy.ended_timeout
+    if trial.status == TrialStatus.WAITING:
+        return policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
+    if not plan.uses_heartbeats:
+        return policy.remote_silence_timeout
+    return policy.heartbeat_timeout
 
 
 def apply_rearm(state: ExperimentState, plan: Plan, policy: Policy, msg: Ticket,
@@ -144,21 +148,17 @@ def _check_trial(state: ExperimentState, plan: Plan, policy: Policy, trial: Tria
     run_time = trial.duration_seconds(now)
     if plan.max_trial_duration is not None and run_time is not None and run_time >= plan.max_trial_duration:
         return kill(state, trial, TrialStatus.SYS_CANCELED, "maxTrialDuration exceeded", now)
+    limit = _silence_limit(plan, policy, trial)
+    if silent < limit:
+        return []
     if trial.job_ended:
-        if silent < policy.ended_timeout:
-            return []
         trial.last_heartbeat = now  # the next repeat, if this one is lost too
         return [_job_end(state, trial)]
-    if trial.status == TrialStatus.WAITING:
-        limit = policy.claim_timeout if plan.uses_heartbeats else policy.remote_silence_timeout
-        return _submit_again(state, trial, now) if silent >= limit else []
-    if not plan.uses_heartbeats:
-        # An Azure ML run whose watch went silent: submitting again adopts the run, watches it.
-        return _submit_again(state, trial, now) if silent >= policy.remote_silence_timeout else []
-    if silent >= policy.heartbeat_timeout:
-        return _report_lost(state, trial, f"lost: no heartbeat from its submitter for "
-                                          f"{policy.heartbeat_timeout:.0f} s", now)
-    return []
+    if trial.status == TrialStatus.WAITING or not plan.uses_heartbeats:
+        # Its submit was lost, or an Azure ML run's watch went silent: submitting again adopts
+        # the run (if there is one) and watches it.
+        return _submit_again(state, trial, now)
+    return _report_lost(state, trial, f"lost: no heartbeat from its submitter for {limit:.0f} s", now)
 
 
 def _submit_again(state: ExperimentState, trial: TrialRecord, now: datetime) -> list[Message]:
