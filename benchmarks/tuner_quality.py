@@ -21,6 +21,9 @@ the private RandomStates NNI makes are reseeded::
 
     PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --tuners GP,nni_gp --funcs hartmann6
     PYTHONPATH=. /tmp/nni-venv/bin/python benchmarks/tuner_quality.py --multi-fidelity --tuners BOHB,nni_bohb
+
+``--start-from GP:10`` pairs the comparison: each tuner first learns the 10 trials tunebus's GP
+draws for its cold start with that seed, so two GPs are compared from the same first trials.
 """
 
 from __future__ import annotations
@@ -301,9 +304,15 @@ PEERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
 }
 
 
-def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> float:
-    """Run ``trials`` trials with ``batch`` in flight (oldest reported first); the best value seen."""
+def best_found(tuner: Any, objective: Objective, trials: int, batch: int,
+               start: list[tuple[dict[str, Any], float]] | None = None) -> float:
+    """Run ``trials`` trials with ``batch`` in flight (oldest reported first); the best value seen.
+
+    ``start``: finished trials the tuner is told first (ids 0, 1, ...), counted among ``trials``."""
     best, next_id = math.inf, 0
+    for params, value in start or []:
+        tuner.receive_trial_result(next_id, params, value)
+        best, next_id = min(best, value), next_id + 1
     pending: list[tuple[int, dict[str, Any]]] = []
     while next_id < trials or pending:
         while next_id < trials and len(pending) < batch:
@@ -314,6 +323,24 @@ def best_found(tuner: Any, objective: Objective, trials: int, batch: int) -> flo
         best = min(best, value)
         tuner.receive_trial_result(parameter_id, params, value)
     return best
+
+
+def start_trials(spec: str | None, space: dict[str, Any], objective: Objective, seed: int,
+                 bench: ModuleType | None) -> list[tuple[dict[str, Any], float]] | None:
+    """``--start-from TUNER:N``: the first N trials that TUNER suggests with this seed, sequentially,
+    and their values: every tuner compared is then told these before it suggests anything, so all
+    start from the same trials (a paired comparison instead of each one's own random start)."""
+    if not spec:
+        return None
+    name, _, count = spec.partition(":")
+    starter = make_tuner(name, space, seed, bench)
+    out: list[tuple[dict[str, Any], float]] = []
+    for parameter_id in range(int(count)):
+        params = starter.generate_parameters(parameter_id)
+        value = objective(params)
+        starter.receive_trial_result(parameter_id, params, value)
+        out.append((params, value))
+    return out
 
 
 # ---------------------------------------------------------------- multi-fidelity (Hyperband, BOHB)
@@ -620,6 +647,10 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--batch", default="1,8", help="comma-separated numbers of trials in flight")
+    parser.add_argument("--per-seed", action="store_true", help="also print each seed's regret")
+    parser.add_argument("--start-from", metavar="TUNER:N",
+                        help="every tuner is first told the N trials TUNER suggests with the same seed "
+                             "(e.g. GP:10, tunebus GP's random cold start), then suggests the rest")
     parser.add_argument("--multi-fidelity", action="store_true",
                         help="Hyperband/BOHB vs full-budget tuners on a budgeted Hartmann-6 "
                              "(--tuners Hyperband,BOHB,Random,TPE; with NNI nni_hyperband, nni_bohb; "
@@ -652,9 +683,13 @@ def main() -> None:
                 start = time.perf_counter()
                 try:
                     regrets = [
-                        best_found(make_tuner(name, space, s, bench), objective, args.trials, batch) - optimum
+                        best_found(make_tuner(name, space, s, bench), objective, args.trials, batch,
+                                   start_trials(args.start_from, space, objective, s, bench)) - optimum
                         for s in seeds
                     ]
+                    if args.per_seed:
+                        print(f"{func:12s} {name:14s} {batch:5d}  per seed:",
+                              " ".join(f"{r:.4f}" for r in regrets), flush=True)
                 except TunerConfigError as exc:  # e.g. GP on a space with a choice of strings
                     print(f"{func:12s} {name:14s} {batch:5d}  n/a: {exc}", flush=True)
                     continue

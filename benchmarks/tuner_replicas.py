@@ -14,8 +14,9 @@ start messages (as any program may), and followed by the events the services pub
   slow one had made by then. Each run on a purged stack (``deploy/local down --purge``), the
   order alternating with ``--repeat``; the medians of both at the end.
 * ``cpu``: ``--experiments`` experiments with the GP tuner (a suggestion costs 0.4-1.5 s of CPU
-  once it has a few results), no-op trials, with 1 then 2 tuner replicas (``up --tuners 2``),
-  each on a purged stack: wall time to all DONE, and the ratio.
+  once it has a few results), no-op trials, with 1 and 2 tuner replicas (``up --tuners 2``),
+  each on a purged stack, the order alternating with ``--repeat``: wall time to all DONE, and the
+  ratio of the medians.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 1800).
 """
@@ -230,7 +231,7 @@ def main() -> None:
                 results.append(asyncio.run(run))
                 print(json.dumps(results[-1]), flush=True)
         else:
-            for tuners in (1, 2):
+            for tuners in (1, 2) if len(results) % 4 == 0 else (2, 1):  # the order alternating too
                 purge_stack()  # each run on an empty container, like the slow mode's
                 env = stack_env(tuners)
                 time.sleep(6)  # the replicas see each other and share the shards out (shared/shards.py)
