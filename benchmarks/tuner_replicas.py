@@ -19,6 +19,7 @@ start messages (as any program may), and followed by the events the services pub
   ratio of the medians.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 1800).
+The private stack it starts (``.local-bench``) is stopped when it ends.
 """
 
 from __future__ import annotations
@@ -214,10 +215,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=1800.0)
     args = parser.parse_args()
-    if "TUNEBUS_LOCAL_DIR" not in os.environ:
+    private_stack = "TUNEBUS_LOCAL_DIR" not in os.environ
+    if private_stack:
         os.environ.update(TUNEBUS_LOCAL_DIR=str(REPO / ".local-bench"), TUNEBUS_AMQP_PORT="25681",
                           TUNEBUS_BLOB_PORT="25610", TUNEBUS_DASHBOARD_PORT="25680")
         os.environ.setdefault("TUNEBUS_AZURITE_DIR", str(REPO / ".local" / "azurite"))
+    try:
+        results = run_repeats(args)
+    finally:
+        if private_stack:  # the stack this script started for itself does not outlive it
+            subprocess.run([str(DEPLOY_LOCAL), "down"], check=False, capture_output=True)
+    report(args.mode, results)
+
+
+def run_repeats(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every run of ``--repeat`` rounds, each on a purged stack; their results in order."""
     results: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         if args.mode == "slow":
@@ -240,12 +252,17 @@ def main() -> None:
                 results.append(asyncio.run(run_cpu(env, args.experiments or 8, args.trials or 30, tuners,
                                                    args.deadline)))
                 print(json.dumps(results[-1]), flush=True)
-    if args.mode == "slow":
+    return results
+
+
+def report(mode: str, results: list[dict[str, Any]]) -> None:
+    """The medians of both variants, and their ratio."""
+    if mode == "slow":
         last = {key: statistics.median(r["last_finish_s"] for r in results
                                        if r["with_slow_experiment"] == key) for key in (False, True)}
         print(json.dumps({"median_last_finish_s": {"alone": last[False], "beside_slow": last[True]},
                           "ratio": round(last[True] / last[False], 2)}), flush=True)
-    if args.mode == "cpu":
+    if mode == "cpu":
         walls = {n: statistics.median(r["wall_s"] for r in results if r["tuners"] == n) for n in (1, 2)}
         print(json.dumps({"median_wall_s": walls, "speedup": round(walls[1] / walls[2], 2)}), flush=True)
 
