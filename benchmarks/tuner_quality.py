@@ -325,17 +325,22 @@ def best_found(tuner: Any, objective: Objective, trials: int, batch: int,
     return best
 
 
-def start_trials(spec: str | None, space: dict[str, Any], objective: Objective, seed: int,
-                 bench: ModuleType | None) -> list[tuple[dict[str, Any], float]] | None:
+def start_spec(text: str) -> tuple[str, int]:
+    """``--start-from``'s value, ``TUNER:N`` with N a positive number."""
+    name, _, count = text.partition(":")
+    if not name or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected TUNER:N with N >= 1 (e.g. GP:10), got {text!r}")
+    return name, int(count)
+
+
+def start_trials(name: str, count: int, space: dict[str, Any], objective: Objective, seed: int,
+                 bench: ModuleType | None) -> list[tuple[dict[str, Any], float]]:
     """``--start-from TUNER:N``: the first N trials that TUNER suggests with this seed, sequentially,
     and their values: every tuner compared is then told these before it suggests anything, so all
     start from the same trials (a paired comparison instead of each one's own random start)."""
-    if not spec:
-        return None
-    name, _, count = spec.partition(":")
     starter = make_tuner(name, space, seed, bench)
     out: list[tuple[dict[str, Any], float]] = []
-    for parameter_id in range(int(count)):
+    for parameter_id in range(count):
         params = starter.generate_parameters(parameter_id)
         value = objective(params)
         starter.receive_trial_result(parameter_id, params, value)
@@ -648,7 +653,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--batch", default="1,8", help="comma-separated numbers of trials in flight")
     parser.add_argument("--per-seed", action="store_true", help="also print each seed's regret")
-    parser.add_argument("--start-from", metavar="TUNER:N",
+    parser.add_argument("--start-from", metavar="TUNER:N", type=start_spec,
                         help="every tuner is first told the N trials TUNER suggests with the same seed "
                              "(e.g. GP:10, tunebus GP's random cold start), then suggests the rest")
     parser.add_argument("--multi-fidelity", action="store_true",
@@ -659,6 +664,11 @@ def main() -> None:
                         help="PBT vs full runs of other tuners on a toy training problem "
                              "(--tuners PBT,Random,TPE)")
     args = parser.parse_args()
+    if args.start_from and (args.pbt or args.multi_fidelity):
+        parser.error("--start-from applies to the regret runs, not to --pbt or --multi-fidelity")
+    if args.start_from and args.start_from[1] >= args.trials:
+        parser.error(f"--start-from {args.start_from[1]} trials leaves none of --trials {args.trials} "
+                     "to suggest")
     if args.pbt:
         pbt(args.tuners.split(","), range(args.first_seed, args.first_seed + args.seeds), 10, 20)
         return
@@ -678,13 +688,21 @@ def main() -> None:
     print(f"{'function':12s} {'tuner':14s} {'batch':>5s} {'mean regret':>12s} {'median':>9s} {'seconds':>8s}")
     for func in funcs:
         space, objective, optimum = table[func]
+        starts: dict[int, list[tuple[dict[str, Any], float]] | None] = dict.fromkeys(seeds)
+        if args.start_from:  # drawn once per seed, shared by every tuner and batch size
+            try:
+                starter, count = args.start_from
+                starts = {s: start_trials(starter, count, space, objective, s, bench) for s in seeds}
+            except TunerConfigError as exc:
+                print(f"{func:12s} start from {args.start_from[0]}: n/a: {exc}", flush=True)
+                continue
         for name in args.tuners.split(","):
             for batch in (int(b) for b in args.batch.split(",")):
                 start = time.perf_counter()
                 try:
                     regrets = [
                         best_found(make_tuner(name, space, s, bench), objective, args.trials, batch,
-                                   start_trials(args.start_from, space, objective, s, bench)) - optimum
+                                   starts[s]) - optimum
                         for s in seeds
                     ]
                     if args.per_seed:

@@ -19,7 +19,8 @@ start messages (as any program may), and followed by the events the services pub
   ratio of the medians.
 
 Bounded: each run stops with an error past ``--deadline`` seconds (default 1800).
-The private stack it starts (``.local-bench``) is stopped when it ends.
+The private stack it starts (``.local-bench``) is stopped when it ends. Since every run purges
+its stack, a stack given by ``TUNEBUS_LOCAL_DIR`` is used only with ``--purge-given-stack``.
 """
 
 from __future__ import annotations
@@ -214,8 +215,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=1800.0)
+    parser.add_argument("--purge-given-stack", action="store_true",
+                        help="with TUNEBUS_LOCAL_DIR set: run on that stack, deleting its experiments")
     args = parser.parse_args()
     private_stack = "TUNEBUS_LOCAL_DIR" not in os.environ
+    if not private_stack and not args.purge_given_stack:
+        parser.error("every run purges its stack (deploy/local down --purge); TUNEBUS_LOCAL_DIR is set, "
+                     "so that would delete the experiments of the stack there: unset it (a private "
+                     "stack is started) or pass --purge-given-stack")
     if private_stack:
         os.environ.update(TUNEBUS_LOCAL_DIR=str(REPO / ".local-bench"), TUNEBUS_AMQP_PORT="25681",
                           TUNEBUS_BLOB_PORT="25610", TUNEBUS_DASHBOARD_PORT="25680")
@@ -231,20 +238,20 @@ def main() -> None:
 def run_repeats(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every run of ``--repeat`` rounds, each on a purged stack; their results in order."""
     results: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
+    for repeat in range(args.repeat):
+        # Each run on a purged stack (Azurite slows as its container fills: a run after another is
+        # slower whatever it does), the two variants' order alternating from one repeat to the next.
+        swap = repeat % 2 == 1
         if args.mode == "slow":
-            # Each run on a purged stack (Azurite slows as its container fills: a run after another
-            # is slower whatever it does), the order alternating from one repeat to the next.
-            order = (False, True) if len(results) % 4 == 0 else (True, False)
-            for with_slow in order:
+            for with_slow in (swap, not swap):
                 purge_stack()
                 env = stack_env(1)  # one tuner: what a slow experiment could hold up
                 run = run_slow(env, args.experiments or 50, args.trials or 100, with_slow, args.deadline)
                 results.append(asyncio.run(run))
                 print(json.dumps(results[-1]), flush=True)
         else:
-            for tuners in (1, 2) if len(results) % 4 == 0 else (2, 1):  # the order alternating too
-                purge_stack()  # each run on an empty container, like the slow mode's
+            for tuners in (2, 1) if swap else (1, 2):
+                purge_stack()
                 env = stack_env(tuners)
                 time.sleep(6)  # the replicas see each other and share the shards out (shared/shards.py)
                 # Warm-up, not counted: each replica imports the GP's libraries on its first experiment.
