@@ -64,8 +64,16 @@ def test_never_repeats_in_a_finite_space_until_exhausted() -> None:
 def test_finds_branins_minimum_better_than_random() -> None:
     metis_regret = [branin_regret("Metis", {"optimize_mode": "minimize", "seed": s}, 30) for s in range(3)]
     random_regret = [branin_regret("Random", {"seed": s}, 30) for s in range(3)]
-    assert np.median(metis_regret) < 0.1  # measured: 0.003, 0.0004, 1.55
+    assert np.median(metis_regret) < 0.1  # measured: 1.55, 0.068, 0.001 (Random: 0.22, 3.62, 1.09)
     assert np.mean(metis_regret) < np.mean(random_regret)
+
+
+def test_does_not_spend_its_trials_beside_one_it_has_run() -> None:
+    # Seed 0 finds a point on Branin's x = 10 edge by trial 15 (1.94 against the minimum's 0.40).
+    # The exploration candidate (least certain relative to the distance from the best) then sat
+    # next to it, as did the predicted optimum, and each "gained" a little: trials 15-40 all lay
+    # within 0.05 of (10, 3.0), regret 1.55 at 40. A candidate the model already knows is dropped.
+    assert branin_regret("Metis", {"optimize_mode": "minimize", "seed": 0}, 40) < 0.05  # measured: 0.0046
 
 
 def test_maximize_goes_up() -> None:

@@ -25,6 +25,9 @@ _OUTLIER_Z = 2.33  # NNI: the z-score of a 98% confidence level
 _GAIN_Z = 1.96
 _GOOD_FRACTION = 0.34  # NNI's percentage_goodbatch
 _REFINED = 8  # starting points refined by local search
+# A new-point candidate whose predicted standard deviation is below this share of the results'
+# spread is one the model already knows (next to a trial): its result would teach nothing.
+_KNOWN_SIGMA = 1e-3
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,11 @@ class MetisTuner(GpTuner):
     Differences from NNI, on purpose: the model is this package's own GP (the GP tuner's: unit cube,
     one length scale per parameter, fitted once per suggestion, where NNI fits scikit-learn's with 250
     restarts and refits it for every candidate and every left-out trial); "least certain" is the
-    largest predicted standard deviation (NNI divides it by the predicted mean, which changes sign
-    with the metric); the mixtures are Gaussians centred on the trials (NNI fits scikit-learn's
+    largest predicted standard deviation relative to the predicted mean's distance from the best
+    result (NNI divides by the predicted mean itself, which changes sign with the metric); a
+    candidate the model already knows (its predicted standard deviation under 0.1% of the results'
+    spread: beside a trial) is dropped like one run before, where NNI suggests a candidate for any
+    gain however small; the mixtures are Gaussians centred on the trials (NNI fits scikit-learn's
     BayesianGaussianMixture with one component fewer than trials); local searches start from the best
     of the starting points (NNI runs L-BFGS from every one). Trials in flight are handled as in the GP
     tuner (kriging believer), and every draw comes from the experiment's seed.
@@ -116,7 +122,8 @@ class MetisTuner(GpTuner):
     def _candidates(self, gp: GaussianProcess, starts: np.ndarray,
                     rng: np.random.Generator) -> list[_Candidate]:
         out: list[_Candidate] = []
-        floor = min(loss for _, loss in self._aggregated())
+        losses = np.array([loss for _, loss in self._aggregated()])
+        floor = float(losses.min())
 
         def confidence(u: np.ndarray) -> np.ndarray:  # NNI's -(2 * 1.96 * sigma) / mu, from the best
             mean, std = gp.predict(u)
@@ -126,7 +133,8 @@ class MetisTuner(GpTuner):
         out.append(self._candidate(gp, explore))
         if len(self.history) >= _EXPLOITATION_FROM:
             out.append(self._candidate(gp, self._exploit(starts, rng)))
-        out = [c for c in out if self._times_run(c.u) == 0]
+        known = _KNOWN_SIGMA * float(losses.std())
+        out = [c for c in out if self._times_run(c.u) == 0 and c.sigma > known]
         if not self.metis.no_resampling and len(self._aggregated()) >= _RESAMPLING_FROM:
             out += self._outliers()
         return out
