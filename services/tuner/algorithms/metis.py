@@ -135,7 +135,7 @@ class MetisTuner(GpTuner):
             out.append(self._candidate(gp, self._exploit(starts, rng)))
         known = _KNOWN_SIGMA * float(losses.std())
         out = [c for c in out if self._times_run(c.u) == 0 and c.sigma > known]
-        if not self.metis.no_resampling and len(self._aggregated()) >= _RESAMPLING_FROM:
+        if not self.metis.no_resampling and len(losses) >= _RESAMPLING_FROM:
             out += self._outliers()
         return out
 
